@@ -1,0 +1,132 @@
+//! Spark-compatible RPC on async-std's foundations.
+//!
+//! Built on [async-io](https://docs.rs/async-io) (the reactor and timers async-std and smol
+//! share), so it runs under async-std's executor and under smol alike. async-std itself is no
+//! longer developed; its foundations are.
+//!
+//! The async-io implementation of [`rpc_driver::Runtime`] and, as the layers above land, the
+//! public API re-exported under the same names as `rpc-tokio`.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_lite::FutureExt;
+
+pub use rpc_driver::{self, rpc_proto, AsyncTimer, Runtime};
+
+/// The async-io [`Runtime`]: timers from async-io's reactor, tasks on an executor.
+#[derive(Clone)]
+pub struct AsyncIoRuntime {
+    executor: Arc<async_executor::Executor<'static>>,
+}
+
+impl fmt::Debug for AsyncIoRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncIoRuntime").finish_non_exhaustive()
+    }
+}
+
+impl AsyncIoRuntime {
+    /// Spawns tasks on `executor`; the caller runs it (smol's `Executor::run`, or any thread
+    /// that drives it).
+    pub fn with_executor(executor: Arc<async_executor::Executor<'static>>) -> Self {
+        Self { executor }
+    }
+}
+
+impl Runtime for AsyncIoRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        self.executor.spawn(future).detach();
+    }
+
+    fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        Box::pin(AsyncIoTimer(async_io::Timer::at(deadline)))
+    }
+}
+
+#[derive(Debug)]
+struct AsyncIoTimer(async_io::Timer);
+
+impl AsyncTimer for AsyncIoTimer {
+    fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
+        self.0.set_at(deadline);
+    }
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.poll(cx).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timer_fires_after_its_deadline_and_can_be_reset() {
+        let rt = AsyncIoRuntime::with_executor(Arc::new(async_executor::Executor::new()));
+        async_io::block_on(async {
+            let start = rt.now();
+            let mut timer = rt.new_timer(start + Duration::from_millis(20));
+            rpc_driver::timer_fired(timer.as_mut()).await;
+            assert!(rt.now() >= start + Duration::from_millis(20));
+            let reset_at = rt.now();
+            timer.as_mut().reset(reset_at + Duration::from_millis(10));
+            rpc_driver::timer_fired(timer.as_mut()).await;
+            assert!(rt.now() >= reset_at + Duration::from_millis(10));
+        });
+    }
+
+    #[test]
+    fn spawn_runs_the_future_on_the_executor() {
+        let executor = Arc::new(async_executor::Executor::new());
+        let rt = AsyncIoRuntime::with_executor(executor.clone());
+        let (tx, rx) = async_channel_like();
+        rt.spawn(Box::pin(async move {
+            tx.set(42);
+        }));
+        let got = async_io::block_on(executor.run(rx));
+        assert_eq!(got, 42);
+    }
+
+    /// A one-shot slot made of std parts, to keep dev-dependencies small.
+    fn async_channel_like() -> (Slot, SlotFuture) {
+        let inner = Arc::new(std::sync::Mutex::new((None, None::<std::task::Waker>)));
+        (Slot(inner.clone()), SlotFuture(inner))
+    }
+
+    type Shared = Arc<std::sync::Mutex<(Option<u32>, Option<std::task::Waker>)>>;
+    struct Slot(Shared);
+    struct SlotFuture(Shared);
+
+    impl Slot {
+        fn set(self, v: u32) {
+            let mut g = self.0.lock().unwrap();
+            g.0 = Some(v);
+            if let Some(w) = g.1.take() {
+                w.wake();
+            }
+        }
+    }
+
+    impl Future for SlotFuture {
+        type Output = u32;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+            let mut g = self.0.lock().unwrap();
+            match g.0.take() {
+                Some(v) => Poll::Ready(v),
+                None => {
+                    g.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1234 @@
+//! The connection state machine: one per TCP connection, the same on both ends.
+
+mod event;
+mod send;
+
+pub use event::Event;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::error::{CallError, ConnectionError, RpcError};
+use crate::frame::{Decoded, Frame, FrameDecoder, MessageType};
+use crate::id::{BodyId, Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
+use send::SendQueue;
+
+/// Counters of one connection, read with [`Connection::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Frames decoded from the peer.
+    pub frames_received: u64,
+    /// Frames queued for the peer.
+    pub frames_sent: u64,
+    /// Bytes fed in with `handle_*`.
+    pub bytes_received: u64,
+    /// Bytes handed out by [`Connection::poll_transmit`].
+    pub bytes_sent: u64,
+    /// Replies that matched no outstanding call (late after a timeout or cancel, or bogus);
+    /// dropped, as Spark drops them.
+    pub unmatched_replies: u64,
+}
+
+/// The state of one transport connection: Spark's `TransportClient` and
+/// `TransportRequestHandler`/`TransportResponseHandler` in one sans-IO value.
+///
+/// Spark connections are full duplex: either side may send requests and answer the peer's,
+/// so the same type serves both ends.
+///
+/// # Inputs, commands and outputs
+///
+/// ```text
+///              handle_data / handle_bytes (bytes read)       rpc, send_one_way, fetch_chunk,
+///              handle_timeout (a deadline passed)            stream, upload_stream, send_body,
+///              handle_closed / handle_transport_error        respond_*, cancel, close
+///                            |                                        |
+///                            v                                        v
+///                  +------------------------------------------------------+
+///                  |                      Connection                      |
+///                  +------------------------------------------------------+
+///                     |                       |                       |
+///               poll_transmit           poll_timeout             poll_event
+///             (bytes to write)      (next deadline to wake)   (requests, replies, close)
+/// ```
+///
+/// **The drain rule:** after every input and every command, call [`poll_transmit`],
+/// [`poll_event`] and [`poll_timeout`] until they return `None` (for `poll_timeout`: call it
+/// once and re-arm the timer to what it returns). Nothing happens between calls; the
+/// connection never reads a clock, `now` is always an argument.
+///
+/// # Calls and correlation
+///
+/// RPCs, uploads and merged-block-meta requests are matched to replies by [`RequestId`], chunk
+/// fetches by [`StreamChunkId`], stream requests by order (Spark's rule: stream replies carry
+/// no id). Every call ends exactly once: a reply, the peer's failure, its own timeout, or the
+/// connection ending (then every pending call fails at once with the cause). A reply for no
+/// pending call is dropped and counted in [`ConnectionStats::unmatched_replies`].
+///
+/// # Idle policy
+///
+/// Spark's rule: when nothing has been read or written for [`Config::idle_timeout`] and calls
+/// are outstanding, the connection is closed with [`ConnectionError::TimedOut`] and the calls
+/// fail; with [`Config::close_idle_connections`], an idle connection with nothing outstanding
+/// is closed too ([`ConnectionError::Idle`]).
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use rpc_proto::{Config, Connection, Event};
+///
+/// let now = Instant::now();
+/// let mut client = Connection::new(Config::default(), now);
+/// let mut server = Connection::new(Config::default(), now);
+///
+/// let id = client.rpc(now, "ping".into(), Some(Duration::from_secs(5))).unwrap();
+/// while let Some(bytes) = client.poll_transmit() {
+///     server.handle_bytes(now, &bytes);
+/// }
+/// let Some(Event::RpcReceived { request, body }) = server.poll_event() else { panic!() };
+/// assert_eq!(body, "ping");
+/// server.respond_rpc(now, request, "pong".into()).unwrap();
+/// while let Some(bytes) = server.poll_transmit() {
+///     client.handle_bytes(now, &bytes);
+/// }
+/// assert_eq!(
+///     client.poll_event(),
+///     Some(Event::ReplyReceived { request: id, body: "pong".into() })
+/// );
+/// ```
+///
+/// [`poll_transmit`]: Connection::poll_transmit
+/// [`poll_event`]: Connection::poll_event
+/// [`poll_timeout`]: Connection::poll_timeout
+pub struct Connection {
+    config: Config,
+    decoder: FrameDecoder,
+    recv: BytesMut,
+    next_request: u64,
+    next_stream_call: u64,
+    next_inbound_stream: u64,
+    next_body: u64,
+    next_timer: u64,
+
+    requests: HashMap<RequestId, Pending<RequestKind>>,
+    chunk_fetches: HashMap<StreamChunkId, Pending<()>>,
+    stream_calls: VecDeque<StreamSlot>,
+    receiving: Option<Receiving>,
+    timers: BTreeMap<TimerAt, TimerKey>,
+
+    owed_requests: HashSet<RequestId>,
+    owed_chunks: HashMap<StreamChunkId, u32>,
+    owed_streams: VecDeque<OwedStream>,
+
+    send: SendQueue,
+    events: VecDeque<Event>,
+    closed: Option<ConnectionError>,
+    last_activity: Instant,
+    stats: ConnectionStats,
+}
+
+type TimerAt = (Instant, u64);
+
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    after: Duration,
+    at: TimerAt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKey {
+    Request(RequestId),
+    Chunk(StreamChunkId),
+    Stream(StreamCallId),
+}
+
+struct Pending<K> {
+    kind: K,
+    timer: Option<Timer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestKind {
+    Rpc,
+    Upload,
+    MergedBlockMeta,
+}
+
+impl RequestKind {
+    fn call(self, id: RequestId) -> Call {
+        match self {
+            RequestKind::Rpc => Call::Rpc(id),
+            RequestKind::Upload => Call::Upload(id),
+            RequestKind::MergedBlockMeta => Call::MergedBlockMeta(id),
+        }
+    }
+}
+
+struct StreamSlot {
+    id: StreamCallId,
+    /// `None` once the call timed out or was cancelled: the slot stays so that later replies
+    /// still line up, and its reply is discarded.
+    live: Option<Option<Timer>>,
+}
+
+/// The out-of-frame body currently arriving.
+enum Receiving {
+    /// A stream reply; `None` when its call is gone and the bytes are discarded.
+    Stream(Option<(StreamCallId, Option<Timer>)>),
+    Upload(RequestId),
+}
+
+struct OwedStream {
+    id: InboundStreamId,
+    answer: Option<(Frame, Option<BodyId>)>,
+}
+
+impl Connection {
+    /// A new connection, opened at `now`.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let mut rng = SmallRng::seed_from_u64(config.seed());
+        // Spark's request ids are random non-negative longs; ours start at a random one.
+        let next_request = rng.random::<u64>() & i64::MAX as u64;
+        Self {
+            decoder: FrameDecoder::new(config.max_frame_size()),
+            config,
+            recv: BytesMut::new(),
+            next_request,
+            next_stream_call: 0,
+            next_inbound_stream: 0,
+            next_body: 0,
+            next_timer: 0,
+            requests: HashMap::new(),
+            chunk_fetches: HashMap::new(),
+            stream_calls: VecDeque::new(),
+            receiving: None,
+            timers: BTreeMap::new(),
+            owed_requests: HashSet::new(),
+            owed_chunks: HashMap::new(),
+            owed_streams: VecDeque::new(),
+            send: SendQueue::default(),
+            events: VecDeque::new(),
+            closed: None,
+            last_activity: now,
+            stats: ConnectionStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Feeds bytes read from the peer, copying them. See [`Connection::handle_data`] for the
+    /// zero-copy form.
+    pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) {
+        self.handle_data(now, BytesMut::from(data));
+    }
+
+    /// Feeds bytes read from the peer.
+    ///
+    /// Decoded bodies are slices of these bytes, not copies. If the driver reads into one
+    /// buffer and passes what it read with `BytesMut::split`, a frame split across reads is
+    /// re-joined without copying while the buffer has room.
+    pub fn handle_data(&mut self, now: Instant, data: BytesMut) {
+        if self.closed.is_some() || data.is_empty() {
+            return;
+        }
+        self.stats.bytes_received += data.len() as u64;
+        self.last_activity = now;
+        if self.recv.is_empty() {
+            self.recv = data;
+        } else {
+            self.recv.unsplit(data);
+        }
+        loop {
+            match self.decoder.decode(&mut self.recv) {
+                Ok(Some(item)) => self.on_decoded(item),
+                Ok(None) => break,
+                Err(err) => {
+                    debug!(%err, "peer sent an invalid frame");
+                    self.recv = BytesMut::new();
+                    self.send.clear();
+                    self.fail_all(err.into());
+                    return;
+                }
+            }
+            if self.closed.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Tells the connection that the peer closed its side (read returned end of file).
+    pub fn handle_closed(&mut self, now: Instant) {
+        if self.closed.is_some() {
+            return;
+        }
+        let _ = now;
+        let error = if self.decoder.body_remaining() > 0 {
+            ConnectionError::PeerClosedMidBody {
+                remaining: self.decoder.body_remaining(),
+            }
+        } else if !self.recv.is_empty() {
+            ConnectionError::PeerClosedMidFrame {
+                buffered: self.recv.len(),
+            }
+        } else {
+            ConnectionError::PeerClosed
+        };
+        self.send.clear();
+        self.fail_all(error);
+    }
+
+    /// Tells the connection that the transport failed; `reason` is reported in the error.
+    pub fn handle_transport_error(&mut self, now: Instant, reason: impl std::fmt::Display) {
+        if self.closed.is_some() {
+            return;
+        }
+        let _ = now;
+        self.send.clear();
+        self.fail_all(ConnectionError::Transport(Arc::from(reason.to_string())));
+    }
+
+    /// Acts on every deadline at or before `now`: call timeouts and the idle policy.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed.is_some() {
+            return;
+        }
+        while let Some((&at, &key)) = self.timers.first_key_value() {
+            if at.0 > now {
+                break;
+            }
+            self.timers.remove(&at);
+            self.expire(key);
+        }
+        if let Some(deadline) = self.idle_deadline() {
+            if now >= deadline {
+                let idle = self
+                    .config
+                    .idle_timeout()
+                    .expect("deadline implies a timeout");
+                let outstanding = self.outstanding_calls();
+                let error = if outstanding > 0 {
+                    ConnectionError::TimedOut { idle, outstanding }
+                } else {
+                    ConnectionError::Idle { idle }
+                };
+                debug!(%error, "closing idle connection");
+                self.send.clear();
+                self.fail_all(error);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- outputs
+
+    /// The next bytes to write to the peer, in order. Small frames are coalesced into one
+    /// buffer; a large in-frame body comes as its own buffer right after its header, so a
+    /// driver that gathers several results into one vectored write sends a frame in one write.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        let out = self.send.pop()?;
+        self.stats.bytes_sent += out.len() as u64;
+        Some(out)
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Connection::handle_timeout) must next be called, if ever.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed.is_some() {
+            return None;
+        }
+        let call = self.timers.keys().next().map(|at| at.0);
+        match (call, self.idle_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---------------------------------------------------------------- state
+
+    /// Whether the connection has ended (see [`close_reason`](Connection::close_reason)).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<&ConnectionError> {
+        self.closed.as_ref()
+    }
+
+    /// Whether the connection has ended and has nothing left to transmit: the driver may close
+    /// the socket.
+    pub fn is_drained(&self) -> bool {
+        self.closed.is_some() && self.send.is_empty()
+    }
+
+    /// Bytes queued and ready for [`poll_transmit`](Connection::poll_transmit). Drivers stop
+    /// feeding body bytes while this is high, which bounds memory to what the socket can take.
+    pub fn queued_bytes(&self) -> u64 {
+        self.send.ready_bytes()
+    }
+
+    /// Calls of this side still waiting for the peer, as Spark counts them (RPCs, uploads,
+    /// merged-block-meta requests, chunk fetches, stream requests, a stream being received).
+    pub fn outstanding_calls(&self) -> usize {
+        self.requests.len()
+            + self.chunk_fetches.len()
+            + self.stream_calls.len()
+            + usize::from(matches!(self.receiving, Some(Receiving::Stream(_))))
+    }
+
+    /// The connection's counters.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            frames_sent: self.send.frames(),
+            ..self.stats
+        }
+    }
+
+    // ---------------------------------------------------------------- calls
+
+    /// Sends an RPC; its reply arrives as [`Event::ReplyReceived`] or [`Event::CallFailed`].
+    ///
+    /// With a `timeout`, the call fails with [`RpcError::TimedOut`] if no reply has arrived
+    /// by then.
+    pub fn rpc(
+        &mut self,
+        now: Instant,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<RequestId, CallError> {
+        self.check_open()?;
+        let request = self.next_request_id();
+        self.queue(now, &Frame::RpcRequest { request, body })?;
+        let timer = self.arm(now, timeout, TimerKey::Request(request));
+        self.requests.insert(
+            request,
+            Pending {
+                kind: RequestKind::Rpc,
+                timer,
+            },
+        );
+        Ok(request)
+    }
+
+    /// Sends a one-way message.
+    pub fn send_one_way(&mut self, now: Instant, body: Bytes) -> Result<(), CallError> {
+        self.check_open()?;
+        self.queue(now, &Frame::OneWayMessage { body })
+    }
+
+    /// Asks for one chunk of a stream registered on the peer; it arrives as
+    /// [`Event::ChunkReceived`] or [`Event::CallFailed`].
+    pub fn fetch_chunk(
+        &mut self,
+        now: Instant,
+        chunk: StreamChunkId,
+        timeout: Option<Duration>,
+    ) -> Result<(), CallError> {
+        self.check_open()?;
+        if self.chunk_fetches.contains_key(&chunk) {
+            return Err(CallError::DuplicateChunkFetch(chunk));
+        }
+        self.queue(now, &Frame::ChunkFetchRequest { chunk })?;
+        let timer = self.arm(now, timeout, TimerKey::Chunk(chunk));
+        self.chunk_fetches
+            .insert(chunk, Pending { kind: (), timer });
+        Ok(())
+    }
+
+    /// Asks for a named stream; it arrives as [`Event::StreamOpened`], [`Event::StreamData`]
+    /// pieces and [`Event::StreamFinished`], or as [`Event::CallFailed`].
+    ///
+    /// The timeout covers the whole stream, until its last byte.
+    pub fn stream(
+        &mut self,
+        now: Instant,
+        stream_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<StreamCallId, CallError> {
+        self.check_open()?;
+        let id = StreamCallId(self.next_stream_call);
+        self.queue(
+            now,
+            &Frame::StreamRequest {
+                stream_id: stream_id.to_owned(),
+            },
+        )?;
+        self.next_stream_call += 1;
+        let timer = self.arm(now, timeout, TimerKey::Stream(id));
+        self.stream_calls.push_back(StreamSlot {
+            id,
+            live: Some(timer),
+        });
+        Ok(id)
+    }
+
+    /// Starts an upload: `meta` in the frame, then `byte_count` body bytes fed with
+    /// [`send_body`](Connection::send_body). The reply arrives as [`Event::ReplyReceived`] or
+    /// [`Event::CallFailed`].
+    ///
+    /// Until the body is complete, nothing else can be written on this connection: frames
+    /// queued meanwhile wait behind it, as in Spark.
+    pub fn upload_stream(
+        &mut self,
+        now: Instant,
+        meta: Bytes,
+        byte_count: u64,
+        timeout: Option<Duration>,
+    ) -> Result<(RequestId, BodyId), CallError> {
+        self.check_open()?;
+        check_byte_count(byte_count)?;
+        let request = self.next_request_id();
+        self.queue(
+            now,
+            &Frame::UploadStream {
+                request,
+                meta,
+                byte_count,
+            },
+        )?;
+        let body = self.start_body(byte_count);
+        self.send.enqueue_body(body);
+        let timer = self.arm(now, timeout, TimerKey::Request(request));
+        self.requests.insert(
+            request,
+            Pending {
+                kind: RequestKind::Upload,
+                timer,
+            },
+        );
+        Ok((request, body))
+    }
+
+    /// Asks for the metadata of a push-merged shuffle block; it arrives as
+    /// [`Event::MergedBlockMetaReceived`] or [`Event::CallFailed`].
+    pub fn merged_block_meta(
+        &mut self,
+        now: Instant,
+        app_id: &str,
+        shuffle_id: i32,
+        shuffle_merge_id: i32,
+        reduce_id: i32,
+        timeout: Option<Duration>,
+    ) -> Result<RequestId, CallError> {
+        self.check_open()?;
+        let request = self.next_request_id();
+        let frame = Frame::MergedBlockMetaRequest {
+            request,
+            app_id: app_id.to_owned(),
+            shuffle_id,
+            shuffle_merge_id,
+            reduce_id,
+        };
+        self.queue(now, &frame)?;
+        let timer = self.arm(now, timeout, TimerKey::Request(request));
+        self.requests.insert(
+            request,
+            Pending {
+                kind: RequestKind::MergedBlockMeta,
+                timer,
+            },
+        );
+        Ok(request)
+    }
+
+    /// Feeds the next bytes of an out-of-frame body (an upload's, or a stream response's).
+    ///
+    /// Bytes are sent in the order fed; the body ends when its announced byte count has been
+    /// fed. Offering more than that is refused with [`CallError::BodyOverrun`].
+    pub fn send_body(&mut self, now: Instant, body: BodyId, data: Bytes) -> Result<(), CallError> {
+        self.check_open()?;
+        let out = self
+            .send
+            .body_mut(body)
+            .ok_or(CallError::UnknownBody(body))?;
+        if out.unfed == 0 {
+            return Err(CallError::UnknownBody(body));
+        }
+        if data.len() as u64 > out.unfed {
+            return Err(CallError::BodyOverrun {
+                body,
+                remaining: out.unfed,
+                offered: data.len() as u64,
+            });
+        }
+        self.last_activity = now;
+        self.send.feed(body, data);
+        Ok(())
+    }
+
+    /// Bytes of a body still to be fed, or `None` if the body is unknown or complete.
+    pub fn body_remaining(&self, body: BodyId) -> Option<u64> {
+        self.send.bodies_unfed(body)
+    }
+
+    /// Gives up on a body that cannot be completed (its source failed).
+    ///
+    /// The peer expects the announced number of bytes and there is no way to tell it
+    /// otherwise, so this closes the connection with [`ConnectionError::BodyAborted`], as
+    /// Spark does.
+    pub fn abort_body(&mut self, now: Instant, body: BodyId, reason: &str) {
+        if self.closed.is_some() {
+            return;
+        }
+        let _ = now;
+        self.send.clear();
+        self.fail_all(ConnectionError::BodyAborted {
+            body,
+            reason: Arc::from(reason),
+        });
+    }
+
+    /// Forgets a pending call: no event will be reported for it, and a late reply is dropped
+    /// (a late stream reply's bytes are read and discarded). Returns whether the call was
+    /// pending.
+    pub fn cancel(&mut self, call: Call) -> bool {
+        match call {
+            Call::Rpc(id) | Call::Upload(id) | Call::MergedBlockMeta(id) => {
+                match self.requests.get(&id) {
+                    Some(p) if p.kind.call(id) == call => {
+                        let p = self.requests.remove(&id).expect("just seen");
+                        self.disarm(p.timer);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Call::ChunkFetch(chunk) => match self.chunk_fetches.remove(&chunk) {
+                Some(p) => {
+                    self.disarm(p.timer);
+                    true
+                }
+                None => false,
+            },
+            Call::Stream(id) => self.abandon_stream(id).is_some(),
+        }
+    }
+
+    /// Closes the connection: every pending call fails with
+    /// [`ConnectionError::LocallyClosed`]. Frames already queued stay queued, so the driver
+    /// can flush them before closing the socket (see [`is_drained`](Connection::is_drained)),
+    /// except what stands behind an unfinished body.
+    pub fn close(&mut self, now: Instant) {
+        if self.closed.is_some() {
+            return;
+        }
+        let _ = now;
+        self.send.truncate_unfinished();
+        self.fail_all(ConnectionError::LocallyClosed);
+    }
+
+    // ---------------------------------------------------------------- answers
+
+    /// Answers the peer's RPC or upload with a reply.
+    pub fn respond_rpc(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        body: Bytes,
+    ) -> Result<(), CallError> {
+        self.check_owed(request)?;
+        self.queue(now, &Frame::RpcResponse { request, body })?;
+        self.owed_requests.remove(&request);
+        Ok(())
+    }
+
+    /// Answers the peer's RPC, upload or merged-block-meta request with a failure.
+    pub fn respond_rpc_failure(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        error: &str,
+    ) -> Result<(), CallError> {
+        self.check_owed(request)?;
+        self.queue(
+            now,
+            &Frame::RpcFailure {
+                request,
+                error: error.to_owned(),
+            },
+        )?;
+        self.owed_requests.remove(&request);
+        Ok(())
+    }
+
+    /// Answers the peer's merged-block-meta request.
+    pub fn respond_merged_block_meta(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        chunk_count: i32,
+        body: Bytes,
+    ) -> Result<(), CallError> {
+        self.check_owed(request)?;
+        self.queue(
+            now,
+            &Frame::MergedBlockMetaSuccess {
+                request,
+                chunk_count,
+                body,
+            },
+        )?;
+        self.owed_requests.remove(&request);
+        Ok(())
+    }
+
+    /// Answers the peer's chunk fetch with the chunk.
+    pub fn respond_chunk(
+        &mut self,
+        now: Instant,
+        chunk: StreamChunkId,
+        body: Bytes,
+    ) -> Result<(), CallError> {
+        self.check_owed_chunk(chunk)?;
+        self.queue(now, &Frame::ChunkFetchSuccess { chunk, body })?;
+        self.settle_chunk(chunk);
+        Ok(())
+    }
+
+    /// Answers the peer's chunk fetch with a failure.
+    pub fn respond_chunk_failure(
+        &mut self,
+        now: Instant,
+        chunk: StreamChunkId,
+        error: &str,
+    ) -> Result<(), CallError> {
+        self.check_owed_chunk(chunk)?;
+        self.queue(
+            now,
+            &Frame::ChunkFetchFailure {
+                chunk,
+                error: error.to_owned(),
+            },
+        )?;
+        self.settle_chunk(chunk);
+        Ok(())
+    }
+
+    /// Answers the peer's stream request: the stream has `byte_count` bytes, fed with
+    /// [`send_body`](Connection::send_body) using the returned id.
+    ///
+    /// Answers are sent in the order the requests arrived (the peer matches them by order):
+    /// an answer given early waits, and body bytes fed for it are buffered, until the earlier
+    /// requests are answered.
+    pub fn respond_stream(
+        &mut self,
+        now: Instant,
+        request: InboundStreamId,
+        stream_id: &str,
+        byte_count: u64,
+    ) -> Result<BodyId, CallError> {
+        self.check_open()?;
+        check_byte_count(byte_count)?;
+        let frame = Frame::StreamResponse {
+            stream_id: stream_id.to_owned(),
+            byte_count,
+        };
+        self.check_size(&frame)?;
+        let slot = self.owed_stream(request)?;
+        let body = self.start_body(byte_count);
+        self.owed_streams[slot].answer = Some((frame, (byte_count > 0).then_some(body)));
+        self.flush_stream_answers(now);
+        Ok(body)
+    }
+
+    /// Answers the peer's stream request with a failure.
+    pub fn respond_stream_failure(
+        &mut self,
+        now: Instant,
+        request: InboundStreamId,
+        stream_id: &str,
+        error: &str,
+    ) -> Result<(), CallError> {
+        self.check_open()?;
+        let frame = Frame::StreamFailure {
+            stream_id: stream_id.to_owned(),
+            error: error.to_owned(),
+        };
+        self.check_size(&frame)?;
+        let slot = self.owed_stream(request)?;
+        self.owed_streams[slot].answer = Some((frame, None));
+        self.flush_stream_answers(now);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    fn check_open(&self) -> Result<(), CallError> {
+        match self.closed {
+            Some(_) => Err(CallError::Closed),
+            None => Ok(()),
+        }
+    }
+
+    fn check_size(&self, frame: &Frame) -> Result<(), CallError> {
+        let size = frame.frame_len();
+        let max = self.config.max_frame_size();
+        if size > max {
+            return Err(CallError::FrameTooLarge { size, max });
+        }
+        Ok(())
+    }
+
+    /// Checks and queues one frame.
+    fn queue(&mut self, now: Instant, frame: &Frame) -> Result<(), CallError> {
+        self.check_open()?;
+        self.check_size(frame)?;
+        self.send.push_frame(frame);
+        self.last_activity = now;
+        Ok(())
+    }
+
+    fn check_owed(&self, request: RequestId) -> Result<(), CallError> {
+        self.check_open()?;
+        if !self.owed_requests.contains(&request) {
+            return Err(CallError::UnknownRequest(request));
+        }
+        Ok(())
+    }
+
+    fn check_owed_chunk(&self, chunk: StreamChunkId) -> Result<(), CallError> {
+        self.check_open()?;
+        if !self.owed_chunks.contains_key(&chunk) {
+            return Err(CallError::UnknownChunkFetch(chunk));
+        }
+        Ok(())
+    }
+
+    fn settle_chunk(&mut self, chunk: StreamChunkId) {
+        if let Some(n) = self.owed_chunks.get_mut(&chunk) {
+            *n -= 1;
+            if *n == 0 {
+                self.owed_chunks.remove(&chunk);
+            }
+        }
+    }
+
+    /// The index of an unanswered inbound stream request.
+    fn owed_stream(&self, request: InboundStreamId) -> Result<usize, CallError> {
+        let front = self
+            .owed_streams
+            .front()
+            .ok_or(CallError::UnknownStreamRequest(request))?;
+        let index = request
+            .0
+            .checked_sub(front.id.0)
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i < self.owed_streams.len())
+            .ok_or(CallError::UnknownStreamRequest(request))?;
+        if self.owed_streams[index].answer.is_some() {
+            return Err(CallError::UnknownStreamRequest(request));
+        }
+        Ok(index)
+    }
+
+    fn flush_stream_answers(&mut self, now: Instant) {
+        while self
+            .owed_streams
+            .front()
+            .is_some_and(|s| s.answer.is_some())
+        {
+            let owed = self.owed_streams.pop_front().expect("front exists");
+            let (frame, body) = owed.answer.expect("answer exists");
+            self.send.push_frame(&frame);
+            if let Some(body) = body {
+                self.send.enqueue_body(body);
+            }
+            self.last_activity = now;
+        }
+    }
+
+    fn start_body(&mut self, byte_count: u64) -> BodyId {
+        let id = BodyId(self.next_body);
+        self.next_body += 1;
+        if byte_count > 0 {
+            self.send.new_body(id, byte_count);
+        }
+        id
+    }
+
+    fn next_request_id(&mut self) -> RequestId {
+        loop {
+            let id = RequestId(self.next_request);
+            self.next_request = (self.next_request + 1) & i64::MAX as u64;
+            if !self.requests.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn arm(&mut self, now: Instant, timeout: Option<Duration>, key: TimerKey) -> Option<Timer> {
+        let after = timeout?;
+        // A deadline past what `Instant` can hold never fires.
+        let deadline = now.checked_add(after)?;
+        let at = (deadline, self.next_timer);
+        self.next_timer += 1;
+        self.timers.insert(at, key);
+        Some(Timer { after, at })
+    }
+
+    fn disarm(&mut self, timer: Option<Timer>) {
+        if let Some(timer) = timer {
+            self.timers.remove(&timer.at);
+        }
+    }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.config.idle_timeout()?;
+        if self.outstanding_calls() == 0 && !self.config.close_idle_connections() {
+            return None;
+        }
+        self.last_activity.checked_add(timeout)
+    }
+
+    fn expire(&mut self, key: TimerKey) {
+        let (call, after) = match key {
+            TimerKey::Request(id) => {
+                let Some(p) = self.requests.remove(&id) else {
+                    return;
+                };
+                (p.kind.call(id), p.timer.map(|t| t.after))
+            }
+            TimerKey::Chunk(chunk) => {
+                let Some(p) = self.chunk_fetches.remove(&chunk) else {
+                    return;
+                };
+                (Call::ChunkFetch(chunk), p.timer.map(|t| t.after))
+            }
+            TimerKey::Stream(id) => {
+                let Some(timer) = self.abandon_stream(id) else {
+                    return;
+                };
+                (Call::Stream(id), timer.map(|t| t.after))
+            }
+        };
+        let after = after.unwrap_or_default();
+        debug!(%call, ?after, "call timed out");
+        self.events.push_back(Event::CallFailed {
+            call,
+            error: RpcError::TimedOut { after },
+        });
+    }
+
+    /// Marks a live stream call as gone, keeping its place in the reply order. Returns its
+    /// timer (already disarmed) if it was live.
+    fn abandon_stream(&mut self, id: StreamCallId) -> Option<Option<Timer>> {
+        let timer = if let Some(Receiving::Stream(call)) = &mut self.receiving {
+            match call {
+                Some((live, _)) if *live == id => call.take().map(|(_, t)| t),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let timer = match timer {
+            Some(t) => Some(t),
+            None => self
+                .stream_calls
+                .iter_mut()
+                .find(|s| s.id == id)
+                .and_then(|s| s.live.take()),
+        };
+        if let Some(t) = timer {
+            self.disarm(t);
+        }
+        timer
+    }
+
+    fn on_decoded(&mut self, item: Decoded) {
+        match item {
+            Decoded::Frame(frame) => {
+                self.stats.frames_received += 1;
+                self.on_frame(frame);
+            }
+            Decoded::Body { data, remaining } => self.on_body(data, remaining),
+        }
+    }
+
+    fn on_body(&mut self, data: Bytes, remaining: u64) {
+        match &self.receiving {
+            Some(Receiving::Stream(Some((stream, timer)))) => {
+                let (stream, timer) = (*stream, *timer);
+                if !data.is_empty() {
+                    self.events.push_back(Event::StreamData { stream, data });
+                }
+                if remaining == 0 {
+                    self.disarm(timer);
+                    self.receiving = None;
+                    self.events.push_back(Event::StreamFinished { stream });
+                }
+            }
+            Some(Receiving::Upload(request)) => {
+                let request = *request;
+                if !data.is_empty() {
+                    self.events.push_back(Event::UploadData { request, data });
+                }
+                if remaining == 0 {
+                    self.receiving = None;
+                    self.events.push_back(Event::UploadFinished { request });
+                }
+            }
+            Some(Receiving::Stream(None)) | None => {
+                // The bytes of a stream nobody waits for any more: discarded.
+                if remaining == 0 {
+                    self.receiving = None;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        let ty = frame.message_type();
+        match frame {
+            Frame::RpcRequest { request, body } => {
+                self.owed_requests.insert(request);
+                self.events.push_back(Event::RpcReceived { request, body });
+            }
+            Frame::OneWayMessage { body } => {
+                self.events.push_back(Event::OneWayReceived { body });
+            }
+            Frame::ChunkFetchRequest { chunk } => {
+                *self.owed_chunks.entry(chunk).or_default() += 1;
+                self.events.push_back(Event::ChunkFetchReceived { chunk });
+            }
+            Frame::StreamRequest { stream_id } => {
+                let request = InboundStreamId(self.next_inbound_stream);
+                self.next_inbound_stream += 1;
+                self.owed_streams.push_back(OwedStream {
+                    id: request,
+                    answer: None,
+                });
+                self.events
+                    .push_back(Event::StreamRequested { request, stream_id });
+            }
+            Frame::UploadStream {
+                request,
+                meta,
+                byte_count,
+            } => {
+                self.owed_requests.insert(request);
+                self.events.push_back(Event::UploadReceived {
+                    request,
+                    meta,
+                    byte_count,
+                });
+                if byte_count > 0 {
+                    self.receiving = Some(Receiving::Upload(request));
+                } else {
+                    self.events.push_back(Event::UploadFinished { request });
+                }
+            }
+            Frame::MergedBlockMetaRequest {
+                request,
+                app_id,
+                shuffle_id,
+                shuffle_merge_id,
+                reduce_id,
+            } => {
+                self.owed_requests.insert(request);
+                self.events.push_back(Event::MergedBlockMetaRequested {
+                    request,
+                    app_id,
+                    shuffle_id,
+                    shuffle_merge_id,
+                    reduce_id,
+                });
+            }
+            Frame::RpcResponse { request, body } => match self.take_request(request, ty) {
+                Some(RequestKind::Rpc | RequestKind::Upload) => {
+                    self.events
+                        .push_back(Event::ReplyReceived { request, body });
+                }
+                Some(kind) => {
+                    self.unexpected(kind.call(request), "a merged block meta request", ty)
+                }
+                None => {}
+            },
+            Frame::MergedBlockMetaSuccess {
+                request,
+                chunk_count,
+                body,
+            } => match self.take_request(request, ty) {
+                Some(RequestKind::MergedBlockMeta) => {
+                    self.events.push_back(Event::MergedBlockMetaReceived {
+                        request,
+                        chunk_count,
+                        body,
+                    });
+                }
+                Some(kind) => self.unexpected(kind.call(request), "an rpc or upload", ty),
+                None => {}
+            },
+            Frame::RpcFailure { request, error } => {
+                if let Some(kind) = self.take_request(request, ty) {
+                    self.fail(kind.call(request), RpcError::Remote(Arc::from(error)));
+                }
+            }
+            Frame::ChunkFetchSuccess { chunk, body } => {
+                if self.take_chunk(chunk, ty) {
+                    self.events.push_back(Event::ChunkReceived { chunk, body });
+                }
+            }
+            Frame::ChunkFetchFailure { chunk, error } => {
+                if self.take_chunk(chunk, ty) {
+                    self.fail(Call::ChunkFetch(chunk), RpcError::Remote(Arc::from(error)));
+                }
+            }
+            Frame::StreamResponse {
+                stream_id,
+                byte_count,
+            } => {
+                let live = self.take_stream(&stream_id, ty);
+                if let Some((stream, _)) = live {
+                    self.events
+                        .push_back(Event::StreamOpened { stream, byte_count });
+                }
+                if byte_count > 0 {
+                    self.receiving = Some(Receiving::Stream(live));
+                } else if let Some((stream, timer)) = live {
+                    self.disarm(timer);
+                    self.events.push_back(Event::StreamFinished { stream });
+                }
+            }
+            Frame::StreamFailure { stream_id, error } => {
+                if let Some((stream, timer)) = self.take_stream(&stream_id, ty) {
+                    self.disarm(timer);
+                    self.fail(Call::Stream(stream), RpcError::Remote(Arc::from(error)));
+                }
+            }
+        }
+    }
+
+    fn take_request(&mut self, request: RequestId, ty: MessageType) -> Option<RequestKind> {
+        match self.requests.remove(&request) {
+            Some(p) => {
+                self.disarm(p.timer);
+                Some(p.kind)
+            }
+            None => {
+                self.unmatched(ty, &request);
+                None
+            }
+        }
+    }
+
+    fn take_chunk(&mut self, chunk: StreamChunkId, ty: MessageType) -> bool {
+        match self.chunk_fetches.remove(&chunk) {
+            Some(p) => {
+                self.disarm(p.timer);
+                true
+            }
+            None => {
+                self.unmatched(ty, &chunk);
+                false
+            }
+        }
+    }
+
+    /// The stream call a stream reply answers (the oldest), if it is still live.
+    fn take_stream(
+        &mut self,
+        stream_id: &str,
+        ty: MessageType,
+    ) -> Option<(StreamCallId, Option<Timer>)> {
+        let Some(slot) = self.stream_calls.pop_front() else {
+            self.unmatched(ty, &stream_id);
+            return None;
+        };
+        match slot.live {
+            Some(timer) => Some((slot.id, timer)),
+            None => {
+                self.stats.unmatched_replies += 1;
+                None
+            }
+        }
+    }
+
+    fn unmatched(&mut self, ty: MessageType, id: &dyn std::fmt::Debug) {
+        self.stats.unmatched_replies += 1;
+        warn!(message_type = ?ty, id = ?id, "dropping a reply that matches no outstanding call");
+    }
+
+    fn unexpected(&mut self, call: Call, expected: &'static str, got: MessageType) {
+        self.fail(call, RpcError::UnexpectedReply { expected, got });
+    }
+
+    fn fail(&mut self, call: Call, error: RpcError) {
+        self.events.push_back(Event::CallFailed { call, error });
+    }
+
+    /// Ends the connection: fails every pending call with `error`, then reports `Closed`.
+    fn fail_all(&mut self, error: ConnectionError) {
+        debug!(%error, "connection closed");
+        self.closed = Some(error.clone());
+        let lost = RpcError::Disconnected(error.clone());
+
+        let mut requests: Vec<_> = self.requests.drain().collect();
+        requests.sort_by_key(|(id, _)| *id);
+        for (id, p) in requests {
+            self.fail(p.kind.call(id), lost.clone());
+        }
+        let mut chunks: Vec<_> = self.chunk_fetches.drain().map(|(c, _)| c).collect();
+        chunks.sort();
+        for chunk in chunks {
+            self.fail(Call::ChunkFetch(chunk), lost.clone());
+        }
+        match self.receiving.take() {
+            Some(Receiving::Stream(Some((stream, _)))) => {
+                self.fail(Call::Stream(stream), lost.clone())
+            }
+            Some(Receiving::Upload(request)) => {
+                self.events.push_back(Event::UploadAborted {
+                    request,
+                    error: error.clone(),
+                });
+            }
+            Some(Receiving::Stream(None)) | None => {}
+        }
+        for slot in std::mem::take(&mut self.stream_calls) {
+            if slot.live.is_some() {
+                self.fail(Call::Stream(slot.id), lost.clone());
+            }
+        }
+        self.timers.clear();
+        self.owed_requests.clear();
+        self.owed_chunks.clear();
+        self.owed_streams.clear();
+        self.events.push_back(Event::Closed { error });
+    }
+}
+
+fn check_byte_count(byte_count: u64) -> Result<(), CallError> {
+    if byte_count > i64::MAX as u64 {
+        return Err(CallError::ByteCountTooLarge(byte_count));
+    }
+    Ok(())
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("outstanding_calls", &self.outstanding_calls())
+            .field("queued_bytes", &self.queued_bytes())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,198 @@
+//! The ordered queue of bytes waiting to be written to the socket.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::frame::Frame;
+use crate::id::BodyId;
+
+/// In-frame bodies larger than this are queued by reference instead of copied next to their
+/// header; the driver writes both with one vectored write.
+pub(crate) const COPY_THRESHOLD: usize = 16 * 1024;
+
+/// Small frames are coalesced into one buffer up to about this size.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+enum Item {
+    /// Encoded frames, coalesced.
+    Buf(BytesMut),
+    /// A large in-frame body, sent without copying.
+    Shared(Bytes),
+    /// An out-of-frame body, fed piece by piece; nothing behind it may be sent before it is.
+    Body(BodyId),
+}
+
+/// An out-of-frame body being fed by the caller.
+#[derive(Debug)]
+pub(crate) struct OutBody {
+    /// Bytes the caller has still to feed.
+    pub(crate) unfed: u64,
+    pieces: VecDeque<Bytes>,
+    /// Whether its place in the send queue has been taken (stream responses wait for earlier
+    /// answers).
+    queued: bool,
+}
+
+/// Frames and bodies in the order they go on the wire.
+#[derive(Default)]
+pub(crate) struct SendQueue {
+    items: VecDeque<Item>,
+    bodies: HashMap<BodyId, OutBody>,
+    /// Bytes ready to be written (frames and fed body pieces).
+    ready_bytes: u64,
+    frames: u64,
+}
+
+impl SendQueue {
+    pub(crate) fn push_frame(&mut self, frame: &Frame) {
+        self.frames += 1;
+        let large = frame.in_frame_body().filter(|b| b.len() > COPY_THRESHOLD);
+        let buf = self.tail_buf();
+        let before = buf.len();
+        if large.is_some() {
+            frame.encode_head(buf);
+        } else {
+            frame.encode(buf);
+        }
+        self.ready_bytes += (buf.len() - before) as u64;
+        if let Some(body) = large {
+            self.ready_bytes += body.len() as u64;
+            self.items.push_back(Item::Shared(body.clone()));
+        }
+    }
+
+    fn tail_buf(&mut self) -> &mut BytesMut {
+        if !matches!(self.items.back(), Some(Item::Buf(b)) if b.len() < COALESCE_LIMIT) {
+            self.items
+                .push_back(Item::Buf(BytesMut::with_capacity(1024)));
+        }
+        match self.items.back_mut() {
+            Some(Item::Buf(b)) => b,
+            _ => unreachable!("a buffer was just pushed"),
+        }
+    }
+
+    /// Registers a body of `len > 0` bytes; it takes its place in the queue at
+    /// [`SendQueue::enqueue_body`].
+    pub(crate) fn new_body(&mut self, id: BodyId, len: u64) {
+        self.bodies.insert(
+            id,
+            OutBody {
+                unfed: len,
+                pieces: VecDeque::new(),
+                queued: false,
+            },
+        );
+    }
+
+    pub(crate) fn enqueue_body(&mut self, id: BodyId) {
+        if let Some(body) = self.bodies.get_mut(&id) {
+            body.queued = true;
+            self.items.push_back(Item::Body(id));
+        }
+    }
+
+    pub(crate) fn bodies_unfed(&self, id: BodyId) -> Option<u64> {
+        self.bodies.get(&id).map(|b| b.unfed).filter(|&n| n > 0)
+    }
+
+    pub(crate) fn body_mut(&mut self, id: BodyId) -> Option<&mut OutBody> {
+        self.bodies.get_mut(&id)
+    }
+
+    /// Adds a piece to a body; the caller has checked it fits.
+    pub(crate) fn feed(&mut self, id: BodyId, data: Bytes) {
+        let body = self
+            .bodies
+            .get_mut(&id)
+            .expect("caller checked the body exists");
+        body.unfed -= data.len() as u64;
+        if !data.is_empty() {
+            self.ready_bytes += data.len() as u64;
+            body.pieces.push_back(data);
+        }
+        if body.unfed == 0 && body.pieces.is_empty() && !body.queued {
+            // Complete before it was queued and nothing to send: it is done.
+            self.bodies.remove(&id);
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Bytes> {
+        loop {
+            let out = match self.items.front_mut()? {
+                Item::Buf(buf) => std::mem::take(buf).freeze(),
+                Item::Shared(bytes) => std::mem::take(bytes),
+                Item::Body(id) => {
+                    let id = *id;
+                    let body = self
+                        .bodies
+                        .get_mut(&id)
+                        .expect("queued bodies are registered");
+                    if let Some(piece) = body.pieces.pop_front() {
+                        self.ready_bytes -= piece.len() as u64;
+                        return Some(piece);
+                    }
+                    if body.unfed > 0 {
+                        return None; // waiting for the caller to feed it
+                    }
+                    self.bodies.remove(&id);
+                    Bytes::new()
+                }
+            };
+            self.items.pop_front();
+            if !out.is_empty() {
+                self.ready_bytes -= out.len() as u64;
+                return Some(out);
+            }
+        }
+    }
+
+    /// Bytes ready to be written now.
+    pub(crate) fn ready_bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
+    /// Frames queued since the connection opened.
+    pub(crate) fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Drops everything from the first body that can no longer complete, and every body not
+    /// yet queued: used when the connection closes locally and only what is whole may still go.
+    pub(crate) fn truncate_unfinished(&mut self) {
+        let cut = self.items.iter().position(|item| {
+            matches!(item, Item::Body(id) if self.bodies.get(id).is_some_and(|b| b.unfed > 0))
+        });
+        if let Some(cut) = cut {
+            self.items.truncate(cut);
+        }
+        let items = &self.items;
+        self.bodies
+            .retain(|id, _| items.iter().any(|i| matches!(i, Item::Body(b) if b == id)));
+        self.recount();
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.items.clear();
+        self.bodies.clear();
+        self.ready_bytes = 0;
+    }
+
+    fn recount(&mut self) {
+        let bodies = &self.bodies;
+        self.ready_bytes = self
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Buf(b) => b.len() as u64,
+                Item::Shared(b) => b.len() as u64,
+                Item::Body(id) => bodies[id].pieces.iter().map(|p| p.len() as u64).sum(),
+            })
+            .sum();
+    }
+}

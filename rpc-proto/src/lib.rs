@@ -1,0 +1,81 @@
+//! The sans-IO core of a Spark-compatible RPC transport.
+//!
+//! `rpc-proto` is the protocol without the I/O: Spark's network-common frame format, byte for
+//! byte, and the state machine of one connection (request/response correlation, stream
+//! ordering, out-of-frame bodies, call timeouts, the idle policy). It opens no sockets, spawns
+//! no tasks, reads no clock and has no `unsafe`. A driver (`rpc-driver`, run by `rpc-tokio` or
+//! `rpc-async-std`) moves bytes between a socket and a [`Connection`], and time into it.
+//!
+//! It is not an RPC framework by itself: endpoints, envelopes, serialization and connection
+//! pooling live in the layers above.
+//!
+//! ```text
+//!   bytes read, now ──► handle_data / handle_bytes ─┐
+//!   deadline passed ──► handle_timeout ─────────────┤      ┌──► poll_transmit: bytes to write
+//!   EOF / I/O error ──► handle_closed / _error ─────┼─► Connection ─► poll_event: requests, replies
+//!   commands, now ───► rpc, stream, respond_*, … ───┘      └──► poll_timeout: next deadline
+//! ```
+//!
+//! # The run loop
+//!
+//! A driver owns one [`Connection`] per socket and loops: feed what happened (bytes read, a
+//! deadline passed, a command from a user), then drain every `poll_*` output until it returns
+//! `None`: write what [`Connection::poll_transmit`] gives, dispatch what
+//! [`Connection::poll_event`] gives, and sleep until [`Connection::poll_timeout`].
+//!
+//! # Time
+//!
+//! Every input that can change timing takes `now: Instant`. The crate never calls
+//! `Instant::now()` (clippy enforces it), so tests run on virtual time and are repeatable.
+//! Randomness (the first request id) comes from [`Config::seed`].
+//!
+//! # Example
+//!
+//! Two connections wired back to back, one fetching a stream from the other:
+//!
+//! ```
+//! use std::time::Instant;
+//! use rpc_proto::{Config, Connection, Event};
+//!
+//! let now = Instant::now();
+//! let mut client = Connection::new(Config::default(), now);
+//! let mut server = Connection::new(Config::default(), now);
+//!
+//! let call = client.stream(now, "jars/app.jar", None).unwrap();
+//! while let Some(b) = client.poll_transmit() { server.handle_bytes(now, &b); }
+//!
+//! let Some(Event::StreamRequested { request, stream_id }) = server.poll_event() else { panic!() };
+//! let body = server.respond_stream(now, request, &stream_id, 11).unwrap();
+//! server.send_body(now, body, "hello ".into()).unwrap();
+//! server.send_body(now, body, "world".into()).unwrap();
+//! while let Some(b) = server.poll_transmit() { client.handle_bytes(now, &b); }
+//!
+//! assert_eq!(client.poll_event(), Some(Event::StreamOpened { stream: call, byte_count: 11 }));
+//! let mut got = Vec::new();
+//! while let Some(Event::StreamData { data, .. }) = client.poll_event() {
+//!     got.extend_from_slice(&data);
+//! }
+//! assert_eq!(got, b"hello world");
+//! ```
+//!
+//! (The last `poll_event` in the loop above returned [`Event::StreamFinished`].)
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod connection;
+mod error;
+mod frame;
+mod id;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use config::{
+    Config, ConfigBuilder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, MIN_MAX_FRAME_SIZE,
+    SPARK_MAX_FRAME_LENGTH,
+};
+pub use connection::{Connection, ConnectionStats, Event};
+pub use error::{CallError, ConfigError, ConnectionError, DecodeError, RpcError};
+pub use frame::{Decoded, Frame, FrameDecoder, MessageType, FRAME_PREFIX_LEN};
+pub use id::{BodyId, Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
