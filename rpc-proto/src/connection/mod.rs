@@ -2,6 +2,8 @@
 
 mod event;
 mod send;
+#[cfg(test)]
+mod tests;
 
 pub use event::Event;
 

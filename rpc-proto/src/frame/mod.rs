@@ -14,6 +14,8 @@
 //! This module knows nothing of connections: it turns [`Frame`]s into bytes and back.
 
 mod decode;
+#[cfg(test)]
+mod proptests;
 
 pub use decode::{Decoded, FrameDecoder};
 
