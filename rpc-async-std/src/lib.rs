@@ -10,15 +10,21 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_lite::FutureExt;
+use async_io::Async;
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 
-pub use rpc_driver::{self, rpc_proto, AsyncTimer, Runtime};
+pub use rpc_driver::transport::{
+    ConnectError, RpcCall, RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
+    TransportConfig, TransportServer,
+};
+pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 
 /// The async-io [`Runtime`]: timers from async-io's reactor, tasks on an executor.
 #[derive(Clone)]
@@ -41,12 +47,81 @@ impl AsyncIoRuntime {
 }
 
 impl Runtime for AsyncIoRuntime {
-    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    fn spawn(&self, future: BoxFuture<()>) {
         self.executor.spawn(future).detach();
     }
 
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
         Box::pin(AsyncIoTimer(async_io::Timer::at(deadline)))
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<io::Result<Box<dyn AsyncStream>>> {
+        Box::pin(async move {
+            let stream = Async::<TcpStream>::connect(addr).await?;
+            stream.get_ref().set_nodelay(true)?;
+            Ok(Box::new(AsyncIoStream(stream)) as Box<dyn AsyncStream>)
+        })
+    }
+
+    fn listen(&self, listener: TcpListener) -> io::Result<Box<dyn AsyncListener>> {
+        Ok(Box::new(AsyncIoListener(Async::new(listener)?)))
+    }
+}
+
+struct AsyncIoStream(Async<TcpStream>);
+
+impl AsyncStream for AsyncIoStream {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().peer_addr()
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
+    }
+}
+
+struct AsyncIoListener(Async<TcpListener>);
+
+impl AsyncListener for AsyncIoListener {
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Box<dyn AsyncStream>, SocketAddr)>> {
+        loop {
+            match self.0.get_ref().accept() {
+                Ok((stream, addr)) => {
+                    stream.set_nodelay(true)?;
+                    let stream = Async::new(stream)?;
+                    return Poll::Ready(Ok((Box::new(AsyncIoStream(stream)), addr)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.0.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
     }
 }
 
@@ -65,6 +140,7 @@ impl AsyncTimer for AsyncIoTimer {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::time::Duration;
 
     use super::*;

@@ -144,6 +144,9 @@ pub enum RpcError {
     /// The connection ended before the call was answered.
     #[error("disconnected: {0}")]
     Disconnected(ConnectionError),
+    /// The call was never sent.
+    #[error("call not sent: {0}")]
+    NotSent(CallError),
     /// The peer answered with a message of the wrong kind for this call.
     #[error("expected a reply to {expected}, got a {got:?} frame")]
     UnexpectedReply {

@@ -1,18 +1,28 @@
 //! Spark-compatible RPC on [tokio](https://tokio.rs).
 //!
-//! The tokio implementation of [`rpc_driver::Runtime`] and, as the layers above land, the
-//! public API re-exported under the same names as `rpc-async-std`.
+//! The tokio implementation of [`rpc_driver::Runtime`], and the public API re-exported under
+//! the same names as `rpc-async-std`: switching runtimes is switching the crate.
 
 #![forbid(unsafe_code)]
 
 use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-pub use rpc_driver::{self, rpc_proto, AsyncTimer, Runtime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
-/// The tokio [`Runtime`]: spawns on the current tokio runtime.
+pub use rpc_driver::transport::{
+    ConnectError, RpcCall, RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
+    TransportConfig, TransportServer,
+};
+pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
+
+/// The tokio [`Runtime`]: tasks, timers and sockets of the tokio runtime it was made in.
 #[derive(Debug, Clone)]
 pub struct TokioRuntime {
     handle: tokio::runtime::Handle,
@@ -29,10 +39,15 @@ impl TokioRuntime {
             handle: tokio::runtime::Handle::current(),
         }
     }
+
+    /// The runtime as the driver takes it.
+    pub fn shared() -> Arc<dyn Runtime> {
+        Arc::new(Self::current())
+    }
 }
 
 impl Runtime for TokioRuntime {
-    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    fn spawn(&self, future: BoxFuture<()>) {
         self.handle.spawn(future);
     }
 
@@ -40,6 +55,24 @@ impl Runtime for TokioRuntime {
         Box::pin(TokioTimer {
             sleep: tokio::time::sleep_until(deadline.into()),
         })
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<io::Result<Box<dyn AsyncStream>>> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            // Connect on our runtime's reactor even when called from another executor.
+            let stream = handle
+                .spawn(TcpStream::connect(addr))
+                .await
+                .map_err(io::Error::other)??;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(TokioStream(stream)) as Box<dyn AsyncStream>)
+        })
+    }
+
+    fn listen(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn AsyncListener>> {
+        let _guard = self.handle.enter();
+        Ok(Box::new(TokioListener(TcpListener::from_std(listener)?)))
     }
 }
 
@@ -58,6 +91,61 @@ impl AsyncTimer for TokioTimer {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         Future::poll(self.project().sleep, cx)
+    }
+}
+
+struct TokioStream(TcpStream);
+
+impl AsyncStream for TokioStream {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut self.0).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.peer_addr()
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+struct TokioListener(TcpListener);
+
+impl AsyncListener for TokioListener {
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Box<dyn AsyncStream>, SocketAddr)>> {
+        match self.0.poll_accept(cx) {
+            Poll::Ready(Ok((stream, addr))) => {
+                stream.set_nodelay(true)?;
+                Poll::Ready(Ok((Box::new(TokioStream(stream)), addr)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
     }
 }
 

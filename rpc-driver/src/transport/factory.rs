@@ -1,0 +1,193 @@
+//! Opening and pooling connections: Spark's `TransportClientFactory`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc as StdArc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use tracing::{debug, info};
+
+use super::{ConnectionAddrs, RpcHandler, TransportClient, TransportConfig};
+use crate::runtime::{sleep_until, Runtime};
+use crate::sync::{lock, Arc, Mutex};
+
+/// Opening a connection failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The connect itself failed.
+    #[error("failed to connect to {addr}: {message}")]
+    Io {
+        /// The address.
+        addr: SocketAddr,
+        /// The kind of I/O error.
+        kind: std::io::ErrorKind,
+        /// The error's message.
+        message: StdArc<str>,
+    },
+    /// The connect took longer than the connect timeout.
+    #[error("connecting to {addr} timed out after {after:?}")]
+    TimedOut {
+        /// The address.
+        addr: SocketAddr,
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// The factory was closed.
+    #[error("the client factory is closed")]
+    Closed,
+}
+
+/// Opens connections to peers and pools them: one (or
+/// [`connections_per_peer`](TransportConfig::connections_per_peer)) per address, shared by
+/// every caller. Cheap to clone.
+///
+/// The connections it opens are full duplex: requests the peer sends on them go to the
+/// factory's handler.
+#[derive(Clone)]
+pub struct TransportClientFactory {
+    inner: Arc<FactoryInner>,
+}
+
+struct FactoryInner {
+    rt: StdArc<dyn Runtime>,
+    handler: StdArc<dyn RpcHandler>,
+    config: TransportConfig,
+    pools: Mutex<HashMap<SocketAddr, Pool>>,
+    closed: std::sync::atomic::AtomicBool,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Pool {
+    clients: Vec<Option<TransportClient>>,
+    failed: Option<(Instant, ConnectError)>,
+}
+
+impl TransportClientFactory {
+    /// A factory whose connections deliver the peers' requests to `handler`.
+    pub fn new(
+        rt: StdArc<dyn Runtime>,
+        handler: StdArc<dyn RpcHandler>,
+        config: TransportConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(FactoryInner {
+                rt,
+                handler,
+                config,
+                pools: Mutex::new(HashMap::new()),
+                closed: std::sync::atomic::AtomicBool::new(false),
+                next: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// A connection to `addr`: a pooled one if it is still open, else a new one.
+    pub async fn create_client(&self, addr: SocketAddr) -> Result<TransportClient, ConnectError> {
+        let inner = &self.inner;
+        let per_peer = inner.config.connections_per_peer.max(1);
+        let slot = inner.next.fetch_add(1, Ordering::Relaxed) % per_peer;
+        {
+            let mut pools = lock(&inner.pools);
+            if inner.closed.load(Ordering::SeqCst) {
+                return Err(ConnectError::Closed);
+            }
+            let pool = pools.entry(addr).or_default();
+            pool.clients.resize(per_peer, None);
+            if let Some(client) = &pool.clients[slot] {
+                if client.is_active() {
+                    return Ok(client.clone());
+                }
+            }
+            if let Some((at, error)) = &pool.failed {
+                if inner.rt.now() < *at + inner.config.fast_fail_window {
+                    return Err(error.clone());
+                }
+            }
+        }
+        let client = match self.connect(addr).await {
+            Ok(client) => client,
+            Err(error) => {
+                info!(%addr, %error, "connect failed");
+                if !inner.config.fast_fail_window.is_zero() {
+                    let now = inner.rt.now();
+                    lock(&inner.pools).entry(addr).or_default().failed = Some((now, error.clone()));
+                }
+                return Err(error);
+            }
+        };
+        let mut pools = lock(&inner.pools);
+        let pool = pools.entry(addr).or_default();
+        pool.failed = None;
+        pool.clients.resize(per_peer, None);
+        if let Some(existing) = &pool.clients[slot] {
+            if existing.is_active() {
+                // Another caller connected first; use theirs.
+                let existing = existing.clone();
+                drop(pools);
+                client.close();
+                return Ok(existing);
+            }
+        }
+        pool.clients[slot] = Some(client.clone());
+        if inner.closed.load(Ordering::SeqCst) {
+            client.close();
+            return Err(ConnectError::Closed);
+        }
+        Ok(client)
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TransportClient, ConnectError> {
+        let inner = &self.inner;
+        let after = inner.config.connect_timeout;
+        let deadline = inner.rt.now() + after;
+        let connect = async {
+            inner.rt.connect(addr).await.map_err(|e| ConnectError::Io {
+                addr,
+                kind: e.kind(),
+                message: e.to_string().into(),
+            })
+        };
+        let timeout = async {
+            sleep_until(&*inner.rt, deadline).await;
+            Err(ConnectError::TimedOut { addr, after })
+        };
+        let stream = future::or(connect, timeout).await?;
+        let local = stream.local_addr().map_err(|e| ConnectError::Io {
+            addr,
+            kind: e.kind(),
+            message: e.to_string().into(),
+        })?;
+        debug!(%addr, %local, "connected");
+        Ok(TransportClient::open(
+            inner.rt.clone(),
+            stream,
+            ConnectionAddrs { local, peer: addr },
+            inner.config.connection.clone(),
+            inner.handler.clone(),
+        ))
+    }
+
+    /// Closes every pooled connection and refuses new ones. Idempotent.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let clients: Vec<_> = lock(&self.inner.pools)
+            .drain()
+            .flat_map(|(_, pool)| pool.clients.into_iter().flatten())
+            .collect();
+        for client in clients {
+            client.close();
+        }
+    }
+}
+
+impl fmt::Debug for TransportClientFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportClientFactory")
+            .finish_non_exhaustive()
+    }
+}

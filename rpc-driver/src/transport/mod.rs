@@ -1,0 +1,81 @@
+//! The transport layer: Spark's `TransportServer`, `TransportClient` and
+//! `TransportClientFactory`, on [`rpc_proto::Connection`] and a [`Runtime`](crate::Runtime).
+//!
+//! A [`TransportServer`] accepts connections and hands every request that arrives on them to
+//! an [`RpcHandler`]. A [`TransportClientFactory`] opens connections (pooled per peer) and
+//! returns [`TransportClient`]s, which send RPCs and one-way messages. Connections are full
+//! duplex: a client's connection also delivers the peer's requests to the factory's handler.
+
+mod conn;
+mod factory;
+mod server;
+
+pub use conn::{RpcCall, RpcResponder, TransportClient};
+pub use factory::{ConnectError, TransportClientFactory};
+pub use server::TransportServer;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rpc_proto::{Config, ConnectionError};
+
+/// Receives what peers send on a connection: Spark's `RpcHandler`.
+///
+/// Called on the connection's driver task: implementations must not block. Hand longer work
+/// to a task and answer through the [`RpcResponder`], which may be kept and used later from
+/// anywhere.
+pub trait RpcHandler: Send + Sync + 'static {
+    /// An RPC arrived; answer it through `responder` (dropping it unanswered fails the call).
+    fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder);
+
+    /// A one-way message arrived.
+    fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
+        let _ = (client, message);
+    }
+
+    /// A connection became active.
+    fn connection_opened(&self, client: &TransportClient) {
+        let _ = client;
+    }
+
+    /// A connection ended; `error` says why. Called once per opened connection.
+    fn connection_closed(&self, client: &TransportClient, error: &ConnectionError) {
+        let _ = (client, error);
+    }
+}
+
+/// Settings of the transport layer.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// The protocol settings of every connection.
+    pub connection: Config,
+    /// How long opening a connection may take.
+    pub connect_timeout: Duration,
+    /// Connections kept per peer address by a [`TransportClientFactory`]; requests are spread
+    /// over them.
+    pub connections_per_peer: usize,
+    /// After a failed connect, further connects to the same address fail at once with the
+    /// same error for this long (Spark's fast-fail). Zero disables it.
+    pub fast_fail_window: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            connection: Config::default(),
+            connect_timeout: Duration::from_secs(30),
+            connections_per_peer: 1,
+            fast_fail_window: Duration::ZERO,
+        }
+    }
+}
+
+/// Addresses of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionAddrs {
+    /// This side's address.
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}

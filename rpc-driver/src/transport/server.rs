@@ -1,0 +1,168 @@
+//! Accepting connections: Spark's `TransportServer`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use rpc_proto::ConnectionError;
+use tracing::{debug, warn, Instrument};
+
+use super::{ConnectionAddrs, RpcHandler, RpcResponder, TransportClient, TransportConfig};
+use crate::runtime::{AsyncListener, Runtime};
+use crate::sync::{lock, Arc, Mutex};
+
+/// Accepts connections and hands what arrives on them to an [`RpcHandler`].
+///
+/// Dropping the last handle does not stop it; [`close`](TransportServer::close) does.
+#[derive(Clone)]
+pub struct TransportServer {
+    inner: Arc<ServerInner>,
+}
+
+struct ServerInner {
+    local_addr: SocketAddr,
+    closed: AtomicBool,
+    accept_waker: Mutex<Option<Waker>>,
+    tracker: Arc<Tracker>,
+}
+
+/// Forwards to the user's handler and keeps the open connections, so closing the server can
+/// close them.
+struct Tracker {
+    handler: Arc<dyn RpcHandler>,
+    open: Mutex<HashMap<u64, TransportClient>>,
+}
+
+impl RpcHandler for Tracker {
+    fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder) {
+        self.handler.receive(client, message, responder)
+    }
+
+    fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
+        self.handler.receive_one_way(client, message)
+    }
+
+    fn connection_opened(&self, client: &TransportClient) {
+        lock(&self.open).insert(client.id(), client.clone());
+        self.handler.connection_opened(client)
+    }
+
+    fn connection_closed(&self, client: &TransportClient, error: &ConnectionError) {
+        lock(&self.open).remove(&client.id());
+        self.handler.connection_closed(client, error)
+    }
+}
+
+impl TransportServer {
+    /// Binds `addr` (port 0 picks a free port) and starts accepting connections.
+    ///
+    /// A port already in use is [`io::ErrorKind::AddrInUse`].
+    pub fn bind(
+        rt: Arc<dyn Runtime>,
+        addr: SocketAddr,
+        handler: Arc<dyn RpcHandler>,
+        config: TransportConfig,
+    ) -> io::Result<Self> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let listener = rt.listen(std_listener)?;
+        let local_addr = listener.local_addr()?;
+        let inner = Arc::new(ServerInner {
+            local_addr,
+            closed: AtomicBool::new(false),
+            accept_waker: Mutex::new(None),
+            tracker: Arc::new(Tracker {
+                handler,
+                open: Mutex::new(HashMap::new()),
+            }),
+        });
+        let accept = Accept {
+            rt: rt.clone(),
+            listener,
+            server: inner.clone(),
+            config,
+        };
+        let span = tracing::debug_span!("server", addr = %local_addr);
+        rt.spawn(Box::pin(accept.instrument(span)));
+        debug!(addr = %local_addr, "transport server listening");
+        Ok(Self { inner })
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The connections currently open.
+    pub fn connections(&self) -> Vec<TransportClient> {
+        lock(&self.inner.tracker.open).values().cloned().collect()
+    }
+
+    /// Stops accepting and closes every open connection. Idempotent.
+    pub fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(waker) = lock(&self.inner.accept_waker).take() {
+            waker.wake();
+        }
+        for client in self.connections() {
+            client.close();
+        }
+    }
+}
+
+impl fmt::Debug for TransportServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportServer")
+            .field("addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+/// The accept loop.
+struct Accept {
+    rt: Arc<dyn Runtime>,
+    listener: Box<dyn AsyncListener>,
+    server: Arc<ServerInner>,
+    config: TransportConfig,
+}
+
+impl Future for Accept {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            *lock(&this.server.accept_waker) = Some(cx.waker().clone());
+            if this.server.closed.load(Ordering::SeqCst) {
+                debug!("transport server stopped accepting");
+                return Poll::Ready(());
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((stream, peer))) => {
+                    let local = stream.local_addr().unwrap_or(this.server.local_addr);
+                    TransportClient::open(
+                        this.rt.clone(),
+                        stream,
+                        ConnectionAddrs { local, peer },
+                        this.config.connection.clone(),
+                        this.server.tracker.clone(),
+                    );
+                }
+                Poll::Ready(Err(error)) => {
+                    // Per-connection failures (the peer reset before accept, descriptors
+                    // exhausted): log and keep accepting.
+                    warn!(%error, "accept failed");
+                }
+            }
+        }
+    }
+}
