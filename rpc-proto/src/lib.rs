@@ -6,8 +6,10 @@
 //! no tasks, reads no clock and has no `unsafe`. A driver (`rpc-driver`, run by `rpc-tokio` or
 //! `rpc-async-std`) moves bytes between a socket and a [`Connection`], and time into it.
 //!
-//! It is not an RPC framework by itself: endpoints, envelopes, serialization and connection
-//! pooling live in the layers above.
+//! It is not an RPC framework by itself. For the control plane (Spark's `RpcEnv` model) it
+//! holds only pure state: addresses ([`RpcEndpointAddress`]), our versioned [`Envelope`],
+//! the ordering rules of an endpoint's [`Inbox`] and the queue and connect policy of an
+//! [`Outbox`]; endpoints, dispatch and connection pooling live in the layers above.
 //!
 //! ```text
 //!   bytes read, now ──► handle_data / handle_bytes ─┐
@@ -62,20 +64,36 @@
 
 #![forbid(unsafe_code)]
 
+mod address;
 mod config;
 mod connection;
+mod envelope;
 mod error;
 mod frame;
 mod id;
+mod inbox;
+mod outbox;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};
 pub use config::{
     Config, ConfigBuilder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, MIN_MAX_FRAME_SIZE,
     SPARK_MAX_FRAME_LENGTH,
 };
 pub use connection::{Connection, ConnectionStats, Event};
+pub use envelope::{
+    decode_payload, encode_payload, Envelope, EnvelopeError, EnvelopeKind, PayloadError,
+    ENVELOPE_VERSION,
+};
 pub use error::{CallError, ConfigError, ConnectionError, DecodeError, RpcError};
 pub use frame::{Decoded, Frame, FrameDecoder, MessageType, FRAME_PREFIX_LEN};
 pub use id::{BodyId, Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
+pub use inbox::{Inbox, InboxError, InboxItem};
+pub use outbox::{
+    Outbox, OutboxAction, OutboxConfig, OutboxConfigBuilder, OutboxConfigError, OutboxError,
+    OutboxFailure, OutboxState, DEFAULT_BACKOFF_JITTER, DEFAULT_INITIAL_BACKOFF,
+    DEFAULT_MAX_BACKOFF, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_OUTBOX_MAX_BYTES,
+    DEFAULT_OUTBOX_MAX_MESSAGES,
+};

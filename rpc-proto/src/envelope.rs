@@ -1,0 +1,485 @@
+//! Our versioned envelope, carried as the body of `RpcRequest` and `OneWayMessage` frames.
+//!
+//! Spark wraps an RPC in a Java-serialized `RequestMessage` (sender address, receiver endpoint,
+//! content). We carry the same facts in our own format, so that no JVM serialization is needed:
+//!
+//! ```text
+//!   +---------+----------------------------+---------------------------------+
+//!   | version | header (postcard)          | payload (the rest of the body)  |
+//!   | 1 byte  | sender, receiver, type,    | raw bytes: usually a postcard   |
+//!   |  = 1    | deadline, kind             | value, see encode_payload       |
+//!   +---------+----------------------------+---------------------------------+
+//! ```
+//!
+//! The payload is not length-prefixed: it is whatever follows the header, so decoding hands it
+//! out as a slice of the frame body without copying.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::address::RpcAddress;
+use crate::id::RequestId;
+
+/// The envelope version this crate writes and reads: the first byte of every envelope.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// The header of one control-plane message: who sends it, to which endpoint, of what type and
+/// of what kind. The payload travels after it, see [`Envelope::encode`].
+///
+/// The header's encoding is postcard's encoding of this struct, fields in declaration order,
+/// and is fixed for [`ENVELOPE_VERSION`] 1: a new field means a new version. (New
+/// [`EnvelopeKind`]s are appended, so older readers fail on them with
+/// [`EnvelopeError::MalformedHeader`] instead of misreading them.)
+///
+/// ```
+/// use rpc_proto::{Envelope, EnvelopeKind, RpcAddress};
+///
+/// let envelope = Envelope {
+///     sender: Some(RpcAddress::new("10.0.0.1", 7077)),
+///     receiver: "Master".into(),
+///     message_type: "RegisterWorker".into(),
+///     deadline_ms: Some(120_000),
+///     kind: EnvelopeKind::Ask,
+/// };
+/// let body = envelope.encode(b"payload");
+/// let (decoded, payload) = Envelope::decode(body).unwrap();
+/// assert_eq!(decoded, envelope);
+/// assert_eq!(payload, "payload");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sending env's address; `None` when it runs in client mode (it accepts no
+    /// connections, so replies and messages to it go back over the connection this came on).
+    pub sender: Option<RpcAddress>,
+    /// The name of the endpoint the message is for.
+    pub receiver: String,
+    /// The identity of the message's type. The receiver checks it against the type its
+    /// endpoint accepts before decoding the payload.
+    pub message_type: String,
+    /// For an ask: how many milliseconds the sender was still willing to wait when it sent the
+    /// message, so the receiver can skip work whose answer nobody will read. `None`: no
+    /// deadline.
+    pub deadline_ms: Option<u64>,
+    /// What the message is.
+    pub kind: EnvelopeKind,
+}
+
+/// What an [`Envelope`] carries.
+///
+/// Variants are only ever appended: their index is their wire encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EnvelopeKind {
+    /// A fire-and-forget message (Spark's `send`), sent as a `OneWayMessage`.
+    Send,
+    /// A message expecting a reply (Spark's `ask`), sent as an `RpcRequest`; the reply is the
+    /// `RpcResponse` or `RpcFailure` to that request.
+    Ask,
+    /// The sender stopped waiting for an ask (it was dropped or aborted). Sent on the same
+    /// connection as the ask, which the receiver identifies by its transport request id.
+    Cancel {
+        /// The transport request id the ask was sent with.
+        #[serde(with = "request_id")]
+        request: RequestId,
+    },
+    /// A lookup (Spark's `RpcEndpointVerifier`): does endpoint [`receiver`](Envelope::receiver)
+    /// exist, and does it accept messages of type [`message_type`](Envelope::message_type)?
+    /// Sent as an ask.
+    Verify,
+}
+
+impl Envelope {
+    /// [`deadline_ms`](Envelope::deadline_ms) as a duration.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline_ms.map(Duration::from_millis)
+    }
+
+    /// Encodes the envelope followed by `payload`, in one allocation sized for the whole
+    /// body.
+    pub fn encode(&self, payload: &[u8]) -> Bytes {
+        // Neither can fail: the header has only strings, integers, options and enums, whose
+        // size postcard always knows.
+        let header = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .expect("an envelope header always serializes");
+        let mut out = Vec::with_capacity(1 + header + payload.len());
+        out.push(ENVELOPE_VERSION);
+        let mut out = postcard::to_extend(self, out).expect("an envelope header always serializes");
+        out.extend_from_slice(payload);
+        Bytes::from(out)
+    }
+
+    /// Decodes a body written by [`encode`](Envelope::encode): the envelope, and the payload
+    /// as a slice of `body` (no copy).
+    pub fn decode(body: Bytes) -> Result<(Envelope, Bytes), EnvelopeError> {
+        let Some(&version) = body.first() else {
+            return Err(EnvelopeError::Empty);
+        };
+        if version != ENVELOPE_VERSION {
+            return Err(EnvelopeError::UnsupportedVersion {
+                version,
+                supported: ENVELOPE_VERSION,
+            });
+        }
+        let (envelope, rest) = postcard::take_from_bytes::<Envelope>(&body[1..])
+            .map_err(|err| EnvelopeError::MalformedHeader(Arc::from(err.to_string())))?;
+        let payload = body.slice(body.len() - rest.len()..);
+        Ok((envelope, payload))
+    }
+}
+
+mod request_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::id::RequestId;
+
+    pub(super) fn serialize<S: Serializer>(id: &RequestId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(id.0)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RequestId, D::Error> {
+        u64::deserialize(d).map(RequestId)
+    }
+}
+
+/// A body that is not an envelope this crate can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The body has no bytes, not even a version.
+    #[error("empty envelope")]
+    Empty,
+    /// The version byte is not one this crate reads.
+    #[error("unsupported envelope version {version} (this side supports version {supported})")]
+    UnsupportedVersion {
+        /// The version byte found.
+        version: u8,
+        /// The version this crate reads, [`ENVELOPE_VERSION`].
+        supported: u8,
+    },
+    /// The header after the version byte does not decode; postcard's message says why.
+    #[error("malformed envelope header: {0}")]
+    MalformedHeader(Arc<str>),
+}
+
+/// A payload value that could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// The value cannot be written by postcard (for example a sequence of unknown length).
+    #[error("cannot encode payload: {0}")]
+    Encode(Arc<str>),
+    /// The bytes are not a value of the expected type.
+    #[error("malformed payload: {0}")]
+    Decode(Arc<str>),
+    /// The bytes hold a value of the expected type and then more.
+    #[error("payload has {extra} unexpected bytes after its value")]
+    TrailingBytes {
+        /// How many bytes were left over.
+        extra: usize,
+    },
+}
+
+/// Encodes a payload value with postcard.
+pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PayloadError> {
+    postcard::to_allocvec(value).map_err(|err| PayloadError::Encode(Arc::from(err.to_string())))
+}
+
+/// Decodes a payload value written by [`encode_payload`]. Bytes after the value are an error:
+/// a payload is exactly one value.
+///
+/// ```
+/// use rpc_proto::{decode_payload, encode_payload, PayloadError};
+///
+/// let bytes = encode_payload(&("worker-1", 8u32)).unwrap();
+/// assert_eq!(decode_payload::<(String, u32)>(&bytes).unwrap(), ("worker-1".into(), 8));
+///
+/// let mut longer = bytes.clone();
+/// longer.push(0);
+/// assert_eq!(
+///     decode_payload::<(String, u32)>(&longer),
+///     Err(PayloadError::TrailingBytes { extra: 1 })
+/// );
+/// ```
+pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
+    let (value, rest) = postcard::take_from_bytes(bytes)
+        .map_err(|err| PayloadError::Decode(Arc::from(err.to_string())))?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(PayloadError::TrailingBytes { extra: rest.len() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask() -> Envelope {
+        Envelope {
+            sender: Some(RpcAddress::new("h", 1)),
+            receiver: "ep".into(),
+            message_type: "T".into(),
+            deadline_ms: Some(300),
+            kind: EnvelopeKind::Ask,
+        }
+    }
+
+    #[test]
+    fn golden_bytes_of_version_1() {
+        let body = ask().encode(b"xy");
+        assert_eq!(
+            &body[..],
+            &[
+                1, // version
+                1, 1, b'h', 1, // sender: Some, host "h", port 1 (varint)
+                2, b'e', b'p', // receiver "ep"
+                1, b'T', // message type "T"
+                1, 0xac, 0x02, // deadline: Some, 300 (varint)
+                1,    // kind: Ask
+                b'x', b'y', // payload
+            ][..]
+        );
+        let cancel = Envelope {
+            sender: None,
+            receiver: String::new(),
+            message_type: String::new(),
+            deadline_ms: None,
+            kind: EnvelopeKind::Cancel {
+                request: RequestId(0x81),
+            },
+        };
+        assert_eq!(&cancel.encode(&[])[..], &[1, 0, 0, 0, 0, 2, 0x81, 0x01]);
+        let verify = Envelope {
+            kind: EnvelopeKind::Verify,
+            ..cancel.clone()
+        };
+        assert_eq!(&verify.encode(&[])[..], &[1, 0, 0, 0, 0, 3]);
+        let send = Envelope {
+            kind: EnvelopeKind::Send,
+            ..cancel
+        };
+        assert_eq!(&send.encode(&[])[..], &[1, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn payload_is_a_slice_of_the_body() {
+        let body = ask().encode(b"payload");
+        let start = body.as_ptr() as usize;
+        let (envelope, payload) = Envelope::decode(body.clone()).unwrap();
+        assert_eq!(envelope, ask());
+        assert_eq!(payload, "payload");
+        assert_eq!(payload.as_ptr() as usize, start + body.len() - 7);
+    }
+
+    #[test]
+    fn empty_payload_decodes_to_empty() {
+        let (_, payload) = Envelope::decode(ask().encode(&[])).unwrap();
+        assert!(payload.is_empty());
+    }
+
+    #[test]
+    fn empty_body_is_an_error() {
+        assert_eq!(Envelope::decode(Bytes::new()), Err(EnvelopeError::Empty));
+    }
+
+    #[test]
+    fn other_versions_are_rejected_by_name() {
+        let mut body = ask().encode(b"").to_vec();
+        body[0] = 2;
+        let err = Envelope::decode(body.into()).unwrap_err();
+        assert_eq!(
+            err,
+            EnvelopeError::UnsupportedVersion {
+                version: 2,
+                supported: 1
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "unsupported envelope version 2 (this side supports version 1)"
+        );
+    }
+
+    #[test]
+    fn truncated_header_is_malformed() {
+        let body = ask().encode(b"");
+        for len in 1..body.len() {
+            let err = Envelope::decode(body.slice(..len)).unwrap_err();
+            assert!(
+                matches!(err, EnvelopeError::MalformedHeader(_)),
+                "{len}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_kind_is_malformed() {
+        let mut body = Envelope {
+            kind: EnvelopeKind::Send,
+            ..ask()
+        }
+        .encode(b"")
+        .to_vec();
+        *body.last_mut().unwrap() = 9;
+        let err = Envelope::decode(body.into()).unwrap_err();
+        assert!(matches!(err, EnvelopeError::MalformedHeader(_)));
+        assert!(err.to_string().starts_with("malformed envelope header: "));
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        let body = Bytes::from_static(&[1, 0, 1, 0xff, 0, 0, 0]);
+        assert!(matches!(
+            Envelope::decode(body),
+            Err(EnvelopeError::MalformedHeader(_))
+        ));
+    }
+
+    #[test]
+    fn deadline_as_duration() {
+        assert_eq!(ask().deadline(), Some(Duration::from_millis(300)));
+    }
+
+    #[test]
+    fn payload_helpers_round_trip_and_reject_trailing_bytes() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Register {
+            id: String,
+            cores: u32,
+        }
+        let value = Register {
+            id: "w".into(),
+            cores: 4,
+        };
+        let bytes = encode_payload(&value).unwrap();
+        assert_eq!(decode_payload::<Register>(&bytes).unwrap(), value);
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0, 0]);
+        assert_eq!(
+            decode_payload::<Register>(&longer),
+            Err(PayloadError::TrailingBytes { extra: 2 })
+        );
+        assert!(matches!(
+            decode_payload::<Register>(&bytes[..bytes.len() - 1]),
+            Err(PayloadError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn unencodable_payload_is_an_error() {
+        struct UnknownLength;
+        impl Serialize for UnknownLength {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(std::iter::from_fn(|| None::<u8>))
+            }
+        }
+        assert!(matches!(
+            encode_payload(&UnknownLength),
+            Err(PayloadError::Encode(_))
+        ));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn string() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "[A-Za-z0-9_.]{1,40}", "\\PC{0,20}"]
+    }
+
+    fn kind() -> impl Strategy<Value = EnvelopeKind> {
+        prop_oneof![
+            Just(EnvelopeKind::Send),
+            Just(EnvelopeKind::Ask),
+            any::<u64>().prop_map(|r| EnvelopeKind::Cancel {
+                request: RequestId(r)
+            }),
+            Just(EnvelopeKind::Verify),
+        ]
+    }
+
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        (
+            prop::option::of(
+                (string(), any::<u16>()).prop_map(|(host, port)| RpcAddress { host, port }),
+            ),
+            string(),
+            string(),
+            prop::option::of(any::<u64>()),
+            kind(),
+        )
+            .prop_map(
+                |(sender, receiver, message_type, deadline_ms, kind)| Envelope {
+                    sender,
+                    receiver,
+                    message_type,
+                    deadline_ms,
+                    kind,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn envelopes_round_trip(envelope in envelope(), payload in prop::collection::vec(any::<u8>(), 0..200)) {
+            let body = envelope.encode(&payload);
+            let (decoded, rest) = Envelope::decode(body).unwrap();
+            prop_assert_eq!(decoded, envelope);
+            prop_assert_eq!(&rest[..], &payload[..]);
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let body = Bytes::from(bytes);
+            match Envelope::decode(body.clone()) {
+                Ok((envelope, payload)) => {
+                    // The payload is the tail of the body, and what decodes re-encodes to an
+                    // envelope that decodes the same.
+                    prop_assert!(body.ends_with(&payload));
+                    let again = Envelope::decode(envelope.encode(&payload)).unwrap();
+                    prop_assert_eq!(again, (envelope, payload));
+                }
+                Err(EnvelopeError::Empty) => prop_assert!(body.is_empty()),
+                Err(EnvelopeError::UnsupportedVersion { version, supported }) => {
+                    prop_assert_eq!(version, body[0]);
+                    prop_assert_eq!(supported, ENVELOPE_VERSION);
+                }
+                Err(EnvelopeError::MalformedHeader(_)) => prop_assert_eq!(body[0], ENVELOPE_VERSION),
+            }
+        }
+
+        #[test]
+        fn any_version_but_1_is_unsupported(
+            version in any::<u8>().prop_filter("not 1", |v| *v != ENVELOPE_VERSION),
+            envelope in envelope(),
+        ) {
+            let mut body = envelope.encode(b"x").to_vec();
+            body[0] = version;
+            prop_assert_eq!(
+                Envelope::decode(body.into()),
+                Err(EnvelopeError::UnsupportedVersion { version, supported: ENVELOPE_VERSION })
+            );
+        }
+
+        #[test]
+        fn payload_values_round_trip(value in (any::<u64>(), string(), prop::option::of(any::<i32>()))) {
+            let bytes = encode_payload(&value).unwrap();
+            prop_assert_eq!(decode_payload::<(u64, String, Option<i32>)>(&bytes), Ok(value));
+        }
+
+        #[test]
+        fn any_bytes_decode_as_payload_or_fail_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(value) = decode_payload::<(u64, String, Option<i32>)>(&bytes) {
+                let again = encode_payload(&value).unwrap();
+                prop_assert_eq!(decode_payload::<(u64, String, Option<i32>)>(&again), Ok(value));
+            }
+        }
+    }
+}
