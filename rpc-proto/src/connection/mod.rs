@@ -382,8 +382,11 @@ impl Connection {
         self.closed.is_some() && self.send.is_empty()
     }
 
-    /// Bytes queued and ready for [`poll_transmit`](Connection::poll_transmit). Drivers stop
+    /// Bytes [`poll_transmit`](Connection::poll_transmit) can hand out now. Drivers stop
     /// feeding body bytes while this is high, which bounds memory to what the socket can take.
+    ///
+    /// Frames queued behind a body that is still being fed do not count (they cannot move
+    /// before the body does), nor do bodies of stream answers waiting for earlier answers.
     pub fn queued_bytes(&self) -> u64 {
         self.send.ready_bytes()
     }

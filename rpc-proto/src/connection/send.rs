@@ -39,8 +39,6 @@ pub(crate) struct OutBody {
 pub(crate) struct SendQueue {
     items: VecDeque<Item>,
     bodies: HashMap<BodyId, OutBody>,
-    /// Bytes ready to be written (frames and fed body pieces).
-    ready_bytes: u64,
     frames: u64,
 }
 
@@ -49,15 +47,12 @@ impl SendQueue {
         self.frames += 1;
         let large = frame.in_frame_body().filter(|b| b.len() > COPY_THRESHOLD);
         let buf = self.tail_buf();
-        let before = buf.len();
         if large.is_some() {
             frame.encode_head(buf);
         } else {
             frame.encode(buf);
         }
-        self.ready_bytes += (buf.len() - before) as u64;
         if let Some(body) = large {
-            self.ready_bytes += body.len() as u64;
             self.items.push_back(Item::Shared(body.clone()));
         }
     }
@@ -109,7 +104,6 @@ impl SendQueue {
             .expect("caller checked the body exists");
         body.unfed -= data.len() as u64;
         if !data.is_empty() {
-            self.ready_bytes += data.len() as u64;
             body.pieces.push_back(data);
         }
         if body.unfed == 0 && body.pieces.is_empty() && !body.queued {
@@ -130,7 +124,6 @@ impl SendQueue {
                         .get_mut(&id)
                         .expect("queued bodies are registered");
                     if let Some(piece) = body.pieces.pop_front() {
-                        self.ready_bytes -= piece.len() as u64;
                         return Some(piece);
                     }
                     if body.unfed > 0 {
@@ -142,15 +135,31 @@ impl SendQueue {
             };
             self.items.pop_front();
             if !out.is_empty() {
-                self.ready_bytes -= out.len() as u64;
                 return Some(out);
             }
         }
     }
 
-    /// Bytes ready to be written now.
+    /// Bytes [`SendQueue::pop`] can hand out now: everything up to the first body still
+    /// waiting to be fed, and what has been fed of that body. Bytes behind such a body, and
+    /// bodies whose place in the queue is not yet taken, do not count: they cannot move until
+    /// the body does, so a driver must not hold the body back because of them.
     pub(crate) fn ready_bytes(&self) -> u64 {
-        self.ready_bytes
+        let mut total = 0;
+        for item in &self.items {
+            match item {
+                Item::Buf(b) => total += b.len() as u64,
+                Item::Shared(b) => total += b.len() as u64,
+                Item::Body(id) => {
+                    let body = &self.bodies[id];
+                    total += body.pieces.iter().map(|p| p.len() as u64).sum::<u64>();
+                    if body.unfed > 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        total
     }
 
     /// Frames queued since the connection opened.
@@ -174,25 +183,10 @@ impl SendQueue {
         let items = &self.items;
         self.bodies
             .retain(|id, _| items.iter().any(|i| matches!(i, Item::Body(b) if b == id)));
-        self.recount();
     }
 
     pub(crate) fn clear(&mut self) {
         self.items.clear();
         self.bodies.clear();
-        self.ready_bytes = 0;
-    }
-
-    fn recount(&mut self) {
-        let bodies = &self.bodies;
-        self.ready_bytes = self
-            .items
-            .iter()
-            .map(|item| match item {
-                Item::Buf(b) => b.len() as u64,
-                Item::Shared(b) => b.len() as u64,
-                Item::Body(id) => bodies[id].pieces.iter().map(|p| p.len() as u64).sum(),
-            })
-            .sum();
     }
 }

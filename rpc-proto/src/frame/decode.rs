@@ -81,7 +81,7 @@ impl FrameDecoder {
     /// Decodes one item from the front of `src`, consuming exactly its bytes.
     ///
     /// Returns `Ok(None)` when `src` holds no complete item; it may then reserve room in `src`
-    /// for the rest of the frame, at most [`RESERVE_STEP`] bytes at a time.
+    /// for the rest of the frame, at most `RESERVE_STEP` (64 KiB) bytes at a time.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>, DecodeError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
