@@ -20,6 +20,12 @@ use std::time::Instant;
 use async_io::Async;
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 
+pub use rpc_driver::env::{
+    Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
+    EndpointKind, EnvStats, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcEnvConfig,
+    RpcError, SetupError,
+};
+pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
 pub use rpc_driver::transport::{
     ConnectError, RpcCall, RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
     TransportConfig, TransportServer,
@@ -49,6 +55,13 @@ impl AsyncIoRuntime {
 impl Runtime for AsyncIoRuntime {
     fn spawn(&self, future: BoxFuture<()>) {
         self.executor.spawn(future).detach();
+    }
+
+    fn spawn_isolated(&self, future: BoxFuture<()>) {
+        std::thread::Builder::new()
+            .name("rpc-isolated".into())
+            .spawn(move || async_io::block_on(future))
+            .expect("spawning a thread for an isolated endpoint");
     }
 
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {

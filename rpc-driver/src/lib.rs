@@ -13,11 +13,14 @@
 //! ```
 //!
 //! Layers: [`transport`] (Spark's `TransportServer`, `TransportClient` and
-//! `TransportClientFactory`).
+//! `TransportClientFactory`) and, on it, [`env`] (Spark's `RpcEnv`: named endpoints, refs,
+//! `send` and `ask`).
 
 #![forbid(unsafe_code)]
 
 mod completion;
+#[cfg(not(loom))]
+pub mod env;
 mod runtime;
 mod sync;
 pub mod transport;

@@ -19,6 +19,10 @@ pub trait Runtime: Send + Sync + Debug + 'static {
     /// Runs `future` to completion in the background.
     fn spawn(&self, future: BoxFuture<()>);
 
+    /// Runs `future` to completion on a thread of its own, so that it cannot block the
+    /// runtime's other tasks (isolated endpoints). Timers and sockets must still work there.
+    fn spawn_isolated(&self, future: BoxFuture<()>);
+
     /// A timer that fires at `deadline`.
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>>;
 

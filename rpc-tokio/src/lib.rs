@@ -16,11 +16,40 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+pub use rpc_driver::env::{
+    Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
+    EndpointKind, EnvStats, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnvConfig, RpcError,
+    SetupError,
+};
+pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
 pub use rpc_driver::transport::{
     ConnectError, RpcCall, RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
     TransportConfig, TransportServer,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
+
+pub use rpc_driver::env::RpcEnv;
+
+/// The runtime to start envs and transports on: the tokio runtime this is called from.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), rpc_tokio::SetupError> {
+/// use rpc_tokio::{RpcEnv, RpcEnvConfig};
+///
+/// let env = RpcEnv::create(rpc_tokio::runtime(), RpcEnvConfig::server("driver", "127.0.0.1", 0))?;
+/// println!("listening at {:?}", env.address());
+/// env.shutdown();
+/// env.await_termination().await;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn runtime() -> Arc<dyn Runtime> {
+    TokioRuntime::shared()
+}
 
 /// The tokio [`Runtime`]: tasks, timers and sockets of the tokio runtime it was made in.
 #[derive(Debug, Clone)]
@@ -49,6 +78,14 @@ impl TokioRuntime {
 impl Runtime for TokioRuntime {
     fn spawn(&self, future: BoxFuture<()>) {
         self.handle.spawn(future);
+    }
+
+    fn spawn_isolated(&self, future: BoxFuture<()>) {
+        let handle = self.handle.clone();
+        std::thread::Builder::new()
+            .name("rpc-isolated".into())
+            .spawn(move || handle.block_on(future))
+            .expect("spawning a thread for an isolated endpoint");
     }
 
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {

@@ -1,0 +1,219 @@
+//! Answering an ask: the call context.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use rpc_proto::{encode_payload, RpcAddress};
+use serde::Serialize;
+
+use super::error::RpcError;
+use crate::completion::Completer;
+use crate::sync::{lock, Arc, Mutex};
+use crate::transport::RpcResponder;
+
+/// A local reply, not serialized.
+pub(crate) type LocalReply = Result<Box<dyn Any + Send>, RpcError>;
+
+/// Where an ask's answer goes.
+pub(crate) enum ReplyTo {
+    /// A caller in this process: the value itself.
+    Local(Completer<LocalReply>),
+    /// A caller across a connection: the serialized value.
+    Remote(RpcResponder),
+}
+
+impl ReplyTo {
+    fn fail(self, message: String) {
+        match self {
+            ReplyTo::Local(c) => {
+                let _ = c.complete(Err(RpcError::Remote(message.into())));
+            }
+            ReplyTo::Remote(r) => {
+                let _ = r.fail(&message);
+            }
+        }
+    }
+}
+
+/// Set when the caller of an ask stops waiting (dropped or aborted its future).
+#[derive(Default)]
+pub(crate) struct CancelFlag {
+    cancelled: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl CancelFlag {
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        for waker in lock(&self.wakers).drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+struct CallInner {
+    reply: Mutex<Option<ReplyTo>>,
+    sender: Option<RpcAddress>,
+    deadline: Option<Instant>,
+    cancel: Arc<CancelFlag>,
+    endpoint: String,
+}
+
+impl Drop for CallInner {
+    fn drop(&mut self) {
+        let reply = match self.reply.get_mut() {
+            Ok(r) => r.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(reply) = reply {
+            reply.fail(format!(
+                "endpoint {} dropped the call without replying",
+                self.endpoint
+            ));
+        }
+    }
+}
+
+/// Answers one ask: Spark's `RpcCallContext`.
+///
+/// Clone it, keep it, answer it later from any task: the first answer counts, the rest are
+/// ignored. When the last clone is dropped unanswered, the caller fails at once instead of
+/// waiting for its timeout.
+pub struct RpcCallContext<R> {
+    inner: Arc<CallInner>,
+    _reply: PhantomData<fn(R)>,
+}
+
+impl<R> Clone for RpcCallContext<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _reply: PhantomData,
+        }
+    }
+}
+
+impl<R: Serialize + Send + 'static> RpcCallContext<R> {
+    pub(crate) fn new(
+        reply: ReplyTo,
+        sender: Option<RpcAddress>,
+        deadline: Option<Instant>,
+        cancel: Arc<CancelFlag>,
+        endpoint: &str,
+    ) -> Self {
+        Self {
+            inner: Arc::new(CallInner {
+                reply: Mutex::new(Some(reply)),
+                sender,
+                deadline,
+                cancel,
+                endpoint: endpoint.to_owned(),
+            }),
+            _reply: PhantomData,
+        }
+    }
+
+    fn take(&self) -> Option<ReplyTo> {
+        lock(&self.inner.reply).take()
+    }
+
+    /// Answers the ask. Returns `false` if it was already answered.
+    pub fn reply(&self, value: R) -> bool {
+        let Some(to) = self.take() else { return false };
+        match to {
+            ReplyTo::Local(c) => {
+                let _ = c.complete(Ok(Box::new(value)));
+            }
+            ReplyTo::Remote(r) => match encode_payload(&value) {
+                Ok(bytes) => {
+                    let _ = r.reply(bytes.into());
+                }
+                Err(e) => {
+                    let _ = r.fail(&format!("the reply could not be serialized: {e}"));
+                }
+            },
+        }
+        true
+    }
+
+    /// Fails the ask: the caller receives `error`'s text as [`RpcError::Remote`]. Returns
+    /// `false` if it was already answered.
+    pub fn send_failure(&self, error: impl fmt::Display) -> bool {
+        let Some(to) = self.take() else { return false };
+        to.fail(error.to_string());
+        true
+    }
+
+    /// Whether it has been answered.
+    pub fn is_answered(&self) -> bool {
+        lock(&self.inner.reply).is_none()
+    }
+
+    /// The address of the caller's env; `None` for a client-mode env or a local caller.
+    pub fn sender_address(&self) -> Option<&RpcAddress> {
+        self.inner.sender.as_ref()
+    }
+
+    /// When the caller stops waiting, if it said (the remaining time travels with the ask).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
+    }
+
+    /// Whether the caller has stopped waiting (dropped or aborted its ask).
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Resolves when the caller stops waiting.
+    pub fn cancelled(&self) -> Cancelled {
+        Cancelled {
+            flag: self.inner.cancel.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for RpcCallContext<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcCallContext")
+            .field("endpoint", &self.inner.endpoint)
+            .field("sender", &self.inner.sender)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves when an ask's caller stops waiting; from [`RpcCallContext::cancelled`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Cancelled {
+    flag: Arc<CancelFlag>,
+}
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flag.is_cancelled() {
+            return Poll::Ready(());
+        }
+        lock(&self.flag.wakers).push(cx.waker().clone());
+        if self.flag.is_cancelled() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl fmt::Debug for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancelled").finish_non_exhaustive()
+    }
+}

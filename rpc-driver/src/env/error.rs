@@ -1,0 +1,135 @@
+//! Errors of the control plane.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_proto::{AddressError, ConnectionError, RpcEndpointAddress};
+
+use crate::transport::ConnectError;
+
+/// Why an `ask` (or a `send` that could be checked) did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// No reply within the timeout.
+    #[error(
+        "ask to {endpoint} timed out after {after:?} (the default is set by \
+         RpcEnvConfig::ask_timeout; override it per call with ask_with_timeout)"
+    )]
+    TimedOut {
+        /// The timeout.
+        after: Duration,
+        /// The endpoint asked.
+        endpoint: String,
+    },
+    /// The endpoint does not exist (or no longer does).
+    #[error("endpoint not found: {0}")]
+    EndpointNotFound(String),
+    /// The endpoint exists but takes other message or reply types.
+    #[error("endpoint {endpoint} takes {found}, not {expected}")]
+    TypeMismatch {
+        /// The endpoint.
+        endpoint: String,
+        /// The types the caller uses.
+        expected: String,
+        /// The types the endpoint declares.
+        found: String,
+    },
+    /// The endpoint was stopped before it handled the message.
+    #[error("endpoint {0} is stopped")]
+    EndpointStopped(String),
+    /// The env (ours) is shut down.
+    #[error("the rpc env is stopped")]
+    EnvStopped,
+    /// The connection to the peer ended before the reply arrived.
+    #[error("disconnected from {peer}: {cause}")]
+    Disconnected {
+        /// The peer.
+        peer: String,
+        /// Why the connection ended.
+        cause: ConnectionError,
+    },
+    /// The peer could not be reached.
+    #[error("could not deliver to {endpoint}: {cause}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// The last connect error.
+        cause: Arc<str>,
+    },
+    /// The endpoint failed the call (`RpcCallContext::send_failure`, or its handler panicked).
+    #[error("remote failure: {0}")]
+    Remote(Arc<str>),
+    /// The message could not be sent: a local limit (queue full, frame too large).
+    #[error("message not sent: {0}")]
+    NotSent(Arc<str>),
+    /// A message or reply could not be (de)serialized.
+    #[error("serialization failed: {0}")]
+    Serialization(Arc<str>),
+    /// The ref was not made by an env (deserialized outside one) or its env is gone.
+    #[error("endpoint ref {0} is not bound to a running rpc env")]
+    Unbound(RpcEndpointAddress),
+}
+
+/// Setting up an env or an endpoint failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The listening socket could not be bound.
+    #[error("could not bind {addr}: {source}")]
+    Bind {
+        /// The address (the last one tried, with port retries).
+        addr: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An endpoint of that name is already registered.
+    #[error("an endpoint named {0:?} is already registered")]
+    DuplicateName(String),
+    /// The env is stopped.
+    #[error("the rpc env is stopped")]
+    EnvStopped,
+    /// An address or URI did not parse.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// The address did not resolve.
+    #[error("could not resolve {0}")]
+    Resolve(String),
+    /// A lookup failed.
+    #[error(transparent)]
+    Lookup(#[from] RpcError),
+}
+
+impl From<ConnectError> for RpcError {
+    fn from(e: ConnectError) -> Self {
+        RpcError::Unreachable {
+            endpoint: String::new(),
+            cause: e.to_string().into(),
+        }
+    }
+}
+
+/// Prefixes of failure strings our own peers send for system errors, so the caller can give
+/// back a typed error. A Spark peer's failures carry none and arrive as [`RpcError::Remote`].
+pub(crate) const NOT_FOUND: &str = "[rpc:endpoint-not-found] ";
+pub(crate) const TYPE_MISMATCH: &str = "[rpc:type-mismatch] ";
+pub(crate) const STOPPED: &str = "[rpc:endpoint-stopped] ";
+
+/// Turns a failure string from the peer back into a typed error.
+pub(crate) fn from_remote(message: &str, endpoint: &str) -> RpcError {
+    if message.strip_prefix(NOT_FOUND).is_some() {
+        RpcError::EndpointNotFound(endpoint.to_owned())
+    } else if let Some(rest) = message.strip_prefix(TYPE_MISMATCH) {
+        let (expected, found) = rest.split_once(" | ").unwrap_or((rest, ""));
+        RpcError::TypeMismatch {
+            endpoint: endpoint.to_owned(),
+            expected: expected.to_owned(),
+            found: found.to_owned(),
+        }
+    } else if message.strip_prefix(STOPPED).is_some() {
+        RpcError::EndpointStopped(endpoint.to_owned())
+    } else {
+        RpcError::Remote(message.into())
+    }
+}

@@ -1,0 +1,373 @@
+//! Mailboxes: each endpoint's inbox and the task that feeds its handlers.
+
+use std::any::Any;
+use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+use rpc_proto::{decode_payload, Inbox, InboxItem, RpcAddress};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::call::{CancelFlag, ReplyTo, RpcCallContext};
+use super::endpoint::{
+    BoxError, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure, RpcEndpoint,
+};
+use super::reference::with_binding;
+use super::EnvInner;
+use crate::sync::{lock, Arc, Mutex};
+use crate::transport::TransportClient;
+
+/// A message's payload: the value itself from a local sender, bytes from a remote one.
+pub(crate) enum Payload {
+    Local(Box<dyn Any + Send>),
+    Remote {
+        bytes: Bytes,
+        client: Option<TransportClient>,
+    },
+}
+
+/// What goes into an inbox.
+pub(crate) enum Posted {
+    Message {
+        payload: Payload,
+        reply: Option<ReplyTo>,
+        sender: Option<RpcAddress>,
+        deadline: Option<Instant>,
+        cancel: Arc<CancelFlag>,
+    },
+    Connected(RpcAddress),
+    Disconnected(RpcAddress),
+    NetworkError(String, RpcAddress),
+}
+
+/// The type identities an endpoint declares, checked by lookups and by remote senders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EndpointTypes {
+    pub(crate) message: &'static str,
+    pub(crate) reply: &'static str,
+}
+
+impl EndpointTypes {
+    pub(crate) fn of<M, R>() -> Self {
+        Self {
+            message: std::any::type_name::<M>(),
+            reply: std::any::type_name::<R>(),
+        }
+    }
+
+    /// The identity carried in envelopes: message and reply type.
+    pub(crate) fn identity(&self) -> String {
+        format!("{} -> {}", self.message, self.reply)
+    }
+}
+
+/// One endpoint's inbox, shared by the env (which posts) and the endpoint's task.
+pub(crate) struct Mailbox {
+    pub(crate) name: String,
+    pub(crate) types: EndpointTypes,
+    state: Mutex<MailboxState>,
+}
+
+struct MailboxState {
+    inbox: Inbox<Posted>,
+    waker: Option<Waker>,
+}
+
+impl Mailbox {
+    pub(crate) fn new(name: &str, types: EndpointTypes, concurrent: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            types,
+            state: Mutex::new(MailboxState {
+                inbox: Inbox::new(concurrent),
+                waker: None,
+            }),
+        }
+    }
+
+    /// Posts into the inbox; gives the message back if the endpoint is stopped.
+    pub(crate) fn post(&self, posted: Posted) -> Result<(), Posted> {
+        let waker = {
+            let mut s = lock(&self.state);
+            s.inbox.post(posted).map_err(|e| e.into_inner())?;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Stops the endpoint: what is queued is still handled, then `on_stop` runs.
+    pub(crate) fn stop(&self) {
+        let waker = {
+            let mut s = lock(&self.state);
+            s.inbox.stop();
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    async fn next(&self) -> InboxItem<Posted> {
+        poll_fn(|cx| {
+            let mut s = lock(&self.state);
+            match s.inbox.next() {
+                Some(item) => Poll::Ready(item),
+                None => {
+                    s.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    fn done(&self) {
+        let waker = {
+            let mut s = lock(&self.state);
+            s.inbox.done();
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+fn panic_message(panic: Box<dyn Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(s) => *s,
+        Err(panic) => match panic.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "a non-string panic payload".to_owned(),
+        },
+    }
+}
+
+/// Runs `f`, turning a panic into a failure.
+async fn guarded<T>(f: impl Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .map_err(panic_message)
+}
+
+/// Decodes a message for an endpoint taking `M`.
+fn decode<M: DeserializeOwned + 'static>(
+    payload: Payload,
+    env: &std::sync::Weak<EnvInner>,
+) -> Result<M, String> {
+    match payload {
+        Payload::Local(value) => value
+            .downcast::<M>()
+            .map(|b| *b)
+            .map_err(|_| format!("a local message is not a {}", std::any::type_name::<M>())),
+        Payload::Remote { bytes, client } => {
+            with_binding(env, client, || decode_payload::<M>(&bytes)).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// What one message turned into, for the endpoint's hooks.
+enum Work<M, R> {
+    Send(M),
+    Ask(M, RpcCallContext<R>),
+    Connected(RpcAddress),
+    Disconnected(RpcAddress),
+    NetworkError(String, RpcAddress),
+    /// The message could not be decoded; already reported to its sender.
+    Undecodable(String),
+}
+
+fn prepare<M, R>(posted: Posted, name: &str, env: &std::sync::Weak<EnvInner>) -> Work<M, R>
+where
+    M: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+{
+    match posted {
+        Posted::Message {
+            payload,
+            reply,
+            sender,
+            deadline,
+            cancel,
+        } => match (decode::<M>(payload, env), reply) {
+            (Ok(m), None) => Work::Send(m),
+            (Ok(m), Some(reply)) => Work::Ask(
+                m,
+                RpcCallContext::new(reply, sender, deadline, cancel, name),
+            ),
+            (Err(e), reply) => {
+                let call =
+                    reply.map(|r| RpcCallContext::<R>::new(r, sender, deadline, cancel, name));
+                if let Some(call) = call {
+                    call.send_failure(format!("the message could not be decoded: {e}"));
+                }
+                Work::Undecodable(e)
+            }
+        },
+        Posted::Connected(a) => Work::Connected(a),
+        Posted::Disconnected(a) => Work::Disconnected(a),
+        Posted::NetworkError(e, a) => Work::NetworkError(e, a),
+    }
+}
+
+/// Reports a handler's outcome: errors and panics go to the caller (if any) and `on_error`.
+fn failure(
+    outcome: Result<Result<(), BoxError>, String>,
+    call: Option<&dyn Fn(String)>,
+) -> Option<EndpointFailure> {
+    match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            if let Some(fail) = call {
+                fail(e.to_string());
+            }
+            Some(EndpointFailure::Error(e))
+        }
+        Err(panic) => {
+            if let Some(fail) = call {
+                fail(format!("the endpoint panicked: {panic}"));
+            }
+            Some(EndpointFailure::Panic(panic))
+        }
+    }
+}
+
+/// The task of a serial endpoint: one item at a time, in order.
+pub(crate) async fn run_serial<E: RpcEndpoint>(
+    mut endpoint: E,
+    mailbox: Arc<Mailbox>,
+    ctx: EndpointContext<E::Message, E::Reply>,
+    env: std::sync::Weak<EnvInner>,
+) {
+    loop {
+        let item = mailbox.next().await;
+        let outcome = match item {
+            InboxItem::Start => failure(guarded(endpoint.on_start(&ctx)).await, None),
+            InboxItem::Message(posted) => {
+                match prepare::<E::Message, E::Reply>(posted, &mailbox.name, &env) {
+                    Work::Send(m) => failure(guarded(endpoint.receive(&ctx, m)).await, None),
+                    Work::Ask(m, call) => {
+                        let keep = call.clone();
+                        let outcome = guarded(endpoint.receive_and_reply(&ctx, m, call)).await;
+                        failure(
+                            outcome,
+                            Some(&|e| {
+                                keep.send_failure(e);
+                            }),
+                        )
+                    }
+                    Work::Connected(a) => guarded(endpoint.on_connected(&ctx, a))
+                        .await
+                        .err()
+                        .map(EndpointFailure::Panic),
+                    Work::Disconnected(a) => guarded(endpoint.on_disconnected(&ctx, a))
+                        .await
+                        .err()
+                        .map(EndpointFailure::Panic),
+                    Work::NetworkError(e, a) => guarded(endpoint.on_network_error(&ctx, e, a))
+                        .await
+                        .err()
+                        .map(EndpointFailure::Panic),
+                    Work::Undecodable(e) => Some(EndpointFailure::Error(e.into())),
+                }
+            }
+            InboxItem::Stop => {
+                if let Err(panic) = guarded(endpoint.on_stop(&ctx)).await {
+                    let _ = guarded(endpoint.on_error(&ctx, EndpointFailure::Panic(panic))).await;
+                }
+                mailbox.done();
+                break;
+            }
+        };
+        if let Some(error) = outcome {
+            if guarded(endpoint.on_error(&ctx, error)).await.is_err() {
+                tracing::error!(endpoint = %mailbox.name, "on_error panicked");
+            }
+        }
+        mailbox.done();
+    }
+    if let Some(env) = env.upgrade() {
+        env.endpoint_finished(&mailbox);
+    }
+}
+
+/// The task of a concurrent endpoint: `on_start` alone, then messages each on a task of
+/// their own, then `on_stop` alone once they have all finished.
+pub(crate) async fn run_concurrent<E: ConcurrentRpcEndpoint>(
+    endpoint: Arc<E>,
+    mailbox: Arc<Mailbox>,
+    ctx: Arc<EndpointContext<E::Message, E::Reply>>,
+    env: std::sync::Weak<EnvInner>,
+    spawn: impl Fn(crate::runtime::BoxFuture<()>),
+) {
+    loop {
+        match mailbox.next().await {
+            InboxItem::Start => {
+                if let Some(error) = failure(guarded(endpoint.on_start(&ctx)).await, None) {
+                    let _ = guarded(endpoint.on_error(&ctx, error)).await;
+                }
+                mailbox.done();
+            }
+            InboxItem::Message(posted) => {
+                let (endpoint, mailbox2, ctx, env) =
+                    (endpoint.clone(), mailbox.clone(), ctx.clone(), env.clone());
+                spawn(Box::pin(async move {
+                    let outcome =
+                        match prepare::<E::Message, E::Reply>(posted, &mailbox2.name, &env) {
+                            Work::Send(m) => {
+                                failure(guarded(endpoint.receive(&ctx, m)).await, None)
+                            }
+                            Work::Ask(m, call) => {
+                                let keep = call.clone();
+                                let outcome =
+                                    guarded(endpoint.receive_and_reply(&ctx, m, call)).await;
+                                failure(
+                                    outcome,
+                                    Some(&|e| {
+                                        keep.send_failure(e);
+                                    }),
+                                )
+                            }
+                            Work::Connected(a) => guarded(endpoint.on_connected(&ctx, a))
+                                .await
+                                .err()
+                                .map(EndpointFailure::Panic),
+                            Work::Disconnected(a) => guarded(endpoint.on_disconnected(&ctx, a))
+                                .await
+                                .err()
+                                .map(EndpointFailure::Panic),
+                            Work::NetworkError(e, a) => {
+                                guarded(endpoint.on_network_error(&ctx, e, a))
+                                    .await
+                                    .err()
+                                    .map(EndpointFailure::Panic)
+                            }
+                            Work::Undecodable(e) => Some(EndpointFailure::Error(e.into())),
+                        };
+                    if let Some(error) = outcome {
+                        let _ = guarded(endpoint.on_error(&ctx, error)).await;
+                    }
+                    mailbox2.done();
+                }));
+            }
+            InboxItem::Stop => {
+                if let Err(panic) = guarded(endpoint.on_stop(&ctx)).await {
+                    let _ = guarded(endpoint.on_error(&ctx, EndpointFailure::Panic(panic))).await;
+                }
+                mailbox.done();
+                break;
+            }
+        }
+    }
+    if let Some(env) = env.upgrade() {
+        env.endpoint_finished(&mailbox);
+    }
+}

@@ -1,0 +1,880 @@
+//! The control plane: Spark's `RpcEnv` model of named endpoints, on the transport layer.
+//!
+//! An [`RpcEnv`] hosts named endpoints ([`RpcEndpoint`], [`ConcurrentRpcEndpoint`]); an
+//! [`RpcEndpointRef`] reaches one, locally or in another env, with fire-and-forget
+//! [`send`](RpcEndpointRef::send) and [`ask`](RpcEndpointRef::ask). Asks are answered
+//! through an [`RpcCallContext`].
+//!
+//! # Delivery
+//!
+//! At most once. Messages to one remote env go through one outbox and one connection, in the
+//! order they were sent; while the connection is being opened they are queued (bounded by
+//! [`RpcEnvConfig::outbox`]). A failed connect is retried with exponential backoff and
+//! jitter; when the attempts run out, queued asks fail with [`RpcError::Unreachable`] and
+//! queued sends are dropped (and counted in [`EnvStats::failed`]). Nothing already written
+//! is retried: an ask whose connection drops fails with [`RpcError::Disconnected`] at once.
+//! Retrying is the caller's choice ([`RpcEndpointRef::ask_with_retry`], for idempotent
+//! messages).
+
+mod call;
+mod endpoint;
+mod error;
+mod mailbox;
+mod outbox;
+mod reference;
+
+pub use call::{Cancelled, RpcCallContext};
+pub use endpoint::{
+    BoxError, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure, EndpointKind, RpcEndpoint,
+};
+pub use error::{RpcError, SetupError};
+pub use reference::{Ask, RpcEndpointRef};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Weak;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rpc_proto::{
+    encode_payload, ConnectionError, Envelope, EnvelopeKind, Outbox, OutboxConfig, RequestId,
+    RpcAddress, RpcEndpointAddress,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use self::call::CancelFlag;
+use self::mailbox::{EndpointTypes, Mailbox, Payload, Posted};
+use self::outbox::OutboxCell;
+use crate::runtime::Runtime;
+use crate::sync::{lock, Arc, Mutex};
+use crate::transport::{
+    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConfig,
+    TransportServer,
+};
+
+/// The name of every env's built-in lookup endpoint (Spark's `RpcEndpointVerifier`).
+pub const VERIFIER_NAME: &str = "endpoint-verifier";
+
+/// Settings of an [`RpcEnv`].
+#[derive(Debug, Clone)]
+pub struct RpcEnvConfig {
+    /// A name for logs.
+    pub name: String,
+    /// Where to listen: `None` for a client-mode env, which accepts no connections (its
+    /// endpoints are reachable only over connections it opened).
+    pub bind: Option<(String, u16)>,
+    /// The address other envs are told to use, when it differs from the bound one (NAT,
+    /// containers). Refs to this env's endpoints carry it.
+    pub advertise: Option<RpcAddress>,
+    /// When the port is taken, try the next ones, this many times (Spark's
+    /// `spark.port.maxRetries`); 0 fails at once. Port 0 (any free port) never retries.
+    pub port_retries: u16,
+    /// The default timeout of [`RpcEndpointRef::ask`] (Spark's `spark.rpc.askTimeout`).
+    pub ask_timeout: Duration,
+    /// How long a lookup of a remote endpoint may take (Spark's `spark.rpc.lookupTimeout`).
+    pub lookup_timeout: Duration,
+    /// The transport layer's settings.
+    pub transport: TransportConfig,
+    /// Each remote env's outbox: queue bounds and connect retries.
+    pub outbox: OutboxConfig,
+}
+
+impl RpcEnvConfig {
+    /// A server-mode env listening on `host:port` (port 0 picks a free port).
+    pub fn server(name: &str, host: &str, port: u16) -> Self {
+        Self {
+            bind: Some((host.to_owned(), port)),
+            ..Self::client(name)
+        }
+    }
+
+    /// A client-mode env: it accepts no connections.
+    pub fn client(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            bind: None,
+            advertise: None,
+            port_retries: 0,
+            ask_timeout: Duration::from_secs(120),
+            lookup_timeout: Duration::from_secs(120),
+            transport: TransportConfig::default(),
+            outbox: OutboxConfig::default(),
+        }
+    }
+
+    /// Sets [`advertise`](RpcEnvConfig::advertise).
+    pub fn with_advertise(mut self, address: RpcAddress) -> Self {
+        self.advertise = Some(address);
+        self
+    }
+
+    /// Sets [`port_retries`](RpcEnvConfig::port_retries).
+    pub fn with_port_retries(mut self, retries: u16) -> Self {
+        self.port_retries = retries;
+        self
+    }
+
+    /// Sets [`ask_timeout`](RpcEnvConfig::ask_timeout).
+    pub fn with_ask_timeout(mut self, timeout: Duration) -> Self {
+        self.ask_timeout = timeout;
+        self
+    }
+
+    /// Sets [`lookup_timeout`](RpcEnvConfig::lookup_timeout).
+    pub fn with_lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.lookup_timeout = timeout;
+        self
+    }
+
+    /// Sets [`outbox`](RpcEnvConfig::outbox).
+    pub fn with_outbox(mut self, outbox: OutboxConfig) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    /// Sets [`transport`](RpcEnvConfig::transport).
+    pub fn with_transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+}
+
+/// Counters of an env, from [`RpcEnv::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EnvStats {
+    /// Messages sent with `send`.
+    pub sent: u64,
+    /// Asks started.
+    pub asked: u64,
+    /// Asks not yet resolved.
+    pub in_flight: u64,
+    /// Asks that failed, and sends known to be lost.
+    pub failed: u64,
+    /// Messages received from other envs.
+    pub received: u64,
+    /// Connect attempts and asks retried.
+    pub retried: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    sent: AtomicU64,
+    asked: AtomicU64,
+    answered: AtomicU64,
+    failed: AtomicU64,
+    received: AtomicU64,
+    retried: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn asked(&self) {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn answered(&self, ok: bool) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failed();
+        }
+    }
+    pub(crate) fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+    fn received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The answer of a lookup.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Verified {
+    Found,
+    NotFound,
+    TypeMismatch(String),
+}
+
+pub(crate) enum Route {
+    Local(Arc<Mailbox>),
+    Remote(Arc<OutboxCell>),
+    Client(TransportClient),
+}
+
+/// A flag with waiters.
+#[derive(Default)]
+struct Latch {
+    state: Mutex<(bool, Vec<Waker>)>,
+}
+
+impl Latch {
+    fn open(&self) {
+        let wakers = {
+            let mut s = lock(&self.state);
+            s.0 = true;
+            std::mem::take(&mut s.1)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            let mut s = lock(&self.state);
+            if s.0 {
+                Poll::Ready(())
+            } else {
+                s.1.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+pub(crate) struct EnvInner {
+    me: Weak<EnvInner>,
+    pub(crate) rt: Arc<dyn Runtime>,
+    pub(crate) config: RpcEnvConfig,
+    pub(crate) address: Option<RpcAddress>,
+    server: Mutex<Option<TransportServer>>,
+    pub(crate) factory: TransportClientFactory,
+    endpoints: Mutex<HashMap<String, Arc<Mailbox>>>,
+    live: Mutex<usize>,
+    endpoints_done: Latch,
+    terminated: Latch,
+    outboxes: Mutex<HashMap<RpcAddress, Arc<OutboxCell>>>,
+    stopped: AtomicBool,
+    remote_envs: Mutex<HashMap<u64, RpcAddress>>,
+    cancels: Mutex<HashMap<(u64, RequestId), Weak<CancelFlag>>>,
+    next_seed: AtomicU64,
+    pub(crate) stats: Counters,
+}
+
+impl EnvInner {
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn route(
+        &self,
+        target: &RpcEndpointAddress,
+        client: &Option<TransportClient>,
+    ) -> Result<Route, RpcError> {
+        if self.is_stopped() {
+            return Err(RpcError::EnvStopped);
+        }
+        let local = || {
+            lock(&self.endpoints)
+                .get(&target.name)
+                .cloned()
+                .map(Route::Local)
+                .ok_or_else(|| RpcError::EndpointNotFound(target.to_string()))
+        };
+        match (&target.address, client) {
+            (Some(a), _) if Some(a) == self.address.as_ref() => local(),
+            (Some(a), _) => Ok(Route::Remote(self.outbox(a))),
+            (None, Some(client)) if client.is_active() => Ok(Route::Client(client.clone())),
+            (None, Some(client)) => Err(RpcError::Disconnected {
+                peer: client.peer_addr().to_string(),
+                cause: client
+                    .close_reason()
+                    .unwrap_or(ConnectionError::LocallyClosed),
+            }),
+            (None, None) => local(),
+        }
+    }
+
+    fn outbox(&self, remote: &RpcAddress) -> Arc<OutboxCell> {
+        let mut outboxes = lock(&self.outboxes);
+        outboxes
+            .entry(remote.clone())
+            .or_insert_with(|| {
+                let seed = self.next_seed.fetch_add(1, Ordering::Relaxed);
+                let env = self.weak();
+                Arc::new(OutboxCell::new(
+                    env,
+                    remote.clone(),
+                    Outbox::new(self.config.outbox.clone(), seed),
+                ))
+            })
+            .clone()
+    }
+
+    fn weak(&self) -> Weak<EnvInner> {
+        self.me.clone()
+    }
+
+    pub(crate) fn endpoint_finished(&self, mailbox: &Mailbox) {
+        debug!(endpoint = %mailbox.name, "endpoint stopped");
+        {
+            let mut endpoints = lock(&self.endpoints);
+            if endpoints
+                .get(&mailbox.name)
+                .is_some_and(|m| std::ptr::eq(&**m, mailbox))
+            {
+                endpoints.remove(&mailbox.name);
+            }
+        }
+        let mut live = lock(&self.live);
+        *live -= 1;
+        if *live == 0 && self.is_stopped() {
+            self.endpoints_done.open();
+        }
+    }
+
+    fn post_all(&self, event: impl Fn() -> Posted) {
+        let mailboxes: Vec<_> = lock(&self.endpoints).values().cloned().collect();
+        for mailbox in mailboxes {
+            let _ = mailbox.post(event());
+        }
+    }
+
+    fn verify(&self, name: &str, identity: &str) -> Verified {
+        match lock(&self.endpoints).get(name) {
+            None => Verified::NotFound,
+            Some(m) if m.types.identity() == identity => Verified::Found,
+            Some(m) => Verified::TypeMismatch(m.types.identity()),
+        }
+    }
+
+    fn deliver(
+        &self,
+        client: &TransportClient,
+        envelope: Envelope,
+        payload: Bytes,
+        responder: Option<RpcResponder>,
+    ) {
+        self.stats.received();
+        let fail = |responder: Option<RpcResponder>, message: String| match responder {
+            Some(r) => {
+                let _ = r.fail(&message);
+            }
+            None => warn!(peer = %client.peer_addr(), %message, "dropping a message"),
+        };
+        let Some(mailbox) = lock(&self.endpoints).get(&envelope.receiver).cloned() else {
+            return fail(
+                responder,
+                format!("{}{}", error::NOT_FOUND, envelope.receiver),
+            );
+        };
+        let identity = mailbox.types.identity();
+        if identity != envelope.message_type {
+            return fail(
+                responder,
+                format!(
+                    "{}{} | {identity}",
+                    error::TYPE_MISMATCH,
+                    envelope.message_type
+                ),
+            );
+        }
+        let cancel = Arc::new(CancelFlag::default());
+        if let Some(r) = &responder {
+            let mut cancels = lock(&self.cancels);
+            if cancels.len() >= 1024 {
+                cancels.retain(|_, flag| flag.strong_count() > 0);
+            }
+            cancels.insert((client.id(), r.request_id()), Arc::downgrade(&cancel));
+        }
+        let deadline = envelope.deadline().map(|d| self.rt.now() + d);
+        let posted = Posted::Message {
+            payload: Payload::Remote {
+                bytes: payload,
+                client: Some(client.clone()),
+            },
+            reply: responder.map(call::ReplyTo::Remote),
+            sender: envelope.sender,
+            deadline,
+            cancel,
+        };
+        if let Err(Posted::Message {
+            reply: Some(call::ReplyTo::Remote(r)),
+            ..
+        }) = mailbox.post(posted)
+        {
+            let _ = r.fail(&format!("{}{}", error::STOPPED, envelope.receiver));
+        }
+    }
+}
+
+/// The transport handler of an env: decodes envelopes and posts to mailboxes.
+struct EnvHandler {
+    env: Weak<EnvInner>,
+}
+
+impl EnvHandler {
+    fn decode(
+        &self,
+        client: &TransportClient,
+        message: Bytes,
+    ) -> Option<(Arc<EnvInner>, Envelope, Bytes)> {
+        let env = self.env.upgrade()?;
+        match Envelope::decode(message) {
+            Ok((envelope, payload)) => {
+                if let Some(sender) = &envelope.sender {
+                    lock(&env.remote_envs)
+                        .entry(client.id())
+                        .or_insert_with(|| sender.clone());
+                }
+                Some((env, envelope, payload))
+            }
+            Err(error) => {
+                warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
+                env.stats.failed();
+                None
+            }
+        }
+    }
+}
+
+impl RpcHandler for EnvHandler {
+    fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder) {
+        let Some(env) = self.env.upgrade() else {
+            let _ = responder.fail("the rpc env is stopped");
+            return;
+        };
+        let (envelope, payload) = match Envelope::decode(message) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
+                let _ = responder.fail(&format!("undecodable envelope: {error}"));
+                return;
+            }
+        };
+        if let Some(sender) = &envelope.sender {
+            lock(&env.remote_envs)
+                .entry(client.id())
+                .or_insert_with(|| sender.clone());
+        }
+        match envelope.kind {
+            EnvelopeKind::Verify => {
+                let verified = env.verify(&envelope.receiver, &envelope.message_type);
+                match encode_payload(&verified) {
+                    Ok(bytes) => {
+                        let _ = responder.reply(bytes.into());
+                    }
+                    Err(e) => {
+                        let _ = responder.fail(&e.to_string());
+                    }
+                }
+            }
+            EnvelopeKind::Ask => env.deliver(client, envelope, payload, Some(responder)),
+            other => {
+                let _ = responder.fail(&format!("a {other:?} envelope cannot be asked"));
+            }
+        }
+    }
+
+    fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
+        let Some((env, envelope, payload)) = self.decode(client, message) else {
+            return;
+        };
+        match envelope.kind {
+            EnvelopeKind::Send => env.deliver(client, envelope, payload, None),
+            EnvelopeKind::Cancel { request } => {
+                let flag = lock(&env.cancels).remove(&(client.id(), request));
+                if let Some(flag) = flag.and_then(|f| f.upgrade()) {
+                    debug!(%request, "ask cancelled by its caller");
+                    flag.cancel();
+                }
+            }
+            other => warn!(kind = ?other, "unexpected one-way envelope"),
+        }
+    }
+
+    fn connection_opened(&self, client: &TransportClient) {
+        if let Some(env) = self.env.upgrade() {
+            let peer = RpcAddress::from(client.peer_addr());
+            env.post_all(|| Posted::Connected(peer.clone()));
+        }
+    }
+
+    fn connection_closed(&self, client: &TransportClient, error: &ConnectionError) {
+        let Some(env) = self.env.upgrade() else {
+            return;
+        };
+        let now = env.rt.now();
+        let outboxes: Vec<_> = lock(&env.outboxes).values().cloned().collect();
+        for outbox in outboxes {
+            outbox.connection_closed(client, now);
+        }
+        lock(&env.cancels).retain(|(conn, _), _| *conn != client.id());
+        let peer = RpcAddress::from(client.peer_addr());
+        let remote_env = lock(&env.remote_envs).remove(&client.id());
+        if !matches!(
+            error,
+            ConnectionError::PeerClosed | ConnectionError::LocallyClosed
+        ) {
+            let message = error.to_string();
+            env.post_all(|| Posted::NetworkError(message.clone(), peer.clone()));
+        }
+        env.post_all(|| Posted::Disconnected(peer.clone()));
+        if let Some(remote) = remote_env.filter(|r| *r != peer) {
+            env.post_all(|| Posted::Disconnected(remote.clone()));
+        }
+    }
+}
+
+/// Hosts named endpoints and reaches other envs' endpoints: Spark's `RpcEnv`. Cheap to clone.
+///
+/// In server mode it listens for connections; in client mode it only opens them, and its
+/// endpoints are reached over the connections it opened.
+#[derive(Clone)]
+pub struct RpcEnv {
+    inner: Arc<EnvInner>,
+}
+
+impl RpcEnv {
+    /// Starts an env on `rt`.
+    ///
+    /// In server mode, binds the configured address; a port in use is
+    /// [`SetupError::Bind`], unless [`RpcEnvConfig::port_retries`] allows trying the next ones.
+    pub fn create(rt: Arc<dyn Runtime>, config: RpcEnvConfig) -> Result<RpcEnv, SetupError> {
+        let mut bind_error = None;
+        let inner = Arc::new_cyclic(|me: &Weak<EnvInner>| {
+            let handler: Arc<dyn RpcHandler> = Arc::new(EnvHandler { env: me.clone() });
+            let factory =
+                TransportClientFactory::new(rt.clone(), handler.clone(), config.transport.clone());
+            let mut server = None;
+            let mut address = None;
+            if let Some((host, port)) = &config.bind {
+                match bind(
+                    &rt,
+                    host,
+                    *port,
+                    config.port_retries,
+                    handler,
+                    &config.transport,
+                ) {
+                    Ok(s) => {
+                        let bound = s.local_addr();
+                        address = Some(
+                            config
+                                .advertise
+                                .clone()
+                                .unwrap_or_else(|| RpcAddress::new(host.clone(), bound.port())),
+                        );
+                        server = Some(s);
+                    }
+                    Err(e) => bind_error = Some(e),
+                }
+            }
+            EnvInner {
+                me: me.clone(),
+                rt: rt.clone(),
+                address,
+                server: Mutex::new(server),
+                factory,
+                endpoints: Mutex::new(HashMap::new()),
+                live: Mutex::new(0),
+                endpoints_done: Latch::default(),
+                terminated: Latch::default(),
+                outboxes: Mutex::new(HashMap::new()),
+                stopped: AtomicBool::new(false),
+                remote_envs: Mutex::new(HashMap::new()),
+                cancels: Mutex::new(HashMap::new()),
+                next_seed: AtomicU64::new(config.outbox_seed()),
+                stats: Counters::default(),
+                config: config.clone(),
+            }
+        });
+        if let Some(error) = bind_error {
+            return Err(error);
+        }
+        info!(name = %config.name, address = ?inner.address, "rpc env started");
+        let env = RpcEnv { inner };
+        env.setup_endpoint(VERIFIER_NAME, VerifierEndpoint)?;
+        Ok(env)
+    }
+
+    /// The address other envs reach this one at (the advertised one if set); `None` in
+    /// client mode.
+    pub fn address(&self) -> Option<&RpcAddress> {
+        self.inner.address.as_ref()
+    }
+
+    /// The runtime the env runs on.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.inner.rt
+    }
+
+    /// The env's configuration.
+    pub fn config(&self) -> &RpcEnvConfig {
+        &self.inner.config
+    }
+
+    fn register(
+        &self,
+        name: &str,
+        types: EndpointTypes,
+        concurrent: bool,
+    ) -> Result<(Arc<Mailbox>, RpcEndpointAddress), SetupError> {
+        if self.inner.is_stopped() {
+            return Err(SetupError::EnvStopped);
+        }
+        let address = match &self.inner.address {
+            Some(a) => RpcEndpointAddress::new(a.clone(), name),
+            None => RpcEndpointAddress::client(name),
+        };
+        let mailbox = Arc::new(Mailbox::new(name, types, concurrent));
+        {
+            let mut endpoints = lock(&self.inner.endpoints);
+            if endpoints.contains_key(name) {
+                return Err(SetupError::DuplicateName(name.to_owned()));
+            }
+            endpoints.insert(name.to_owned(), mailbox.clone());
+            *lock(&self.inner.live) += 1;
+        }
+        debug!(endpoint = %address, "endpoint registered");
+        Ok((mailbox, address))
+    }
+
+    /// Registers a serial endpoint under `name` and starts it: `on_start` runs before any
+    /// message. A taken name, or a stopped env, is an error.
+    pub fn setup_endpoint<E: RpcEndpoint>(
+        &self,
+        name: &str,
+        endpoint: E,
+    ) -> Result<RpcEndpointRef<E::Message, E::Reply>, SetupError> {
+        let types = EndpointTypes::of::<E::Message, E::Reply>();
+        let (mailbox, address) = self.register(name, types, false)?;
+        let self_ref = RpcEndpointRef::new(address, self.inner.weak(), None);
+        let ctx = EndpointContext {
+            self_ref: self_ref.clone(),
+            env: self.clone(),
+        };
+        let kind = endpoint.kind();
+        let task = mailbox::run_serial(endpoint, mailbox, ctx, self.inner.weak());
+        match kind {
+            EndpointKind::Isolated => self.inner.rt.spawn_isolated(Box::pin(task)),
+            _ => self.inner.rt.spawn(Box::pin(task)),
+        }
+        Ok(self_ref)
+    }
+
+    /// Registers a concurrent endpoint under `name` and starts it.
+    pub fn setup_concurrent_endpoint<E: ConcurrentRpcEndpoint>(
+        &self,
+        name: &str,
+        endpoint: E,
+    ) -> Result<RpcEndpointRef<E::Message, E::Reply>, SetupError> {
+        let types = EndpointTypes::of::<E::Message, E::Reply>();
+        let (mailbox, address) = self.register(name, types, true)?;
+        let self_ref = RpcEndpointRef::new(address, self.inner.weak(), None);
+        let ctx = Arc::new(EndpointContext {
+            self_ref: self_ref.clone(),
+            env: self.clone(),
+        });
+        let rt = self.inner.rt.clone();
+        let task = mailbox::run_concurrent(
+            Arc::new(endpoint),
+            mailbox,
+            ctx,
+            self.inner.weak(),
+            move |f| rt.spawn(f),
+        );
+        self.inner.rt.spawn(Box::pin(task));
+        Ok(self_ref)
+    }
+
+    /// A ref to endpoint `name` of the env at `address`, after checking with that env (within
+    /// [`RpcEnvConfig::lookup_timeout`]) that the endpoint exists and takes `M` and
+    /// answers `R`.
+    pub async fn setup_endpoint_ref<M, R>(
+        &self,
+        address: RpcAddress,
+        name: &str,
+    ) -> Result<RpcEndpointRef<M, R>, SetupError>
+    where
+        M: Serialize + Send + 'static,
+        R: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let target = RpcEndpointAddress::new(address, name);
+        let endpoint_ref = RpcEndpointRef::<M, R>::new(target.clone(), self.inner.weak(), None);
+        let expected = EndpointTypes::of::<M, R>().identity();
+        let verified = if Some(&target.address) == Some(&self.inner.address) {
+            self.inner.verify(name, &expected)
+        } else {
+            endpoint_ref
+                .verify(self.inner.config.lookup_timeout)
+                .await?
+        };
+        match verified {
+            Verified::Found => Ok(endpoint_ref),
+            Verified::NotFound => Err(RpcError::EndpointNotFound(target.to_string()).into()),
+            Verified::TypeMismatch(found) => Err(RpcError::TypeMismatch {
+                endpoint: target.to_string(),
+                expected,
+                found,
+            }
+            .into()),
+        }
+    }
+
+    /// [`setup_endpoint_ref`](RpcEnv::setup_endpoint_ref) by URI: `rpc://name@host:port`.
+    pub async fn setup_endpoint_ref_by_uri<M, R>(
+        &self,
+        uri: &str,
+    ) -> Result<RpcEndpointRef<M, R>, SetupError>
+    where
+        M: Serialize + Send + 'static,
+        R: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let target: RpcEndpointAddress = uri.parse()?;
+        let address = target
+            .address
+            .ok_or_else(|| SetupError::Resolve(uri.to_owned()))?;
+        self.setup_endpoint_ref(address, &target.name).await
+    }
+
+    /// Stops an endpoint of this env: messages already queued are still handled, then
+    /// `on_stop` runs; later messages are refused. Idempotent.
+    pub fn stop<M, R>(&self, endpoint: &RpcEndpointRef<M, R>) {
+        let mailbox = {
+            let mut endpoints = lock(&self.inner.endpoints);
+            match endpoints.get(endpoint.name()) {
+                Some(m) if endpoint.address.address == self.inner.address => {
+                    let m = m.clone();
+                    endpoints.remove(endpoint.name());
+                    Some(m)
+                }
+                _ => None,
+            }
+        };
+        if let Some(mailbox) = mailbox {
+            mailbox.stop();
+        }
+    }
+
+    /// Shuts the env down: stops every endpoint, then (once they have all run `on_stop`)
+    /// closes its connections and listener. Pending asks fail with [`RpcError::EnvStopped`].
+    /// Idempotent; [`await_termination`](RpcEnv::await_termination) waits for the end.
+    pub fn shutdown(&self) {
+        let inner = &self.inner;
+        if inner.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        info!(name = %inner.config.name, "rpc env shutting down");
+        let mailboxes: Vec<_> = lock(&inner.endpoints).values().cloned().collect();
+        for mailbox in &mailboxes {
+            mailbox.stop();
+        }
+        if *lock(&inner.live) == 0 {
+            inner.endpoints_done.open();
+        }
+        let me = inner.clone();
+        inner.rt.spawn(Box::pin(async move {
+            me.endpoints_done.wait().await;
+            let outboxes: Vec<_> = lock(&me.outboxes).drain().map(|(_, o)| o).collect();
+            for outbox in outboxes {
+                outbox.close();
+            }
+            if let Some(server) = lock(&me.server).take() {
+                server.close();
+            }
+            me.factory.close();
+            me.terminated.open();
+            info!(name = %me.config.name, "rpc env terminated");
+        }));
+    }
+
+    /// Waits until the env has shut down.
+    pub async fn await_termination(&self) {
+        self.inner.terminated.wait().await
+    }
+
+    /// Whether [`shutdown`](RpcEnv::shutdown) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.is_stopped()
+    }
+
+    /// The env's counters.
+    pub fn stats(&self) -> EnvStats {
+        let c = &self.inner.stats;
+        let asked = c.asked.load(Ordering::Relaxed);
+        EnvStats {
+            sent: c.sent.load(Ordering::Relaxed),
+            asked,
+            in_flight: asked.saturating_sub(c.answered.load(Ordering::Relaxed)),
+            failed: c.failed.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl fmt::Debug for RpcEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcEnv")
+            .field("name", &self.inner.config.name)
+            .field("address", &self.inner.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpcEnvConfig {
+    fn outbox_seed(&self) -> u64 {
+        // Different envs jitter differently; the same config jitters the same way.
+        self.name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+}
+
+fn bind(
+    rt: &Arc<dyn Runtime>,
+    host: &str,
+    port: u16,
+    retries: u16,
+    handler: Arc<dyn RpcHandler>,
+    transport: &TransportConfig,
+) -> Result<TransportServer, SetupError> {
+    use std::net::ToSocketAddrs;
+    let tries = if port == 0 { 0 } else { retries };
+    let mut last = None;
+    for offset in 0..=tries {
+        let Some(p) = port.checked_add(offset) else {
+            break;
+        };
+        let addr: SocketAddr = (host, p)
+            .to_socket_addrs()
+            .map_err(|_| SetupError::Resolve(format!("{host}:{p}")))?
+            .next()
+            .ok_or_else(|| SetupError::Resolve(format!("{host}:{p}")))?;
+        match TransportServer::bind(rt.clone(), addr, handler.clone(), transport.clone()) {
+            Ok(server) => return Ok(server),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && offset < tries => {
+                debug!(port = p, "port in use, trying the next one");
+                last = Some(e);
+            }
+            Err(e) => {
+                return Err(SetupError::Bind {
+                    addr: addr.to_string(),
+                    source: e,
+                })
+            }
+        }
+    }
+    Err(SetupError::Bind {
+        addr: format!("{host}:{port}"),
+        source: last.unwrap_or_else(|| std::io::Error::other("no port to try")),
+    })
+}
+
+/// The built-in endpoint that answers lookups locally (remote lookups are answered by the
+/// env's handler, which knows the caller's expected types).
+struct VerifierEndpoint;
+
+impl RpcEndpoint for VerifierEndpoint {
+    type Message = ();
+    type Reply = ();
+}

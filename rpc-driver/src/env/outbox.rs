@@ -1,0 +1,267 @@
+//! One outbox per remote env: connect on demand, queue while connecting, deliver in order.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rpc_proto::{Outbox, OutboxAction, OutboxError, OutboxFailure, RpcAddress};
+use tracing::{debug, info, warn};
+
+use super::error::RpcError;
+use super::reference::CancelOnDrop;
+use super::EnvInner;
+use crate::completion::{self, Completer, Waiter};
+use crate::sync::{lock, Arc, Mutex};
+use crate::transport::{RpcCall, TransportClient};
+
+/// What an ask becomes once it is written: the transport call and the cancel guard.
+pub(crate) type Sent = Result<(RpcCall, CancelOnDrop), RpcError>;
+
+pub(crate) enum OutMsg {
+    Send(Bytes),
+    Ask {
+        body: Bytes,
+        receiver: String,
+        deadline: Instant,
+        reply: Completer<Sent>,
+    },
+}
+
+/// The driver of one [`Outbox`].
+pub(crate) struct OutboxCell {
+    env: Weak<EnvInner>,
+    remote: RpcAddress,
+    state: Mutex<CellState>,
+}
+
+struct CellState {
+    outbox: Outbox<OutMsg>,
+    client: Option<TransportClient>,
+    timer: Option<Instant>,
+}
+
+impl OutboxCell {
+    pub(crate) fn new(env: Weak<EnvInner>, remote: RpcAddress, outbox: Outbox<OutMsg>) -> Self {
+        Self {
+            env,
+            remote,
+            state: Mutex::new(CellState {
+                outbox,
+                client: None,
+                timer: None,
+            }),
+        }
+    }
+
+    /// Queues a one-way message.
+    pub(crate) fn send(self: &Arc<Self>, body: Bytes) -> Result<(), RpcError> {
+        let len = body.len() as u64;
+        self.push(OutMsg::Send(body), len)
+    }
+
+    /// Queues an ask; the waiter resolves once it is written (or could not be).
+    pub(crate) fn ask(
+        self: &Arc<Self>,
+        body: Bytes,
+        receiver: &str,
+        timeout: Duration,
+    ) -> Result<Waiter<Sent>, RpcError> {
+        let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
+        let (reply, waiter) = completion::pair();
+        let len = body.len() as u64;
+        let deadline = env.rt.now() + timeout;
+        self.push(
+            OutMsg::Ask {
+                body,
+                receiver: receiver.to_owned(),
+                deadline,
+                reply,
+            },
+            len,
+        )?;
+        Ok(waiter)
+    }
+
+    fn push(self: &Arc<Self>, message: OutMsg, len: u64) -> Result<(), RpcError> {
+        let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
+        let now = env.rt.now();
+        let mut st = lock(&self.state);
+        if let Err(e) = st.outbox.push(now, message, len) {
+            return Err(match e {
+                OutboxError::Full {
+                    queued_messages,
+                    queued_bytes,
+                    ..
+                } => {
+                    warn!(remote = %self.remote, queued_messages, queued_bytes, "outbox full, message refused");
+                    RpcError::NotSent(
+                        format!(
+                            "the outbox to {} is full ({queued_messages} messages, \
+                             {queued_bytes} bytes queued)",
+                            self.remote
+                        )
+                        .into(),
+                    )
+                }
+                _ => RpcError::EnvStopped,
+            });
+        }
+        self.process(&env, &mut st, now);
+        Ok(())
+    }
+
+    /// Carries out the outbox's actions. Runs under the lock, so deliveries keep push order.
+    fn process(self: &Arc<Self>, env: &Arc<EnvInner>, st: &mut CellState, now: Instant) {
+        while let Some(action) = st.outbox.poll_action() {
+            match action {
+                OutboxAction::Connect => self.spawn_connect(env),
+                OutboxAction::Deliver(message) => match st.client.clone() {
+                    Some(client) => self.deliver(env, &client, message, now),
+                    None => self.fail(env, message, "not connected".into()),
+                },
+                OutboxAction::Fail(message, failure) => {
+                    let reason = match failure {
+                        OutboxFailure::ConnectFailed { reason, .. } => reason.to_string(),
+                        other => other.to_string(),
+                    };
+                    self.fail(env, message, reason)
+                }
+                _ => {}
+            }
+        }
+        if let Some(at) = st.outbox.poll_timeout() {
+            if st.timer != Some(at) {
+                st.timer = Some(at);
+                let cell = self.clone();
+                let rt = env.rt.clone();
+                env.rt.spawn(Box::pin(async move {
+                    crate::runtime::sleep_until(&*rt, at).await;
+                    cell.on_timer(at);
+                }));
+            }
+        }
+    }
+
+    fn on_timer(self: &Arc<Self>, at: Instant) {
+        let Some(env) = self.env.upgrade() else {
+            return;
+        };
+        let now = env.rt.now().max(at);
+        let mut st = lock(&self.state);
+        if st.timer == Some(at) {
+            st.timer = None;
+        }
+        st.outbox.handle_timeout(now);
+        self.process(&env, &mut st, now);
+    }
+
+    fn spawn_connect(self: &Arc<Self>, env: &Arc<EnvInner>) {
+        let cell = self.clone();
+        let factory = env.factory.clone();
+        let remote = self.remote.clone();
+        debug!(%remote, "connecting");
+        env.rt.spawn(Box::pin(async move {
+            let result = match resolve(&remote) {
+                Ok(addr) => factory.create_client(addr).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let Some(env) = cell.env.upgrade() else {
+                return;
+            };
+            let now = env.rt.now();
+            let mut st = lock(&cell.state);
+            match result {
+                Ok(client) => {
+                    info!(%remote, "connected");
+                    st.client = Some(client);
+                    st.outbox.handle_connected(now);
+                }
+                Err(reason) => {
+                    info!(%remote, %reason, "connect failed");
+                    env.stats.retried();
+                    st.outbox.handle_connect_failed(now, reason.into());
+                }
+            }
+            cell.process(&env, &mut st, now);
+        }));
+    }
+
+    fn deliver(&self, env: &EnvInner, client: &TransportClient, message: OutMsg, now: Instant) {
+        match message {
+            OutMsg::Send(body) => {
+                if let Err(e) = client.send(body) {
+                    warn!(remote = %self.remote, error = %e, "one-way message lost");
+                    env.stats.failed();
+                }
+            }
+            OutMsg::Ask {
+                body,
+                receiver,
+                deadline,
+                reply,
+            } => {
+                let remaining = deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1));
+                let call = client.send_rpc(body, Some(remaining));
+                let guard = CancelOnDrop::new(client.clone(), receiver, env.address.clone());
+                // If the asker is gone, dropping the call and guard forgets it and cancels it.
+                let _ = reply.complete(Ok((call, guard)));
+            }
+        }
+    }
+
+    fn fail(&self, env: &EnvInner, message: OutMsg, reason: String) {
+        match message {
+            OutMsg::Send(_) => {
+                warn!(remote = %self.remote, %reason, "one-way message not delivered");
+                env.stats.failed();
+            }
+            OutMsg::Ask {
+                reply, receiver, ..
+            } => {
+                let error = if env.is_stopped() {
+                    RpcError::EnvStopped
+                } else {
+                    RpcError::Unreachable {
+                        endpoint: format!("rpc://{receiver}@{}", self.remote),
+                        cause: reason.into(),
+                    }
+                };
+                let _ = reply.complete(Err(error));
+            }
+        }
+    }
+
+    /// The connection `client` ended: if it was ours, the next message reconnects.
+    pub(crate) fn connection_closed(&self, client: &TransportClient, now: Instant) {
+        let mut st = lock(&self.state);
+        if st.client.as_ref() == Some(client) {
+            st.client = None;
+            st.outbox.handle_disconnected(now);
+        }
+    }
+
+    /// Fails everything queued and refuses what comes later.
+    pub(crate) fn close(self: &Arc<Self>) {
+        let Some(env) = self.env.upgrade() else {
+            return;
+        };
+        let now = env.rt.now();
+        let mut st = lock(&self.state);
+        st.outbox.close();
+        self.process(&env, &mut st, now);
+        if let Some(client) = st.client.take() {
+            client.close();
+        }
+    }
+}
+
+fn resolve(remote: &RpcAddress) -> Result<SocketAddr, String> {
+    (remote.host.as_str(), remote.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("could not resolve {remote}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{remote} resolved to no address"))
+}
