@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Layers: [`transport`] (Spark's `TransportServer`, `TransportClient` and
-//! `TransportClientFactory`) and, on it, [`env`] (Spark's `RpcEnv`: named endpoints, refs,
+//! `TransportClientFactory`) and, on it, [`env`](mod@env) (Spark's `RpcEnv`: named endpoints, refs,
 //! `send` and `ask`).
 
 #![forbid(unsafe_code)]

@@ -2,8 +2,39 @@
 //!
 //! The tokio implementation of [`rpc_driver::Runtime`], and the public API re-exported under
 //! the same names as `rpc-async-std`: switching runtimes is switching the crate.
+//!
+//! - The control plane: [`RpcEnv`] hosts named endpoints ([`RpcEndpoint`],
+//!   [`ConcurrentRpcEndpoint`]); an [`RpcEndpointRef`] reaches one, here or in another
+//!   process, with [`send`](RpcEndpointRef::send) and [`ask`](RpcEndpointRef::ask).
+//! - The transport layer under it: [`TransportServer`], [`TransportClientFactory`],
+//!   [`TransportClient`], [`RpcHandler`], speaking Spark's network-common wire format.
+//!
+//! Start envs and transports with [`runtime()`], from inside a tokio runtime.
+//!
+//! # Example: hello
+//!
+//! Spark's `HelloEndpoint` (`examples/hello.rs`, run it with
+//! `cargo run -p rpc-tokio --example hello`):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/hello.rs")]
+//! ```
+//!
+//! # Example: heartbeats
+//!
+//! A driver endpoint receiving periodic heartbeats from executor envs and noticing one that
+//! dies (`examples/heartbeat.rs`, run it with `cargo run -p rpc-tokio --example heartbeat`):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/heartbeat.rs")]
+//! ```
 
 #![forbid(unsafe_code)]
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 use std::future::Future;
 use std::io::{self, IoSlice};
