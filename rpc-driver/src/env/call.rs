@@ -6,6 +6,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Weak;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use rpc_proto::{encode_payload, RpcAddress};
 use serde::Serialize;
 
 use super::error::RpcError;
+use super::EnvInner;
 use crate::completion::Completer;
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::RpcResponder;
@@ -67,6 +69,7 @@ struct CallInner {
     deadline: Option<Instant>,
     cancel: Arc<CancelFlag>,
     endpoint: String,
+    env: Weak<EnvInner>,
 }
 
 impl Drop for CallInner {
@@ -75,11 +78,16 @@ impl Drop for CallInner {
             Ok(r) => r.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
-        if let Some(reply) = reply {
-            reply.fail(format!(
+        match reply {
+            // A local caller is in the same env: if that env is shutting down, that is why.
+            Some(ReplyTo::Local(c)) if self.env.upgrade().is_none_or(|e| e.is_stopped()) => {
+                let _ = c.complete(Err(RpcError::EnvStopped));
+            }
+            Some(reply) => reply.fail(format!(
                 "endpoint {} dropped the call without replying",
                 self.endpoint
-            ));
+            )),
+            None => {}
         }
     }
 }
@@ -88,7 +96,8 @@ impl Drop for CallInner {
 ///
 /// Clone it, keep it, answer it later from any task: the first answer counts, the rest are
 /// ignored. When the last clone is dropped unanswered, the caller fails at once instead of
-/// waiting for its timeout.
+/// waiting for its timeout (with [`RpcError::EnvStopped`] if it is a local caller whose env
+/// is shutting down, else with [`RpcError::Remote`]).
 pub struct RpcCallContext<R> {
     inner: Arc<CallInner>,
     _reply: PhantomData<fn(R)>,
@@ -110,6 +119,7 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
         deadline: Option<Instant>,
         cancel: Arc<CancelFlag>,
         endpoint: &str,
+        env: &Weak<EnvInner>,
     ) -> Self {
         Self {
             inner: Arc::new(CallInner {
@@ -118,6 +128,7 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
                 deadline,
                 cancel,
                 endpoint: endpoint.to_owned(),
+                env: env.clone(),
             }),
             _reply: PhantomData,
         }

@@ -201,11 +201,11 @@ where
             (Ok(m), None) => Work::Send(m),
             (Ok(m), Some(reply)) => Work::Ask(
                 m,
-                RpcCallContext::new(reply, sender, deadline, cancel, name),
+                RpcCallContext::new(reply, sender, deadline, cancel, name, env),
             ),
             (Err(e), reply) => {
                 let call =
-                    reply.map(|r| RpcCallContext::<R>::new(r, sender, deadline, cancel, name));
+                    reply.map(|r| RpcCallContext::<R>::new(r, sender, deadline, cancel, name, env));
                 if let Some(call) = call {
                     call.send_failure(format!("the message could not be decoded: {e}"));
                 }

@@ -618,9 +618,6 @@ impl RpcEnv {
         types: EndpointTypes,
         concurrent: bool,
     ) -> Result<(Arc<Mailbox>, RpcEndpointAddress), SetupError> {
-        if self.inner.is_stopped() {
-            return Err(SetupError::EnvStopped);
-        }
         let address = match &self.inner.address {
             Some(a) => RpcEndpointAddress::new(a.clone(), name),
             None => RpcEndpointAddress::client(name),
@@ -628,6 +625,11 @@ impl RpcEnv {
         let mailbox = Arc::new(Mailbox::new(name, types, concurrent));
         {
             let mut endpoints = lock(&self.inner.endpoints);
+            // Checked under the lock `shutdown` takes after setting the flag: an endpoint is
+            // either refused or among those `shutdown` stops.
+            if self.inner.is_stopped() {
+                return Err(SetupError::EnvStopped);
+            }
             if endpoints.contains_key(name) {
                 return Err(SetupError::DuplicateName(name.to_owned()));
             }

@@ -205,7 +205,12 @@ impl OutboxCell {
                     .saturating_duration_since(now)
                     .max(Duration::from_millis(1));
                 let call = client.send_rpc(body, Some(remaining));
-                let guard = CancelOnDrop::new(client.clone(), receiver, env.address.clone());
+                let guard = CancelOnDrop::new(
+                    client.clone(),
+                    receiver,
+                    env.address.clone(),
+                    call.request_id(),
+                );
                 // If the asker is gone, dropping the call and guard forgets it and cancels it.
                 let _ = reply.complete(Ok((call, guard)));
             }

@@ -228,6 +228,7 @@ where
             endpoint,
             env: self.env.clone(),
             cancel: None,
+            counted: true,
             _reply: PhantomData,
         };
         let route = match env.route(&self.address, &self.client) {
@@ -264,17 +265,18 @@ where
                 }
             }
             Route::Client(client) => {
+                // The ref names no address: say which connection it goes over.
+                ask.endpoint = format!("{} via {}", self.address, client.peer_addr());
                 match self.encode(&env, &message, EnvelopeKind::Ask, deadline_ms) {
                     Ok(body) => {
                         let call = client.send_rpc(body, Some(timeout));
-                        AskState::Sent(
-                            call,
-                            Some(CancelOnDrop::new(
-                                client,
-                                self.address.name.clone(),
-                                env.address.clone(),
-                            )),
-                        )
+                        let guard = CancelOnDrop::new(
+                            client,
+                            self.address.name.clone(),
+                            env.address.clone(),
+                            call.request_id(),
+                        );
+                        AskState::Sent(call, Some(guard))
                     }
                     Err(e) => AskState::Failed(e),
                 }
@@ -304,6 +306,7 @@ where
             endpoint,
             env: self.env.clone(),
             cancel: None,
+            counted: false,
             _reply: PhantomData,
         };
         let body = self.envelope(&env, EnvelopeKind::Verify, None).encode(&[]);
@@ -376,17 +379,20 @@ pub(crate) struct CancelOnDrop {
 }
 
 impl CancelOnDrop {
+    /// A guard for the call sent on `client` as `request` (`None` if it was refused before
+    /// being sent: nothing to cancel).
     pub(crate) fn new(
         client: TransportClient,
         receiver: String,
         sender: Option<rpc_proto::RpcAddress>,
+        request: Option<rpc_proto::RequestId>,
     ) -> Self {
         Self {
             client,
             receiver,
             sender,
             armed: true,
-            request: None,
+            request,
         }
     }
 }
@@ -423,6 +429,8 @@ pub struct Ask<R> {
     endpoint: String,
     env: Weak<EnvInner>,
     cancel: Option<Arc<CancelFlag>>,
+    /// Whether it counts in the env's stats (asks do, lookups do not).
+    counted: bool,
     _reply: PhantomData<fn() -> R>,
 }
 
@@ -435,6 +443,7 @@ impl<R> Ask<R> {
             endpoint: String::new(),
             env: Weak::new(),
             cancel: None,
+            counted: false,
             _reply: PhantomData,
         }
     }
@@ -477,30 +486,19 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
                     Poll::Ready(Some(Err(e))) => Err(e),
                     Poll::Ready(None) => Err(RpcError::EnvStopped),
                 },
-                AskState::Sent(call, guard) => {
-                    if let Some(g) = guard.as_mut() {
-                        g.request = call.request_id();
-                    }
-                    match Pin::new(call).poll(cx) {
-                        Poll::Pending => break,
-                        Poll::Ready(result) => {
-                            let client = guard.as_ref().map(|g| g.client.clone());
-                            if let Some(g) = guard.as_mut() {
-                                g.armed = false;
-                            }
-                            self::reply::<R>(
-                                result,
-                                &this.env,
-                                client,
-                                &this.endpoint,
-                                this.timeout,
-                            )
+                AskState::Sent(call, guard) => match Pin::new(call).poll(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(result) => {
+                        let client = guard.as_ref().map(|g| g.client.clone());
+                        if let Some(g) = guard.as_mut() {
+                            g.armed = false;
                         }
+                        self::reply::<R>(result, &this.env, client, &this.endpoint, this.timeout)
                     }
-                }
+                },
             };
             this.state = AskState::Done;
-            if let Some(env) = this.env.upgrade() {
+            if let Some(env) = this.env.upgrade().filter(|_| this.counted) {
                 env.stats.answered(result.is_ok());
             }
             return Poll::Ready(result);
@@ -511,7 +509,7 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
                 cancel.cancel();
             }
             this.state = AskState::Done; // drops the call: it is forgotten, a cancel is sent
-            if let Some(env) = this.env.upgrade() {
+            if let Some(env) = this.env.upgrade().filter(|_| this.counted) {
                 env.stats.answered(false);
             }
             return Poll::Ready(Err(error));
@@ -522,13 +520,15 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
 
 impl<R> Drop for Ask<R> {
     fn drop(&mut self) {
-        if !matches!(self.state, AskState::Done | AskState::Failed(_)) {
-            if let Some(cancel) = &self.cancel {
-                cancel.cancel();
-            }
-            if let Some(env) = self.env.upgrade() {
-                env.stats.answered(false);
-            }
+        if matches!(self.state, AskState::Done) {
+            return;
+        }
+        if let Some(cancel) = &self.cancel {
+            cancel.cancel();
+        }
+        // Dropped before it resolved (even if it had already failed): a failed ask.
+        if let Some(env) = self.env.upgrade().filter(|_| self.counted) {
+            env.stats.answered(false);
         }
     }
 }
