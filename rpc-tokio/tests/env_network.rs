@@ -766,3 +766,78 @@ async fn env_stats_count_sends_asks_failures_and_receptions() {
     assert_eq!(server.stats().received, 3 + 4, "{:?}", server.stats());
     shutdown(&[&server, &client]).await;
 }
+
+#[tokio::test]
+async fn messages_waiting_for_an_unreachable_env_count_as_queued_then_fail() {
+    let outbox = OutboxConfig::builder()
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_millis(50))
+        .with_max_connect_attempts(3)
+        .build()
+        .unwrap();
+    let client = RpcEnv::create(
+        rpc_tokio::runtime(),
+        RpcEnvConfig::client("client").with_outbox(outbox),
+    )
+    .unwrap();
+    // A port nobody listens on: every connect is refused.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        RpcAddress::from(listener.local_addr().unwrap())
+    };
+    let nobody: RpcEndpointRef<Cmd, String> =
+        client.endpoint_ref(rpc_tokio::RpcEndpointAddress::new(dead, "nobody"));
+    let pending = nobody.ask(Cmd::Echo("hello?".into()));
+    nobody.send(Cmd::Note("anyone?".into())).unwrap();
+    assert_eq!(client.stats().queued, 2, "{:?}", client.stats());
+    let err = within("the connect budget to run out", pending)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Unreachable { .. }), "{err}");
+    eventually("the queue to empty", || client.stats().queued == 0).await;
+    assert!(client.stats().retried >= 3, "{:?}", client.stats());
+    shutdown(&[&client]).await;
+}
+
+#[tokio::test]
+async fn an_undecodable_envelope_fails_the_call_and_a_bad_one_way_is_counted() {
+    struct Nothing;
+    impl rpc_tokio::RpcHandler for Nothing {
+        fn receive(
+            &self,
+            _: &rpc_tokio::TransportClient,
+            _: bytes::Bytes,
+            _: rpc_tokio::RpcResponder,
+        ) {
+        }
+    }
+    let server = server_env("server");
+    let factory = rpc_tokio::TransportClientFactory::new(
+        rpc_tokio::runtime(),
+        Arc::new(Nothing),
+        TransportConfig::default(),
+    );
+    let port = server.address().unwrap().port;
+    let raw = factory
+        .create_client(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    // Version 9 of our envelope does not exist.
+    let err = within("the failure", raw.send_rpc(vec![9u8, 1, 2, 3].into(), None))
+        .await
+        .unwrap_err();
+    let rpc_tokio::rpc_proto::RpcError::Remote(message) = err else {
+        panic!("{err}")
+    };
+    assert!(message.contains("undecodable envelope"), "{message}");
+    assert!(message.contains("version 9"), "{message}");
+
+    let failed = server.stats().failed;
+    raw.send(vec![].into()).unwrap();
+    eventually("the bad one-way to be counted", || {
+        server.stats().failed == failed + 1
+    })
+    .await;
+    factory.close();
+    shutdown(&[&server]).await;
+}

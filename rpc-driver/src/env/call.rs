@@ -34,7 +34,8 @@ impl ReplyTo {
     fn fail(self, message: String) {
         match self {
             ReplyTo::Local(c) => {
-                let _ = c.complete(Err(RpcError::Remote(message.into())));
+                // The same mapping a remote caller applies, so both see the same error.
+                let _ = c.complete(Err(super::error::from_remote(&message, "")));
             }
             ReplyTo::Remote(r) => {
                 let _ = r.fail(&message);

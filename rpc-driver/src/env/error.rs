@@ -115,6 +115,7 @@ impl From<ConnectError> for RpcError {
 pub(crate) const NOT_FOUND: &str = "[rpc:endpoint-not-found] ";
 pub(crate) const TYPE_MISMATCH: &str = "[rpc:type-mismatch] ";
 pub(crate) const STOPPED: &str = "[rpc:endpoint-stopped] ";
+pub(crate) const BAD_MESSAGE: &str = "[rpc:bad-message] ";
 
 /// Turns a failure string from the peer back into a typed error.
 pub(crate) fn from_remote(message: &str, endpoint: &str) -> RpcError {
@@ -129,7 +130,42 @@ pub(crate) fn from_remote(message: &str, endpoint: &str) -> RpcError {
         }
     } else if message.strip_prefix(STOPPED).is_some() {
         RpcError::EndpointStopped(endpoint.to_owned())
+    } else if let Some(rest) = message.strip_prefix(BAD_MESSAGE) {
+        RpcError::Serialization(rest.into())
     } else {
         RpcError::Remote(message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_strings_of_our_peers_become_typed_errors() {
+        let ep = "rpc://x@h:1";
+        assert_eq!(
+            from_remote(&format!("{NOT_FOUND}x"), ep),
+            RpcError::EndpointNotFound(ep.into())
+        );
+        assert_eq!(
+            from_remote(&format!("{TYPE_MISMATCH}A -> B | C -> D"), ep),
+            RpcError::TypeMismatch {
+                endpoint: ep.into(),
+                expected: "A -> B".into(),
+                found: "C -> D".into()
+            }
+        );
+        assert_eq!(
+            from_remote(&format!("{STOPPED}x"), ep),
+            RpcError::EndpointStopped(ep.into())
+        );
+        assert_eq!(
+            from_remote(&format!("{BAD_MESSAGE}undecodable envelope: empty body"), ep),
+            RpcError::Serialization("undecodable envelope: empty body".into())
+        );
+        // A Spark peer's failure (a Java stack trace) has no prefix.
+        let java = "java.lang.IllegalStateException: boom\n\tat Foo.bar(Foo.java:1)";
+        assert_eq!(from_remote(java, ep), RpcError::Remote(java.into()));
     }
 }

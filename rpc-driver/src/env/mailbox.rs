@@ -11,6 +11,7 @@ use futures_lite::FutureExt;
 use rpc_proto::{decode_payload, Inbox, InboxItem, RpcAddress};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::call::{CancelFlag, ReplyTo, RpcCallContext};
 use super::endpoint::{
@@ -34,6 +35,8 @@ pub(crate) enum Payload {
 pub(crate) enum Posted {
     Message {
         payload: Payload,
+        /// The transport request id of a remote ask, for logs.
+        request: Option<rpc_proto::RequestId>,
         reply: Option<ReplyTo>,
         sender: Option<RpcAddress>,
         deadline: Option<Instant>,
@@ -90,10 +93,10 @@ impl Mailbox {
     }
 
     /// Posts into the inbox; gives the message back if the endpoint is stopped.
-    pub(crate) fn post(&self, posted: Posted) -> Result<(), Posted> {
+    pub(crate) fn post(&self, posted: Posted) -> Result<(), Box<Posted>> {
         let waker = {
             let mut s = lock(&self.state);
-            s.inbox.post(posted).map_err(|e| e.into_inner())?;
+            s.inbox.post(posted).map_err(|e| Box::new(e.into_inner()))?;
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -177,7 +180,7 @@ fn decode<M: DeserializeOwned + 'static>(
 /// What one message turned into, for the endpoint's hooks.
 enum Work<M, R> {
     Send(M),
-    Ask(M, RpcCallContext<R>),
+    Ask(M, RpcCallContext<R>, Option<rpc_proto::RequestId>),
     Connected(RpcAddress),
     Disconnected(RpcAddress),
     NetworkError(String, RpcAddress),
@@ -193,6 +196,7 @@ where
     match posted {
         Posted::Message {
             payload,
+            request,
             reply,
             sender,
             deadline,
@@ -202,12 +206,16 @@ where
             (Ok(m), Some(reply)) => Work::Ask(
                 m,
                 RpcCallContext::new(reply, sender, deadline, cancel, name, env),
+                request,
             ),
             (Err(e), reply) => {
                 let call =
                     reply.map(|r| RpcCallContext::<R>::new(r, sender, deadline, cancel, name, env));
                 if let Some(call) = call {
-                    call.send_failure(format!("the message could not be decoded: {e}"));
+                    call.send_failure(format!(
+                        "{}the message could not be decoded: {e}",
+                        super::error::BAD_MESSAGE
+                    ));
                 }
                 Work::Undecodable(e)
             }
@@ -240,6 +248,43 @@ fn failure(
     }
 }
 
+/// Runs the hook a piece of work calls for, on `$endpoint` (`&mut E` or `&E`), with panics
+/// caught; evaluates to what `on_error` must hear, if anything. Asks run in a span naming the
+/// endpoint and the request.
+macro_rules! handle_work {
+    ($endpoint:expr, $ctx:expr, $name:expr, $work:expr) => {
+        match $work {
+            Work::Send(m) => failure(guarded($endpoint.receive($ctx, m)).await, None),
+            Work::Ask(m, call, request) => {
+                let keep = call.clone();
+                let span = tracing::debug_span!("call", endpoint = %$name, request = ?request);
+                let outcome = guarded($endpoint.receive_and_reply($ctx, m, call))
+                    .instrument(span)
+                    .await;
+                failure(
+                    outcome,
+                    Some(&|e| {
+                        keep.send_failure(e);
+                    }),
+                )
+            }
+            Work::Connected(a) => guarded($endpoint.on_connected($ctx, a))
+                .await
+                .err()
+                .map(EndpointFailure::Panic),
+            Work::Disconnected(a) => guarded($endpoint.on_disconnected($ctx, a))
+                .await
+                .err()
+                .map(EndpointFailure::Panic),
+            Work::NetworkError(e, a) => guarded($endpoint.on_network_error($ctx, e, a))
+                .await
+                .err()
+                .map(EndpointFailure::Panic),
+            Work::Undecodable(e) => Some(EndpointFailure::Error(e.into())),
+        }
+    };
+}
+
 /// The task of a serial endpoint: one item at a time, in order.
 pub(crate) async fn run_serial<E: RpcEndpoint>(
     mut endpoint: E,
@@ -252,32 +297,8 @@ pub(crate) async fn run_serial<E: RpcEndpoint>(
         let outcome = match item {
             InboxItem::Start => failure(guarded(endpoint.on_start(&ctx)).await, None),
             InboxItem::Message(posted) => {
-                match prepare::<E::Message, E::Reply>(posted, &mailbox.name, &env) {
-                    Work::Send(m) => failure(guarded(endpoint.receive(&ctx, m)).await, None),
-                    Work::Ask(m, call) => {
-                        let keep = call.clone();
-                        let outcome = guarded(endpoint.receive_and_reply(&ctx, m, call)).await;
-                        failure(
-                            outcome,
-                            Some(&|e| {
-                                keep.send_failure(e);
-                            }),
-                        )
-                    }
-                    Work::Connected(a) => guarded(endpoint.on_connected(&ctx, a))
-                        .await
-                        .err()
-                        .map(EndpointFailure::Panic),
-                    Work::Disconnected(a) => guarded(endpoint.on_disconnected(&ctx, a))
-                        .await
-                        .err()
-                        .map(EndpointFailure::Panic),
-                    Work::NetworkError(e, a) => guarded(endpoint.on_network_error(&ctx, e, a))
-                        .await
-                        .err()
-                        .map(EndpointFailure::Panic),
-                    Work::Undecodable(e) => Some(EndpointFailure::Error(e.into())),
-                }
+                let work = prepare::<E::Message, E::Reply>(posted, &mailbox.name, &env);
+                handle_work!(endpoint, &ctx, mailbox.name, work)
             }
             InboxItem::Stop => {
                 if let Err(panic) = guarded(endpoint.on_stop(&ctx)).await {
@@ -320,38 +341,8 @@ pub(crate) async fn run_concurrent<E: ConcurrentRpcEndpoint>(
                 let (endpoint, mailbox2, ctx, env) =
                     (endpoint.clone(), mailbox.clone(), ctx.clone(), env.clone());
                 spawn(Box::pin(async move {
-                    let outcome =
-                        match prepare::<E::Message, E::Reply>(posted, &mailbox2.name, &env) {
-                            Work::Send(m) => {
-                                failure(guarded(endpoint.receive(&ctx, m)).await, None)
-                            }
-                            Work::Ask(m, call) => {
-                                let keep = call.clone();
-                                let outcome =
-                                    guarded(endpoint.receive_and_reply(&ctx, m, call)).await;
-                                failure(
-                                    outcome,
-                                    Some(&|e| {
-                                        keep.send_failure(e);
-                                    }),
-                                )
-                            }
-                            Work::Connected(a) => guarded(endpoint.on_connected(&ctx, a))
-                                .await
-                                .err()
-                                .map(EndpointFailure::Panic),
-                            Work::Disconnected(a) => guarded(endpoint.on_disconnected(&ctx, a))
-                                .await
-                                .err()
-                                .map(EndpointFailure::Panic),
-                            Work::NetworkError(e, a) => {
-                                guarded(endpoint.on_network_error(&ctx, e, a))
-                                    .await
-                                    .err()
-                                    .map(EndpointFailure::Panic)
-                            }
-                            Work::Undecodable(e) => Some(EndpointFailure::Error(e.into())),
-                        };
+                    let work = prepare::<E::Message, E::Reply>(posted, &mailbox2.name, &env);
+                    let outcome = handle_work!(endpoint, &ctx, mailbox2.name, work);
                     if let Some(error) = outcome {
                         let _ = guarded(endpoint.on_error(&ctx, error)).await;
                     }

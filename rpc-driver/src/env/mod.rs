@@ -154,6 +154,8 @@ pub struct EnvStats {
     pub asked: u64,
     /// Asks not yet resolved.
     pub in_flight: u64,
+    /// Messages queued in outboxes, waiting for a connection to their env.
+    pub queued: u64,
     /// Asks that failed, and sends known to be lost.
     pub failed: u64,
     /// Messages received from other envs.
@@ -391,17 +393,20 @@ impl EnvInner {
                 bytes: payload,
                 client: Some(client.clone()),
             },
+            request: responder.as_ref().map(|r| r.request_id()),
             reply: responder.map(call::ReplyTo::Remote),
             sender: envelope.sender,
             deadline,
             cancel,
         };
-        if let Err(Posted::Message {
-            reply: Some(call::ReplyTo::Remote(r)),
-            ..
-        }) = mailbox.post(posted)
-        {
-            let _ = r.fail(&format!("{}{}", error::STOPPED, envelope.receiver));
+        if let Err(refused) = mailbox.post(posted) {
+            if let Posted::Message {
+                reply: Some(call::ReplyTo::Remote(r)),
+                ..
+            } = *refused
+            {
+                let _ = r.fail(&format!("{}{}", error::STOPPED, envelope.receiver));
+            }
         }
     }
 }
@@ -446,7 +451,10 @@ impl RpcHandler for EnvHandler {
             Ok(decoded) => decoded,
             Err(error) => {
                 warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
-                let _ = responder.fail(&format!("undecodable envelope: {error}"));
+                let _ = responder.fail(&format!(
+                    "{}undecodable envelope: {error}",
+                    error::BAD_MESSAGE
+                ));
                 return;
             }
         };
@@ -722,6 +730,14 @@ impl RpcEnv {
         }
     }
 
+    /// A ref to `address` without asking its env first: no round trip, and no check that the
+    /// endpoint exists or takes `M` (a mismatch shows as [`RpcError::TypeMismatch`] on the
+    /// first message). For endpoints that may not be up yet; prefer
+    /// [`setup_endpoint_ref`](RpcEnv::setup_endpoint_ref).
+    pub fn endpoint_ref<M, R>(&self, address: RpcEndpointAddress) -> RpcEndpointRef<M, R> {
+        RpcEndpointRef::new(address, self.inner.weak(), None)
+    }
+
     /// [`setup_endpoint_ref`](RpcEnv::setup_endpoint_ref) by URI: `rpc://name@host:port`.
     pub async fn setup_endpoint_ref_by_uri<M, R>(
         &self,
@@ -807,6 +823,10 @@ impl RpcEnv {
             sent: c.sent.load(Ordering::Relaxed),
             asked,
             in_flight: asked.saturating_sub(c.answered.load(Ordering::Relaxed)),
+            queued: lock(&self.inner.outboxes)
+                .values()
+                .map(|o| o.queued())
+                .sum(),
             failed: c.failed.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),

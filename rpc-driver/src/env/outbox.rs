@@ -239,6 +239,11 @@ impl OutboxCell {
         }
     }
 
+    /// Messages waiting for a connection.
+    pub(crate) fn queued(&self) -> u64 {
+        lock(&self.state).outbox.queued_messages() as u64
+    }
+
     /// The connection `client` ended: if it was ours, the next message reconnects.
     pub(crate) fn connection_closed(&self, client: &TransportClient, now: Instant) {
         let mut st = lock(&self.state);

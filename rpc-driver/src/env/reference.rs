@@ -180,6 +180,7 @@ where
             Route::Local(mailbox) => mailbox
                 .post(Posted::Message {
                     payload: Payload::Local(Box::new(message)),
+                    request: None,
                     reply: None,
                     sender: env.address.clone(),
                     deadline: None,
@@ -246,6 +247,7 @@ where
                 ask.cancel = Some(cancel.clone());
                 match mailbox.post(Posted::Message {
                     payload: Payload::Local(Box::new(message)),
+                    request: None,
                     reply: Some(ReplyTo::Local(completer)),
                     sender: env.address.clone(),
                     deadline: Some(deadline),
