@@ -6,6 +6,9 @@ use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
+// cannot coerce to `dyn`, and they are not state the loom models need to see.
+use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -120,7 +123,7 @@ impl ConnState {
 const UNSERVED: &str = "this peer serves no chunks, streams, uploads or merged block metadata";
 
 pub(crate) struct ConnInner {
-    pub(crate) rt: Arc<dyn Runtime>,
+    pub(crate) rt: StdArc<dyn Runtime>,
     pub(crate) addrs: ConnectionAddrs,
     id: u64,
     pub(crate) state: Mutex<ConnState>,
@@ -154,11 +157,11 @@ pub struct TransportClient {
 impl TransportClient {
     /// Opens the connection's driver on `stream` and returns a handle on it.
     pub(crate) fn open(
-        rt: Arc<dyn Runtime>,
+        rt: StdArc<dyn Runtime>,
         stream: Box<dyn AsyncStream>,
         addrs: ConnectionAddrs,
         config: Config,
-        handler: Arc<dyn RpcHandler>,
+        handler: StdArc<dyn RpcHandler>,
     ) -> Self {
         let now = rt.now();
         let inner = Arc::new(ConnInner {
@@ -406,7 +409,7 @@ impl fmt::Debug for RpcResponder {
 struct Driver {
     client: TransportClient,
     stream: Box<dyn AsyncStream>,
-    handler: Arc<dyn RpcHandler>,
+    handler: StdArc<dyn RpcHandler>,
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
     read_buf: BytesMut,
     read_chunk: usize,

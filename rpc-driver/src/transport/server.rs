@@ -7,6 +7,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
+// cannot coerce to `dyn`, and they are not state the loom models need to see.
+use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -29,13 +32,13 @@ struct ServerInner {
     local_addr: SocketAddr,
     closed: AtomicBool,
     accept_waker: Mutex<Option<Waker>>,
-    tracker: Arc<Tracker>,
+    tracker: StdArc<Tracker>,
 }
 
 /// Forwards to the user's handler and keeps the open connections, so closing the server can
 /// close them.
 struct Tracker {
-    handler: Arc<dyn RpcHandler>,
+    handler: StdArc<dyn RpcHandler>,
     open: Mutex<HashMap<u64, TransportClient>>,
 }
 
@@ -64,9 +67,9 @@ impl TransportServer {
     ///
     /// A port already in use is [`io::ErrorKind::AddrInUse`].
     pub fn bind(
-        rt: Arc<dyn Runtime>,
+        rt: StdArc<dyn Runtime>,
         addr: SocketAddr,
-        handler: Arc<dyn RpcHandler>,
+        handler: StdArc<dyn RpcHandler>,
         config: TransportConfig,
     ) -> io::Result<Self> {
         let std_listener = std::net::TcpListener::bind(addr)?;
@@ -77,7 +80,7 @@ impl TransportServer {
             local_addr,
             closed: AtomicBool::new(false),
             accept_waker: Mutex::new(None),
-            tracker: Arc::new(Tracker {
+            tracker: StdArc::new(Tracker {
                 handler,
                 open: Mutex::new(HashMap::new()),
             }),
@@ -128,7 +131,7 @@ impl fmt::Debug for TransportServer {
 
 /// The accept loop.
 struct Accept {
-    rt: Arc<dyn Runtime>,
+    rt: StdArc<dyn Runtime>,
     listener: Box<dyn AsyncListener>,
     server: Arc<ServerInner>,
     config: TransportConfig,
