@@ -4,8 +4,14 @@
 //! share), so it runs under async-std's executor and under smol alike. async-std itself is no
 //! longer developed; its foundations are.
 //!
-//! The async-io implementation of [`rpc_driver::Runtime`] and, as the layers above land, the
-//! public API re-exported under the same names as `rpc-tokio`.
+//! The async-io implementation of [`rpc_driver::Runtime`], and the public API re-exported
+//! under the same names as `rpc-tokio`: switching runtimes is switching the crate.
+//!
+//! Start envs and transports with [`runtime()`]. Its tasks run on
+//! [async-global-executor](https://docs.rs/async-global-executor), the executor async-std
+//! itself runs on, and its sockets and timers on async-io's reactor, which smol shares: code
+//! that awaits our futures may run under `async_std::task::block_on`, `smol::block_on` or
+//! any other executor.
 
 #![forbid(unsafe_code)]
 
@@ -32,10 +38,29 @@ pub use rpc_driver::transport::{
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 
-/// The async-io [`Runtime`]: timers from async-io's reactor, tasks on an executor.
+/// The runtime to start envs and transports on: async-io's reactor and timers, tasks on
+/// the global executor async-std uses.
+///
+/// ```no_run
+/// # fn main() -> Result<(), rpc_async_std::SetupError> {
+/// use rpc_async_std::{RpcEnv, RpcEnvConfig};
+///
+/// let env = RpcEnv::create(rpc_async_std::runtime(), RpcEnvConfig::server("driver", "127.0.0.1", 0))?;
+/// println!("listening at {:?}", env.address());
+/// env.shutdown();
+/// async_io::block_on(env.await_termination());
+/// # Ok(())
+/// # }
+/// ```
+pub fn runtime() -> Arc<dyn Runtime> {
+    Arc::new(AsyncIoRuntime { executor: None })
+}
+
+/// The async-io [`Runtime`]: timers and sockets from async-io's reactor, tasks on an
+/// executor (the global one, or one of yours).
 #[derive(Clone)]
 pub struct AsyncIoRuntime {
-    executor: Arc<async_executor::Executor<'static>>,
+    executor: Option<Arc<async_executor::Executor<'static>>>,
 }
 
 impl fmt::Debug for AsyncIoRuntime {
@@ -48,13 +73,16 @@ impl AsyncIoRuntime {
     /// Spawns tasks on `executor`; the caller runs it (smol's `Executor::run`, or any thread
     /// that drives it).
     pub fn with_executor(executor: Arc<async_executor::Executor<'static>>) -> Self {
-        Self { executor }
+        Self { executor: Some(executor) }
     }
 }
 
 impl Runtime for AsyncIoRuntime {
     fn spawn(&self, future: BoxFuture<()>) {
-        self.executor.spawn(future).detach();
+        match &self.executor {
+            Some(executor) => executor.spawn(future).detach(),
+            None => async_global_executor::spawn(future).detach(),
+        }
     }
 
     fn spawn_isolated(&self, future: BoxFuture<()>) {
