@@ -22,6 +22,9 @@ pub const DEFAULT_MAX_FRAME_SIZE: u64 = 256 * 1024 * 1024;
 /// Default idle timeout, Spark's `spark.network.timeout`: 120 seconds.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Default limit on bytes buffered for sending before new calls are refused: 64 MiB.
+pub const DEFAULT_MAX_SEND_BUFFER: u64 = 64 * 1024 * 1024;
+
 /// Settings of one [`Connection`](crate::Connection). Cheap to clone.
 ///
 /// ```
@@ -41,6 +44,7 @@ pub struct Config {
     max_frame_size: u64,
     idle_timeout: Option<Duration>,
     close_idle_connections: bool,
+    max_send_buffer: u64,
     seed: u64,
 }
 
@@ -50,6 +54,7 @@ impl Default for Config {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             close_idle_connections: false,
+            max_send_buffer: DEFAULT_MAX_SEND_BUFFER,
             seed: 0,
         }
     }
@@ -80,6 +85,17 @@ impl Config {
     /// With `false` (Spark's server default), only connections with outstanding requests are.
     pub fn close_idle_connections(&self) -> bool {
         self.close_idle_connections
+    }
+
+    /// Bytes buffered for sending (not yet handed out by `poll_transmit`) past which new
+    /// calls and one-way messages are refused with
+    /// [`CallError::SendBufferFull`](crate::CallError::SendBufferFull): a peer that stops
+    /// reading cannot make us buffer without bound. Answers to the peer's requests and body
+    /// bytes are not refused (the peer asked for them, and bodies are throttled by the driver
+    /// with [`Connection::queued_bytes`](crate::Connection::queued_bytes)). A call is accepted
+    /// while the buffer is below the limit, so it may end up to one frame above it.
+    pub fn max_send_buffer(&self) -> u64 {
+        self.max_send_buffer
     }
 
     /// Seed of the connection's random number generator (the first request id).
@@ -114,6 +130,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets [`Config::max_send_buffer`] (at least 1).
+    pub fn with_max_send_buffer(mut self, bytes: u64) -> Self {
+        self.config.max_send_buffer = bytes;
+        self
+    }
+
     /// Sets [`Config::seed`]. Drivers seed from the OS; tests use fixed seeds.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.config.seed = seed;
@@ -129,6 +151,9 @@ impl ConfigBuilder {
                 min: MIN_MAX_FRAME_SIZE,
                 max: SPARK_MAX_FRAME_LENGTH,
             });
+        }
+        if c.max_send_buffer == 0 {
+            return Err(ConfigError::ZeroLimit("max send buffer"));
         }
         if c.idle_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroTimeout("idle timeout"));

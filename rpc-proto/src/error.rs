@@ -172,6 +172,15 @@ pub enum CallError {
         /// The limit (the configured one, and never above Spark's 2 GiB frame limit).
         max: u64,
     },
+    /// The peer is not reading fast enough: the send buffer is over
+    /// [`Config::max_send_buffer`](crate::Config::max_send_buffer). Retry once it drains.
+    #[error("send buffer full: {buffered} bytes waiting for the peer to read (limit {max})")]
+    SendBufferFull {
+        /// Bytes buffered.
+        buffered: u64,
+        /// The limit.
+        max: u64,
+    },
     /// An out-of-frame byte count does not fit Spark's signed 64-bit field.
     #[error("byte count {0} does not fit a signed 64-bit integer")]
     ByteCountTooLarge(u64),
@@ -219,6 +228,9 @@ pub enum ConfigError {
         /// The largest allowed.
         max: u64,
     },
+    /// A limit of zero would refuse everything.
+    #[error("{0} must be greater than zero")]
+    ZeroLimit(&'static str),
     /// A timeout of zero would fire at once.
     #[error("{0} must be greater than zero")]
     ZeroTimeout(&'static str),

@@ -79,8 +79,8 @@ pub mod fuzzing;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};
 pub use config::{
-    Config, ConfigBuilder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, MIN_MAX_FRAME_SIZE,
-    SPARK_MAX_FRAME_LENGTH,
+    Config, ConfigBuilder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_SEND_BUFFER,
+    MIN_MAX_FRAME_SIZE, SPARK_MAX_FRAME_LENGTH,
 };
 pub use connection::{Connection, ConnectionStats, Event};
 pub use envelope::{

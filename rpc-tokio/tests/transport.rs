@@ -251,3 +251,97 @@ async fn both_sides_can_send_requests_on_one_connection() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_backpressures_the_writer_with_bounded_memory() {
+    // A peer that accepts and never reads.
+    let listener = std::net::TcpListener::bind(localhost()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(stream);
+    });
+    let limit = 256 * 1024;
+    let config = TransportConfig::default().with_connection(
+        rpc_tokio::rpc_proto::Config::builder()
+            .with_max_send_buffer(limit)
+            .build()
+            .unwrap(),
+    );
+    let factory =
+        TransportClientFactory::new(TokioRuntime::shared(), Arc::new(Echo::default()), config);
+    let client = factory.create_client(addr).await.unwrap();
+
+    let body = Bytes::from(vec![7u8; 64 * 1024]);
+    let frame = (8 + 1 + 4 + body.len()) as u64;
+    // Write as fast as the connection lets us: each send waits for room first. The peer reads
+    // nothing, so once the kernel's socket buffers are full too, ready() must stop resolving.
+    let mut sent = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), client.ready()).await {
+            Err(_) => break, // backpressured: no room, and none coming
+            Ok(result) => result.unwrap(),
+        }
+        match client.send(body.clone()) {
+            Ok(()) => sent += 1,
+            // Room may be gone again between ready() and send(): a refusal, not a failure.
+            Err(rpc_tokio::rpc_proto::CallError::SendBufferFull { max, .. }) => {
+                assert_eq!(max, limit)
+            }
+            Err(e) => panic!("{e}"),
+        }
+        // Memory is bounded: what we buffer stays within the limit plus one frame; the rest
+        // of what was accepted sits in the kernel's socket buffers.
+        let buffered = client.buffered_bytes();
+        assert!(buffered <= limit + frame, "{buffered} bytes buffered");
+        assert!(
+            sent * frame < 1 << 30,
+            "a gigabyte went into a socket nobody reads"
+        );
+    }
+    assert!(sent > 0);
+    assert!(
+        client.buffered_bytes() > limit / 2,
+        "stopped although there was room"
+    );
+    // ... and is released with an error when the connection goes.
+    let ready = tokio::spawn({
+        let client = client.clone();
+        async move { client.ready().await }
+    });
+    client.close();
+    let result = tokio::time::timeout(Duration::from_secs(5), ready)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result, Err(rpc_tokio::rpc_proto::CallError::Closed));
+}
+
+#[tokio::test]
+async fn ready_resolves_once_a_reading_peer_drains_the_buffer() {
+    let (server, handler, _, _) = setup().await;
+    let limit = 64 * 1024;
+    let config = TransportConfig::default().with_connection(
+        rpc_tokio::rpc_proto::Config::builder()
+            .with_max_send_buffer(limit)
+            .build()
+            .unwrap(),
+    );
+    let factory =
+        TransportClientFactory::new(TokioRuntime::shared(), Arc::new(Echo::default()), config);
+    let client = factory.create_client(server.local_addr()).await.unwrap();
+    let mut sent = 0;
+    for _ in 0..2_000 {
+        tokio::time::timeout(Duration::from_secs(5), client.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        client.send(Bytes::from(vec![1u8; 512])).unwrap();
+        sent += 1;
+    }
+    eventually("every message to arrive", || {
+        handler.one_way.load(Ordering::SeqCst) == sent
+    })
+    .await;
+}

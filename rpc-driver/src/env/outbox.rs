@@ -87,6 +87,16 @@ impl OutboxCell {
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
         let now = env.rt.now();
         let mut st = lock(&self.state);
+        if let Some(client) = st.client.as_ref().filter(|c| c.is_send_buffer_full()) {
+            return Err(RpcError::NotSent(
+                format!(
+                    "the send buffer to {} is full ({} bytes): the peer is not reading",
+                    self.remote,
+                    client.buffered_bytes()
+                )
+                .into(),
+            ));
+        }
         if let Err(e) = st.outbox.push(now, message, len) {
             return Err(match e {
                 OutboxError::Full {

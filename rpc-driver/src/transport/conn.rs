@@ -38,6 +38,8 @@ pub(crate) struct ConnState {
     pub(crate) conn: Connection,
     rpcs: HashMap<RequestId, Completer<RpcResult>>,
     driver: Option<Waker>,
+    /// Tasks waiting in [`TransportClient::ready`] for room in the send buffer.
+    ready: Vec<Waker>,
 }
 
 impl ConnState {
@@ -46,6 +48,21 @@ impl ConnState {
             conn,
             rpcs: HashMap::new(),
             driver: None,
+            ready: Vec::new(),
+        }
+    }
+
+    /// Whether a task waiting for room may go on: the send buffer drained below half its
+    /// limit (hysteresis, so waiters are not woken for every write), or the connection ended.
+    fn has_room(&self) -> bool {
+        self.conn.is_closed()
+            || self.conn.buffered_bytes() < self.conn.config().max_send_buffer() / 2
+    }
+
+    /// Wakes the tasks waiting for room, if there is room.
+    fn wake_ready(&mut self) {
+        if !self.ready.is_empty() && self.has_room() {
+            self.ready.drain(..).for_each(Waker::wake);
         }
     }
 
@@ -218,6 +235,27 @@ impl TransportClient {
             .with_state(|st, now| st.conn.send_one_way(now, body))
     }
 
+    /// Waits until the send buffer has room: at once if a call would be accepted now, else
+    /// once the buffer has drained below half of
+    /// [`Config::max_send_buffer`](rpc_proto::Config::max_send_buffer). How a writer is
+    /// backpressured by a peer that reads slowly:
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rpc_driver::transport::TransportClient) -> Result<(), rpc_driver::rpc_proto::CallError> {
+    /// for i in 0..1_000_000u32 {
+    ///     client.ready().await?;
+    ///     client.send(i.to_be_bytes().to_vec().into())?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails with [`CallError::Closed`] if the connection ends.
+    pub fn ready(&self) -> Ready {
+        Ready {
+            inner: self.inner.clone(),
+        }
+    }
+
     /// Closes the connection. Pending calls fail with
     /// [`ConnectionError::LocallyClosed`]; what was already queued is still written.
     pub fn close(&self) {
@@ -249,6 +287,16 @@ impl TransportClient {
         self.inner.id
     }
 
+    /// Whether new calls would be refused with [`CallError::SendBufferFull`] now.
+    pub fn is_send_buffer_full(&self) -> bool {
+        lock(&self.inner.state).conn.is_send_buffer_full()
+    }
+
+    /// Bytes buffered for sending, not yet written to the socket.
+    pub fn buffered_bytes(&self) -> u64 {
+        lock(&self.inner.state).conn.buffered_bytes()
+    }
+
     /// The connection's counters.
     pub fn stats(&self) -> rpc_proto::ConnectionStats {
         lock(&self.inner.state).conn.stats()
@@ -270,6 +318,34 @@ impl fmt::Debug for TransportClient {
             .field("local", &self.inner.addrs.local)
             .field("peer", &self.inner.addrs.peer)
             .finish()
+    }
+}
+
+/// The future of [`TransportClient::ready`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Ready {
+    inner: Arc<ConnInner>,
+}
+
+impl Future for Ready {
+    type Output = Result<(), CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = lock(&self.inner.state);
+        if st.conn.is_closed() {
+            return Poll::Ready(Err(CallError::Closed));
+        }
+        if !st.conn.is_send_buffer_full() {
+            return Poll::Ready(Ok(()));
+        }
+        st.ready.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl fmt::Debug for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ready").finish_non_exhaustive()
     }
 }
 
@@ -436,6 +512,7 @@ impl Future for Driver {
             st.process_events(now, &mut inbound);
             progress |= this.write(cx, &mut st, now);
             st.process_events(now, &mut inbound);
+            st.wake_ready();
             let drained = st.conn.is_drained() && this.writing.is_empty();
             if drained || !progress {
                 st.park_driver(cx.waker());

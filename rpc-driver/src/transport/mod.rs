@@ -10,7 +10,7 @@ mod conn;
 mod factory;
 mod server;
 
-pub use conn::{RpcCall, RpcResponder, TransportClient};
+pub use conn::{Ready, RpcCall, RpcResponder, TransportClient};
 pub use factory::{ConnectError, TransportClientFactory};
 pub use server::TransportServer;
 
@@ -68,6 +68,32 @@ impl Default for TransportConfig {
             connections_per_peer: 1,
             fast_fail_window: Duration::ZERO,
         }
+    }
+}
+
+impl TransportConfig {
+    /// Sets [`connection`](TransportConfig::connection).
+    pub fn with_connection(mut self, config: Config) -> Self {
+        self.connection = config;
+        self
+    }
+
+    /// Sets [`connect_timeout`](TransportConfig::connect_timeout).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`connections_per_peer`](TransportConfig::connections_per_peer).
+    pub fn with_connections_per_peer(mut self, connections: usize) -> Self {
+        self.connections_per_peer = connections;
+        self
+    }
+
+    /// Sets [`fast_fail_window`](TransportConfig::fast_fail_window).
+    pub fn with_fast_fail_window(mut self, window: Duration) -> Self {
+        self.fast_fail_window = window;
+        self
     }
 }
 

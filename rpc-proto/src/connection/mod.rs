@@ -391,6 +391,17 @@ impl Connection {
         self.send.ready_bytes()
     }
 
+    /// Every byte held for sending, including what waits behind an unfinished body: what
+    /// [`Config::max_send_buffer`] limits.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.send.buffered_bytes()
+    }
+
+    /// Whether new calls would be refused with [`CallError::SendBufferFull`] now.
+    pub fn is_send_buffer_full(&self) -> bool {
+        self.send.buffered_bytes() >= self.config.max_send_buffer()
+    }
+
     /// Calls of this side still waiting for the peer, as Spark counts them (RPCs, uploads,
     /// merged-block-meta requests, chunk fetches, stream requests, a stream being received).
     pub fn outstanding_calls(&self) -> usize {
@@ -421,6 +432,7 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<RequestId, CallError> {
         self.check_open()?;
+        self.check_room()?;
         let request = self.next_request_id();
         self.queue(now, &Frame::RpcRequest { request, body })?;
         let timer = self.arm(now, timeout, TimerKey::Request(request));
@@ -437,6 +449,7 @@ impl Connection {
     /// Sends a one-way message.
     pub fn send_one_way(&mut self, now: Instant, body: Bytes) -> Result<(), CallError> {
         self.check_open()?;
+        self.check_room()?;
         self.queue(now, &Frame::OneWayMessage { body })
     }
 
@@ -449,6 +462,7 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<(), CallError> {
         self.check_open()?;
+        self.check_room()?;
         if self.chunk_fetches.contains_key(&chunk) {
             return Err(CallError::DuplicateChunkFetch(chunk));
         }
@@ -470,6 +484,7 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<StreamCallId, CallError> {
         self.check_open()?;
+        self.check_room()?;
         let id = StreamCallId(self.next_stream_call);
         self.queue(
             now,
@@ -500,6 +515,7 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<(RequestId, BodyId), CallError> {
         self.check_open()?;
+        self.check_room()?;
         check_byte_count(byte_count)?;
         let request = self.next_request_id();
         self.queue(
@@ -535,6 +551,7 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<RequestId, CallError> {
         self.check_open()?;
+        self.check_room()?;
         let request = self.next_request_id();
         let frame = Frame::MergedBlockMetaRequest {
             request,
@@ -782,6 +799,16 @@ impl Connection {
             Some(_) => Err(CallError::Closed),
             None => Ok(()),
         }
+    }
+
+    /// Refuses new calls while the send buffer is over its limit.
+    fn check_room(&self) -> Result<(), CallError> {
+        let buffered = self.send.buffered_bytes();
+        let max = self.config.max_send_buffer();
+        if buffered >= max {
+            return Err(CallError::SendBufferFull { buffered, max });
+        }
+        Ok(())
     }
 
     fn check_size(&self, frame: &Frame) -> Result<(), CallError> {

@@ -40,6 +40,8 @@ pub(crate) struct SendQueue {
     items: VecDeque<Item>,
     bodies: HashMap<BodyId, OutBody>,
     frames: u64,
+    /// Every byte held: queued frames, and fed body pieces wherever they wait.
+    buffered: u64,
 }
 
 impl SendQueue {
@@ -47,12 +49,15 @@ impl SendQueue {
         self.frames += 1;
         let large = frame.in_frame_body().filter(|b| b.len() > COPY_THRESHOLD);
         let buf = self.tail_buf();
+        let before = buf.len();
         if large.is_some() {
             frame.encode_head(buf);
         } else {
             frame.encode(buf);
         }
+        self.buffered += (buf.len() - before) as u64;
         if let Some(body) = large {
+            self.buffered += body.len() as u64;
             self.items.push_back(Item::Shared(body.clone()));
         }
     }
@@ -103,6 +108,7 @@ impl SendQueue {
             .get_mut(&id)
             .expect("caller checked the body exists");
         body.unfed -= data.len() as u64;
+        self.buffered += data.len() as u64;
         if !data.is_empty() {
             body.pieces.push_back(data);
         }
@@ -124,6 +130,7 @@ impl SendQueue {
                         .get_mut(&id)
                         .expect("queued bodies are registered");
                     if let Some(piece) = body.pieces.pop_front() {
+                        self.buffered -= piece.len() as u64;
                         return Some(piece);
                     }
                     if body.unfed > 0 {
@@ -135,6 +142,7 @@ impl SendQueue {
             };
             self.items.pop_front();
             if !out.is_empty() {
+                self.buffered -= out.len() as u64;
                 return Some(out);
             }
         }
@@ -162,6 +170,11 @@ impl SendQueue {
         total
     }
 
+    /// Every byte held, whether it can move now or not.
+    pub(crate) fn buffered_bytes(&self) -> u64 {
+        self.buffered
+    }
+
     /// Frames queued since the connection opened.
     pub(crate) fn frames(&self) -> u64 {
         self.frames
@@ -183,10 +196,21 @@ impl SendQueue {
         let items = &self.items;
         self.bodies
             .retain(|id, _| items.iter().any(|i| matches!(i, Item::Body(b) if b == id)));
+        let bodies = &self.bodies;
+        self.buffered = self
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Buf(b) => b.len() as u64,
+                Item::Shared(b) => b.len() as u64,
+                Item::Body(id) => bodies[id].pieces.iter().map(|p| p.len() as u64).sum(),
+            })
+            .sum();
     }
 
     pub(crate) fn clear(&mut self) {
         self.items.clear();
         self.bodies.clear();
+        self.buffered = 0;
     }
 }

@@ -399,3 +399,50 @@ fn without_outstanding_calls_an_idle_connection_sets_no_timer() {
         Some(now + crate::config::DEFAULT_IDLE_TIMEOUT)
     );
 }
+
+#[test]
+fn a_full_send_buffer_refuses_new_calls_but_not_answers() {
+    let now = base();
+    let config = Config::builder()
+        .with_max_send_buffer(1000)
+        .build()
+        .unwrap();
+    let mut a = Connection::new(config.clone(), now);
+    let mut b = Connection::new(config, now);
+    a.rpc(now, "q".into(), None).unwrap();
+    pump(now, &mut a, &mut b);
+    let [Event::RpcReceived { request, .. }] = events(&mut b)[..] else {
+        panic!()
+    };
+    // The peer stops reading: b's one-way messages pile up until the limit.
+    let mut accepted = 0u64;
+    let err = loop {
+        match b.send_one_way(now, Bytes::from(vec![0; 100])) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    let one = Frame::OneWayMessage {
+        body: Bytes::from(vec![0; 100]),
+    }
+    .frame_len();
+    assert_eq!(accepted, 1000u64.div_ceil(one));
+    assert_eq!(
+        err,
+        CallError::SendBufferFull {
+            buffered: accepted * one,
+            max: 1000
+        }
+    );
+    assert!(b.is_send_buffer_full());
+    assert!(matches!(
+        b.rpc(now, "x".into(), None),
+        Err(CallError::SendBufferFull { .. })
+    ));
+    // Answers are not refused: the peer asked for them.
+    b.respond_rpc(now, request, "answer".into()).unwrap();
+    // Once the peer reads, there is room again.
+    pump(now, &mut b, &mut a);
+    assert_eq!(b.buffered_bytes(), 0);
+    b.send_one_way(now, "again".into()).unwrap();
+}
