@@ -63,7 +63,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The client: a client-mode env that looks the endpoint up (checking that it exists and
     // takes our types) and asks it.
-    let client = RpcEnv::create(rpc_async_std::runtime(), RpcEnvConfig::client("hello-client"))?;
+    let client = RpcEnv::create(
+        rpc_async_std::runtime(),
+        RpcEnvConfig::client("hello-client"),
+    )?;
     let hello = client
         .setup_endpoint_ref::<Hello, String>(address, "hello-service")
         .await?;

@@ -5,19 +5,57 @@
 //! longer developed; its foundations are.
 //!
 //! The async-io implementation of [`rpc_driver::Runtime`], and the public API re-exported
-//! under the same names as `rpc-tokio`: switching runtimes is switching the crate.
+//! under the same names as `rpc-tokio` (only the runtime type differs: [`AsyncIoRuntime`]
+//! here, `TokioRuntime` there): switching runtimes is switching the crate.
 //!
-//! Start envs and transports with [`runtime()`]. Its tasks run on
-//! [async-global-executor](https://docs.rs/async-global-executor), the executor async-std
-//! itself runs on, and its sockets and timers on async-io's reactor, which smol shares: code
-//! that awaits our futures may run under `async_std::task::block_on`, `smol::block_on` or
-//! any other executor.
+//! - The control plane: [`RpcEnv`] hosts named endpoints ([`RpcEndpoint`],
+//!   [`ConcurrentRpcEndpoint`]); an [`RpcEndpointRef`] reaches one, here or in another
+//!   process, with [`send`](RpcEndpointRef::send) and [`ask`](RpcEndpointRef::ask).
+//! - The transport layer under it: [`TransportServer`], [`TransportClientFactory`],
+//!   [`TransportClient`], [`RpcHandler`], speaking Spark's network-common wire format.
+//!
+//! Start envs and transports with [`runtime()`], from anywhere: no executor has to be
+//! running. Its tasks run on the thread pool of
+//! [async-global-executor](https://docs.rs/async-global-executor) (version 3: its own
+//! threads, not those of async-std's or smol's executor), and its sockets and timers on
+//! async-io's reactor, which async-std and smol share. So code that awaits our futures may run
+//! under `async_std::task::block_on`, `smol::block_on` or any other executor. To run the
+//! tasks on an executor of yours instead, use [`AsyncIoRuntime::with_executor`].
+//!
+//! # Example: hello
+//!
+//! Spark's `HelloEndpoint` under async-std (`examples/hello.rs`, run it with
+//! `cargo run -p rpc-async-std --example hello`):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/hello.rs")]
+//! ```
+//!
+//! # Example: heartbeats
+//!
+//! A driver endpoint receiving periodic heartbeats from executor envs and noticing one that
+//! dies (`examples/heartbeat.rs`, run it with `cargo run -p rpc-async-std --example
+//! heartbeat`):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/heartbeat.rs")]
+//! ```
+//!
+//! # Example: under smol
+//!
+//! The same env code under `smol::block_on`, with the tasks on the global pool and then on
+//! a smol executor of our own (`examples/hello_smol.rs`, run it with
+//! `cargo run -p rpc-async-std --example hello_smol`):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/hello_smol.rs")]
+//! ```
 
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io::{self, IoSlice};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -39,7 +77,7 @@ pub use rpc_driver::transport::{
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 
 /// The runtime to start envs and transports on: async-io's reactor and timers, tasks on
-/// the global executor async-std uses.
+/// async-global-executor's thread pool. Callable from anywhere, inside an executor or not.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), rpc_async_std::SetupError> {
@@ -73,7 +111,9 @@ impl AsyncIoRuntime {
     /// Spawns tasks on `executor`; the caller runs it (smol's `Executor::run`, or any thread
     /// that drives it).
     pub fn with_executor(executor: Arc<async_executor::Executor<'static>>) -> Self {
-        Self { executor: Some(executor) }
+        Self {
+            executor: Some(executor),
+        }
     }
 }
 
@@ -93,7 +133,10 @@ impl Runtime for AsyncIoRuntime {
     }
 
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
-        Box::pin(AsyncIoTimer(async_io::Timer::at(deadline)))
+        Box::pin(AsyncIoTimer {
+            timer: async_io::Timer::at(deadline),
+            fired: false,
+        })
     }
 
     fn connect(&self, addr: SocketAddr) -> BoxFuture<io::Result<Box<dyn AsyncStream>>> {
@@ -124,8 +167,10 @@ impl AsyncStream for AsyncIoStream {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+    fn poll_shutdown(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // async-io's `poll_close` only flushes (a no-op for TCP) and sends no FIN; writes are
+        // unbuffered, so shutting the write half down now is "after everything written".
+        Poll::Ready(self.0.get_ref().shutdown(Shutdown::Write))
     }
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
@@ -166,34 +211,55 @@ impl AsyncListener for AsyncIoListener {
     }
 }
 
+/// async-io's timer is ready once, then pending (with no waker kept) until it is reset;
+/// `fired` keeps it ready, as [`AsyncTimer`] asks and tokio's `Sleep` does.
 #[derive(Debug)]
-struct AsyncIoTimer(async_io::Timer);
+struct AsyncIoTimer {
+    timer: async_io::Timer,
+    fired: bool,
+}
 
 impl AsyncTimer for AsyncIoTimer {
     fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
-        self.0.set_at(deadline);
+        self.fired = false;
+        self.timer.set_at(deadline);
     }
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.poll(cx).map(|_| ())
+        if !self.fired && self.timer.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.fired = true;
+        Poll::Ready(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
+    use std::future::poll_fn;
+    use std::sync::mpsc;
     use std::time::Duration;
 
     use super::*;
 
+    /// Runs `f` on this thread, failing the test if it takes more than five seconds.
+    fn block_on_within<T>(f: impl std::future::Future<Output = T>) -> T {
+        async_io::block_on(f.or(async {
+            async_io::Timer::after(Duration::from_secs(5)).await;
+            panic!("hung")
+        }))
+    }
+
     #[test]
-    fn timer_fires_after_its_deadline_and_can_be_reset() {
-        let rt = AsyncIoRuntime::with_executor(Arc::new(async_executor::Executor::new()));
-        async_io::block_on(async {
+    fn timer_fires_after_its_deadline_stays_fired_and_can_be_reset() {
+        let rt = runtime();
+        block_on_within(async {
             let start = rt.now();
             let mut timer = rt.new_timer(start + Duration::from_millis(20));
             rpc_driver::timer_fired(timer.as_mut()).await;
             assert!(rt.now() >= start + Duration::from_millis(20));
+            // Still ready until reset, like tokio's `Sleep` (async-io's own timer is not).
+            rpc_driver::timer_fired(timer.as_mut()).await;
             let reset_at = rt.now();
             timer.as_mut().reset(reset_at + Duration::from_millis(10));
             rpc_driver::timer_fired(timer.as_mut()).await;
@@ -202,48 +268,38 @@ mod tests {
     }
 
     #[test]
-    fn spawn_runs_the_future_on_the_executor() {
+    fn spawn_runs_the_future_on_the_given_executor_only() {
         let executor = Arc::new(async_executor::Executor::new());
         let rt = AsyncIoRuntime::with_executor(executor.clone());
-        let (tx, rx) = async_channel_like();
-        rt.spawn(Box::pin(async move {
-            tx.set(42);
-        }));
-        let got = async_io::block_on(executor.run(rx));
-        assert_eq!(got, 42);
+        let (tx, rx) = mpsc::channel();
+        rt.spawn(Box::pin(async move { tx.send(42).unwrap() }));
+        assert!(rx.try_recv().is_err(), "nothing has run the executor yet");
+        assert!(executor.try_tick());
+        assert_eq!(rx.try_recv(), Ok(42));
     }
 
-    /// A one-shot slot made of std parts, to keep dev-dependencies small.
-    fn async_channel_like() -> (Slot, SlotFuture) {
-        let inner = Arc::new(std::sync::Mutex::new((None, None::<std::task::Waker>)));
-        (Slot(inner.clone()), SlotFuture(inner))
+    #[test]
+    fn spawn_runs_the_future_on_the_global_pool() {
+        let (tx, rx) = mpsc::channel();
+        runtime().spawn(Box::pin(async move { tx.send(42).unwrap() }));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(42));
     }
 
-    type Shared = Arc<std::sync::Mutex<(Option<u32>, Option<std::task::Waker>)>>;
-    struct Slot(Shared);
-    struct SlotFuture(Shared);
-
-    impl Slot {
-        fn set(self, v: u32) {
-            let mut g = self.0.lock().unwrap();
-            g.0 = Some(v);
-            if let Some(w) = g.1.take() {
-                w.wake();
-            }
-        }
-    }
-
-    impl Future for SlotFuture {
-        type Output = u32;
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
-            let mut g = self.0.lock().unwrap();
-            match g.0.take() {
-                Some(v) => Poll::Ready(v),
-                None => {
-                    g.1 = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        }
+    #[test]
+    fn shutdown_sends_end_of_file_to_the_peer() {
+        let rt = runtime();
+        block_on_within(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let listener = rt.listen(listener).unwrap();
+            let mut client = rt.connect(listener.local_addr().unwrap()).await.unwrap();
+            let (mut server, _) = poll_fn(|cx| listener.poll_accept(cx)).await.unwrap();
+            poll_fn(|cx| client.poll_shutdown(cx)).await.unwrap();
+            let mut buf = [0; 8];
+            let read = poll_fn(|cx| server.poll_read(cx, &mut buf)).await.unwrap();
+            assert_eq!(
+                read, 0,
+                "the peer sees end of file while the stream is alive"
+            );
+        });
     }
 }
