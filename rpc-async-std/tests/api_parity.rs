@@ -44,6 +44,7 @@ const SHARED: &[&str] = &[
     // The transport layer.
     "ConnectError",
     "RpcCall",
+    "Ready",
     "RpcHandler",
     "RpcResponder",
     "TransportClient",
@@ -120,6 +121,7 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
 
     same(Of::<t::ConnectError>, Of::<a::ConnectError>);
     same(Of::<t::RpcCall>, Of::<a::RpcCall>);
+    same(Of::<t::Ready>, Of::<a::Ready>);
     same(Of::<dyn t::RpcHandler>, Of::<dyn a::RpcHandler>);
     same(Of::<t::RpcResponder>, Of::<a::RpcResponder>);
     same(Of::<t::TransportClient>, Of::<a::TransportClient>);
