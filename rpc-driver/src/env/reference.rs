@@ -492,7 +492,11 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
                     Poll::Pending => break,
                     Poll::Ready(result) => {
                         let client = guard.as_ref().map(|g| g.client.clone());
-                        if let Some(g) = guard.as_mut() {
+                        // The call was sent with the ask's timeout, so the connection may time
+                        // it out before our own timer fires: the endpoint is still working on
+                        // it then, and must hear of the cancel like after our timer.
+                        let timed_out = matches!(result, Err(rpc_proto::RpcError::TimedOut { .. }));
+                        if let Some(g) = guard.as_mut().filter(|_| !timed_out) {
                             g.armed = false;
                         }
                         self::reply::<R>(result, &this.env, client, &this.endpoint, this.timeout)

@@ -1,28 +1,65 @@
-//! Helpers shared by the env integration tests: envs on real sockets, a scriptable endpoint
-//! that records what happens to it, and bounded waits.
+//! The suite's helpers, runtime-neutral: timers and tasks through the adapter's
+//! [`Runtime`](rpc::Runtime), bounded waits, envs on real sockets, and a scriptable endpoint
+//! that records what happens to it.
 #![allow(dead_code)]
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use rpc_tokio::{
+use futures_lite::FutureExt;
+use serde::{Deserialize, Serialize};
+
+pub(super) use super::{block_on, rpc, ADAPTER};
+use rpc::{
     BoxError, EndpointContext, EndpointFailure, RpcAddress, RpcCallContext, RpcEndpoint,
     RpcEndpointRef, RpcEnv, RpcEnvConfig,
 };
-use serde::{Deserialize, Serialize};
 
-/// How long any single wait may take before the test is declared hung.
-pub(crate) const WAIT: Duration = Duration::from_secs(5);
+/// How long any single wait may take before the test is declared hung. Generous: the three
+/// adapters' tests share two cores.
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// An ask timeout far beyond [`WAIT`]: an ask that resolves within `WAIT` did not time out.
 pub(crate) const LONG: Duration = Duration::from_secs(60);
 
+// ---- time and tasks ----
+
+/// The adapter's runtime, as envs and transports take it.
+pub(crate) fn rt() -> Arc<dyn rpc::Runtime> {
+    rpc::runtime()
+}
+
+/// Sleeps on the adapter's timers.
+pub(crate) async fn sleep(duration: Duration) {
+    let rt = rt();
+    rpc::rpc_driver::sleep_until(&*rt, rt.now() + duration).await
+}
+
+/// Lets other tasks run.
+pub(crate) async fn yield_now() {
+    futures_lite::future::yield_now().await
+}
+
+/// Awaits `f`, or gives up after `limit` (`None`).
+pub(crate) async fn give_up_after<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        sleep(limit).await;
+        None
+    })
+    .await
+}
+
 /// Awaits `f`, failing the test if it takes longer than [`WAIT`].
 pub(crate) async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(WAIT, f)
+    give_up_after(WAIT, f)
         .await
-        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
+        .unwrap_or_else(|| panic!("timed out after {WAIT:?} waiting for {what}"))
 }
 
 /// Polls `f` until it holds, failing the test after [`WAIT`].
@@ -30,13 +67,135 @@ pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        sleep(Duration::from_millis(5)).await;
     }
 }
 
+/// What a [`Task`] hands back: the output, or the panic that ended it.
+type Outcome<T> = Result<T, Box<dyn Any + Send>>;
+
+struct Slot<T> {
+    outcome: Option<Outcome<T>>,
+    /// The task ended (or was dropped by its executor) without an outcome.
+    abandoned: bool,
+    waker: Option<Waker>,
+}
+
+/// A spawned task's result: await it for the output; a panic in the task resumes here.
+/// Dropping it detaches the task.
+pub(crate) struct Task<T> {
+    slot: Arc<Mutex<Slot<T>>>,
+}
+
+/// Fills a [`Task`]'s slot once, or marks it abandoned when dropped unfilled.
+struct Filler<T> {
+    slot: Arc<Mutex<Slot<T>>>,
+}
+
+impl<T> Filler<T> {
+    fn fill(self, outcome: Outcome<T>) {
+        self.slot.lock().unwrap().outcome = Some(outcome);
+        // `drop` wakes the task's owner.
+    }
+}
+
+impl<T> Drop for Filler<T> {
+    fn drop(&mut self) {
+        let waker = {
+            let mut slot = self.slot.lock().unwrap();
+            if slot.outcome.is_none() {
+                slot.abandoned = true;
+            }
+            slot.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+fn task_pair<T>() -> (Filler<T>, Task<T>) {
+    let slot = Arc::new(Mutex::new(Slot {
+        outcome: None,
+        abandoned: false,
+        waker: None,
+    }));
+    (Filler { slot: slot.clone() }, Task { slot })
+}
+
+impl<T> Future for Task<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = self.slot.lock().unwrap();
+        match slot.outcome.take() {
+            Some(Ok(value)) => Poll::Ready(value),
+            Some(Err(panic)) => {
+                drop(slot);
+                panic::resume_unwind(panic)
+            }
+            None if slot.abandoned => panic!("the task was dropped before it finished"),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Spawns `future` on the adapter's runtime.
+pub(crate) fn spawn<F>(future: F) -> Task<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (filler, task) = task_pair();
+    rt().spawn(Box::pin(async move {
+        let outcome = AssertUnwindSafe(future).catch_unwind().await;
+        filler.fill(outcome);
+    }));
+    task
+}
+
+/// Runs blocking `f` (raw sockets, child processes) on a thread of its own.
+pub(crate) fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Task<T> {
+    let (filler, task) = task_pair();
+    std::thread::spawn(move || {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+        filler.fill(outcome);
+    });
+    task
+}
+
+/// Handlers waiting here go on once `parties` of them have arrived (polling the adapter's
+/// timers, so it works on any runtime).
+pub(crate) struct Rendezvous {
+    parties: usize,
+    arrived: AtomicUsize,
+}
+
+impl Rendezvous {
+    pub(crate) fn new(parties: usize) -> Self {
+        Self {
+            parties,
+            arrived: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) async fn wait(&self) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        eventually("every party to arrive", || {
+            self.arrived.load(Ordering::SeqCst) >= self.parties
+        })
+        .await
+    }
+}
+
+// ---- envs ----
+
 /// A server-mode env on a free port of 127.0.0.1.
 pub(crate) fn server_env(name: &str) -> RpcEnv {
-    RpcEnv::create(rpc_tokio::runtime(), server_config(name)).expect("server env")
+    RpcEnv::create(rt(), server_config(name)).expect("server env")
 }
 
 /// The config of [`server_env`], to adjust.
@@ -46,11 +205,12 @@ pub(crate) fn server_config(name: &str) -> RpcEnvConfig {
 
 /// A client-mode env.
 pub(crate) fn client_env(name: &str) -> RpcEnv {
-    RpcEnv::create(
-        rpc_tokio::runtime(),
-        RpcEnvConfig::client(name).with_ask_timeout(LONG),
-    )
-    .expect("client env")
+    RpcEnv::create(rt(), client_config(name)).expect("client env")
+}
+
+/// The config of [`client_env`], to adjust.
+pub(crate) fn client_config(name: &str) -> RpcEnvConfig {
+    RpcEnvConfig::client(name).with_ask_timeout(LONG)
 }
 
 /// The address of a server-mode env.
@@ -78,6 +238,13 @@ pub(crate) async fn lookup(from: &RpcEnv, to: &RpcEnv, name: &str) -> RpcEndpoin
     .expect("the endpoint is found")
 }
 
+/// How many of `entries` start with `prefix`.
+pub(crate) fn count(entries: &[String], prefix: &str) -> usize {
+    entries.iter().filter(|e| e.starts_with(prefix)).count()
+}
+
+// ---- the probe endpoint ----
+
 /// What a [`Probe`] is told to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Cmd {
@@ -85,6 +252,8 @@ pub(crate) enum Cmd {
     Note(String),
     /// `ask`: answered with the text, logged as `ask:<text> from <sender address or none>`.
     Echo(String),
+    /// `ask`: answered with the text, not logged (for load tests).
+    Quiet(String),
     /// `ask`: failed with the text through `send_failure`.
     Fail(String),
     /// The handler returns the text as an error.
@@ -155,6 +324,12 @@ impl Recorder {
     pub(crate) fn take_kept(&self) -> Vec<RpcCallContext<String>> {
         std::mem::take(&mut *self.kept.lock().unwrap())
     }
+
+    /// Waits for a call context kept by [`Cmd::Keep`] and takes it out.
+    pub(crate) async fn next_kept(&self) -> RpcCallContext<String> {
+        eventually("a kept call", || !self.kept.lock().unwrap().is_empty()).await;
+        self.kept.lock().unwrap().remove(0)
+    }
 }
 
 /// What a [`Probe`]'s `on_start` does.
@@ -196,7 +371,7 @@ impl RpcEndpoint for Probe {
     async fn on_start(&mut self, _: &EndpointContext<Cmd, String>) -> Result<(), BoxError> {
         match &self.start {
             Start::Ok => {}
-            Start::Delay(d) => tokio::time::sleep(*d).await,
+            Start::Delay(d) => sleep(*d).await,
             Start::Err(e) => return Err(e.clone().into()),
             Start::Panic(m) => panic!("{m}"),
         }
@@ -232,6 +407,9 @@ impl RpcEndpoint for Probe {
                 self.rec.push(format!("ask:{s} from {sender}"));
                 call.reply(s);
             }
+            Cmd::Quiet(s) => {
+                call.reply(s);
+            }
             Cmd::Fail(s) => {
                 call.send_failure(s);
             }
@@ -243,22 +421,22 @@ impl RpcEndpoint for Probe {
                 self.rec.push("kept");
             }
             Cmd::Later(ms) => {
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                drop(spawn(async move {
+                    sleep(Duration::from_millis(ms)).await;
                     call.reply("later".to_owned());
-                });
+                }));
             }
             Cmd::Sleep(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                sleep(Duration::from_millis(ms)).await;
                 call.reply("slept".to_owned());
             }
             Cmd::WatchCancel => {
                 let rec = self.rec.clone();
                 rec.push(format!("watching cancelled={}", call.is_cancelled()));
-                tokio::spawn(async move {
+                drop(spawn(async move {
                     call.cancelled().await;
                     rec.push(format!("cancelled is_cancelled={}", call.is_cancelled()));
-                });
+                }));
             }
             Cmd::Note(s) => self.rec.push(format!("asked-note:{s}")),
         }
