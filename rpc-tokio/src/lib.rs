@@ -120,6 +120,8 @@ impl Runtime for TokioRuntime {
     }
 
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        // Timers belong to a runtime: enter ours, so an ask awaited on another executor works.
+        let _entered = self.handle.enter();
         Box::pin(TokioTimer {
             sleep: tokio::time::sleep_until(deadline.into()),
         })

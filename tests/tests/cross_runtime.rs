@@ -326,8 +326,6 @@ fn asks_held_on_the_other_runtime_fail_when_its_env_shuts_down() {
 }
 
 #[test]
-#[ignore = "rpc-tokio bug: TokioRuntime::new_timer calls tokio::time::sleep_until without \
-            entering its runtime, so an ask on a tokio env's ref panics outside tokio"]
 fn a_tokio_envs_ref_can_be_asked_from_an_async_std_task() {
     let pair = pair();
     let reply = async_std::task::block_on(async {
