@@ -161,7 +161,10 @@ mod tests {
             RpcError::EndpointStopped(ep.into())
         );
         assert_eq!(
-            from_remote(&format!("{BAD_MESSAGE}undecodable envelope: empty body"), ep),
+            from_remote(
+                &format!("{BAD_MESSAGE}undecodable envelope: empty body"),
+                ep
+            ),
             RpcError::Serialization("undecodable envelope: empty body".into())
         );
         // A Spark peer's failure (a Java stack trace) has no prefix.
