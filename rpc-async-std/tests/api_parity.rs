@@ -45,6 +45,8 @@ const SHARED: &[&str] = &[
     "ConnectError",
     "RpcCall",
     "Ready",
+    "StreamManager",
+    "OneForOneStreamManager",
     "RpcHandler",
     "RpcResponder",
     "TransportClient",
@@ -122,7 +124,9 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<t::ConnectError>, Of::<a::ConnectError>);
     same(Of::<t::RpcCall>, Of::<a::RpcCall>);
     same(Of::<t::Ready>, Of::<a::Ready>);
+    same(Of::<t::OneForOneStreamManager>, Of::<a::OneForOneStreamManager>);
     same(Of::<dyn t::RpcHandler>, Of::<dyn a::RpcHandler>);
+    same(Of::<dyn t::StreamManager>, Of::<dyn a::StreamManager>);
     same(Of::<t::RpcResponder>, Of::<a::RpcResponder>);
     same(Of::<t::TransportClient>, Of::<a::TransportClient>);
     same(

@@ -28,6 +28,7 @@ macro_rules! suite {
         mod env_network;
         mod peer_process;
         mod races;
+        mod chunks;
         mod slow_reader;
         mod transport;
         mod wire;

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rpc_proto::{Decoded, Frame, FrameDecoder, RequestId, RpcError, StreamChunkId};
 use rpc_tokio::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConfig,
-    TransportServer,
+    RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
+    TransportConfig, TransportServer,
 };
 
 /// The longest any single step waits for the other side (a JVM starting, a reply, a line).
@@ -650,6 +650,115 @@ fn spark_data_plane_requests_fail_cleanly_on_our_server_and_the_connection_survi
             "after {command:.40}"
         );
     }
+    peer.finish();
+}
+
+/// Serves SparkPeer's test data from our side: chunk `i` of stream `s` is `pattern(s, i)`,
+/// stream `bytes/<n>` is `pattern(n, 0)`; negative stream ids fail.
+struct Patterns;
+
+impl RpcHandler for Patterns {
+    fn receive(&self, _: &TransportClient, message: Bytes, responder: RpcResponder) {
+        responder.reply(message).expect("answer an rpc");
+    }
+
+    fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        Some(self)
+    }
+}
+
+impl StreamManager for Patterns {
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+        let stream = chunk.stream_id as i64;
+        if !(0..=64 * MIB as i64).contains(&stream) {
+            return Err(format!("we have no stream {stream}"));
+        }
+        Ok(pattern(stream as usize, u64::from(chunk.chunk_index)))
+    }
+
+    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+        let n = stream_id
+            .strip_prefix("bytes/")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("we have no stream {stream_id}"))?;
+        Ok(pattern(n, 0))
+    }
+}
+
+#[test]
+fn our_chunk_fetches_get_sparks_chunks_and_failures() {
+    let spark = spark_or_skip!();
+    let rt = tokio_runtime();
+    let (_peer, addr) = spark_server(spark);
+    let (_factory, client) = our_client(&rt, addr);
+    for (stream, index) in [(10u64, 0u32), (10, 3), (0, 1), (MIB as u64, 2)] {
+        let got = rt
+            .block_on(client.fetch_chunk(chunk(stream, index), Some(WAIT)))
+            .unwrap_or_else(|e| panic!("chunk {stream}/{index} from Spark: {e}"));
+        assert_eq!(
+            got,
+            pattern(stream as usize, u64::from(index)),
+            "chunk {stream}/{index}"
+        );
+    }
+    let err = rt
+        .block_on(client.fetch_chunk(chunk(u64::MAX, 0), Some(WAIT)))
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Remote(m) if m.contains("SparkPeer has no stream -1")),
+        "{err}"
+    );
+    assert_eq!(rpc(&rt, &client, "after".into()).unwrap(), "after");
+}
+
+#[test]
+fn spark_fetches_chunks_and_streams_from_our_server() {
+    let spark = spark_or_skip!();
+    let rt = tokio_runtime();
+    let server = {
+        let _in_runtime = rt.enter();
+        TransportServer::bind(
+            rpc_tokio::runtime(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::new(Patterns),
+            TransportConfig::default(),
+        )
+        .expect("bind our server")
+    };
+    let mut peer = spark_client(spark, server.local_addr());
+    for (stream, index) in [(10u64, 3u32), (0, 0), (MIB as u64, 1)] {
+        let line = peer.command(&format!("fetch {stream} {index}"));
+        let got = line.strip_prefix("CHUNK ").unwrap_or_else(|| {
+            panic!(
+                "fetch {stream} {index}: {line:.300}\n{}",
+                peer.diagnostics()
+            )
+        });
+        assert_eq!(
+            unhex(got),
+            pattern(stream as usize, u64::from(index)),
+            "chunk {stream}/{index} as Spark received it"
+        );
+    }
+    for n in [100usize, 0, 3 * MIB] {
+        let line = peer.command(&format!("stream bytes/{n}"));
+        let got = line
+            .strip_prefix("STREAM ")
+            .or_else(|| (line == "STREAM").then_some(""))
+            .unwrap_or_else(|| panic!("stream bytes/{n}: {line:.300}\n{}", peer.diagnostics()));
+        assert_eq!(
+            unhex(got),
+            pattern(n, 0),
+            "stream bytes/{n} as Spark received it"
+        );
+    }
+    let line = peer.command("fetch -5 0");
+    assert!(
+        line.starts_with("FAILED ") && line.contains("we have no stream -5"),
+        "{line:.300}"
+    );
+    let line = peer.command(&format!("rpc {}", hex(b"still there?")));
+    assert_eq!(line, format!("OK {}", hex(b"still there?")));
     peer.finish();
 }
 

@@ -13,7 +13,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use rpc_proto::{Call, CallError, Config, Connection, ConnectionError, Event, RequestId, RpcError};
+use rpc_proto::{
+    Call, CallError, Config, Connection, ConnectionError, Event, RequestId, RpcError, StreamChunkId,
+};
 use tracing::{debug, trace, warn, Instrument};
 
 use super::{ConnectionAddrs, RpcHandler};
@@ -36,7 +38,8 @@ type RpcResult = Result<Bytes, RpcError>;
 /// What the handles and the driver task share, behind one mutex.
 pub(crate) struct ConnState {
     pub(crate) conn: Connection,
-    rpcs: HashMap<RequestId, Completer<RpcResult>>,
+    /// Completion slots of the calls handles are waiting on (RPCs and chunk fetches).
+    calls: HashMap<Call, Completer<RpcResult>>,
     driver: Option<Waker>,
     /// Tasks waiting in [`TransportClient::ready`] for room in the send buffer.
     ready: Vec<Waker>,
@@ -46,7 +49,7 @@ impl ConnState {
     pub(crate) fn new(conn: Connection) -> Self {
         Self {
             conn,
-            rpcs: HashMap::new(),
+            calls: HashMap::new(),
             driver: None,
             ready: Vec::new(),
         }
@@ -71,19 +74,13 @@ impl ConnState {
     pub(crate) fn process_events(&mut self, now: Instant, inbound: &mut Vec<Event>) {
         while let Some(event) = self.conn.poll_event() {
             match event {
-                Event::ReplyReceived { request, body } => self.complete(request, Ok(body)),
-                Event::CallFailed {
-                    call: Call::Rpc(id),
-                    error,
-                } => self.complete(id, Err(error)),
-                Event::ChunkFetchReceived { chunk } => {
-                    let _ = self.conn.respond_chunk_failure(now, chunk, UNSERVED);
+                Event::ReplyReceived { request, body } => {
+                    self.complete(Call::Rpc(request), Ok(body))
                 }
-                Event::StreamRequested { request, stream_id } => {
-                    let _ = self
-                        .conn
-                        .respond_stream_failure(now, request, &stream_id, UNSERVED);
+                Event::ChunkReceived { chunk, body } => {
+                    self.complete(Call::ChunkFetch(chunk), Ok(body))
                 }
+                Event::CallFailed { call, error } => self.complete(call, Err(error)),
                 Event::UploadReceived { request, .. }
                 | Event::MergedBlockMetaRequested { request, .. } => {
                     let _ = self.conn.respond_rpc_failure(now, request, UNSERVED);
@@ -96,8 +93,8 @@ impl ConnState {
         }
     }
 
-    fn complete(&mut self, id: RequestId, result: RpcResult) {
-        if let Some(completer) = self.rpcs.remove(&id) {
+    fn complete(&mut self, call: Call, result: RpcResult) {
+        if let Some(completer) = self.calls.remove(&call) {
             // The caller may have dropped its future a moment ago; then nobody wants it.
             let _ = completer.complete(result);
         }
@@ -112,14 +109,27 @@ impl ConnState {
     ) -> Result<(RequestId, Waiter<RpcResult>), CallError> {
         let id = self.conn.rpc(now, body, timeout)?;
         let (completer, waiter) = completion::pair();
-        self.rpcs.insert(id, completer);
+        self.calls.insert(Call::Rpc(id), completer);
         Ok((id, waiter))
     }
 
-    /// Forgets an RPC whose caller went away.
-    pub(crate) fn abandon_rpc(&mut self, id: RequestId) {
-        if self.rpcs.remove(&id).is_some() {
-            self.conn.cancel(Call::Rpc(id));
+    /// Starts a chunk fetch; the waiter resolves exactly once.
+    pub(crate) fn start_chunk_fetch(
+        &mut self,
+        now: Instant,
+        chunk: StreamChunkId,
+        timeout: Option<Duration>,
+    ) -> Result<Waiter<RpcResult>, CallError> {
+        self.conn.fetch_chunk(now, chunk, timeout)?;
+        let (completer, waiter) = completion::pair();
+        self.calls.insert(Call::ChunkFetch(chunk), completer);
+        Ok(waiter)
+    }
+
+    /// Forgets a call whose caller went away.
+    pub(crate) fn abandon(&mut self, call: Call) {
+        if self.calls.remove(&call).is_some() {
+            self.conn.cancel(call);
         }
     }
 
@@ -137,7 +147,8 @@ impl ConnState {
     }
 }
 
-const UNSERVED: &str = "this peer serves no chunks, streams, uploads or merged block metadata";
+const NO_STREAMS: &str = "this peer serves no chunks or streams";
+const UNSERVED: &str = "this peer serves no uploads or merged block metadata";
 
 pub(crate) struct ConnInner {
     pub(crate) rt: StdArc<dyn Runtime>,
@@ -209,22 +220,20 @@ impl TransportClient {
     /// `timeout`, the call fails with [`RpcError::TimedOut`] when it passes. Dropping the
     /// future forgets the call; a late reply is discarded.
     pub fn send_rpc(&self, body: Bytes, timeout: Option<Duration>) -> RpcCall {
-        match self
-            .inner
-            .with_state(|st, now| st.start_rpc(now, body, timeout))
-        {
-            Ok((id, waiter)) => RpcCall {
-                client: Some(self.inner.clone()),
-                id: Some(id),
-                waiter: Some(waiter),
-                refused: None,
-            },
-            Err(error) => RpcCall {
-                client: None,
-                id: None,
-                waiter: None,
-                refused: Some(error),
-            },
+        match self.inner.with_state(|st, now| st.start_rpc(now, body, timeout)) {
+            Ok((id, waiter)) => RpcCall::started(&self.inner, Call::Rpc(id), waiter),
+            Err(error) => RpcCall::refused(error),
+        }
+    }
+
+    /// Fetches one chunk of a stream the peer registered (Spark's `fetchChunk`). Resolves to
+    /// the chunk, or the peer's failure ([`RpcError::Remote`]), the timeout, or the
+    /// connection's end. A second fetch of a chunk already being fetched on this connection
+    /// is refused ([`CallError::DuplicateChunkFetch`]).
+    pub fn fetch_chunk(&self, chunk: StreamChunkId, timeout: Option<Duration>) -> RpcCall {
+        match self.inner.with_state(|st, now| st.start_chunk_fetch(now, chunk, timeout)) {
+            Ok(waiter) => RpcCall::started(&self.inner, Call::ChunkFetch(chunk), waiter),
+            Err(error) => RpcCall::refused(error),
         }
     }
 
@@ -355,15 +364,27 @@ impl fmt::Debug for Ready {
 #[must_use = "an RPC's reply is only seen by awaiting it"]
 pub struct RpcCall {
     client: Option<Arc<ConnInner>>,
-    id: Option<RequestId>,
+    call: Option<Call>,
     waiter: Option<Waiter<RpcResult>>,
     refused: Option<CallError>,
 }
 
 impl RpcCall {
-    /// The request id the call went out with, unless it was refused before being sent.
+    fn started(inner: &Arc<ConnInner>, call: Call, waiter: Waiter<RpcResult>) -> Self {
+        Self { client: Some(inner.clone()), call: Some(call), waiter: Some(waiter), refused: None }
+    }
+
+    fn refused(error: CallError) -> Self {
+        Self { client: None, call: None, waiter: None, refused: Some(error) }
+    }
+
+    /// The request id an RPC went out with, unless it was refused before being sent (or is a
+    /// chunk fetch, which has none).
     pub fn request_id(&self) -> Option<RequestId> {
-        self.id
+        match self.call {
+            Some(Call::Rpc(id)) => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -394,10 +415,10 @@ impl Future for RpcCall {
 
 impl Drop for RpcCall {
     fn drop(&mut self) {
-        if let (Some(inner), Some(id)) = (self.client.take(), self.id) {
+        if let (Some(inner), Some(call)) = (self.client.take(), self.call) {
             // Drop the waiter first so a completion racing this drop is handed back, not kept.
             self.waiter = None;
-            inner.with_state(|st, _| st.abandon_rpc(id));
+            inner.with_state(|st, _| st.abandon(call));
         }
     }
 }
@@ -405,7 +426,7 @@ impl Drop for RpcCall {
 impl fmt::Debug for RpcCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcCall")
-            .field("request", &self.id)
+            .field("call", &self.call)
             .finish_non_exhaustive()
     }
 }
@@ -656,12 +677,58 @@ impl Driver {
                     self.handler.receive(&self.client, body, responder);
                 }
                 Event::OneWayReceived { body } => self.handler.receive_one_way(&self.client, body),
+                Event::ChunkFetchReceived { chunk } => {
+                    let served = match self.handler.stream_manager() {
+                        Some(streams) => streams.chunk(&self.client, chunk),
+                        None => Err(NO_STREAMS.to_owned()),
+                    };
+                    self.client.inner.with_state(|st, now| {
+                        let sent = match served {
+                            Ok(body) => st.conn.respond_chunk(now, chunk, body),
+                            Err(error) => st.conn.respond_chunk_failure(now, chunk, &error),
+                        };
+                        if let Err(error) = sent {
+                            // Too large for a frame: tell the peer rather than leave it waiting.
+                            let _ = st.conn.respond_chunk_failure(now, chunk, &error.to_string());
+                        }
+                    });
+                }
+                Event::StreamRequested { request, stream_id } => {
+                    let served = match self.handler.stream_manager() {
+                        Some(streams) => streams.open_stream(&self.client, &stream_id),
+                        None => Err(NO_STREAMS.to_owned()),
+                    };
+                    self.client.inner.with_state(|st, now| match served {
+                        Ok(body) => {
+                            match st.conn.respond_stream(now, request, &stream_id, body.len() as u64) {
+                                Ok(id) if !body.is_empty() => {
+                                    let _ = st.conn.send_body(now, id, body);
+                                }
+                                Ok(_) => {}
+                                Err(error) => {
+                                    let _ = st.conn.respond_stream_failure(
+                                        now,
+                                        request,
+                                        &stream_id,
+                                        &error.to_string(),
+                                    );
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            let _ = st.conn.respond_stream_failure(now, request, &stream_id, &error);
+                        }
+                    });
+                }
                 Event::Closed { error } => {
                     match &error {
                         ConnectionError::PeerClosed | ConnectionError::LocallyClosed => {
                             debug!(%error, "connection closed")
                         }
                         _ => warn!(%error, "connection failed"),
+                    }
+                    if let Some(streams) = self.handler.stream_manager() {
+                        streams.connection_closed(&self.client);
                     }
                     self.handler.connection_closed(&self.client, &error);
                 }

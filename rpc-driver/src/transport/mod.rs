@@ -9,10 +9,12 @@
 mod conn;
 mod factory;
 mod server;
+mod stream;
 
 pub use conn::{Ready, RpcCall, RpcResponder, TransportClient};
 pub use factory::{ConnectError, TransportClientFactory};
 pub use server::TransportServer;
+pub use stream::{OneForOneStreamManager, StreamManager};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,6 +34,12 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// A one-way message arrived.
     fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
         let _ = (client, message);
+    }
+
+    /// The streams this handler serves chunks and named streams from (Spark's
+    /// `getStreamManager`). `None`, the default, refuses every chunk fetch and stream request.
+    fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        None
     }
 
     /// A connection became active.

@@ -51,6 +51,10 @@ impl RpcHandler for Tracker {
         self.handler.receive_one_way(client, message)
     }
 
+    fn stream_manager(&self) -> Option<&dyn super::StreamManager> {
+        self.handler.stream_manager()
+    }
+
     fn connection_opened(&self, client: &TransportClient) {
         lock(&self.open).insert(client.id(), client.clone());
         self.handler.connection_opened(client)

@@ -1,0 +1,140 @@
+//! Serving chunks and streams: Spark's `StreamManager` and `OneForOneStreamManager`.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use bytes::Bytes;
+use rpc_proto::StreamChunkId;
+
+use super::TransportClient;
+use crate::sync::{lock, Mutex};
+
+/// Where a transport server finds the chunks and streams peers ask for (Spark's
+/// `StreamManager`); returned by [`RpcHandler::stream_manager`](super::RpcHandler).
+///
+/// Called on the connection's driver task: implementations must not block. Errors are
+/// sent to the peer as `ChunkFetchFailure` / `StreamFailure` with the given message.
+pub trait StreamManager: Send + Sync + 'static {
+    /// The chunk `chunk` asked for on `client`'s connection.
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String>;
+
+    /// The named stream asked for with a `StreamRequest` (Spark's `openStream`).
+    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+        let _ = client;
+        Err(format!("stream {stream_id} not found"))
+    }
+
+    /// A connection ended: release what was registered for it.
+    fn connection_closed(&self, client: &TransportClient) {
+        let _ = client;
+    }
+}
+
+/// Spark's `OneForOneStreamManager`: each registered stream is a list of buffers served as
+/// chunks 0, 1, 2… in order, each exactly once; a stream is released when its last chunk is
+/// served, or when the connection it was registered for closes.
+///
+/// ```
+/// use rpc_driver::transport::OneForOneStreamManager;
+///
+/// let streams = OneForOneStreamManager::new(7);
+/// let id = streams.register_stream("app-1", vec!["a".into(), "b".into()], None);
+/// assert_eq!(streams.registered(), 1);
+/// # let _ = id;
+/// ```
+pub struct OneForOneStreamManager {
+    state: Mutex<State>,
+}
+
+struct State {
+    next_stream_id: u64,
+    streams: HashMap<u64, Registered>,
+}
+
+struct Registered {
+    app_id: String,
+    buffers: std::collections::VecDeque<Bytes>,
+    next_chunk: u32,
+    owner: Option<u64>,
+}
+
+impl OneForOneStreamManager {
+    /// A manager whose stream ids start at `first_stream_id` (Spark starts at a random
+    /// number, so ids from a restarted server do not collide with old ones).
+    pub fn new(first_stream_id: u64) -> Self {
+        Self {
+            state: Mutex::new(State { next_stream_id: first_stream_id, streams: HashMap::new() }),
+        }
+    }
+
+    /// Registers `buffers` as a stream of chunks for application `app_id`, returning its id.
+    /// With an `owner`, the stream is released when that connection closes.
+    pub fn register_stream(
+        &self,
+        app_id: &str,
+        buffers: Vec<Bytes>,
+        owner: Option<&TransportClient>,
+    ) -> u64 {
+        let mut s = lock(&self.state);
+        let id = s.next_stream_id;
+        s.next_stream_id = s.next_stream_id.wrapping_add(1);
+        s.streams.insert(
+            id,
+            Registered {
+                app_id: app_id.to_owned(),
+                buffers: buffers.into(),
+                next_chunk: 0,
+                owner: owner.map(TransportClient::id),
+            },
+        );
+        id
+    }
+
+    /// Streams registered and not yet released.
+    pub fn registered(&self) -> usize {
+        lock(&self.state).streams.len()
+    }
+
+    /// The application a stream was registered for.
+    pub fn app_id(&self, stream_id: u64) -> Option<String> {
+        lock(&self.state).streams.get(&stream_id).map(|r| r.app_id.clone())
+    }
+}
+
+impl StreamManager for OneForOneStreamManager {
+    fn chunk(&self, _client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+        let mut s = lock(&self.state);
+        let Some(stream) = s.streams.get_mut(&chunk.stream_id) else {
+            return Err(format!(
+                "requested chunk not available since stream {} is closed",
+                chunk.stream_id
+            ));
+        };
+        if chunk.chunk_index != stream.next_chunk {
+            return Err(format!(
+                "received out-of-order chunk index {} (expected {})",
+                chunk.chunk_index, stream.next_chunk
+            ));
+        }
+        let Some(buffer) = stream.buffers.pop_front() else {
+            return Err(format!("requested chunk index beyond end {}", chunk.chunk_index));
+        };
+        stream.next_chunk += 1;
+        if stream.buffers.is_empty() {
+            s.streams.remove(&chunk.stream_id);
+        }
+        Ok(buffer)
+    }
+
+    fn connection_closed(&self, client: &TransportClient) {
+        lock(&self.state).streams.retain(|_, r| r.owner != Some(client.id()));
+    }
+}
+
+impl fmt::Debug for OneForOneStreamManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OneForOneStreamManager")
+            .field("registered", &self.registered())
+            .finish()
+    }
+}

@@ -1,0 +1,230 @@
+//! Chunk fetches and named streams served by a transport server's stream manager (Spark's
+//! `ChunkFetchIntegrationSuite` and `OneForOneStreamManagerSuite`, the parts that exist).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rpc::rpc_proto::{CallError, RpcError, StreamChunkId};
+use rpc::{
+    OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
+    TransportClientFactory, TransportConfig, TransportServer,
+};
+
+use super::transport::{localhost, Echo};
+use super::util::*;
+
+/// Serves chunks from a [`OneForOneStreamManager`] and named streams `bytes/<n>` of `n`
+/// pattern bytes.
+struct Blocks {
+    streams: OneForOneStreamManager,
+}
+
+impl RpcHandler for Blocks {
+    fn receive(&self, _: &TransportClient, _: Bytes, responder: RpcResponder) {
+        let _ = responder.fail("no rpcs here");
+    }
+
+    fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        Some(self)
+    }
+}
+
+impl StreamManager for Blocks {
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+        self.streams.chunk(client, chunk)
+    }
+
+    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+        let n: usize = stream_id
+            .strip_prefix("bytes/")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no stream {stream_id}"))?;
+        Ok(pattern(n))
+    }
+
+    fn connection_closed(&self, client: &TransportClient) {
+        self.streams.connection_closed(client)
+    }
+}
+
+fn pattern(n: usize) -> Bytes {
+    (0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>().into()
+}
+
+async fn serve() -> (TransportServer, Arc<Blocks>, TransportClient) {
+    let blocks = Arc::new(Blocks {
+        streams: OneForOneStreamManager::new(1 << 40),
+    });
+    let server = TransportServer::bind(
+        rt(),
+        localhost(),
+        blocks.clone(),
+        TransportConfig::default(),
+    )
+    .unwrap();
+    let factory =
+        TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+    let client = within("a connection", factory.create_client(server.local_addr()))
+        .await
+        .unwrap();
+    (server, blocks, client)
+}
+
+#[test]
+fn chunks_of_a_registered_stream_are_fetched_in_order_and_the_stream_is_released() {
+    block_on(async {
+        let (server, blocks, client) = serve().await;
+        let buffers = vec![pattern(10), Bytes::new(), pattern(100_000), pattern(1)];
+        let id = blocks.streams.register_stream("app", buffers.clone(), None);
+        for (index, expected) in buffers.iter().enumerate() {
+            let chunk = StreamChunkId::new(id, index as u32);
+            let got = within("a chunk", client.fetch_chunk(chunk, None))
+                .await
+                .unwrap();
+            assert_eq!(&got, expected, "chunk {index}");
+        }
+        assert_eq!(
+            blocks.streams.registered(),
+            0,
+            "served to the end, the stream is gone"
+        );
+        let err = within(
+            "a failure",
+            client.fetch_chunk(StreamChunkId::new(id, 4), None),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Remote(m) if m.contains("closed")),
+            "{err}"
+        );
+        server.close();
+    })
+}
+
+#[test]
+fn out_of_order_missing_and_past_the_end_chunks_fail_and_the_connection_stays_usable() {
+    block_on(async {
+        let (server, blocks, client) = serve().await;
+        let id = blocks
+            .streams
+            .register_stream("app", vec![pattern(5), pattern(6)], None);
+        let err = within(
+            "out of order",
+            client.fetch_chunk(StreamChunkId::new(id, 1), None),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Remote(m) if m.contains("out-of-order")),
+            "{err}"
+        );
+        let err = within(
+            "unknown",
+            client.fetch_chunk(StreamChunkId::new(id + 9, 0), None),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Remote(m) if m.contains("closed")),
+            "{err}"
+        );
+        assert_eq!(
+            within(
+                "chunk 0",
+                client.fetch_chunk(StreamChunkId::new(id, 0), None)
+            )
+            .await
+            .unwrap(),
+            pattern(5)
+        );
+        assert_eq!(
+            within(
+                "chunk 1",
+                client.fetch_chunk(StreamChunkId::new(id, 1), None)
+            )
+            .await
+            .unwrap(),
+            pattern(6)
+        );
+        server.close();
+    })
+}
+
+#[test]
+fn fetching_a_chunk_already_being_fetched_is_refused() {
+    block_on(async {
+        let (server, blocks, client) = serve().await;
+        let id = blocks
+            .streams
+            .register_stream("app", vec![pattern(5)], None);
+        let chunk = StreamChunkId::new(id, 0);
+        let first = client.fetch_chunk(chunk, None);
+        let second = within("a refusal", client.fetch_chunk(chunk, None))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            second,
+            RpcError::NotSent(CallError::DuplicateChunkFetch(chunk))
+        );
+        assert_eq!(within("the first", first).await.unwrap(), pattern(5));
+        server.close();
+    })
+}
+
+#[test]
+fn streams_registered_for_a_connection_are_released_when_it_closes() {
+    block_on(async {
+        let (server, blocks, client) = serve().await;
+        eventually("the server to see the connection", || {
+            server.connections().len() == 1
+        })
+        .await;
+        let theirs = server.connections().pop().unwrap();
+        blocks
+            .streams
+            .register_stream("app", vec![pattern(5)], Some(&theirs));
+        blocks
+            .streams
+            .register_stream("app", vec![pattern(5)], None);
+        assert_eq!(blocks.streams.registered(), 2);
+        client.close();
+        eventually("the owned stream to be released", || {
+            blocks.streams.registered() == 1
+        })
+        .await;
+        server.close();
+    })
+}
+
+#[test]
+fn a_server_without_a_stream_manager_fails_chunk_fetches_cleanly() {
+    block_on(async {
+        let echo = Arc::new(Echo::default());
+        let server =
+            TransportServer::bind(rt(), localhost(), echo, TransportConfig::default()).unwrap();
+        let factory = TransportClientFactory::new(
+            rt(),
+            Arc::new(Echo::default()),
+            TransportConfig::default(),
+        );
+        let client = factory.create_client(server.local_addr()).await.unwrap();
+        let err = within(
+            "a failure",
+            client.fetch_chunk(StreamChunkId::new(1, 0), None),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Remote(m) if m.contains("no chunks")),
+            "{err}"
+        );
+        let reply = within(
+            "an rpc after it",
+            client.send_rpc("still here".into(), None),
+        )
+        .await;
+        assert_eq!(reply.unwrap(), "still here");
+        server.close();
+    })
+}
