@@ -124,7 +124,10 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<t::ConnectError>, Of::<a::ConnectError>);
     same(Of::<t::RpcCall>, Of::<a::RpcCall>);
     same(Of::<t::Ready>, Of::<a::Ready>);
-    same(Of::<t::OneForOneStreamManager>, Of::<a::OneForOneStreamManager>);
+    same(
+        Of::<t::OneForOneStreamManager>,
+        Of::<a::OneForOneStreamManager>,
+    );
     same(Of::<dyn t::RpcHandler>, Of::<dyn a::RpcHandler>);
     same(Of::<dyn t::StreamManager>, Of::<dyn a::StreamManager>);
     same(Of::<t::RpcResponder>, Of::<a::RpcResponder>);

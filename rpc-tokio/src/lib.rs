@@ -54,8 +54,8 @@ pub use rpc_driver::env::{
 };
 pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
 pub use rpc_driver::transport::{
-    ConnectError, OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder,
-    StreamManager, TransportClient, TransportClientFactory, TransportConfig, TransportServer,
+    ConnectError, OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, StreamManager,
+    TransportClient, TransportClientFactory, TransportConfig, TransportServer,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 

@@ -24,11 +24,11 @@ macro_rules! suite {
     () => {
         mod util;
 
+        mod chunks;
         mod env;
         mod env_network;
         mod peer_process;
         mod races;
-        mod chunks;
         mod slow_reader;
         mod transport;
         mod wire;

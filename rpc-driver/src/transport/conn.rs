@@ -220,7 +220,10 @@ impl TransportClient {
     /// `timeout`, the call fails with [`RpcError::TimedOut`] when it passes. Dropping the
     /// future forgets the call; a late reply is discarded.
     pub fn send_rpc(&self, body: Bytes, timeout: Option<Duration>) -> RpcCall {
-        match self.inner.with_state(|st, now| st.start_rpc(now, body, timeout)) {
+        match self
+            .inner
+            .with_state(|st, now| st.start_rpc(now, body, timeout))
+        {
             Ok((id, waiter)) => RpcCall::started(&self.inner, Call::Rpc(id), waiter),
             Err(error) => RpcCall::refused(error),
         }
@@ -231,7 +234,10 @@ impl TransportClient {
     /// connection's end. A second fetch of a chunk already being fetched on this connection
     /// is refused ([`CallError::DuplicateChunkFetch`]).
     pub fn fetch_chunk(&self, chunk: StreamChunkId, timeout: Option<Duration>) -> RpcCall {
-        match self.inner.with_state(|st, now| st.start_chunk_fetch(now, chunk, timeout)) {
+        match self
+            .inner
+            .with_state(|st, now| st.start_chunk_fetch(now, chunk, timeout))
+        {
             Ok(waiter) => RpcCall::started(&self.inner, Call::ChunkFetch(chunk), waiter),
             Err(error) => RpcCall::refused(error),
         }
@@ -371,11 +377,21 @@ pub struct RpcCall {
 
 impl RpcCall {
     fn started(inner: &Arc<ConnInner>, call: Call, waiter: Waiter<RpcResult>) -> Self {
-        Self { client: Some(inner.clone()), call: Some(call), waiter: Some(waiter), refused: None }
+        Self {
+            client: Some(inner.clone()),
+            call: Some(call),
+            waiter: Some(waiter),
+            refused: None,
+        }
     }
 
     fn refused(error: CallError) -> Self {
-        Self { client: None, call: None, waiter: None, refused: Some(error) }
+        Self {
+            client: None,
+            call: None,
+            waiter: None,
+            refused: Some(error),
+        }
     }
 
     /// The request id an RPC went out with, unless it was refused before being sent (or is a
@@ -689,7 +705,9 @@ impl Driver {
                         };
                         if let Err(error) = sent {
                             // Too large for a frame: tell the peer rather than leave it waiting.
-                            let _ = st.conn.respond_chunk_failure(now, chunk, &error.to_string());
+                            let _ = st
+                                .conn
+                                .respond_chunk_failure(now, chunk, &error.to_string());
                         }
                     });
                 }
@@ -700,7 +718,12 @@ impl Driver {
                     };
                     self.client.inner.with_state(|st, now| match served {
                         Ok(body) => {
-                            match st.conn.respond_stream(now, request, &stream_id, body.len() as u64) {
+                            match st.conn.respond_stream(
+                                now,
+                                request,
+                                &stream_id,
+                                body.len() as u64,
+                            ) {
                                 Ok(id) if !body.is_empty() => {
                                     let _ = st.conn.send_body(now, id, body);
                                 }
@@ -716,7 +739,9 @@ impl Driver {
                             }
                         }
                         Err(error) => {
-                            let _ = st.conn.respond_stream_failure(now, request, &stream_id, &error);
+                            let _ = st
+                                .conn
+                                .respond_stream_failure(now, request, &stream_id, &error);
                         }
                     });
                 }

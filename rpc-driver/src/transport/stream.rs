@@ -63,7 +63,10 @@ impl OneForOneStreamManager {
     /// number, so ids from a restarted server do not collide with old ones).
     pub fn new(first_stream_id: u64) -> Self {
         Self {
-            state: Mutex::new(State { next_stream_id: first_stream_id, streams: HashMap::new() }),
+            state: Mutex::new(State {
+                next_stream_id: first_stream_id,
+                streams: HashMap::new(),
+            }),
         }
     }
 
@@ -97,7 +100,10 @@ impl OneForOneStreamManager {
 
     /// The application a stream was registered for.
     pub fn app_id(&self, stream_id: u64) -> Option<String> {
-        lock(&self.state).streams.get(&stream_id).map(|r| r.app_id.clone())
+        lock(&self.state)
+            .streams
+            .get(&stream_id)
+            .map(|r| r.app_id.clone())
     }
 }
 
@@ -117,7 +123,10 @@ impl StreamManager for OneForOneStreamManager {
             ));
         }
         let Some(buffer) = stream.buffers.pop_front() else {
-            return Err(format!("requested chunk index beyond end {}", chunk.chunk_index));
+            return Err(format!(
+                "requested chunk index beyond end {}",
+                chunk.chunk_index
+            ));
         };
         stream.next_chunk += 1;
         if stream.buffers.is_empty() {
@@ -127,7 +136,9 @@ impl StreamManager for OneForOneStreamManager {
     }
 
     fn connection_closed(&self, client: &TransportClient) {
-        lock(&self.state).streams.retain(|_, r| r.owner != Some(client.id()));
+        lock(&self.state)
+            .streams
+            .retain(|_, r| r.owner != Some(client.id()));
     }
 }
 
