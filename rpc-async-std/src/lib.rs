@@ -13,6 +13,9 @@
 //!   process, with [`send`](RpcEndpointRef::send) and [`ask`](RpcEndpointRef::ask).
 //! - The transport layer under it: [`TransportServer`], [`TransportClientFactory`],
 //!   [`TransportClient`], [`RpcHandler`], speaking Spark's network-common wire format.
+//! - Blocks on the transport layer: a [`BlockServer`] serves them from a [`BlockSource`];
+//!   [`fetch_blocks`] and [`RetryingBlockFetcher`] fetch them over chunk streams (Spark's
+//!   `OneForOneBlockFetcher` and `RetryingBlockTransferor`).
 //!
 //! Start envs and transports with [`runtime()`], from anywhere: no executor has to be
 //! running. Its tasks run on the thread pool of
@@ -64,6 +67,10 @@ use std::time::Instant;
 use async_io::Async;
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 
+pub use rpc_driver::block::{
+    fetch_blocks, BlockFetch, BlockFetchConfig, BlockFetchError, BlockFetchingListener,
+    BlockMessage, BlockServer, BlockSource, OpenBlocks, RetryingBlockFetcher, StreamHandle,
+};
 pub use rpc_driver::env::{
     Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
     EndpointKind, EnvStats, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcEnvConfig,

@@ -53,6 +53,18 @@ const SHARED: &[&str] = &[
     "TransportClientFactory",
     "TransportConfig",
     "TransportServer",
+    // Blocks.
+    "fetch_blocks",
+    "BlockFetch",
+    "BlockFetchConfig",
+    "BlockFetchError",
+    "BlockFetchingListener",
+    "BlockMessage",
+    "BlockServer",
+    "BlockSource",
+    "OpenBlocks",
+    "RetryingBlockFetcher",
+    "StreamHandle",
     // The runtime interface and the crates underneath.
     "AsyncListener",
     "AsyncStream",
@@ -138,6 +150,21 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     );
     same(Of::<t::TransportConfig>, Of::<a::TransportConfig>);
     same(Of::<t::TransportServer>, Of::<a::TransportServer>);
+
+    same(Of::<t::BlockFetch>, Of::<a::BlockFetch>);
+    same(Of::<t::BlockFetchConfig>, Of::<a::BlockFetchConfig>);
+    same(Of::<t::BlockFetchError>, Of::<a::BlockFetchError>);
+    same(
+        Of::<dyn t::BlockFetchingListener>,
+        Of::<dyn a::BlockFetchingListener>,
+    );
+    same(Of::<t::BlockMessage>, Of::<a::BlockMessage>);
+    same(Of::<t::BlockServer>, Of::<a::BlockServer>);
+    same(Of::<dyn t::BlockSource>, Of::<dyn a::BlockSource>);
+    same(Of::<t::OpenBlocks>, Of::<a::OpenBlocks>);
+    same(Of::<t::RetryingBlockFetcher>, Of::<a::RetryingBlockFetcher>);
+    same(Of::<t::StreamHandle>, Of::<a::StreamHandle>);
+    let _ = [t::fetch_blocks, a::fetch_blocks];
 
     same(Of::<dyn t::AsyncListener>, Of::<dyn a::AsyncListener>);
     same(Of::<dyn t::AsyncStream>, Of::<dyn a::AsyncStream>);

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod block;
 mod completion;
 #[cfg(not(loom))]
 pub mod env;

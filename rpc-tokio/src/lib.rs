@@ -8,6 +8,9 @@
 //!   process, with [`send`](RpcEndpointRef::send) and [`ask`](RpcEndpointRef::ask).
 //! - The transport layer under it: [`TransportServer`], [`TransportClientFactory`],
 //!   [`TransportClient`], [`RpcHandler`], speaking Spark's network-common wire format.
+//! - Blocks on the transport layer: a [`BlockServer`] serves them from a [`BlockSource`];
+//!   [`fetch_blocks`] and [`RetryingBlockFetcher`] fetch them over chunk streams (Spark's
+//!   `OneForOneBlockFetcher` and `RetryingBlockTransferor`).
 //!
 //! Start envs and transports with [`runtime()`], from inside a tokio runtime.
 //!
@@ -18,6 +21,16 @@
 //!
 //! ```no_run
 #![doc = include_str!("../examples/hello.rs")]
+//! ```
+//!
+//! # Example: fetching blocks
+//!
+//! A [`BlockServer`] serving files read from a directory, and a [`RetryingBlockFetcher`]
+//! fetching them (`examples/fetch_blocks.rs`, run it with
+//! `cargo run -p rpc-tokio --example fetch_blocks`):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/fetch_blocks.rs")]
 //! ```
 //!
 //! # Example: heartbeats
@@ -47,6 +60,10 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+pub use rpc_driver::block::{
+    fetch_blocks, BlockFetch, BlockFetchConfig, BlockFetchError, BlockFetchingListener,
+    BlockMessage, BlockServer, BlockSource, OpenBlocks, RetryingBlockFetcher, StreamHandle,
+};
 pub use rpc_driver::env::{
     Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
     EndpointKind, EnvStats, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnvConfig, RpcError,

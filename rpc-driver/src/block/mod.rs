@@ -1,0 +1,310 @@
+//! Fetching blocks over chunk streams: Spark's `OneForOneBlockFetcher`,
+//! `RetryingBlockTransferor` (formerly `RetryingBlockFetcher`) and the serving half of
+//! `NettyBlockRpcServer`, on the [`transport`](crate::transport) layer.
+//!
+//! ```text
+//!   client                                          server: BlockServer (RpcHandler + StreamManager)
+//!   fetch_blocks ── RPC OpenBlocks{app, exec, ids} ──►  BlockSource::block(app, exec, id), each id
+//!                ◄── StreamHandle{stream_id, n} ──────  one stream on a OneForOneStreamManager,
+//!                                                       owned by the requesting connection
+//!                ── fetch_chunk(stream_id, i) ───────►  chunk i is block i, served in order
+//!                   (at most max_chunks_in_flight)
+//!                ◄── chunk i ─────────────────────────
+//!   yields (block_id, Ok(bytes) | Err(BlockFetchError)), one per block, as chunks arrive
+//!
+//!   RetryingBlockFetcher: runs such fetches for the blocks still outstanding, again after an
+//!   I/O failure (connect, disconnect, timeout), up to max_retries times
+//! ```
+//!
+//! The primary API is a [`Stream`] of outcomes, one per requested block:
+//! [`BlockFetch`] (one attempt, from [`fetch_blocks`]) and [`RetryingBlockFetcher`] (attempts
+//! until every block has an outcome). Both are pull-driven and spawn nothing: chunk fetches
+//! are issued while the stream is polled, so a consumer that stops reading stops the fetch
+//! after at most [`max_chunks_in_flight`](BlockFetchConfig::max_chunks_in_flight) more
+//! chunks, and works on any runtime. Read them with `next_block().await` (or any `Stream`
+//! combinator), or hand the outcomes to Spark's callback shape, a [`BlockFetchingListener`],
+//! with `deliver_to`.
+//!
+//! The RPC bodies are this crate's own versioned [`BlockMessage`]s (postcard), not Spark's
+//! `BlockTransferMessage` encoding: a Spark executor's block server does not understand them.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo(
+//! #     rt: std::sync::Arc<dyn rpc_driver::Runtime>,
+//! #     factory: rpc_driver::transport::TransportClientFactory,
+//! #     addr: std::net::SocketAddr,
+//! # ) {
+//! use std::time::Duration;
+//! use rpc_driver::block::{BlockFetchConfig, RetryingBlockFetcher};
+//!
+//! let config = BlockFetchConfig::default()
+//!     .with_max_chunks_in_flight(4)
+//!     .with_max_retries(3)
+//!     .with_retry_wait(Duration::from_secs(1));
+//! let ids = vec!["rdd_0_0".to_owned(), "rdd_0_1".to_owned()];
+//! let mut fetch = RetryingBlockFetcher::one_for_one(rt, &factory, addr, "app-1", "exec-1", ids, &config);
+//! while let Some((block_id, result)) = fetch.next_block().await {
+//!     match result {
+//!         Ok(bytes) => println!("{block_id}: {} bytes", bytes.len()),
+//!         Err(error) => println!("{block_id} failed: {error}"),
+//!     }
+//! }
+//! # }
+//! ```
+
+mod fetch;
+mod message;
+mod retry;
+mod server;
+
+pub use fetch::{fetch_blocks, BlockFetch};
+pub use message::{BlockMessage, OpenBlocks, StreamHandle};
+pub use retry::RetryingBlockFetcher;
+pub use server::{BlockServer, BlockSource};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::{Stream, StreamExt};
+use rpc_proto::{CallError, RpcError, StreamChunkId};
+
+use crate::transport::ConnectError;
+
+/// Settings of a block fetch, and of its retries.
+///
+/// The defaults are Spark's where Spark has one: `spark.shuffle.io.maxRetries` (3),
+/// `spark.shuffle.io.retryWait` (5 s), `spark.network.timeout` (120 s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockFetchConfig {
+    /// Chunk fetches a fetch keeps outstanding at once (zero is taken as one). Spark asks for
+    /// every chunk at once and bounds requests a level up, in `ShuffleBlockFetcherIterator`.
+    pub max_chunks_in_flight: usize,
+    /// How long the `OpenBlocks` RPC may take; `None` waits for the connection's idle timeout.
+    pub open_timeout: Option<Duration>,
+    /// How long each chunk fetch may take; `None` waits for the connection's idle timeout.
+    pub chunk_timeout: Option<Duration>,
+    /// Further attempts a [`RetryingBlockFetcher`] makes after I/O failures: it makes at most
+    /// `1 + max_retries` attempts in all.
+    pub max_retries: u32,
+    /// How long a [`RetryingBlockFetcher`] waits before each further attempt.
+    pub retry_wait: Duration,
+}
+
+impl Default for BlockFetchConfig {
+    fn default() -> Self {
+        Self {
+            max_chunks_in_flight: 16,
+            open_timeout: Some(Duration::from_secs(120)),
+            chunk_timeout: Some(Duration::from_secs(120)),
+            max_retries: 3,
+            retry_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+impl BlockFetchConfig {
+    /// Sets [`max_chunks_in_flight`](BlockFetchConfig::max_chunks_in_flight).
+    pub fn with_max_chunks_in_flight(mut self, chunks: usize) -> Self {
+        self.max_chunks_in_flight = chunks;
+        self
+    }
+
+    /// Sets [`open_timeout`](BlockFetchConfig::open_timeout).
+    pub fn with_open_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Sets [`chunk_timeout`](BlockFetchConfig::chunk_timeout).
+    pub fn with_chunk_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.chunk_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_retries`](BlockFetchConfig::max_retries).
+    pub fn with_max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Sets [`retry_wait`](BlockFetchConfig::retry_wait).
+    pub fn with_retry_wait(mut self, wait: Duration) -> Self {
+        self.retry_wait = wait;
+        self
+    }
+}
+
+/// Why a block was not fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockFetchError {
+    /// The connection to the block server could not be opened. Fails every block of the
+    /// fetch.
+    #[error(transparent)]
+    Connect(ConnectError),
+    /// The `OpenBlocks` RPC failed: the server refused it (a block it does not have, named in
+    /// the [`RpcError::Remote`] message), or the call timed out or lost its connection. Fails
+    /// every block of the fetch.
+    #[error("opening the blocks failed: {0}")]
+    Open(RpcError),
+    /// Fetching `chunk` failed. That chunk is this block's, or an earlier block's of the same
+    /// fetch: a failed chunk fails its block and every later block not yet delivered (Spark's
+    /// `OneForOneBlockFetcher` does the same; the server serves a stream's chunks in order).
+    #[error("fetching chunk {chunk} failed: {error}")]
+    Chunk {
+        /// The chunk whose fetch failed.
+        chunk: StreamChunkId,
+        /// Why.
+        error: RpcError,
+    },
+    /// The server answered `OpenBlocks` with something other than a stream of one chunk per
+    /// block. Fails every block of the fetch.
+    #[error("invalid answer to open blocks: {0}")]
+    InvalidResponse(Arc<str>),
+    /// An attempt of a [`RetryingBlockFetcher`] ended without an outcome for this block (a
+    /// fetch function that forgot it).
+    #[error("the fetch ended without an outcome for this block")]
+    Unanswered,
+}
+
+impl BlockFetchError {
+    /// Whether the failure is an I/O failure that a new attempt may not meet: a connect that
+    /// failed or timed out, a connection that ended, a call that timed out (Spark retries on
+    /// `IOException`). Failures the server reported ([`RpcError::Remote`]), invalid answers
+    /// and refusals that would recur (a frame too large) are final.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(error) => matches!(
+                error,
+                ConnectError::Io { .. } | ConnectError::TimedOut { .. }
+            ),
+            Self::Open(error) | Self::Chunk { error, .. } => is_io(error),
+            Self::InvalidResponse(_) | Self::Unanswered => false,
+        }
+    }
+}
+
+/// Whether a call failed for a reason of the connection rather than of the peer's answer.
+fn is_io(error: &RpcError) -> bool {
+    matches!(
+        error,
+        RpcError::TimedOut { .. }
+            | RpcError::Disconnected(_)
+            | RpcError::NotSent(CallError::Closed | CallError::SendBufferFull { .. })
+    )
+}
+
+/// Receives a fetch's outcomes as callbacks: Spark's `BlockFetchingListener`. Each block gets
+/// exactly one call. Feed one with [`BlockFetch::deliver_to`] or
+/// [`RetryingBlockFetcher::deliver_to`].
+pub trait BlockFetchingListener {
+    /// `block_id` arrived.
+    fn on_block_fetch_success(&mut self, block_id: String, data: Bytes);
+
+    /// `block_id` could not be fetched.
+    fn on_block_fetch_failure(&mut self, block_id: String, error: BlockFetchError);
+}
+
+/// Hands every outcome of `stream` to `listener`, until the stream ends.
+async fn deliver<S, L>(stream: &mut S, listener: &mut L)
+where
+    S: Stream<Item = (String, Result<Bytes, BlockFetchError>)> + Unpin + ?Sized,
+    L: BlockFetchingListener + ?Sized,
+{
+    while let Some((block_id, result)) = stream.next().await {
+        match result {
+            Ok(data) => listener.on_block_fetch_success(block_id, data),
+            Err(error) => listener.on_block_fetch_failure(block_id, error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use rpc_proto::ConnectionError;
+
+    use super::*;
+
+    fn chunk(error: RpcError) -> BlockFetchError {
+        BlockFetchError::Chunk {
+            chunk: StreamChunkId::new(1, 0),
+            error,
+        }
+    }
+
+    #[test]
+    fn io_failures_are_retryable_and_answers_are_not() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let retryable = [
+            BlockFetchError::Connect(ConnectError::Io {
+                addr,
+                kind: ErrorKind::ConnectionRefused,
+                message: "refused".into(),
+            }),
+            BlockFetchError::Connect(ConnectError::TimedOut {
+                addr,
+                after: Duration::from_secs(1),
+            }),
+            BlockFetchError::Open(RpcError::Disconnected(ConnectionError::PeerClosed)),
+            BlockFetchError::Open(RpcError::TimedOut {
+                after: Duration::from_secs(1),
+            }),
+            chunk(RpcError::Disconnected(ConnectionError::Transport(
+                "reset".into(),
+            ))),
+            chunk(RpcError::NotSent(CallError::Closed)),
+            chunk(RpcError::NotSent(CallError::SendBufferFull {
+                buffered: 2,
+                max: 1,
+            })),
+        ];
+        for error in retryable {
+            assert!(error.is_retryable(), "{error:?}");
+        }
+        let last = [
+            BlockFetchError::Connect(ConnectError::Closed),
+            BlockFetchError::Open(RpcError::Remote("no such block".into())),
+            chunk(RpcError::Remote("out of order".into())),
+            chunk(RpcError::NotSent(CallError::FrameTooLarge {
+                size: 9,
+                max: 1,
+            })),
+            chunk(RpcError::NotSent(CallError::DuplicateChunkFetch(
+                StreamChunkId::new(1, 0),
+            ))),
+            BlockFetchError::InvalidResponse("garbage".into()),
+            BlockFetchError::Unanswered,
+        ];
+        for error in last {
+            assert!(!error.is_retryable(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn fetches_can_move_to_other_tasks_and_servers_are_shared() {
+        fn send<T: Send>() {}
+        fn shared<T: Send + Sync>() {}
+        send::<BlockFetch>();
+        send::<RetryingBlockFetcher>();
+        shared::<BlockServer>();
+        shared::<BlockFetchError>();
+    }
+
+    #[test]
+    fn messages_say_what_failed() {
+        let error = BlockFetchError::Open(RpcError::Remote("block b7 not found".into()));
+        assert_eq!(
+            error.to_string(),
+            "opening the blocks failed: remote failure: block b7 not found"
+        );
+        assert_eq!(
+            chunk(RpcError::Disconnected(ConnectionError::PeerClosed)).to_string(),
+            "fetching chunk 1[0] failed: disconnected: connection closed by peer"
+        );
+    }
+}
