@@ -45,6 +45,9 @@ const SHARED: &[&str] = &[
     "ConnectError",
     "RpcCall",
     "Ready",
+    "StreamCall",
+    "UploadSink",
+    "STREAM_BUFFER_LIMIT",
     "StreamManager",
     "OneForOneStreamManager",
     "RpcHandler",
@@ -136,6 +139,9 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<t::ConnectError>, Of::<a::ConnectError>);
     same(Of::<t::RpcCall>, Of::<a::RpcCall>);
     same(Of::<t::Ready>, Of::<a::Ready>);
+    same(Of::<t::StreamCall>, Of::<a::StreamCall>);
+    same(Of::<dyn t::UploadSink>, Of::<dyn a::UploadSink>);
+    assert_eq!(t::STREAM_BUFFER_LIMIT, a::STREAM_BUFFER_LIMIT);
     same(
         Of::<t::OneForOneStreamManager>,
         Of::<a::OneForOneStreamManager>,

@@ -71,8 +71,9 @@ pub use rpc_driver::env::{
 };
 pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
 pub use rpc_driver::transport::{
-    ConnectError, OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, StreamManager,
-    TransportClient, TransportClientFactory, TransportConfig, TransportServer,
+    ConnectError, OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, StreamCall,
+    StreamManager, TransportClient, TransportClientFactory, TransportConfig, TransportServer,
+    UploadSink, STREAM_BUFFER_LIMIT,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 

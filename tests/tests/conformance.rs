@@ -31,6 +31,7 @@ macro_rules! suite {
         mod peer_process;
         mod races;
         mod slow_reader;
+        mod streams;
         mod transport;
         mod wire;
     };

@@ -13,12 +13,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::{Stream, StreamExt};
 use rpc_proto::{
-    Call, CallError, Config, Connection, ConnectionError, Event, RequestId, RpcError, StreamChunkId,
+    Call, CallError, Config, Connection, ConnectionError, Event, RequestId, RpcError, StreamCallId,
+    StreamChunkId,
 };
 use tracing::{debug, trace, warn, Instrument};
 
-use super::{ConnectionAddrs, RpcHandler};
+use super::{ConnectionAddrs, RpcHandler, UploadSink};
 use crate::completion::{self, Completer, Waiter};
 use crate::runtime::{AsyncStream, AsyncTimer, Runtime};
 use crate::sync::{lock, Arc, Mutex};
@@ -35,14 +37,47 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 type RpcResult = Result<Bytes, RpcError>;
 
+/// Stream bytes received but not yet taken by their [`StreamCall`] past which the driver
+/// stops reading the socket: a slow consumer holds at most about this much (plus one read).
+pub const STREAM_BUFFER_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Upload body bytes queued for the socket past which an upload's feeder waits.
+const BODY_HIGH_WATER: u64 = 1024 * 1024;
+
 /// What the handles and the driver task share, behind one mutex.
 pub(crate) struct ConnState {
     pub(crate) conn: Connection,
-    /// Completion slots of the calls handles are waiting on (RPCs and chunk fetches).
+    /// Completion slots of the calls handles are waiting on (RPCs, uploads, chunk fetches).
     calls: HashMap<Call, Completer<RpcResult>>,
+    /// Streams being received, by call.
+    streams: HashMap<StreamCallId, StreamSlot>,
+    /// Bytes in `streams` not yet taken by their consumers.
+    stream_buffered: usize,
+    /// Whether the driver stopped reading because of `stream_buffered`; the consumer that
+    /// brings it below half the limit wakes the driver.
+    read_paused: bool,
     driver: Option<Waker>,
     /// Tasks waiting in [`TransportClient::ready`] for room in the send buffer.
     ready: Vec<Waker>,
+    /// Upload feeders waiting for the body queue to drain.
+    feeders: Vec<Waker>,
+}
+
+/// What has arrived of one stream.
+#[derive(Default)]
+struct StreamSlot {
+    pieces: VecDeque<Bytes>,
+    byte_count: Option<u64>,
+    end: Option<Result<(), RpcError>>,
+    waker: Option<Waker>,
+}
+
+impl StreamSlot {
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 impl ConnState {
@@ -50,9 +85,33 @@ impl ConnState {
         Self {
             conn,
             calls: HashMap::new(),
+            streams: HashMap::new(),
+            stream_buffered: 0,
+            read_paused: false,
             driver: None,
             ready: Vec::new(),
+            feeders: Vec::new(),
         }
+    }
+
+    /// Whether the driver may read: not while consumers of streams lag too far behind.
+    fn reading_allowed(&mut self) -> bool {
+        self.read_paused = self.stream_buffered >= STREAM_BUFFER_LIMIT;
+        !self.read_paused
+    }
+
+    /// Called as stream bytes are taken: whether the driver must be woken to read again.
+    fn resume_reading(&mut self) -> bool {
+        if self.read_paused && self.stream_buffered < STREAM_BUFFER_LIMIT / 2 {
+            self.read_paused = false;
+            return true;
+        }
+        false
+    }
+
+    /// Whether an upload's feeder may queue more body bytes.
+    fn body_has_room(&self) -> bool {
+        self.conn.is_closed() || self.conn.queued_bytes() < BODY_HIGH_WATER
     }
 
     /// Whether a task waiting for room may go on: the send buffer drained below half its
@@ -67,6 +126,11 @@ impl ConnState {
         if !self.ready.is_empty() && self.has_room() {
             self.ready.drain(..).for_each(Waker::wake);
         }
+        if !self.feeders.is_empty()
+            && (self.conn.is_closed() || self.conn.queued_bytes() < BODY_HIGH_WATER / 2)
+        {
+            self.feeders.drain(..).for_each(Waker::wake);
+        }
     }
 
     /// Drains the connection's events: completes the calls they end, answers requests this
@@ -75,19 +139,49 @@ impl ConnState {
         while let Some(event) = self.conn.poll_event() {
             match event {
                 Event::ReplyReceived { request, body } => {
-                    self.complete(Call::Rpc(request), Ok(body))
+                    // An RPC's or an upload's: they share the request id space.
+                    let call = if self.calls.contains_key(&Call::Upload(request)) {
+                        Call::Upload(request)
+                    } else {
+                        Call::Rpc(request)
+                    };
+                    self.complete(call, Ok(body))
                 }
                 Event::ChunkReceived { chunk, body } => {
                     self.complete(Call::ChunkFetch(chunk), Ok(body))
                 }
+                Event::StreamOpened { stream, byte_count } => {
+                    if let Some(slot) = self.streams.get_mut(&stream) {
+                        slot.byte_count = Some(byte_count);
+                        slot.wake();
+                    }
+                }
+                Event::StreamData { stream, data } => {
+                    if let Some(slot) = self.streams.get_mut(&stream) {
+                        self.stream_buffered += data.len();
+                        slot.pieces.push_back(data);
+                        slot.wake();
+                    }
+                }
+                Event::StreamFinished { stream } => {
+                    if let Some(slot) = self.streams.get_mut(&stream) {
+                        slot.end = Some(Ok(()));
+                        slot.wake();
+                    }
+                }
+                Event::CallFailed {
+                    call: Call::Stream(stream),
+                    error,
+                } => {
+                    if let Some(slot) = self.streams.get_mut(&stream) {
+                        slot.end = Some(Err(error));
+                        slot.wake();
+                    }
+                }
                 Event::CallFailed { call, error } => self.complete(call, Err(error)),
-                Event::UploadReceived { request, .. }
-                | Event::MergedBlockMetaRequested { request, .. } => {
+                Event::MergedBlockMetaRequested { request, .. } => {
                     let _ = self.conn.respond_rpc_failure(now, request, UNSERVED);
                 }
-                Event::UploadData { .. }
-                | Event::UploadFinished { .. }
-                | Event::UploadAborted { .. } => {}
                 other => inbound.push(other),
             }
         }
@@ -126,6 +220,18 @@ impl ConnState {
         Ok(waiter)
     }
 
+    /// Forgets a stream whose consumer went away; its remaining bytes are discarded.
+    /// Returns whether reading may resume because of it.
+    fn abandon_stream(&mut self, id: StreamCallId) -> bool {
+        if let Some(slot) = self.streams.remove(&id) {
+            self.stream_buffered -= slot.pieces.iter().map(Bytes::len).sum::<usize>();
+            if slot.end.is_none() {
+                self.conn.cancel(Call::Stream(id));
+            }
+        }
+        self.resume_reading()
+    }
+
     /// Forgets a call whose caller went away.
     pub(crate) fn abandon(&mut self, call: Call) {
         if self.calls.remove(&call).is_some() {
@@ -148,7 +254,7 @@ impl ConnState {
 }
 
 const NO_STREAMS: &str = "this peer serves no chunks or streams";
-const UNSERVED: &str = "this peer serves no uploads or merged block metadata";
+const UNSERVED: &str = "this peer serves no merged block metadata";
 
 pub(crate) struct ConnInner {
     pub(crate) rt: StdArc<dyn Runtime>,
@@ -207,6 +313,7 @@ impl TransportClient {
             stream,
             handler,
             timer: None,
+            uploads: HashMap::new(),
             read_buf: BytesMut::new(),
             read_chunk: READ_CHUNK_MIN,
             writing: VecDeque::new(),
@@ -241,6 +348,65 @@ impl TransportClient {
             Ok(waiter) => RpcCall::started(&self.inner, Call::ChunkFetch(chunk), waiter),
             Err(error) => RpcCall::refused(error),
         }
+    }
+
+    /// Asks for the named stream (Spark's `stream`): its bytes arrive as a [`StreamCall`], a
+    /// [`Stream`] of pieces in order, with bounded memory (the connection stops reading while
+    /// more than [`STREAM_BUFFER_LIMIT`] bytes wait for the consumer). The timeout covers the
+    /// whole stream.
+    pub fn stream(&self, stream_id: &str, timeout: Option<Duration>) -> StreamCall {
+        let started = self.inner.with_state(|st, now| {
+            let id = st.conn.stream(now, stream_id, timeout)?;
+            st.streams.insert(id, StreamSlot::default());
+            Ok(id)
+        });
+        match started {
+            Ok(id) => StreamCall {
+                inner: self.inner.clone(),
+                id: Some(id),
+                refused: None,
+            },
+            Err(error) => StreamCall {
+                inner: self.inner.clone(),
+                id: None,
+                refused: Some(error),
+            },
+        }
+    }
+
+    /// Uploads `byte_count` bytes from `body` with `meta` (Spark's `uploadStream`). The body
+    /// is fed from a task of the runtime, no faster than the socket takes it. Resolves to the
+    /// peer's reply.
+    ///
+    /// The announced size is a promise to the peer: if `body` ends early or runs long, the
+    /// stream cannot be resynchronised and the connection is closed
+    /// ([`ConnectionError::BodyAborted`]). Nothing else is written on this connection until
+    /// the body is complete.
+    pub fn upload_stream<S>(
+        &self,
+        meta: Bytes,
+        byte_count: u64,
+        body: S,
+        timeout: Option<Duration>,
+    ) -> RpcCall
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let started = self.inner.with_state(|st, now| {
+            let (request, body) = st.conn.upload_stream(now, meta, byte_count, timeout)?;
+            let (completer, waiter) = completion::pair();
+            st.calls.insert(Call::Upload(request), completer);
+            Ok((request, body, waiter))
+        });
+        let (request, body_id, waiter) = match started {
+            Ok(started) => started,
+            Err(error) => return RpcCall::refused(error),
+        };
+        let inner = self.inner.clone();
+        self.inner
+            .rt
+            .spawn(Box::pin(feed_body(inner, body_id, byte_count, body)));
+        RpcCall::started(&self.inner, Call::Upload(request), waiter)
     }
 
     /// Sends a one-way message. It is queued for the socket when this returns; delivery is
@@ -307,6 +473,12 @@ impl TransportClient {
         lock(&self.inner.state).conn.is_send_buffer_full()
     }
 
+    /// Bytes of streams received but not yet taken by their [`StreamCall`]s (bounded by
+    /// about [`STREAM_BUFFER_LIMIT`] plus one read).
+    pub fn pending_stream_bytes(&self) -> usize {
+        lock(&self.inner.state).stream_buffered
+    }
+
     /// Bytes buffered for sending, not yet written to the socket.
     pub fn buffered_bytes(&self) -> u64 {
         lock(&self.inner.state).conn.buffered_bytes()
@@ -333,6 +505,143 @@ impl fmt::Debug for TransportClient {
             .field("local", &self.inner.addrs.local)
             .field("peer", &self.inner.addrs.peer)
             .finish()
+    }
+}
+
+/// Feeds an upload's body from `body`, waiting for the socket to take what is queued.
+async fn feed_body<S>(inner: Arc<ConnInner>, id: rpc_proto::BodyId, byte_count: u64, body: S)
+where
+    S: Stream<Item = Bytes> + Send + 'static,
+{
+    let mut body = std::pin::pin!(body);
+    let mut fed = 0u64;
+    let outcome = loop {
+        let Some(piece) = body.next().await else {
+            break if fed == byte_count {
+                Ok(())
+            } else {
+                Err(format!("the body ended after {fed} of {byte_count} bytes"))
+            };
+        };
+        if fed + piece.len() as u64 > byte_count {
+            break Err(format!("the body runs past its {byte_count} bytes"));
+        }
+        // Wait until the socket has taken most of what is queued.
+        std::future::poll_fn(|cx| {
+            let mut st = lock(&inner.state);
+            if st.body_has_room() {
+                Poll::Ready(())
+            } else {
+                st.feeders.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        fed += piece.len() as u64;
+        if piece.is_empty() {
+            continue;
+        }
+        if inner
+            .with_state(|st, now| st.conn.send_body(now, id, piece))
+            .is_err()
+        {
+            return; // the connection ended; the upload's call has failed with it
+        }
+    };
+    if let Err(reason) = outcome {
+        warn!(%reason, "upload body aborted; closing the connection");
+        inner.with_state(|st, now| st.conn.abort_body(now, id, &reason));
+    }
+}
+
+/// A stream being received: a [`Stream`] of its pieces, in order, ending after the last one
+/// (or with the error that ended it). From [`TransportClient::stream`].
+///
+/// Dropping it before the end forgets the stream: its remaining bytes are read and discarded.
+#[must_use = "streams do nothing unless polled"]
+pub struct StreamCall {
+    inner: Arc<ConnInner>,
+    id: Option<StreamCallId>,
+    refused: Option<CallError>,
+}
+
+impl StreamCall {
+    /// The stream's size, once the peer has announced it.
+    pub fn byte_count(&self) -> Option<u64> {
+        let id = self.id?;
+        lock(&self.inner.state).streams.get(&id)?.byte_count
+    }
+
+    /// Collects the whole stream into one buffer.
+    pub async fn read_to_end(mut self) -> Result<Bytes, RpcError> {
+        let mut out = bytes::BytesMut::new();
+        while let Some(piece) = self.next().await {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out.freeze())
+    }
+}
+
+impl Stream for StreamCall {
+    type Item = Result<Bytes, RpcError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(error) = self.refused.take() {
+            return Poll::Ready(Some(Err(RpcError::NotSent(error))));
+        }
+        let Some(id) = self.id else {
+            return Poll::Ready(None);
+        };
+        let (item, driver) = {
+            let mut st = lock(&self.inner.state);
+            let Some(slot) = st.streams.get_mut(&id) else {
+                return Poll::Ready(None);
+            };
+            if let Some(piece) = slot.pieces.pop_front() {
+                st.stream_buffered -= piece.len();
+                // Resume reading once the consumer has caught up by half.
+                let resume = st.resume_reading();
+                (
+                    Poll::Ready(Some(Ok(piece))),
+                    if resume { st.take_driver() } else { None },
+                )
+            } else if let Some(end) = slot.end.take() {
+                st.streams.remove(&id);
+                (Poll::Ready(end.err().map(Err)), None)
+            } else {
+                slot.waker = Some(cx.waker().clone());
+                (Poll::Pending, None)
+            }
+        };
+        if let Poll::Ready(None | Some(Err(_))) = item {
+            self.id = None;
+        }
+        if let Some(w) = driver {
+            w.wake();
+        }
+        item
+    }
+}
+
+impl Drop for StreamCall {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let resume = {
+                let mut st = lock(&self.inner.state);
+                st.abandon_stream(id).then(|| st.take_driver()).flatten()
+            };
+            if let Some(w) = resume {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StreamCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamCall")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -398,7 +707,7 @@ impl RpcCall {
     /// chunk fetch, which has none).
     pub fn request_id(&self) -> Option<RequestId> {
         match self.call {
-            Some(Call::Rpc(id)) => Some(id),
+            Some(Call::Rpc(id) | Call::Upload(id)) => Some(id),
             _ => None,
         }
     }
@@ -528,6 +837,9 @@ struct Driver {
     read_chunk: usize,
     writing: VecDeque<Bytes>,
     read_done: bool,
+    /// Uploads being received: their sink, or `None` once refused or failed (the rest of the
+    /// body is discarded).
+    uploads: HashMap<RequestId, Option<Box<dyn UploadSink>>>,
 }
 
 impl Future for Driver {
@@ -542,7 +854,7 @@ impl Future for Driver {
             let now = inner.rt.now();
             let mut st = lock(&inner.state);
             let mut progress = false;
-            if !this.read_done && !st.conn.is_closed() {
+            if !this.read_done && !st.conn.is_closed() && st.reading_allowed() {
                 progress |= this.read(cx, &mut st, now);
             }
             progress |= this.poll_timer(cx, &mut st, now);
@@ -744,6 +1056,40 @@ impl Driver {
                                 .respond_stream_failure(now, request, &stream_id, &error);
                         }
                     });
+                }
+                Event::UploadReceived { request, meta, .. } => {
+                    let sink = self.handler.receive_stream(&self.client, meta);
+                    if let Err(error) = &sink {
+                        self.client.inner.with_state(|st, now| {
+                            let _ = st.conn.respond_rpc_failure(now, request, error);
+                        });
+                    }
+                    self.uploads.insert(request, sink.ok());
+                }
+                Event::UploadData { request, data } => {
+                    let Some(slot) = self.uploads.get_mut(&request) else {
+                        continue;
+                    };
+                    let Some(sink) = slot else { continue };
+                    if let Err(error) = sink.on_data(data) {
+                        // The destination failed: tell the uploader now, discard the rest.
+                        if let Some(sink) = slot.take() {
+                            sink.on_failure(&error);
+                        }
+                        self.client.inner.with_state(|st, now| {
+                            let _ = st.conn.respond_rpc_failure(now, request, &error);
+                        });
+                    }
+                }
+                Event::UploadFinished { request } => {
+                    if let Some(Some(sink)) = self.uploads.remove(&request) {
+                        sink.on_complete(RpcResponder::new(self.client.inner.clone(), request));
+                    }
+                }
+                Event::UploadAborted { request, error } => {
+                    if let Some(Some(sink)) = self.uploads.remove(&request) {
+                        sink.on_failure(&error.to_string());
+                    }
                 }
                 Event::Closed { error } => {
                     match &error {

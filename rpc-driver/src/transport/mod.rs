@@ -11,7 +11,7 @@ mod factory;
 mod server;
 mod stream;
 
-pub use conn::{Ready, RpcCall, RpcResponder, TransportClient};
+pub use conn::{Ready, RpcCall, RpcResponder, StreamCall, TransportClient, STREAM_BUFFER_LIMIT};
 pub use factory::{ConnectError, TransportClientFactory};
 pub use server::TransportServer;
 pub use stream::{OneForOneStreamManager, StreamManager};
@@ -42,6 +42,18 @@ pub trait RpcHandler: Send + Sync + 'static {
         None
     }
 
+    /// An upload arrived (Spark's `receiveStream`): return where its body goes, or refuse it
+    /// (the uploader receives the message as the call's failure; the body is read and
+    /// discarded, and the connection stays usable). The default refuses every upload.
+    fn receive_stream(
+        &self,
+        client: &TransportClient,
+        meta: Bytes,
+    ) -> Result<Box<dyn UploadSink>, String> {
+        let _ = (client, meta);
+        Err("this peer takes no uploads".to_owned())
+    }
+
     /// A connection became active.
     fn connection_opened(&self, client: &TransportClient) {
         let _ = client;
@@ -50,6 +62,25 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// A connection ended; `error` says why. Called once per opened connection.
     fn connection_closed(&self, client: &TransportClient, error: &ConnectionError) {
         let _ = (client, error);
+    }
+}
+
+/// Where an upload's body goes, piece by piece, on the connection's driver task (so it
+/// must not block). Returned by [`RpcHandler::receive_stream`].
+pub trait UploadSink: Send + 'static {
+    /// The next piece of the body. An error fails the upload: the uploader receives it, and
+    /// the rest of the body is discarded (the connection stays usable).
+    fn on_data(&mut self, data: Bytes) -> Result<(), String>;
+
+    /// The whole body has arrived: answer the upload through `responder` (a failure here,
+    /// say a failed post-processing step, reaches the uploader and leaves the connection
+    /// usable).
+    fn on_complete(self: Box<Self>, responder: RpcResponder);
+
+    /// The upload failed: the connection ended before the body was whole, or `on_data`
+    /// failed.
+    fn on_failure(self: Box<Self>, error: &str) {
+        let _ = error;
     }
 }
 

@@ -55,6 +55,14 @@ impl RpcHandler for Tracker {
         self.handler.stream_manager()
     }
 
+    fn receive_stream(
+        &self,
+        client: &TransportClient,
+        meta: Bytes,
+    ) -> Result<Box<dyn super::UploadSink>, String> {
+        self.handler.receive_stream(client, meta)
+    }
+
     fn connection_opened(&self, client: &TransportClient) {
         lock(&self.open).insert(client.id(), client.clone());
         self.handler.connection_opened(client)
