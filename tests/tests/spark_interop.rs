@@ -38,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 use rpc_proto::{Decoded, Frame, FrameDecoder, RequestId, RpcError, StreamChunkId};
 use rpc_tokio::{
     RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
-    TransportConfig, TransportServer,
+    TransportConfig, TransportServer, UploadSink,
 };
 
 /// The longest any single step waits for the other side (a JVM starting, a reply, a line).
@@ -665,6 +665,25 @@ impl RpcHandler for Patterns {
     fn stream_manager(&self) -> Option<&dyn StreamManager> {
         Some(self)
     }
+
+    /// Answers an upload the way SparkPeer does: with its meta, then its bytes.
+    fn receive_stream(
+        &self,
+        _: &TransportClient,
+        meta: Bytes,
+    ) -> Result<Box<dyn UploadSink>, String> {
+        struct Mirror(BytesMut);
+        impl UploadSink for Mirror {
+            fn on_data(&mut self, data: Bytes) -> Result<(), String> {
+                self.0.extend_from_slice(&data);
+                Ok(())
+            }
+            fn on_complete(self: Box<Self>, responder: RpcResponder) {
+                responder.reply(self.0.freeze()).expect("answer an upload");
+            }
+        }
+        Ok(Box::new(Mirror(BytesMut::from(&meta[..]))))
+    }
 }
 
 impl StreamManager for Patterns {
@@ -709,6 +728,81 @@ fn our_chunk_fetches_get_sparks_chunks_and_failures() {
         "{err}"
     );
     assert_eq!(rpc(&rt, &client, "after".into()).unwrap(), "after");
+}
+
+#[test]
+fn our_streams_and_uploads_work_against_sparks_server() {
+    let spark = spark_or_skip!();
+    let rt = tokio_runtime();
+    let (_peer, addr) = spark_server(spark);
+    let (_factory, client) = our_client(&rt, addr);
+    for n in [0usize, 100, 3 * MIB] {
+        let got = rt
+            .block_on(
+                client
+                    .stream(&format!("bytes/{n}"), Some(WAIT))
+                    .read_to_end(),
+            )
+            .unwrap_or_else(|e| panic!("stream bytes/{n} from Spark: {e}"));
+        assert_eq!(got, pattern(n, 0), "stream bytes/{n}");
+    }
+    let err = rt
+        .block_on(client.stream("nothing", Some(WAIT)).read_to_end())
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Remote(m) if m.contains("SparkPeer has no stream nothing")),
+        "{err}"
+    );
+    for n in [0usize, 70_000, 2 * MIB + 3] {
+        let body = pattern(n, 5);
+        let pieces: Vec<Bytes> = (0..n.div_ceil(8192))
+            .map(|i| body.slice(i * 8192..((i + 1) * 8192).min(n)))
+            .collect();
+        let reply = rt
+            .block_on(client.upload_stream(
+                Bytes::from_static(b"meta"),
+                n as u64,
+                futures_lite::stream::iter(pieces),
+                Some(WAIT),
+            ))
+            .unwrap_or_else(|e| panic!("upload of {n} bytes to Spark: {e}"));
+        let mut expected = b"meta".to_vec();
+        expected.extend_from_slice(&body);
+        assert!(
+            reply == expected,
+            "Spark's answer to an upload of {n} bytes differs"
+        );
+    }
+    assert_eq!(rpc(&rt, &client, "after".into()).unwrap(), "after");
+}
+
+#[test]
+fn spark_uploads_to_our_server() {
+    let spark = spark_or_skip!();
+    let rt = tokio_runtime();
+    let server = {
+        let _in_runtime = rt.enter();
+        TransportServer::bind(
+            rpc_tokio::runtime(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::new(Patterns),
+            TransportConfig::default(),
+        )
+        .expect("bind our server")
+    };
+    let mut peer = spark_client(spark, server.local_addr());
+    for n in [0usize, 70_000, MIB] {
+        let body = pattern(n, 5);
+        let line = peer.command(&format!("upload {} {}", hex(b"meta"), hex(&body)));
+        let mut expected = b"meta".to_vec();
+        expected.extend_from_slice(&body);
+        assert_eq!(
+            line,
+            format!("OK {}", hex(&expected)),
+            "upload of {n} bytes from Spark"
+        );
+    }
+    peer.finish();
 }
 
 #[test]
