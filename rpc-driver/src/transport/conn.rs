@@ -996,6 +996,10 @@ impl Driver {
         }
     }
 
+    fn send_buffer_full(&self) -> bool {
+        self.client.is_send_buffer_full()
+    }
+
     /// Hands inbound requests to the handler, outside the lock.
     fn dispatch(&mut self, inbound: &mut Vec<Event>) {
         for event in inbound.drain(..) {
@@ -1007,6 +1011,14 @@ impl Driver {
                 Event::OneWayReceived { body } => self.handler.receive_one_way(&self.client, body),
                 Event::ChunkFetchReceived { chunk } => {
                     let served = match self.handler.stream_manager() {
+                        // Spark's maxChunksBeingTransferred, by bytes: while the send buffer
+                        // is over its limit, fetches are refused (and the chunk is not taken,
+                        // so the peer can ask again) instead of queued without bound.
+                        Some(_) if self.send_buffer_full() => Err(format!(
+                            "too much data being transferred on this connection ({} bytes \
+                             waiting for the peer to read)",
+                            self.client.buffered_bytes()
+                        )),
                         Some(streams) => streams.chunk(&self.client, chunk),
                         None => Err(NO_STREAMS.to_owned()),
                     };
@@ -1025,6 +1037,11 @@ impl Driver {
                 }
                 Event::StreamRequested { request, stream_id } => {
                     let served = match self.handler.stream_manager() {
+                        Some(_) if self.send_buffer_full() => Err(format!(
+                            "too much data being transferred on this connection ({} bytes \
+                             waiting for the peer to read)",
+                            self.client.buffered_bytes()
+                        )),
                         Some(streams) => streams.open_stream(&self.client, &stream_id),
                         None => Err(NO_STREAMS.to_owned()),
                     };

@@ -14,6 +14,13 @@ use crate::sync::{lock, Mutex};
 ///
 /// Called on the connection's driver task: implementations must not block. Errors are
 /// sent to the peer as `ChunkFetchFailure` / `StreamFailure` with the given message.
+///
+/// Spark limits the chunks being transferred (`spark.shuffle.maxChunksBeingTransferred`);
+/// we limit the bytes: while a connection's send buffer is over its
+/// [`max_send_buffer`](rpc_proto::Config::max_send_buffer), its chunk fetches and stream
+/// requests are refused with a failure saying so, without asking the manager (so no chunk
+/// is consumed and the peer may ask again later). A peer that asks for everything and reads
+/// nothing cannot make the server buffer without bound.
 pub trait StreamManager: Send + Sync + 'static {
     /// The chunk `chunk` asked for on `client`'s connection.
     fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String>;

@@ -228,3 +228,81 @@ fn a_server_without_a_stream_manager_fails_chunk_fetches_cleanly() {
         server.close();
     })
 }
+
+#[test]
+fn a_peer_that_fetches_without_reading_is_refused_rather_than_buffered_without_bound() {
+    block_on(async {
+        use rpc::rpc_proto::{Config, Decoded, Frame, FrameDecoder};
+        use std::io::{Read, Write};
+
+        let blocks = Arc::new(Blocks {
+            streams: OneForOneStreamManager::new(1),
+        });
+        let limit = 4 * 1024 * 1024;
+        let config = TransportConfig::default().with_connection(
+            Config::builder()
+                .with_max_send_buffer(limit)
+                .build()
+                .unwrap(),
+        );
+        let server = TransportServer::bind(rt(), localhost(), blocks.clone(), config).unwrap();
+        let chunks = 200u32;
+        let one = pattern(1024 * 1024);
+        let id =
+            blocks
+                .streams
+                .register_stream("app", (0..chunks).map(|_| one.clone()).collect(), None);
+        let addr = server.local_addr();
+        // A raw peer: asks for every chunk at once, then reads nothing for a while.
+        let replies = on_thread(move || {
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            let mut wire = bytes::BytesMut::new();
+            for index in 0..chunks {
+                Frame::ChunkFetchRequest {
+                    chunk: StreamChunkId::new(id, index),
+                }
+                .encode(&mut wire);
+            }
+            socket.write_all(&wire).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            socket.set_read_timeout(Some(WAIT)).unwrap();
+            let mut decoder = FrameDecoder::new(64 * 1024 * 1024);
+            let mut buf = bytes::BytesMut::new();
+            let mut replies = Vec::new();
+            let mut scratch = vec![0u8; 256 * 1024];
+            while replies.len() < chunks as usize {
+                while let Some(Decoded::Frame(frame)) = decoder.decode(&mut buf).unwrap() {
+                    replies.push(frame);
+                }
+                if replies.len() == chunks as usize {
+                    break;
+                }
+                let n = socket.read(&mut scratch).unwrap();
+                assert!(n > 0, "the server closed after {} replies", replies.len());
+                buf.extend_from_slice(&scratch[..n]);
+            }
+            replies
+        });
+        let replies = within("every reply", replies).await;
+        let served = replies
+            .iter()
+            .filter(|f| matches!(f, Frame::ChunkFetchSuccess { .. }))
+            .count();
+        let refused = replies
+            .iter()
+            .filter(|f| {
+                matches!(f, Frame::ChunkFetchFailure { error, .. }
+                    if error.contains("too much data being transferred"))
+            })
+            .count();
+        assert!(
+            refused > 0,
+            "all {served} chunks were queued for a peer that read nothing"
+        );
+        assert!(
+            served > 0 && served < chunks as usize,
+            "{served} served, {refused} refused"
+        );
+        server.close();
+    })
+}
