@@ -73,14 +73,14 @@ pub use rpc_driver::block::{
 };
 pub use rpc_driver::env::{
     Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
-    EndpointKind, EnvStats, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcEnvConfig,
-    RpcError, SetupError,
+    EndpointKind, EnvStats, FileDownload, FileServer, FileServerError, RpcCallContext, RpcEndpoint,
+    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcError, SetupError,
 };
 pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
 pub use rpc_driver::transport::{
-    ConnectError, OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, StreamCall,
-    StreamManager, TransportClient, TransportClientFactory, TransportConfig, TransportServer,
-    UploadSink, STREAM_BUFFER_LIMIT,
+    ConnectError, FileSegment, ManagedBuffer, OneForOneStreamManager, Ready, RpcCall, RpcHandler,
+    RpcResponder, StreamCall, StreamManager, TransportClient, TransportClientFactory,
+    TransportConfig, TransportServer, UploadSink, STREAM_BUFFER_LIMIT,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 
@@ -173,6 +173,26 @@ impl AsyncStream for AsyncIoStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut at = offset;
+            match rustix::fs::sendfile(self.0.get_ref(), file, Some(&mut at), len) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e == rustix::io::Errno::AGAIN => {
+                    std::task::ready!(self.0.poll_writable(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
     }
 
     fn poll_shutdown(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {

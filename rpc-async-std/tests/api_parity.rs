@@ -30,6 +30,9 @@ const SHARED: &[&str] = &[
     "EndpointFailure",
     "EndpointKind",
     "EnvStats",
+    "FileDownload",
+    "FileServer",
+    "FileServerError",
     "RpcCallContext",
     "RpcEndpoint",
     "RpcEndpointRef",
@@ -45,6 +48,8 @@ const SHARED: &[&str] = &[
     "ConnectError",
     "RpcCall",
     "Ready",
+    "FileSegment",
+    "ManagedBuffer",
     "StreamCall",
     "UploadSink",
     "STREAM_BUFFER_LIMIT",
@@ -118,6 +123,9 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<t::EndpointFailure>, Of::<a::EndpointFailure>);
     same(Of::<t::EndpointKind>, Of::<a::EndpointKind>);
     same(Of::<t::EnvStats>, Of::<a::EnvStats>);
+    same(Of::<t::FileDownload>, Of::<a::FileDownload>);
+    same(Of::<t::FileServer>, Of::<a::FileServer>);
+    same(Of::<t::FileServerError>, Of::<a::FileServerError>);
     same(
         Of::<t::RpcCallContext<Reply>>,
         Of::<a::RpcCallContext<Reply>>,
@@ -139,6 +147,8 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<t::ConnectError>, Of::<a::ConnectError>);
     same(Of::<t::RpcCall>, Of::<a::RpcCall>);
     same(Of::<t::Ready>, Of::<a::Ready>);
+    same(Of::<t::FileSegment>, Of::<a::FileSegment>);
+    same(Of::<t::ManagedBuffer>, Of::<a::ManagedBuffer>);
     same(Of::<t::StreamCall>, Of::<a::StreamCall>);
     same(Of::<dyn t::UploadSink>, Of::<dyn a::UploadSink>);
     assert_eq!(t::STREAM_BUFFER_LIMIT, a::STREAM_BUFFER_LIMIT);

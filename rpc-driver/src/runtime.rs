@@ -59,6 +59,20 @@ pub trait AsyncStream: Send + Unpin + 'static {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>>;
 
+    /// Writes up to `len` bytes of `file` from `offset` straight from the file to the socket
+    /// (`sendfile`), returning how many were written. Adapters that cannot return
+    /// [`io::ErrorKind::Unsupported`] (the default), and the driver reads and writes instead.
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let _ = (cx, file, offset, len);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+
     /// Shuts the write half down after everything written is flushed.
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 

@@ -66,14 +66,14 @@ pub use rpc_driver::block::{
 };
 pub use rpc_driver::env::{
     Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
-    EndpointKind, EnvStats, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnvConfig, RpcError,
-    SetupError,
+    EndpointKind, EnvStats, FileDownload, FileServer, FileServerError, RpcCallContext, RpcEndpoint,
+    RpcEndpointRef, RpcEnvConfig, RpcError, SetupError,
 };
 pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
 pub use rpc_driver::transport::{
-    ConnectError, OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, StreamCall,
-    StreamManager, TransportClient, TransportClientFactory, TransportConfig, TransportServer,
-    UploadSink, STREAM_BUFFER_LIMIT,
+    ConnectError, FileSegment, ManagedBuffer, OneForOneStreamManager, Ready, RpcCall, RpcHandler,
+    RpcResponder, StreamCall, StreamManager, TransportClient, TransportClientFactory,
+    TransportConfig, TransportServer, UploadSink, STREAM_BUFFER_LIMIT,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 
@@ -200,6 +200,27 @@ impl AsyncStream for TokioStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            let sent = self.0.try_io(tokio::io::Interest::WRITABLE, || {
+                let mut at = offset;
+                rustix::fs::sendfile(&self.0, file, Some(&mut at), len).map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

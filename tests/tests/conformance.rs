@@ -28,6 +28,7 @@ macro_rules! suite {
         mod chunks;
         mod env;
         mod env_network;
+        mod files;
         mod peer_process;
         mod races;
         mod slow_reader;

@@ -20,7 +20,7 @@ use rpc_proto::{
 };
 use tracing::{debug, trace, warn, Instrument};
 
-use super::{ConnectionAddrs, RpcHandler, UploadSink};
+use super::{ConnectionAddrs, FileSegment, ManagedBuffer, RpcHandler, UploadSink};
 use crate::completion::{self, Completer, Waiter};
 use crate::runtime::{AsyncStream, AsyncTimer, Runtime};
 use crate::sync::{lock, Arc, Mutex};
@@ -257,6 +257,8 @@ const NO_STREAMS: &str = "this peer serves no chunks or streams";
 const UNSERVED: &str = "this peer serves no merged block metadata";
 
 pub(crate) struct ConnInner {
+    /// Body bytes written straight from files with `sendfile`.
+    zero_copy: AtomicU64,
     pub(crate) rt: StdArc<dyn Runtime>,
     pub(crate) addrs: ConnectionAddrs,
     id: u64,
@@ -299,6 +301,7 @@ impl TransportClient {
     ) -> Self {
         let now = rt.now();
         let inner = Arc::new(ConnInner {
+            zero_copy: AtomicU64::new(0),
             addrs,
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(ConnState::new(Connection::new(config, now))),
@@ -314,6 +317,8 @@ impl TransportClient {
             handler,
             timer: None,
             uploads: HashMap::new(),
+            externals: HashMap::new(),
+            sendfile_unsupported: false,
             read_buf: BytesMut::new(),
             read_chunk: READ_CHUNK_MIN,
             writing: VecDeque::new(),
@@ -471,6 +476,11 @@ impl TransportClient {
     /// Whether new calls would be refused with [`CallError::SendBufferFull`] now.
     pub fn is_send_buffer_full(&self) -> bool {
         lock(&self.inner.state).conn.is_send_buffer_full()
+    }
+
+    /// Stream body bytes this side sent straight from files with `sendfile` (zero-copy).
+    pub fn zero_copy_bytes(&self) -> u64 {
+        self.inner.zero_copy.load(Ordering::Relaxed)
     }
 
     /// Bytes of streams received but not yet taken by their [`StreamCall`]s (bounded by
@@ -840,6 +850,10 @@ struct Driver {
     /// Uploads being received: their sink, or `None` once refused or failed (the rest of the
     /// body is discarded).
     uploads: HashMap<RequestId, Option<Box<dyn UploadSink>>>,
+    /// Stream bodies sent from files by the driver itself, and how far each has got.
+    externals: HashMap<rpc_proto::BodyId, (FileSegment, u64)>,
+    /// Set once the socket has refused `sendfile`; files are then read and written.
+    sendfile_unsupported: bool,
 }
 
 impl Future for Driver {
@@ -959,7 +973,14 @@ impl Driver {
                 }
             }
             if self.writing.is_empty() {
-                return progress;
+                match self.write_external(cx, st, now) {
+                    Poll::Ready(true) => {
+                        progress = true;
+                        continue;
+                    }
+                    Poll::Ready(false) => return progress,
+                    Poll::Pending => return progress,
+                }
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = self.writing.len().min(MAX_IOVECS);
@@ -1000,6 +1021,78 @@ impl Driver {
         self.client.is_send_buffer_full()
     }
 
+    /// Writes the body bytes the connection left to the driver (file segments): with
+    /// `sendfile` where the socket supports it, else by reading a piece into `writing`.
+    /// Ready(true): made progress; Ready(false): nothing to do; Pending: the socket is full.
+    fn write_external(
+        &mut self,
+        cx: &mut Context<'_>,
+        st: &mut ConnState,
+        now: Instant,
+    ) -> Poll<bool> {
+        const PIECE: u64 = 256 * 1024;
+        const SENDFILE_MAX: u64 = 4 * 1024 * 1024;
+        let Some((body, left)) = st.conn.poll_external() else {
+            return Poll::Ready(false);
+        };
+        let Some((segment, done)) = self.externals.get_mut(&body) else {
+            st.conn
+                .abort_body(now, body, "the file behind this body is gone");
+            return Poll::Ready(true);
+        };
+        let offset = segment.offset() + *done;
+        if !self.sendfile_unsupported {
+            let len = left.min(SENDFILE_MAX) as usize;
+            match self.stream.poll_send_file(cx, segment.file(), offset, len) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    let reason = format!("{segment:?} ended early (truncated?)");
+                    st.conn.abort_body(now, body, &reason);
+                    self.externals.remove(&body);
+                    return Poll::Ready(true);
+                }
+                Poll::Ready(Ok(n)) => {
+                    *done += n as u64;
+                    if *done == segment.len() {
+                        self.externals.remove(&body);
+                    }
+                    self.client
+                        .inner
+                        .zero_copy
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    st.conn.handle_external_written(now, n as u64);
+                    return Poll::Ready(true);
+                }
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    trace!("sendfile unsupported here; reading and writing files instead");
+                    self.sendfile_unsupported = true;
+                }
+                Poll::Ready(Err(error)) => {
+                    self.writing.clear();
+                    st.conn.handle_transport_error(now, error);
+                    return Poll::Ready(true);
+                }
+            }
+        }
+        let len = left.min(PIECE);
+        match segment.read(*done, len as usize) {
+            Ok(bytes) => {
+                *done += len;
+                if *done == segment.len() {
+                    self.externals.remove(&body);
+                }
+                self.writing.push_back(bytes);
+                st.conn.handle_external_written(now, len);
+            }
+            Err(error) => {
+                let reason = format!("reading {segment:?} failed: {error}");
+                st.conn.abort_body(now, body, &reason);
+                self.externals.remove(&body);
+            }
+        }
+        Poll::Ready(true)
+    }
+
     /// Hands inbound requests to the handler, outside the lock.
     fn dispatch(&mut self, inbound: &mut Vec<Event>) {
         for event in inbound.drain(..) {
@@ -1019,7 +1112,9 @@ impl Driver {
                              waiting for the peer to read)",
                             self.client.buffered_bytes()
                         )),
-                        Some(streams) => streams.chunk(&self.client, chunk),
+                        Some(streams) => streams
+                            .chunk_buffer(&self.client, chunk)
+                            .and_then(|b| b.to_bytes().map_err(|e| format!("{chunk}: {e}"))),
                         None => Err(NO_STREAMS.to_owned()),
                     };
                     self.client.inner.with_state(|st, now| {
@@ -1042,21 +1137,26 @@ impl Driver {
                              waiting for the peer to read)",
                             self.client.buffered_bytes()
                         )),
-                        Some(streams) => streams.open_stream(&self.client, &stream_id),
+                        Some(streams) => streams.open_stream_buffer(&self.client, &stream_id),
                         None => Err(NO_STREAMS.to_owned()),
                     };
-                    self.client.inner.with_state(|st, now| match served {
-                        Ok(body) => {
-                            match st.conn.respond_stream(
-                                now,
-                                request,
-                                &stream_id,
-                                body.len() as u64,
-                            ) {
-                                Ok(id) if !body.is_empty() => {
-                                    let _ = st.conn.send_body(now, id, body);
-                                }
-                                Ok(_) => {}
+                    let externals = &mut self.externals;
+                    self.client.inner.with_state(|st, now| {
+                        let buffer = match served {
+                            Ok(buffer) => buffer,
+                            Err(error) => {
+                                let _ = st
+                                    .conn
+                                    .respond_stream_failure(now, request, &stream_id, &error);
+                                return;
+                            }
+                        };
+                        let id =
+                            match st
+                                .conn
+                                .respond_stream(now, request, &stream_id, buffer.len())
+                            {
+                                Ok(id) => id,
                                 Err(error) => {
                                     let _ = st.conn.respond_stream_failure(
                                         now,
@@ -1064,13 +1164,22 @@ impl Driver {
                                         &stream_id,
                                         &error.to_string(),
                                     );
+                                    return;
                                 }
-                            }
+                            };
+                        if buffer.is_empty() {
+                            return;
                         }
-                        Err(error) => {
-                            let _ = st
-                                .conn
-                                .respond_stream_failure(now, request, &stream_id, &error);
+                        match buffer {
+                            ManagedBuffer::File(segment) => {
+                                // Written by the driver itself, straight from the file.
+                                let _ = st.conn.send_body_external(now, id, segment.len());
+                                externals.insert(id, (segment, 0));
+                            }
+                            other => {
+                                let bytes = other.to_bytes().unwrap_or_default();
+                                let _ = st.conn.send_body(now, id, bytes);
+                            }
                         }
                     });
                 }

@@ -6,11 +6,13 @@
 //! returns [`TransportClient`]s, which send RPCs and one-way messages. Connections are full
 //! duplex: a client's connection also delivers the peer's requests to the factory's handler.
 
+mod buffer;
 mod conn;
 mod factory;
 mod server;
 mod stream;
 
+pub use buffer::{FileSegment, ManagedBuffer};
 pub use conn::{Ready, RpcCall, RpcResponder, StreamCall, TransportClient, STREAM_BUFFER_LIMIT};
 pub use factory::{ConnectError, TransportClientFactory};
 pub use server::TransportServer;

@@ -6,7 +6,7 @@ use std::fmt;
 use bytes::Bytes;
 use rpc_proto::StreamChunkId;
 
-use super::TransportClient;
+use super::{ManagedBuffer, TransportClient};
 use crate::sync::{lock, Mutex};
 
 /// Where a transport server finds the chunks and streams peers ask for (Spark's
@@ -29,6 +29,29 @@ pub trait StreamManager: Send + Sync + 'static {
     fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
         let _ = client;
         Err(format!("stream {stream_id} not found"))
+    }
+
+    /// The chunk as a [`ManagedBuffer`]: override to serve file segments (chunks travel in
+    /// their frame, so a file segment is read into memory). Defaults to
+    /// [`chunk`](StreamManager::chunk).
+    fn chunk_buffer(
+        &self,
+        client: &TransportClient,
+        chunk: StreamChunkId,
+    ) -> Result<ManagedBuffer, String> {
+        self.chunk(client, chunk).map(ManagedBuffer::Memory)
+    }
+
+    /// The named stream as a [`ManagedBuffer`]: override to serve file segments, which are
+    /// sent without copying (see [`ManagedBuffer`]). Defaults to
+    /// [`open_stream`](StreamManager::open_stream).
+    fn open_stream_buffer(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ManagedBuffer, String> {
+        self.open_stream(client, stream_id)
+            .map(ManagedBuffer::Memory)
     }
 
     /// A connection ended: release what was registered for it.

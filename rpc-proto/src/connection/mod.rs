@@ -597,6 +597,53 @@ impl Connection {
         Ok(())
     }
 
+    /// Feeds the next `len` bytes of a body as bytes the driver writes to the socket itself
+    /// (from a file, with `sendfile`): when the wire reaches them,
+    /// [`poll_external`](Connection::poll_external) names them and
+    /// [`poll_transmit`](Connection::poll_transmit) returns `None` until the driver reports
+    /// them written with [`handle_external_written`](Connection::handle_external_written).
+    pub fn send_body_external(
+        &mut self,
+        now: Instant,
+        body: BodyId,
+        len: u64,
+    ) -> Result<(), CallError> {
+        self.check_open()?;
+        let out = self
+            .send
+            .body_mut(body)
+            .ok_or(CallError::UnknownBody(body))?;
+        if out.unfed == 0 {
+            return Err(CallError::UnknownBody(body));
+        }
+        if len > out.unfed {
+            return Err(CallError::BodyOverrun {
+                body,
+                remaining: out.unfed,
+                offered: len,
+            });
+        }
+        self.last_activity = now;
+        self.send.feed_external(body, len);
+        Ok(())
+    }
+
+    /// Body bytes the driver must write itself before anything else: `(body, len)`. See
+    /// [`send_body_external`](Connection::send_body_external).
+    #[must_use]
+    pub fn poll_external(&self) -> Option<(BodyId, u64)> {
+        self.send.external()
+    }
+
+    /// The driver wrote `n` of the external body bytes [`poll_external`] named.
+    ///
+    /// [`poll_external`]: Connection::poll_external
+    pub fn handle_external_written(&mut self, now: Instant, n: u64) {
+        self.stats.bytes_sent += n;
+        self.last_activity = now;
+        self.send.external_written(n);
+    }
+
     /// Bytes of a body still to be fed, or `None` if the body is unknown or complete.
     pub fn body_remaining(&self, body: BodyId) -> Option<u64> {
         self.send.bodies_unfed(body)

@@ -23,12 +23,31 @@ enum Item {
     Body(BodyId),
 }
 
+/// A piece of an out-of-frame body.
+#[derive(Debug)]
+enum Piece {
+    /// Bytes to hand out with `poll_transmit`.
+    Data(Bytes),
+    /// This many bytes the driver writes itself (from a file, zero-copy).
+    External(u64),
+}
+
+impl Piece {
+    /// Bytes held in memory.
+    fn held(&self) -> u64 {
+        match self {
+            Piece::Data(b) => b.len() as u64,
+            Piece::External(_) => 0,
+        }
+    }
+}
+
 /// An out-of-frame body being fed by the caller.
 #[derive(Debug)]
 pub(crate) struct OutBody {
     /// Bytes the caller has still to feed.
     pub(crate) unfed: u64,
-    pieces: VecDeque<Bytes>,
+    pieces: VecDeque<Piece>,
     /// Whether its place in the send queue has been taken (stream responses wait for earlier
     /// answers).
     queued: bool,
@@ -110,11 +129,50 @@ impl SendQueue {
         body.unfed -= data.len() as u64;
         self.buffered += data.len() as u64;
         if !data.is_empty() {
-            body.pieces.push_back(data);
+            body.pieces.push_back(Piece::Data(data));
         }
         if body.unfed == 0 && body.pieces.is_empty() && !body.queued {
             // Complete before it was queued and nothing to send: it is done.
             self.bodies.remove(&id);
+        }
+    }
+
+    /// Adds `len` bytes the driver will write itself; the caller has checked they fit.
+    pub(crate) fn feed_external(&mut self, id: BodyId, len: u64) {
+        let body = self
+            .bodies
+            .get_mut(&id)
+            .expect("caller checked the body exists");
+        body.unfed -= len;
+        if len > 0 {
+            body.pieces.push_back(Piece::External(len));
+        }
+    }
+
+    /// The body bytes the driver must write itself next, if the wire is at them.
+    pub(crate) fn external(&self) -> Option<(BodyId, u64)> {
+        match self.items.front()? {
+            Item::Body(id) => match self.bodies.get(id)?.pieces.front()? {
+                Piece::External(n) => Some((*id, *n)),
+                Piece::Data(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The driver wrote `n` of the external bytes at the front.
+    pub(crate) fn external_written(&mut self, n: u64) {
+        let Some(Item::Body(id)) = self.items.front() else {
+            return;
+        };
+        let Some(body) = self.bodies.get_mut(id) else {
+            return;
+        };
+        if let Some(Piece::External(left)) = body.pieces.front_mut() {
+            *left -= n.min(*left);
+            if *left == 0 {
+                body.pieces.pop_front();
+            }
         }
     }
 
@@ -129,9 +187,17 @@ impl SendQueue {
                         .bodies
                         .get_mut(&id)
                         .expect("queued bodies are registered");
-                    if let Some(piece) = body.pieces.pop_front() {
-                        self.buffered -= piece.len() as u64;
-                        return Some(piece);
+                    match body.pieces.front() {
+                        Some(Piece::Data(_)) => {
+                            let Some(Piece::Data(piece)) = body.pieces.pop_front() else {
+                                unreachable!("just matched")
+                            };
+                            self.buffered -= piece.len() as u64;
+                            return Some(piece);
+                        }
+                        // The driver writes these itself: see `external`.
+                        Some(Piece::External(_)) => return None,
+                        None => {}
                     }
                     if body.unfed > 0 {
                         return None; // waiting for the caller to feed it
@@ -160,7 +226,7 @@ impl SendQueue {
                 Item::Shared(b) => total += b.len() as u64,
                 Item::Body(id) => {
                     let body = &self.bodies[id];
-                    total += body.pieces.iter().map(|p| p.len() as u64).sum::<u64>();
+                    total += body.pieces.iter().map(Piece::held).sum::<u64>();
                     if body.unfed > 0 {
                         break;
                     }
@@ -203,7 +269,7 @@ impl SendQueue {
             .map(|item| match item {
                 Item::Buf(b) => b.len() as u64,
                 Item::Shared(b) => b.len() as u64,
-                Item::Body(id) => bodies[id].pieces.iter().map(|p| p.len() as u64).sum(),
+                Item::Body(id) => bodies[id].pieces.iter().map(Piece::held).sum(),
             })
             .sum();
     }

@@ -446,3 +446,59 @@ fn a_full_send_buffer_refuses_new_calls_but_not_answers() {
     assert_eq!(b.buffered_bytes(), 0);
     b.send_one_way(now, "again".into()).unwrap();
 }
+
+#[test]
+fn external_body_bytes_are_left_to_the_driver_in_their_place() {
+    let (now, mut a, mut b) = pair();
+    let call = a.stream(now, "file", None).unwrap();
+    pump(now, &mut a, &mut b);
+    let [Event::StreamRequested { request, .. }] = events(&mut b)[..] else {
+        panic!()
+    };
+    let body = b.respond_stream(now, request, "file", 10).unwrap();
+    b.send_body(now, body, "abc".into()).unwrap();
+    b.send_body_external(now, body, 5).unwrap();
+    b.send_body(now, body, "xy".into()).unwrap();
+    b.send_one_way(now, "after".into()).unwrap();
+    // The frame and the first bytes go out; then the wire is at the external bytes.
+    let mut wire = Vec::new();
+    while let Some(bytes) = b.poll_transmit() {
+        wire.extend_from_slice(&bytes);
+    }
+    assert_eq!(b.poll_external(), Some((body, 5)));
+    assert!(
+        b.poll_transmit().is_none(),
+        "nothing may overtake the external bytes"
+    );
+    // The driver writes them (here: by hand) in two goes.
+    wire.extend_from_slice(b"12");
+    b.handle_external_written(now, 2);
+    assert_eq!(b.poll_external(), Some((body, 3)));
+    wire.extend_from_slice(b"345");
+    b.handle_external_written(now, 3);
+    assert_eq!(b.poll_external(), None);
+    while let Some(bytes) = b.poll_transmit() {
+        wire.extend_from_slice(&bytes);
+    }
+    a.handle_bytes(now, &wire);
+    let mut got = Vec::new();
+    let mut one_way = None;
+    for event in events(&mut a) {
+        match event {
+            Event::StreamData { data, .. } => got.extend_from_slice(&data),
+            Event::OneWayReceived { body } => one_way = Some(body),
+            Event::StreamOpened { stream, byte_count } => {
+                assert_eq!((stream, byte_count), (call, 10))
+            }
+            Event::StreamFinished { stream } => assert_eq!(stream, call),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, b"abc12345xy");
+    assert_eq!(one_way.as_deref(), Some(&b"after"[..]));
+    assert_eq!(
+        b.send_body_external(now, body, 1),
+        Err(CallError::UnknownBody(body)),
+        "the body is complete"
+    );
+}

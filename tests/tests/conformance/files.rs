@@ -1,0 +1,256 @@
+//! File segments as stream bodies: sent with `sendfile` where the adapter can, read and
+//! written otherwise; the bytes are the same either way.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rpc::rpc_proto::StreamChunkId;
+use rpc::{
+    AsyncListener, AsyncStream, AsyncTimer, BoxFuture, FileSegment, ManagedBuffer, RpcHandler,
+    RpcResponder, Runtime, StreamManager, TransportClient, TransportClientFactory, TransportConfig,
+    TransportServer,
+};
+
+use super::transport::{localhost, Echo};
+use super::util::*;
+
+/// Serves `whole` (the file) and `part` (bytes 1000..1000+len-2000 of it) from a file.
+struct FileStreams {
+    path: PathBuf,
+}
+
+impl RpcHandler for FileStreams {
+    fn receive(&self, _: &TransportClient, message: Bytes, responder: RpcResponder) {
+        let _ = responder.reply(message);
+    }
+
+    fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        Some(self)
+    }
+}
+
+impl StreamManager for FileStreams {
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+        Err(format!("no chunk {chunk}"))
+    }
+
+    fn chunk_buffer(&self, _: &TransportClient, _: StreamChunkId) -> Result<ManagedBuffer, String> {
+        // A file-backed chunk: read into its frame.
+        FileSegment::open_range(&self.path, 10, 100)
+            .map(ManagedBuffer::File)
+            .map_err(|e| e.to_string())
+    }
+
+    fn open_stream_buffer(
+        &self,
+        _: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ManagedBuffer, String> {
+        let whole = FileSegment::open(&self.path).map_err(|e| e.to_string())?;
+        let segment = match stream_id {
+            "whole" => whole,
+            "part" => FileSegment::open_range(&self.path, 1000, whole.len() - 2000)
+                .map_err(|e| e.to_string())?,
+            "empty" => FileSegment::open_range(&self.path, 5, 0).map_err(|e| e.to_string())?,
+            other => return Err(format!("no stream {other}")),
+        };
+        Ok(ManagedBuffer::File(segment))
+    }
+}
+
+fn contents(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+fn temp_file(n: usize) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "rpc-files-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::write(&path, contents(n)).unwrap();
+    path
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+async fn fetch_all(server: &TransportServer) -> (TransportClient, Vec<(String, Bytes)>) {
+    let factory =
+        TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+    let client = within("a connection", factory.create_client(server.local_addr()))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for name in ["whole", "part", "empty"] {
+        let bytes = within("a stream", client.stream(name, None).read_to_end())
+            .await
+            .unwrap();
+        got.push((name.to_owned(), bytes));
+    }
+    let chunk = within(
+        "a file-backed chunk",
+        client.fetch_chunk(StreamChunkId::new(1, 0), None),
+    )
+    .await
+    .unwrap();
+    got.push(("chunk".to_owned(), chunk));
+    // Frames after the file bodies arrive intact too.
+    assert_eq!(
+        within("an rpc", client.send_rpc("after".into(), None))
+            .await
+            .unwrap(),
+        "after"
+    );
+    (client, got)
+}
+
+fn check(got: &[(String, Bytes)], n: usize) {
+    let all = contents(n);
+    for (name, bytes) in got {
+        let expected: &[u8] = match name.as_str() {
+            "whole" => &all,
+            "part" => &all[1000..n - 1000],
+            "empty" => &[],
+            "chunk" => &all[10..110],
+            _ => unreachable!(),
+        };
+        assert!(
+            &bytes[..] == expected,
+            "{name}: {} bytes, expected {}",
+            bytes.len(),
+            expected.len()
+        );
+    }
+}
+
+#[test]
+fn file_segments_stream_zero_copy_where_the_adapter_can() {
+    block_on(async {
+        let n = 20 * 1024 * 1024 + 3;
+        let path = temp_file(n);
+        let server = TransportServer::bind(
+            rt(),
+            localhost(),
+            Arc::new(FileStreams { path: path.clone() }),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let (_client, got) = fetch_all(&server).await;
+        check(&got, n);
+        let served = server.connections().pop().unwrap();
+        let expected = if cfg!(target_os = "linux") {
+            (n + n - 2000) as u64
+        } else {
+            0
+        };
+        assert_eq!(
+            served.zero_copy_bytes(),
+            expected,
+            "bytes sent with sendfile"
+        );
+        server.close();
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+#[test]
+fn file_segments_are_read_and_written_where_sendfile_is_unsupported() {
+    block_on(async {
+        let n = 3 * 1024 * 1024 + 11;
+        let path = temp_file(n);
+        let server = TransportServer::bind(
+            Arc::new(NoSendfile(rt())),
+            localhost(),
+            Arc::new(FileStreams { path: path.clone() }),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let (_client, got) = fetch_all(&server).await;
+        check(&got, n);
+        assert_eq!(server.connections().pop().unwrap().zero_copy_bytes(), 0);
+        server.close();
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// The adapter's runtime, with sockets that cannot `sendfile`.
+#[derive(Debug)]
+struct NoSendfile(Arc<dyn Runtime>);
+
+impl Runtime for NoSendfile {
+    fn spawn(&self, future: BoxFuture<()>) {
+        self.0.spawn(future)
+    }
+
+    fn spawn_isolated(&self, future: BoxFuture<()>) {
+        self.0.spawn_isolated(future)
+    }
+
+    fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        self.0.new_timer(deadline)
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<io::Result<Box<dyn AsyncStream>>> {
+        let connect = self.0.connect(addr);
+        Box::pin(async move { Ok(Box::new(Plain(connect.await?)) as Box<dyn AsyncStream>) })
+    }
+
+    fn listen(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn AsyncListener>> {
+        Ok(Box::new(PlainListener(self.0.listen(listener)?)))
+    }
+}
+
+struct PlainListener(Box<dyn AsyncListener>);
+
+impl AsyncListener for PlainListener {
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Box<dyn AsyncStream>, SocketAddr)>> {
+        self.0
+            .poll_accept(cx)
+            .map_ok(|(stream, addr)| (Box::new(Plain(stream)) as Box<dyn AsyncStream>, addr))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// A stream that keeps the trait's default `poll_send_file` (unsupported).
+struct Plain(Box<dyn AsyncStream>);
+
+impl AsyncStream for Plain {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.0.poll_read(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_shutdown(cx)
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.peer_addr()
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
