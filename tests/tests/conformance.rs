@@ -29,6 +29,7 @@ macro_rules! suite {
         mod env;
         mod env_network;
         mod files;
+        mod file_server;
         mod peer_process;
         mod races;
         mod slow_reader;

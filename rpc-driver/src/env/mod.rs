@@ -15,10 +15,21 @@
 //! is retried: an ask whose connection drops fails with [`RpcError::Disconnected`] at once.
 //! Retrying is the caller's choice ([`RpcEndpointRef::ask_with_retry`], for idempotent
 //! messages).
+//!
+//! # Files
+//!
+//! Like Spark's `RpcEnvFileServer`, a server-mode env serves files, jars and directories to
+//! other envs: [`RpcEnv::file_server`] registers them and returns their URIs
+//! (`rpc://host:port/files/<name>`), and [`RpcEnv::open_channel`] downloads one as a
+//! [`FileDownload`] (an `AsyncRead` with bounded memory). Downloads travel on connections of
+//! their own, not on the one control messages use, so asks to a peer never wait behind a
+//! large download from it. See [`FileServer`] for the rules (unique names, canonical paths,
+//! no escaping a directory).
 
 mod call;
 mod endpoint;
 mod error;
+mod file_server;
 mod mailbox;
 mod outbox;
 mod reference;
@@ -28,6 +39,7 @@ pub use endpoint::{
     BoxError, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure, EndpointKind, RpcEndpoint,
 };
 pub use error::{RpcError, SetupError};
+pub use file_server::{FileDownload, FileServer, FileServerError};
 pub use reference::{Ask, RpcEndpointRef};
 
 use std::collections::HashMap;
@@ -48,13 +60,14 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use self::call::CancelFlag;
+use self::file_server::BulkHandler;
 use self::mailbox::{EndpointTypes, Mailbox, Payload, Posted};
 use self::outbox::OutboxCell;
 use crate::runtime::Runtime;
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConfig,
-    TransportServer,
+    RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
+    TransportConfig, TransportServer,
 };
 
 /// The name of every env's built-in lookup endpoint (Spark's `RpcEndpointVerifier`).
@@ -249,6 +262,9 @@ pub(crate) struct EnvInner {
     pub(crate) address: Option<RpcAddress>,
     server: Mutex<Option<TransportServer>>,
     pub(crate) factory: TransportClientFactory,
+    /// Opens the connections downloads travel on, apart from control messages.
+    bulk_factory: TransportClientFactory,
+    file_server: FileServer,
     endpoints: Mutex<HashMap<String, Arc<Mailbox>>>,
     live: Mutex<usize>,
     endpoints_done: Latch,
@@ -411,9 +427,11 @@ impl EnvInner {
     }
 }
 
-/// The transport handler of an env: decodes envelopes and posts to mailboxes.
+/// The transport handler of an env: decodes envelopes and posts to mailboxes, and serves
+/// the env's files.
 struct EnvHandler {
     env: Weak<EnvInner>,
+    files: FileServer,
 }
 
 impl EnvHandler {
@@ -482,6 +500,10 @@ impl RpcHandler for EnvHandler {
         }
     }
 
+    fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        Some(&self.files)
+    }
+
     fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
         let Some((env, envelope, payload)) = self.decode(client, message) else {
             return;
@@ -548,10 +570,19 @@ impl RpcEnv {
     /// [`SetupError::Bind`], unless [`RpcEnvConfig::port_retries`] allows trying the next ones.
     pub fn create(rt: Arc<dyn Runtime>, config: RpcEnvConfig) -> Result<RpcEnv, SetupError> {
         let mut bind_error = None;
+        let file_server = FileServer::new();
         let inner = Arc::new_cyclic(|me: &Weak<EnvInner>| {
-            let handler: Arc<dyn RpcHandler> = Arc::new(EnvHandler { env: me.clone() });
+            let handler: Arc<dyn RpcHandler> = Arc::new(EnvHandler {
+                env: me.clone(),
+                files: file_server.clone(),
+            });
             let factory =
                 TransportClientFactory::new(rt.clone(), handler.clone(), config.transport.clone());
+            let bulk_factory = TransportClientFactory::new(
+                rt.clone(),
+                Arc::new(BulkHandler),
+                config.transport.clone(),
+            );
             let mut server = None;
             let mut address = None;
             if let Some((host, port)) = &config.bind {
@@ -576,12 +607,15 @@ impl RpcEnv {
                     Err(e) => bind_error = Some(e),
                 }
             }
+            file_server.set_address(address.clone());
             EnvInner {
                 me: me.clone(),
                 rt: rt.clone(),
                 address,
                 server: Mutex::new(server),
                 factory,
+                bulk_factory,
+                file_server: file_server.clone(),
                 endpoints: Mutex::new(HashMap::new()),
                 live: Mutex::new(0),
                 endpoints_done: Latch::default(),
@@ -618,6 +652,27 @@ impl RpcEnv {
     /// The env's configuration.
     pub fn config(&self) -> &RpcEnvConfig {
         &self.inner.config
+    }
+
+    /// The files, jars and directories this env serves to other envs (Spark's
+    /// `RpcEnv.fileServer`). In client mode, adding to it fails with
+    /// [`FileServerError::NoAddress`].
+    pub fn file_server(&self) -> &FileServer {
+        &self.inner.file_server
+    }
+
+    /// Downloads a file another env serves, by the URI its [`FileServer`] returned (Spark's
+    /// `RpcEnv.openChannel`). Resolves once the serving env has answered: a refusal (not
+    /// found, a path escaping its directory) is [`FileServerError::Download`] carrying the
+    /// serving env's message.
+    ///
+    /// The host is resolved with the system resolver, as for control connections. The
+    /// download has no timeout of its own: drop the [`FileDownload`] to abandon it.
+    ///
+    /// The download travels on a connection of its own (the env keeps a second client
+    /// factory for them), so control messages to the same env never wait behind it.
+    pub async fn open_channel(&self, uri: &str) -> Result<FileDownload, FileServerError> {
+        file_server::open_channel(&self.inner.bulk_factory, uri).await
     }
 
     fn register(
@@ -800,6 +855,7 @@ impl RpcEnv {
                 server.close();
             }
             me.factory.close();
+            me.bulk_factory.close();
             me.terminated.open();
             info!(name = %me.config.name, "rpc env terminated");
         }));
