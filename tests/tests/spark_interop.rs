@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rpc_proto::{Decoded, Frame, FrameDecoder, RequestId, RpcError, StreamChunkId};
 use rpc_tokio::{
-    RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
-    TransportConfig, TransportServer, UploadSink,
+    FileSegment, ManagedBuffer, RpcHandler, RpcResponder, StreamManager, TransportClient,
+    TransportClientFactory, TransportConfig, TransportServer, UploadSink,
 };
 
 /// The longest any single step waits for the other side (a JVM starting, a reply, a line).
@@ -686,7 +686,54 @@ impl RpcHandler for Patterns {
     }
 }
 
+/// A file holding `pattern(FILE_LEN, 0)`, for file-backed chunks and streams.
+fn pattern_file() -> &'static std::path::Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("spark-interop-{}", std::process::id()));
+        std::fs::write(&path, pattern(FILE_LEN, 0)).expect("write the pattern file");
+        path
+    })
+}
+
+const FILE_LEN: usize = 4 * MIB;
+
+/// Stream ids from here up are file-backed chunks: chunk `i` of stream `FILE_CHUNKS + k` is
+/// 100 bytes of the pattern file from offset `k + i`, which is `pattern(100, k + i)`.
+const FILE_CHUNKS: u64 = 1 << 41;
+
 impl StreamManager for Patterns {
+    fn chunk_buffer(
+        &self,
+        client: &TransportClient,
+        chunk: StreamChunkId,
+    ) -> Result<ManagedBuffer, String> {
+        if (FILE_CHUNKS..FILE_CHUNKS + (1 << 20)).contains(&chunk.stream_id) {
+            let offset = chunk.stream_id - FILE_CHUNKS + u64::from(chunk.chunk_index);
+            return FileSegment::open_range(pattern_file(), offset, 100)
+                .map(ManagedBuffer::File)
+                .map_err(|e| e.to_string());
+        }
+        self.chunk(client, chunk).map(ManagedBuffer::Memory)
+    }
+
+    fn open_stream_buffer(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ManagedBuffer, String> {
+        if let Some(n) = stream_id
+            .strip_prefix("file/")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            return FileSegment::open_range(pattern_file(), 0, n)
+                .map(ManagedBuffer::File)
+                .map_err(|e| e.to_string());
+        }
+        self.open_stream(client, stream_id)
+            .map(ManagedBuffer::Memory)
+    }
+
     fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
         let stream = chunk.stream_id as i64;
         if !(0..=64 * MIB as i64).contains(&stream) {
@@ -844,6 +891,30 @@ fn spark_fetches_chunks_and_streams_from_our_server() {
             unhex(got),
             pattern(n, 0),
             "stream bytes/{n} as Spark received it"
+        );
+    }
+    // File-backed: a chunk read into its frame, streams sent with sendfile.
+    for (k, index) in [(0u64, 0u32), (5, 2)] {
+        let line = peer.command(&format!("fetch {} {index}", FILE_CHUNKS + k));
+        let got = line
+            .strip_prefix("CHUNK ")
+            .unwrap_or_else(|| panic!("{line:.300}"));
+        assert_eq!(
+            unhex(got),
+            pattern(100, k + u64::from(index)),
+            "file-backed chunk"
+        );
+    }
+    for n in [0usize, 1, FILE_LEN] {
+        let line = peer.command(&format!("stream file/{n}"));
+        let got = line
+            .strip_prefix("STREAM ")
+            .or_else(|| (line == "STREAM").then_some(""))
+            .unwrap_or_else(|| panic!("stream file/{n}: {line:.300}\n{}", peer.diagnostics()));
+        assert_eq!(
+            unhex(got),
+            pattern(n, 0),
+            "file-backed stream file/{n} as Spark received it"
         );
     }
     let line = peer.command("fetch -5 0");
