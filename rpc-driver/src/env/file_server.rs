@@ -27,8 +27,8 @@ use tracing::debug;
 
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{
-    ConnectError, RpcHandler, RpcResponder, StreamCall, StreamManager, TransportClient,
-    TransportClientFactory,
+    ConnectError, FileSegment, ManagedBuffer, RpcHandler, RpcResponder, StreamCall, StreamManager,
+    TransportClient, TransportClientFactory,
 };
 
 /// The URI path prefix of files added with [`FileServer::add_file`].
@@ -123,9 +123,11 @@ pub enum FileServerError {
 /// (a space becomes `%20`); [`RpcEnv::open_channel`](super::RpcEnv::open_channel) decodes
 /// them.
 ///
-/// A file is read whole into memory when a peer asks for it, on that peer's connection task;
-/// sending file segments without copying replaces this later. Until then, serve large files
-/// knowing that each download holds one copy in memory while it is sent.
+/// A file is opened when a peer asks for it and sent as a [`FileSegment`]: from the page
+/// cache to the socket with `sendfile` where the adapter supports it, read and written in
+/// pieces otherwise, never held whole in memory. The file is opened on the connection's task
+/// (a short blocking call). Its size is taken when it is opened: do not change a file while it
+/// is being served.
 ///
 /// ```no_run
 /// # async fn demo(a: rpc_driver::env::RpcEnv, b: rpc_driver::env::RpcEnv)
@@ -294,12 +296,25 @@ impl StreamManager for FileServer {
         Err(format!("an rpc env serves no chunks (asked for {chunk})"))
     }
 
-    /// Reads the whole file now, on the connection's task (see the type's docs); the
-    /// zero-copy file-segment path will replace `read_whole` here.
+    /// The whole file, read into memory (for callers that want bytes; the transport uses
+    /// [`open_stream_buffer`](StreamManager::open_stream_buffer)).
     fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+        self.open_stream_buffer(client, stream_id)?
+            .to_bytes()
+            .map_err(|e| format!("cannot read {stream_id}: {e}"))
+    }
+
+    /// The file as a [`FileSegment`], sent without copying.
+    fn open_stream_buffer(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ManagedBuffer, String> {
         let file = self.resolve(stream_id)?;
         debug!(peer = %client.peer_addr(), %stream_id, "serving a file");
-        read_whole(&file).map_err(|e| format!("cannot read {stream_id}: {e}"))
+        FileSegment::open(&file)
+            .map(ManagedBuffer::File)
+            .map_err(|e| format!("cannot read {stream_id}: {e}"))
     }
 }
 
@@ -311,11 +326,6 @@ impl fmt::Debug for FileServer {
             .field("dirs", &lock(&self.inner.dirs).len())
             .finish()
     }
-}
-
-/// The body of a served file.
-fn read_whole(file: &Path) -> io::Result<Bytes> {
-    std::fs::read(file).map(Bytes::from)
 }
 
 fn canonical(path: &Path) -> Result<PathBuf, FileServerError> {
