@@ -222,6 +222,7 @@ public final class SparkPeer {
         case "send" -> result = send(client, HEX.parseHex(arg1));
         case "fetch" -> result = fetch(client, Long.parseLong(arg1), Integer.parseInt(arg2));
         case "stream" -> result = stream(client, arg1);
+        case "streams" -> result = streams(client, java.util.Arrays.copyOfRange(words, 1, words.length));
         case "upload" -> result = upload(client, HEX.parseHex(arg1), HEX.parseHex(arg2));
         default -> {
           System.err.println("SparkPeer: unknown command: " + line);
@@ -310,6 +311,22 @@ public final class SparkPeer {
       }
     });
     return result;
+  }
+
+  /** Several streams requested at once on one connection; answers with one line of results. */
+  static CompletableFuture<String> streams(TransportClient client, String[] ids) {
+    java.util.List<CompletableFuture<String>> all = new java.util.ArrayList<>();
+    for (String id : ids) {
+      all.add(stream(client, id));
+    }
+    return CompletableFuture.allOf(all.toArray(new CompletableFuture[0]))
+        .thenApply(done -> {
+          StringBuilder line = new StringBuilder("STREAMS");
+          for (CompletableFuture<String> one : all) {
+            line.append(" | ").append(one.join());
+          }
+          return line.toString();
+        });
   }
 
   static CompletableFuture<String> upload(TransportClient client, byte[] meta, byte[] data) {

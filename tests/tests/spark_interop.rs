@@ -917,6 +917,36 @@ fn spark_fetches_chunks_and_streams_from_our_server() {
             "file-backed stream file/{n} as Spark received it"
         );
     }
+    // Concurrent streams on one connection: Spark requests them all, then reads them all.
+    let ids = [
+        "bytes/100",
+        "file/3000000",
+        "bytes/0",
+        "nothing",
+        "bytes/70000",
+    ];
+    let line = peer.command(&format!("streams {}", ids.join(" ")));
+    let results: Vec<&str> = line
+        .strip_prefix("STREAMS | ")
+        .unwrap_or_else(|| panic!("{line:.300}"))
+        .split(" | ")
+        .collect();
+    assert_eq!(results.len(), ids.len(), "{line:.300}");
+    for (id, result) in ids.iter().zip(&results) {
+        if *id == "nothing" {
+            assert!(
+                result.starts_with("FAILED ") && result.contains("no stream nothing"),
+                "{result:.200}"
+            );
+            continue;
+        }
+        let n: usize = id.split('/').nth(1).unwrap().parse().unwrap();
+        let got = result
+            .strip_prefix("STREAM ")
+            .or_else(|| (*result == "STREAM").then_some(""))
+            .unwrap_or_else(|| panic!("{id}: {result:.200}"));
+        assert_eq!(unhex(got), pattern(n, 0), "{id} among concurrent streams");
+    }
     let line = peer.command("fetch -5 0");
     assert!(
         line.starts_with("FAILED ") && line.contains("we have no stream -5"),
