@@ -33,6 +33,7 @@ macro_rules! suite {
         mod peer_process;
         mod races;
         mod slow_reader;
+        mod spark_transport;
         mod streams;
         mod transport;
         mod wire;
