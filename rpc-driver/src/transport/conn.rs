@@ -633,6 +633,39 @@ impl Stream for StreamCall {
     }
 }
 
+/// What a panicking handler leaves to be failed.
+enum FailOnPanic {
+    Nothing,
+    Chunk(StreamChunkId),
+    Stream(rpc_proto::InboundStreamId, String),
+    Upload(RequestId),
+}
+
+impl FailOnPanic {
+    fn of(event: &Event) -> Self {
+        match event {
+            Event::ChunkFetchReceived { chunk } => FailOnPanic::Chunk(*chunk),
+            Event::StreamRequested { request, stream_id } => {
+                FailOnPanic::Stream(*request, stream_id.clone())
+            }
+            Event::UploadReceived { request, .. } | Event::UploadData { request, .. } => {
+                FailOnPanic::Upload(*request)
+            }
+            _ => FailOnPanic::Nothing,
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = panic.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
 impl Drop for StreamCall {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
@@ -817,8 +850,33 @@ impl RpcResponder {
     }
 }
 
+thread_local! {
+    /// Set while the driver runs a handler: responders dropped by that handler's panic are
+    /// kept here, so the driver can fail their calls with the panic's message.
+    static IN_HANDLER: std::cell::RefCell<Option<Vec<RpcResponder>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 impl Drop for RpcResponder {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = IN_HANDLER.with(|h| match h.try_borrow_mut() {
+                Ok(mut slot) => match slot.as_mut() {
+                    Some(list) => {
+                        list.push(RpcResponder {
+                            conn: self.conn.take(),
+                            request: self.request,
+                        });
+                        true
+                    }
+                    None => false,
+                },
+                Err(_) => false,
+            });
+            if kept {
+                return;
+            }
+        }
         if let Some(conn) = self.conn.take() {
             let request = self.request;
             let _ = conn.with_state(|st, now| {
@@ -1096,6 +1154,50 @@ impl Driver {
     /// Hands inbound requests to the handler, outside the lock.
     fn dispatch(&mut self, inbound: &mut Vec<Event>) {
         for event in inbound.drain(..) {
+            // A handler that panics fails what it was handling, not the connection.
+            let failed = FailOnPanic::of(&event);
+            IN_HANDLER.with(|h| *h.borrow_mut() = Some(Vec::new()));
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dispatch_one(event)));
+            let dropped = IN_HANDLER
+                .with(|h| h.borrow_mut().take())
+                .unwrap_or_default();
+            if let Err(panic) = outcome {
+                let message = format!("the handler panicked: {}", panic_message(&panic));
+                warn!(%message, "handler panicked");
+                for responder in dropped {
+                    let _ = responder.fail(&message);
+                }
+                self.fail_on_panic(failed, &message);
+            }
+        }
+    }
+
+    /// Answers the request a panicking handler left unanswered.
+    fn fail_on_panic(&mut self, failed: FailOnPanic, message: &str) {
+        match failed {
+            FailOnPanic::Chunk(chunk) => self.client.inner.with_state(|st, now| {
+                let _ = st.conn.respond_chunk_failure(now, chunk, message);
+            }),
+            FailOnPanic::Stream(request, stream_id) => self.client.inner.with_state(|st, now| {
+                let _ = st
+                    .conn
+                    .respond_stream_failure(now, request, &stream_id, message);
+            }),
+            FailOnPanic::Upload(request) => {
+                if let Some(slot) = self.uploads.get_mut(&request) {
+                    *slot = None;
+                }
+                self.client.inner.with_state(|st, now| {
+                    let _ = st.conn.respond_rpc_failure(now, request, message);
+                });
+            }
+            FailOnPanic::Nothing => {}
+        }
+    }
+
+    fn dispatch_one(&mut self, event: Event) {
+        {
             match event {
                 Event::RpcReceived { request, body } => {
                     let responder = RpcResponder::new(self.client.inner.clone(), request);
@@ -1194,9 +1296,9 @@ impl Driver {
                 }
                 Event::UploadData { request, data } => {
                     let Some(slot) = self.uploads.get_mut(&request) else {
-                        continue;
+                        return;
                     };
-                    let Some(sink) = slot else { continue };
+                    let Some(sink) = slot else { return };
                     if let Err(error) = sink.on_data(data) {
                         // The destination failed: tell the uploader now, discard the rest.
                         if let Some(sink) = slot.take() {

@@ -31,6 +31,7 @@ impl RpcHandler for Blocks {
 
 impl StreamManager for Blocks {
     fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+        assert_ne!(chunk.stream_id, 666, "stream 666 is cursed");
         self.streams.chunk(client, chunk)
     }
 
@@ -303,6 +304,32 @@ fn a_peer_that_fetches_without_reading_is_refused_rather_than_buffered_without_b
             served > 0 && served < chunks as usize,
             "{served} served, {refused} refused"
         );
+        server.close();
+    })
+}
+
+#[test]
+fn a_stream_manager_that_panics_fails_that_fetch_and_the_connection_keeps_working() {
+    block_on(async {
+        let (server, blocks, client) = serve().await;
+        let err = within(
+            "a failure",
+            client.fetch_chunk(StreamChunkId::new(666, 0), None),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Remote(m) if m.contains("panicked") && m.contains("cursed")),
+            "{err}"
+        );
+        let id = blocks
+            .streams
+            .register_stream("app", vec![pattern(3)], None);
+        let chunk = within(
+            "a chunk after it",
+            client.fetch_chunk(StreamChunkId::new(id, 0), None),
+        );
+        assert_eq!(chunk.await.unwrap(), pattern(3));
         server.close();
     })
 }

@@ -750,10 +750,6 @@ fn successes_and_failures_of_many_concurrent_rpcs_reach_their_own_callers() {
 }
 
 #[test]
-#[ignore = "bug: a panic in RpcHandler::receive unwinds through the connection's driver task \
-            (rpc-driver/src/transport/conn.rs, Driver::dispatch): the connection dies, the \
-            caller sees Disconnected(PeerClosed) instead of the handler's failure, and the \
-            server never runs connection_closed, so server.connections() keeps the dead one"]
 fn a_handler_that_panics_fails_the_call_and_the_server_keeps_serving() {
     // Spark's `throwErrorRPC`: the handler throws, the caller receives the failure.
     block_on(async {
