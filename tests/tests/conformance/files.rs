@@ -254,3 +254,84 @@ impl AsyncStream for Plain {
         self.0.local_addr()
     }
 }
+
+/// Serves one sparse file as the stream `big`.
+struct Sparse {
+    path: PathBuf,
+}
+
+impl RpcHandler for Sparse {
+    fn receive(&self, _: &TransportClient, message: Bytes, responder: RpcResponder) {
+        let _ = responder.reply(message);
+    }
+
+    fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        Some(self)
+    }
+}
+
+impl StreamManager for Sparse {
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+        Err(format!("no chunk {chunk}"))
+    }
+
+    fn open_stream_buffer(&self, _: &TransportClient, _: &str) -> Result<ManagedBuffer, String> {
+        FileSegment::open(&self.path)
+            .map(ManagedBuffer::File)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn a_stream_over_4_gib_arrives_whole_from_a_sparse_file() {
+    block_on(async {
+        use futures_lite::StreamExt;
+        let n: u64 = (4 << 30) + (1 << 20) + 7;
+        let path = std::env::temp_dir().join(format!(
+            "rpc-sparse-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        {
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_len(n - 3).unwrap();
+            // A marker at the end, past the 4 GiB line.
+            use std::io::{Seek, SeekFrom, Write};
+            let mut file = file;
+            file.seek(SeekFrom::Start(n - 3)).unwrap();
+            file.write_all(b"end").unwrap();
+        }
+        let server = TransportServer::bind(
+            rt(),
+            localhost(),
+            Arc::new(Sparse { path: path.clone() }),
+            TransportConfig::default(),
+        )
+        .unwrap();
+        let factory = TransportClientFactory::new(
+            rt(),
+            Arc::new(Echo::default()),
+            TransportConfig::default(),
+        );
+        let client = factory.create_client(server.local_addr()).await.unwrap();
+        let mut call = client.stream("big", None);
+        let mut received = 0u64;
+        let mut tail = Vec::new();
+        while let Some(piece) = give_up_after(LONG, call.next())
+            .await
+            .expect("a piece within the bound")
+        {
+            let piece = piece.unwrap();
+            received += piece.len() as u64;
+            tail.extend_from_slice(&piece[piece.len().saturating_sub(3)..]);
+            if tail.len() > 3 {
+                tail.drain(..tail.len() - 3);
+            }
+        }
+        assert_eq!(received, n);
+        assert_eq!(call.byte_count(), None, "the call is over");
+        assert_eq!(tail, b"end");
+        server.close();
+        let _ = std::fs::remove_file(path);
+    })
+}
