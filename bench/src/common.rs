@@ -1,0 +1,226 @@
+//! What every contender shares: workload sizes, the measurements, and the result lines.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The payload of every small request and reply (W1, W2, W3, W5, W6).
+pub(crate) const PAYLOAD: usize = 32;
+/// In-flight requests in W2.
+pub(crate) const PIPELINE: usize = 64;
+/// Client connections in W5.
+pub(crate) const FAN_IN: usize = 64;
+/// Repetitions of the W4 fetch.
+pub(crate) const W4_REPS: usize = 5;
+
+/// The sizes of one run: full (as WORKLOADS.md defines them) or `--quick`.
+#[derive(Debug, Clone)]
+pub(crate) struct Sizes {
+    pub(crate) warmup: usize,
+    pub(crate) latency: usize,
+    pub(crate) pipelined: usize,
+    pub(crate) one_way: usize,
+    pub(crate) fan_in_asks: usize,
+    pub(crate) block: usize,
+    pub(crate) file: u64,
+}
+
+impl Sizes {
+    pub(crate) fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                warmup: 20,
+                latency: 200,
+                pipelined: 2_000,
+                one_way: 10_000,
+                fan_in_asks: 20,
+                block: 16 << 20,
+                file: 16 << 20,
+            }
+        } else {
+            Self {
+                warmup: 2_000,
+                latency: 20_000,
+                pipelined: 200_000,
+                one_way: 1_000_000,
+                fan_in_asks: 2_000,
+                block: 256 << 20,
+                file: 1 << 30,
+            }
+        }
+    }
+}
+
+/// The workloads W1..W7.
+pub(crate) const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
+
+/// The contenders, in the order they run.
+pub(crate) const CONTENDERS: [&str; 5] = ["rpc-tokio", "rpc-async-std", "rpc-smol", "tarpc", "raw"];
+
+/// Whether `contender` runs `workload`.
+pub(crate) fn supports(contender: &str, workload: &str) -> bool {
+    contender != "tarpc" || matches!(workload, "W1" | "W2" | "W3" | "W5" | "W6")
+}
+
+/// Whether the server of `workload` needs the in-memory block.
+pub(crate) fn needs_block(workload: &str) -> bool {
+    matches!(workload, "W4" | "W6")
+}
+
+/// The server's options.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerOpts {
+    pub(crate) port: u16,
+    pub(crate) block: usize,
+    pub(crate) file: Option<PathBuf>,
+}
+
+/// The client's options.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientOpts {
+    pub(crate) port: u16,
+    pub(crate) contender: String,
+    pub(crate) workload: String,
+    pub(crate) sizes: Sizes,
+    pub(crate) server_pid: Option<u32>,
+}
+
+impl ClientOpts {
+    pub(crate) fn control(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    pub(crate) fn data(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port + 1).into()
+    }
+}
+
+/// Prints one figure as a machine-readable line.
+#[allow(clippy::print_stdout)]
+pub(crate) fn result(opts: &ClientOpts, metric: &str, value: f64) {
+    let line = serde_json::json!({
+        "contender": opts.contender,
+        "workload": opts.workload,
+        "metric": metric,
+        "value": value,
+    });
+    println!("RESULT {line}");
+}
+
+/// Latency figures of a set of round trips (µs).
+pub(crate) fn latency(opts: &ClientOpts, mut samples: Vec<Duration>, with_mean: bool) {
+    samples.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let at = |q: f64| us(samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)]);
+    result(opts, "p50_us", at(0.50));
+    result(opts, "p99_us", at(0.99));
+    if with_mean {
+        let mean = samples.iter().map(|d| us(*d)).sum::<f64>() / samples.len() as f64;
+        result(opts, "mean_us", mean);
+    }
+}
+
+/// A rate figure: `count` things in `elapsed`.
+pub(crate) fn rate(opts: &ClientOpts, metric: &str, count: usize, elapsed: Duration) {
+    result(opts, metric, count as f64 / elapsed.as_secs_f64());
+}
+
+/// Bulk figures: GiB/s of each repetition (median reported) and both processes' peak RSS.
+pub(crate) fn bulk(opts: &ClientOpts, bytes: u64, times: &mut [Duration]) {
+    times.sort();
+    let median = times[times.len() / 2];
+    result(
+        opts,
+        "gib_per_s",
+        bytes as f64 / (1u64 << 30) as f64 / median.as_secs_f64(),
+    );
+    peak_rss(opts);
+}
+
+/// Peak RSS (VmHWM) of the client and, when known, of the server.
+pub(crate) fn peak_rss(opts: &ClientOpts) {
+    if let Some(kib) = vm_hwm_kib("self") {
+        result(opts, "client_peak_rss_mib", kib as f64 / 1024.0);
+    }
+    if let Some(kib) = opts.server_pid.and_then(|p| vm_hwm_kib(&p.to_string())) {
+        result(opts, "server_peak_rss_mib", kib as f64 / 1024.0);
+    }
+}
+
+/// VmHWM of `/proc/<pid>/status`, in KiB.
+pub(crate) fn vm_hwm_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User plus system CPU seconds of a process so far (`/proc/<pid>/stat`, 100 ticks a second).
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Times W7's transfers and reports GiB/s and the server's CPU seconds per GiB.
+pub(crate) struct FileTimer {
+    cpu: Option<f64>,
+    start: Instant,
+}
+
+impl FileTimer {
+    pub(crate) fn start(opts: &ClientOpts) -> Self {
+        Self {
+            cpu: opts.server_pid.and_then(cpu_seconds),
+            start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn finish(self, opts: &ClientOpts, bytes: u64) {
+        let elapsed = self.start.elapsed();
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        result(opts, "gib_per_s", gib / elapsed.as_secs_f64());
+        if let (Some(before), Some(after)) = (self.cpu, opts.server_pid.and_then(cpu_seconds)) {
+            result(opts, "server_cpu_s_per_gib", (after - before) / gib);
+        }
+        peak_rss(opts);
+    }
+}
+
+/// A block of `n` pattern bytes (touched, so it is resident like a real cached block).
+pub(crate) fn block(n: usize) -> bytes::Bytes {
+    (0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>().into()
+}
+
+/// Makes sure `path` is a file of `n` bytes, writing it if not (writing leaves it in the page
+/// cache), then reads it once so it is cached.
+pub(crate) fn ensure_file(path: &std::path::Path, n: u64) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    if std::fs::metadata(path).map(|m| m.len()).ok() != Some(n) {
+        let tmp = path.with_extension("tmp");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let piece: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(piece.len() as u64) as usize;
+            f.write_all(&piece[..k])?;
+            left -= k as u64;
+        }
+        f.flush()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+    }
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+/// The default W7 file for a size.
+pub(crate) fn default_file(n: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("rpc-bench-{n}.bin"))
+}

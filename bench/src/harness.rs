@@ -1,0 +1,401 @@
+//! `rpc-bench all`: spawns server/client process pairs, interleaved (A B A B ...), takes the
+//! median of the repetitions and writes the report: `results.md`, `results.json`,
+//! `ratios.svg`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{self, Sizes};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// What `all` runs.
+pub(crate) struct Plan {
+    pub(crate) workloads: Vec<String>,
+    pub(crate) contenders: Vec<String>,
+    pub(crate) quick: bool,
+    pub(crate) reps: usize,
+    pub(crate) out: PathBuf,
+}
+
+/// (workload, metric, contender) -> the figure of each repetition.
+type Figures = BTreeMap<(String, String, String), Vec<f64>>;
+
+/// Kills the server when the pair is done, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two free adjacent ports: control and data.
+fn free_ports() -> Result<u16, Error> {
+    for _ in 0..100 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = a.local_addr()?.port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no two free adjacent ports".into())
+}
+
+fn run_pair(
+    plan: &Plan,
+    sizes: &Sizes,
+    contender: &str,
+    workload: &str,
+) -> Result<Vec<(String, f64)>, Error> {
+    let exe = std::env::current_exe()?;
+    let port = free_ports()?.to_string();
+    let mut server = Command::new(&exe);
+    server.args(["server", "--port", &port, "--contender", contender]);
+    let block = if common::needs_block(workload) {
+        sizes.block
+    } else {
+        0
+    };
+    server.args(["--block-bytes", &block.to_string()]);
+    let file = if workload == "W7" {
+        common::default_file(sizes.file).display().to_string()
+    } else {
+        "none".to_owned()
+    };
+    server.args(["--file", &file]);
+    if plan.quick {
+        server.arg("--quick");
+    }
+    let mut server = Server(server.stdout(Stdio::piped()).spawn()?);
+    let mut lines = BufReader::new(server.0.stdout.take().ok_or("no server stdout")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            return Err(format!("{contender} server exited before it was ready").into());
+        }
+        if line.trim() == "READY" {
+            break;
+        }
+    }
+    let pid = server.0.id().to_string();
+    let mut client = Command::new(&exe);
+    client.args([
+        "client",
+        "--port",
+        &port,
+        "--contender",
+        contender,
+        "--workload",
+        workload,
+        "--server-pid",
+        &pid,
+    ]);
+    if plan.quick {
+        client.arg("--quick");
+    }
+    let mut client = client.stdout(Stdio::piped()).spawn()?;
+    let stdout = client.stdout.take().ok_or("no client stdout")?;
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let limit = Duration::from_secs(if plan.quick { 60 } else { 600 });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = client.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = client.kill();
+            let _ = client.wait();
+            return Err(format!("{contender} {workload} timed out after {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines = reader.join().map_err(|_| "reading the client's output")?;
+    drop(server);
+    if !status.success() {
+        return Err(format!("{contender} {workload} client failed: {status}").into());
+    }
+    let mut figures = Vec::new();
+    for line in lines {
+        if let Some(json) = line.strip_prefix("RESULT ") {
+            let v: Value = serde_json::from_str(json)?;
+            let metric = v["metric"].as_str().ok_or("a result without a metric")?;
+            let value = v["value"].as_f64().ok_or("a result without a value")?;
+            figures.push((metric.to_owned(), value));
+        }
+    }
+    Ok(figures)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the plan and writes the report.
+pub(crate) fn all(plan: &Plan) -> Result<(), Error> {
+    let sizes = Sizes::new(plan.quick);
+    if plan.workloads.iter().any(|w| w == "W7") {
+        let path = common::default_file(sizes.file);
+        println!(
+            "preparing {} ({} bytes, page cache)",
+            path.display(),
+            sizes.file
+        );
+        common::ensure_file(&path, sizes.file)?;
+    }
+    let mut figures = Figures::new();
+    let mut failures = Vec::new();
+    for workload in &plan.workloads {
+        for rep in 0..plan.reps {
+            for contender in &plan.contenders {
+                if !common::supports(contender, workload) {
+                    continue;
+                }
+                let start = Instant::now();
+                match run_pair(plan, &sizes, contender, workload) {
+                    Ok(got) => {
+                        let shown: Vec<String> =
+                            got.iter().map(|(m, v)| format!("{m}={v:.2}")).collect();
+                        println!(
+                            "{workload} rep {} {contender}: {} ({:.1}s)",
+                            rep + 1,
+                            shown.join(" "),
+                            start.elapsed().as_secs_f64()
+                        );
+                        for (metric, value) in got {
+                            figures
+                                .entry((workload.clone(), metric, contender.clone()))
+                                .or_default()
+                                .push(value);
+                        }
+                    }
+                    Err(e) => {
+                        println!("{workload} rep {} {contender}: FAILED: {e}", rep + 1);
+                        failures.push(format!("{workload} {contender}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(&plan.out)?;
+    let medians: BTreeMap<_, _> = figures
+        .iter()
+        .map(|(k, v)| (k.clone(), median(v)))
+        .collect();
+    let table = markdown(plan, &medians);
+    std::fs::write(plan.out.join("results.md"), &table)?;
+    std::fs::write(
+        plan.out.join("results.json"),
+        serde_json::to_string_pretty(&report_json(plan, &figures, &medians, &failures))?,
+    )?;
+    std::fs::write(plan.out.join("ratios.svg"), svg(plan, &medians))?;
+    println!("\n{table}");
+    println!("written to {}", plan.out.display());
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} pair(s) failed: {}", failures.len(), failures.join("; ")).into())
+    }
+}
+
+type Medians = BTreeMap<(String, String, String), f64>;
+
+fn ratio(
+    medians: &Medians,
+    workload: &str,
+    metric: &str,
+    contender: &str,
+    to: &str,
+) -> Option<f64> {
+    let v = medians.get(&(workload.into(), metric.into(), contender.into()))?;
+    let r = medians.get(&(workload.into(), metric.into(), to.into()))?;
+    (*r != 0.0).then(|| v / r)
+}
+
+/// The (workload, metric) rows present, in workload order.
+fn rows(medians: &Medians) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = medians
+        .keys()
+        .map(|(w, m, _)| (w.clone(), m.clone()))
+        .collect();
+    rows.dedup();
+    rows
+}
+
+fn markdown(plan: &Plan, medians: &Medians) -> String {
+    let mut s = format!(
+        "Medians of {} repetition(s){}; each cell: value (ratio to raw, ratio to tarpc). \
+         Ratios above 1 are faster for rates and slower for latencies, CPU and RSS.\n\n",
+        plan.reps,
+        if plan.quick { ", --quick sizes" } else { "" }
+    );
+    s += "| workload | metric |";
+    for c in &plan.contenders {
+        s += &format!(" {c} |");
+    }
+    s += "\n|---|---|";
+    for _ in &plan.contenders {
+        s += "---|";
+    }
+    s += "\n";
+    for (w, m) in rows(medians) {
+        s += &format!("| {w} | {m} |");
+        for c in &plan.contenders {
+            match medians.get(&(w.clone(), m.clone(), c.clone())) {
+                Some(v) => {
+                    let r = |to: &str| {
+                        ratio(medians, &w, &m, c, to).map_or("-".to_owned(), |r| format!("{r:.2}"))
+                    };
+                    s += &format!(" {} ({}, {}) |", number(*v), r("raw"), r("tarpc"));
+                }
+                None => s += " - |",
+            }
+        }
+        s += "\n";
+    }
+    s
+}
+
+fn number(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn report_json(plan: &Plan, figures: &Figures, medians: &Medians, failures: &[String]) -> Value {
+    let list: Vec<Value> = figures
+        .iter()
+        .map(|((w, m, c), runs)| {
+            json!({
+                "workload": w,
+                "metric": m,
+                "contender": c,
+                "value": medians[&(w.clone(), m.clone(), c.clone())],
+                "runs": runs,
+                "ratio_to_raw": ratio(medians, w, m, c, "raw"),
+                "ratio_to_tarpc": ratio(medians, w, m, c, "tarpc"),
+            })
+        })
+        .collect();
+    json!({
+        "quick": plan.quick,
+        "repetitions": plan.reps,
+        "figures": list,
+        "failures": failures,
+    })
+}
+
+/// The headline metric of each workload and whether higher is better.
+const HEADLINES: [(&str, &str, bool); 7] = [
+    ("W1", "p50_us", false),
+    ("W2", "req_per_s", true),
+    ("W3", "msg_per_s", true),
+    ("W4", "gib_per_s", true),
+    ("W5", "asks_per_s", true),
+    ("W6", "p50_us", false),
+    ("W7", "gib_per_s", true),
+];
+
+/// A grouped bar chart: each workload's headline figure relative to the raw floor, as a
+/// speed (higher is better: rates divided by raw's, raw's latency divided by ours).
+fn svg(plan: &Plan, medians: &Medians) -> String {
+    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f"];
+    let groups: Vec<_> = HEADLINES
+        .iter()
+        .filter(|(w, _, _)| plan.workloads.iter().any(|x| x == w))
+        .collect();
+    let speed = |w: &str, m: &str, higher: bool, c: &str| {
+        ratio(medians, w, m, c, "raw").map(|r| if higher { r } else { 1.0 / r })
+    };
+    let mut top: f64 = 1.2;
+    for (w, m, h) in &groups {
+        for c in &plan.contenders {
+            if let Some(s) = speed(w, m, *h, c) {
+                top = top.max(s * 1.1);
+            }
+        }
+    }
+    let (width, height, left, bottom, top_pad) = (900.0, 420.0, 60.0, 60.0, 40.0);
+    let plot_h = height - bottom - top_pad;
+    let group_w = (width - left - 20.0) / groups.len().max(1) as f64;
+    let bar_w = group_w * 0.8 / plan.contenders.len().max(1) as f64;
+    let y = |v: f64| top_pad + plot_h * (1.0 - v / top);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"20\" font-size=\"14\">Speed relative to the raw-TCP floor \
+         (1.0 = raw; higher is better){}</text>\n",
+        if plan.quick { ", --quick run" } else { "" }
+    );
+    let mut tick = 0.0;
+    while tick <= top + 1e-9 {
+        s += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.1}</text>\n",
+            width - 20.0,
+            left - 5.0,
+            y(tick) + 4.0,
+            y = y(tick)
+        );
+        tick += if top > 3.0 { 0.5 } else { 0.2 };
+    }
+    s += &format!(
+        "<line x1=\"{left}\" x2=\"{}\" y1=\"{y1:.1}\" y2=\"{y1:.1}\" stroke=\"black\" \
+         stroke-dasharray=\"4\"/>\n",
+        width - 20.0,
+        y1 = y(1.0)
+    );
+    for (g, (w, m, h)) in groups.iter().enumerate() {
+        let x0 = left + g as f64 * group_w + group_w * 0.1;
+        for (i, c) in plan.contenders.iter().enumerate() {
+            if let Some(v) = speed(w, m, *h, c) {
+                let x = x0 + i as f64 * bar_w;
+                s += &format!(
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
+                     fill=\"{}\"><title>{c} {w} {m}: {v:.2}</title></rect>\n",
+                    y(v),
+                    bar_w * 0.9,
+                    y(0.0) - y(v),
+                    colors[i % colors.len()]
+                );
+            }
+        }
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{w} {m}</text>\n",
+            x0 + group_w * 0.4,
+            height - bottom + 18.0
+        );
+    }
+    for (i, c) in plan.contenders.iter().enumerate() {
+        let x = left + i as f64 * 150.0;
+        s += &format!(
+            "<rect x=\"{x}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>\
+             <text x=\"{}\" y=\"{:.1}\">{c}</text>\n",
+            height - 25.0,
+            colors[i % colors.len()],
+            x + 16.0,
+            height - 15.0
+        );
+    }
+    s += "</svg>\n";
+    s
+}

@@ -1,0 +1,215 @@
+//! `rpc-bench`: the workloads W1..W7 of `shared/bench/WORKLOADS.md`, run against our adapters
+//! (`rpc-tokio`, `rpc-async-std` under async-std and under smol), tarpc and a raw-TCP floor,
+//! client and server in separate processes.
+//!
+//! ```text
+//! rpc-bench server --port P --contender C [--block-bytes N] [--file PATH] [--quick]
+//! rpc-bench client --port P --contender C --workload W [--quick] [--server-pid PID]
+//! rpc-bench all [--workload W] [--contender C] [--quick] [--reps N] [--out DIR]
+//! ```
+//!
+//! The server listens on P (control plane) and P+1 (data plane). The client prints each
+//! figure as `RESULT {"contender":..,"workload":..,"metric":..,"value":..}`. `all` spawns
+//! server/client pairs itself, interleaved (A B A B ...), and writes a markdown table, a JSON
+//! file and an SVG chart of the ratios under `bench/results/`.
+
+// A command-line tool: its output is stdout.
+#![allow(clippy::print_stdout)]
+
+mod common;
+mod harness;
+mod ours;
+mod raw;
+mod tarpc_side;
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+
+use common::{ClientOpts, ServerOpts, Sizes};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Tells the harness the server is listening.
+pub(crate) fn ready() {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "READY");
+    let _ = out.flush();
+}
+
+/// Command-line flags: `--name value` pairs and `--flag` switches.
+struct Args {
+    command: String,
+    pairs: Vec<(String, Option<String>)>,
+}
+
+impl Args {
+    fn parse() -> Result<Self, Error> {
+        let mut it = std::env::args().skip(1).peekable();
+        let command = it
+            .next()
+            .ok_or("usage: rpc-bench server|client|all [options]")?;
+        let mut pairs = Vec::new();
+        while let Some(flag) = it.next() {
+            let name = flag
+                .strip_prefix("--")
+                .ok_or_else(|| format!("unexpected argument {flag}"))?
+                .to_owned();
+            let value = match it.peek() {
+                Some(v) if !v.starts_with("--") => it.next(),
+                _ => None,
+            };
+            pairs.push((name, value));
+        }
+        Ok(Self { command, pairs })
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn values(&self, name: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, v)| v.clone())
+            .flat_map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(n, _)| n == name)
+    }
+
+    fn required(&self, name: &str) -> Result<&str, Error> {
+        self.value(name)
+            .ok_or_else(|| format!("--{name} is required").into())
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("rpc-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Error> {
+    let args = Args::parse()?;
+    let quick = args.flag("quick");
+    let sizes = Sizes::new(quick);
+    match args.command.as_str() {
+        "server" => {
+            let contender = args.required("contender")?.to_owned();
+            let file = match args.value("file") {
+                Some("none") => None,
+                Some(path) => Some(path.into()),
+                None if contender != "tarpc" => {
+                    let path = common::default_file(sizes.file);
+                    common::ensure_file(&path, sizes.file)?;
+                    Some(path)
+                }
+                None => None,
+            };
+            let opts = ServerOpts {
+                port: args.required("port")?.parse()?,
+                block: match args.value("block-bytes") {
+                    Some(n) => n.parse()?,
+                    None => sizes.block,
+                },
+                file,
+            };
+            on_runtime(&contender.clone(), move |rt| async move {
+                match contender.as_str() {
+                    "tarpc" => tarpc_side::server(opts).await,
+                    "raw" => raw::server(opts).await,
+                    _ => ours::server(rt.expect("our contenders have a runtime"), opts).await,
+                }
+            })
+        }
+        "client" => {
+            let opts = ClientOpts {
+                port: args.required("port")?.parse()?,
+                contender: args.required("contender")?.to_owned(),
+                workload: args.required("workload")?.to_owned(),
+                sizes,
+                server_pid: args.value("server-pid").map(str::parse).transpose()?,
+            };
+            on_runtime(&opts.contender.clone(), move |rt| async move {
+                match opts.contender.as_str() {
+                    "tarpc" => tarpc_side::client(opts).await,
+                    "raw" => raw::client(opts).await,
+                    _ => ours::client(rt.expect("our contenders have a runtime"), opts).await,
+                }
+            })
+        }
+        "all" => harness::all(&args_for_harness(&args, quick)?),
+        other => Err(format!("unknown command {other} (server, client or all)").into()),
+    }
+}
+
+fn args_for_harness(args: &Args, quick: bool) -> Result<harness::Plan, Error> {
+    let pick = |given: Vec<String>, all: &[&str]| -> Result<Vec<String>, Error> {
+        if given.is_empty() {
+            return Ok(all.iter().map(|s| (*s).to_owned()).collect());
+        }
+        for g in &given {
+            if !all.contains(&g.as_str()) {
+                return Err(format!("unknown {g} (one of {})", all.join(", ")).into());
+            }
+        }
+        Ok(given)
+    };
+    Ok(harness::Plan {
+        workloads: pick(args.values("workload"), &common::WORKLOADS)?,
+        contenders: pick(args.values("contender"), &common::CONTENDERS)?,
+        quick,
+        reps: match args.value("reps") {
+            Some(n) => n.parse()?,
+            None if quick => 1,
+            None => 3,
+        },
+        out: args
+            .value("out")
+            .map(Into::into)
+            .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/results").into()),
+    })
+}
+
+/// Runs `body` on the contender's runtime, with our `Runtime` for our contenders.
+fn on_runtime<F, Fut>(contender: &str, body: F) -> Result<(), Error>
+where
+    F: FnOnce(Option<Arc<dyn rpc_tokio::Runtime>>) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    match contender {
+        "rpc-tokio" | "tarpc" | "raw" => {
+            let tokio = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let ours = contender == "rpc-tokio";
+            tokio.block_on(async move {
+                let rt = ours.then(rpc_tokio::runtime);
+                body(rt).await
+            })
+        }
+        "rpc-async-std" => async_std::task::block_on(body(Some(rpc_async_std::runtime()))),
+        "rpc-smol" => {
+            // Our tasks on a smol executor of our own, run by two threads (one per core).
+            let executor = Arc::new(async_executor::Executor::new());
+            for _ in 0..2 {
+                let ex = executor.clone();
+                std::thread::spawn(move || {
+                    smol::block_on(ex.run(futures::future::pending::<()>()))
+                });
+            }
+            let rt: Arc<dyn rpc_tokio::Runtime> =
+                Arc::new(rpc_async_std::AsyncIoRuntime::with_executor(executor));
+            smol::block_on(body(Some(rt)))
+        }
+        other => Err(format!("unknown contender {other}").into()),
+    }
+}

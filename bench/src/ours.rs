@@ -1,0 +1,278 @@
+//! Our framework: typed messages through `RpcEndpointRef::ask` / `send` to an endpoint on the
+//! control plane (W1, W2, W3, W5, W6), streams on the transport layer (W4, W6, W7).
+//!
+//! The code is the same for every adapter (they export the same types); only the runtime
+//! handed in differs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rpc_tokio::rpc_proto::StreamChunkId;
+use rpc_tokio::{
+    BoxError, EndpointContext, FileSegment, ManagedBuffer, RpcCallContext, RpcEndpoint,
+    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcHandler, RpcResponder, Runtime, StreamManager,
+    TransportClient, TransportClientFactory, TransportConfig, TransportServer,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::common::*;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the bench endpoint takes.
+#[derive(Debug, Serialize, Deserialize)]
+enum Msg {
+    /// Ask: reply with the same bytes.
+    Echo(Vec<u8>),
+    /// Send: count it.
+    Data(Vec<u8>),
+    /// Ask: reply with the count so far (8 bytes, little-endian).
+    Count,
+}
+
+struct Bench {
+    count: u64,
+}
+
+impl RpcEndpoint for Bench {
+    type Message = Msg;
+    type Reply = Vec<u8>;
+
+    async fn receive(&mut self, _: &EndpointContext<Msg, Vec<u8>>, _: Msg) -> Result<(), BoxError> {
+        self.count += 1;
+        Ok(())
+    }
+
+    async fn receive_and_reply(
+        &mut self,
+        _: &EndpointContext<Msg, Vec<u8>>,
+        message: Msg,
+        call: RpcCallContext<Vec<u8>>,
+    ) -> Result<(), BoxError> {
+        call.reply(match message {
+            Msg::Echo(bytes) => bytes,
+            Msg::Data(_) => Vec::new(),
+            Msg::Count => self.count.to_le_bytes().to_vec(),
+        });
+        Ok(())
+    }
+}
+
+/// Serves the block (`block`) and the file (`file`) as streams.
+struct Data {
+    block: Bytes,
+    file: Option<PathBuf>,
+}
+
+impl RpcHandler for Data {
+    fn receive(&self, _: &TransportClient, message: Bytes, responder: RpcResponder) {
+        let _ = responder.reply(message);
+    }
+
+    fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        Some(self)
+    }
+}
+
+impl StreamManager for Data {
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+        Err(format!("no chunk {chunk}"))
+    }
+
+    fn open_stream_buffer(
+        &self,
+        _: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ManagedBuffer, String> {
+        match (stream_id, &self.file) {
+            ("block", _) => Ok(ManagedBuffer::Memory(self.block.clone())),
+            ("file", Some(path)) => FileSegment::open(path)
+                .map(ManagedBuffer::File)
+                .map_err(|e| e.to_string()),
+            (other, _) => Err(format!("no stream {other}")),
+        }
+    }
+}
+
+/// Runs the server until the process is killed.
+pub(crate) async fn server(rt: Arc<dyn Runtime>, opts: ServerOpts) -> Result<(), Error> {
+    let env = RpcEnv::create(
+        rt.clone(),
+        RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port),
+    )?;
+    env.setup_endpoint("bench", Bench { count: 0 })?;
+    let data = Arc::new(Data {
+        block: block(opts.block),
+        file: opts.file,
+    });
+    let _transport = TransportServer::bind(
+        rt,
+        ([127, 0, 0, 1], opts.port + 1).into(),
+        data,
+        TransportConfig::default(),
+    )?;
+    crate::ready();
+    futures::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn connect(
+    rt: &Arc<dyn Runtime>,
+    opts: &ClientOpts,
+) -> Result<(RpcEnv, RpcEndpointRef<Msg, Vec<u8>>), Error> {
+    let env = RpcEnv::create(rt.clone(), RpcEnvConfig::client("bench-client"))?;
+    let address = rpc_tokio::RpcAddress::new("127.0.0.1", opts.port);
+    let bench = env
+        .setup_endpoint_ref::<Msg, Vec<u8>>(address, "bench")
+        .await?;
+    Ok((env, bench))
+}
+
+async fn round_trips(
+    bench: &RpcEndpointRef<Msg, Vec<u8>>,
+    n: usize,
+) -> Result<Vec<Duration>, Error> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let reply = bench.ask(Msg::Echo(vec![7; PAYLOAD])).await?;
+        samples.push(start.elapsed());
+        assert_eq!(reply.len(), PAYLOAD);
+    }
+    Ok(samples)
+}
+
+async fn latency_run(
+    bench: &RpcEndpointRef<Msg, Vec<u8>>,
+    sizes: &Sizes,
+) -> Result<Vec<Duration>, Error> {
+    round_trips(bench, sizes.warmup).await?;
+    round_trips(bench, sizes.latency).await
+}
+
+/// Reads a whole stream, discarding it; returns its length.
+async fn drain(client: &TransportClient, id: &str) -> Result<u64, Error> {
+    let mut call = client.stream(id, None);
+    let mut n = 0u64;
+    while let Some(piece) = call.next().await {
+        n += piece?.len() as u64;
+    }
+    Ok(n)
+}
+
+async fn nap(rt: &Arc<dyn Runtime>) {
+    let mut timer = rt.new_timer(Instant::now() + Duration::from_micros(200));
+    rpc_tokio::rpc_driver::timer_fired(timer.as_mut()).await;
+}
+
+/// Runs one workload against a server.
+pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(), Error> {
+    let sizes = opts.sizes.clone();
+    match opts.workload.as_str() {
+        "W1" => {
+            let (_env, bench) = connect(&rt, &opts).await?;
+            let samples = latency_run(&bench, &sizes).await?;
+            latency(&opts, samples, true);
+        }
+        "W2" => {
+            let (_env, bench) = connect(&rt, &opts).await?;
+            let start = Instant::now();
+            let mut replies = futures::stream::iter(0..sizes.pipelined)
+                .map(|_| bench.ask(Msg::Echo(vec![7; PAYLOAD])))
+                .buffer_unordered(PIPELINE);
+            while let Some(reply) = replies.next().await {
+                assert_eq!(reply?.len(), PAYLOAD);
+            }
+            rate(&opts, "req_per_s", sizes.pipelined, start.elapsed());
+        }
+        "W3" => {
+            let (_env, bench) = connect(&rt, &opts).await?;
+            let start = Instant::now();
+            let mut refused = 0u64;
+            for _ in 0..sizes.one_way {
+                while bench.send(Msg::Data(vec![7; PAYLOAD])).is_err() {
+                    // The send buffer is full: let the connection drain it.
+                    refused += 1;
+                    nap(&rt).await;
+                }
+            }
+            loop {
+                let reply = bench.ask(Msg::Count).await?;
+                let count = u64::from_le_bytes(reply[..8].try_into()?);
+                if count >= sizes.one_way as u64 {
+                    break;
+                }
+                nap(&rt).await;
+            }
+            rate(&opts, "msg_per_s", sizes.one_way, start.elapsed());
+            result(&opts, "send_refusals", refused as f64);
+        }
+        "W4" => {
+            let client = data_client(&rt, &opts).await?;
+            let mut times = Vec::new();
+            for _ in 0..W4_REPS {
+                let start = Instant::now();
+                let n = drain(&client, "block").await?;
+                times.push(start.elapsed());
+                assert_eq!(n, sizes.block as u64);
+            }
+            bulk(&opts, sizes.block as u64, &mut times);
+        }
+        "W5" => {
+            let mut benches = Vec::new();
+            let mut envs = Vec::new();
+            for _ in 0..FAN_IN {
+                let (env, bench) = connect(&rt, &opts).await?;
+                envs.push(env);
+                benches.push(bench);
+            }
+            let start = Instant::now();
+            let results = futures::future::join_all(
+                benches.iter().map(|b| round_trips(b, sizes.fan_in_asks)),
+            )
+            .await;
+            let elapsed = start.elapsed();
+            for r in results {
+                r?;
+            }
+            rate(&opts, "asks_per_s", FAN_IN * sizes.fan_in_asks, elapsed);
+        }
+        "W6" => {
+            let (_env, bench) = connect(&rt, &opts).await?;
+            let client = data_client(&rt, &opts).await?;
+            let load = async {
+                loop {
+                    drain(&client, "block").await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<Vec<Duration>, Error>(Vec::new())
+            };
+            let samples = futures_lite::future::or(latency_run(&bench, &sizes), load).await?;
+            latency(&opts, samples, false);
+        }
+        "W7" => {
+            let client = data_client(&rt, &opts).await?;
+            let timer = FileTimer::start(&opts);
+            let n = drain(&client, "file").await?;
+            assert_eq!(n, sizes.file);
+            timer.finish(&opts, n);
+        }
+        other => return Err(format!("unknown workload {other}").into()),
+    }
+    Ok(())
+}
+
+async fn data_client(rt: &Arc<dyn Runtime>, opts: &ClientOpts) -> Result<TransportClient, Error> {
+    let factory = TransportClientFactory::new(
+        rt.clone(),
+        Arc::new(Data {
+            block: Bytes::new(),
+            file: None,
+        }),
+        TransportConfig::default(),
+    );
+    Ok(factory.create_client(opts.data()).await?)
+}
