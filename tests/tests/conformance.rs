@@ -28,8 +28,8 @@ macro_rules! suite {
         mod chunks;
         mod env;
         mod env_network;
-        mod files;
         mod file_server;
+        mod files;
         mod peer_process;
         mod races;
         mod slow_reader;
