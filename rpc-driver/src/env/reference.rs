@@ -224,7 +224,9 @@ where
         let deadline = now + timeout;
         let mut ask = Ask {
             state: AskState::Done,
-            timer: env.rt.new_timer(deadline),
+            timer: None,
+            deadline,
+            rt: Some(env.rt.clone()),
             timeout,
             endpoint,
             env: self.env.clone(),
@@ -303,7 +305,9 @@ where
         );
         let mut ask = Ask {
             state: AskState::Done,
-            timer: env.rt.new_timer(env.rt.now() + timeout),
+            timer: None,
+            deadline: env.rt.now() + timeout,
+            rt: Some(env.rt.clone()),
             timeout,
             endpoint,
             env: self.env.clone(),
@@ -426,7 +430,11 @@ enum AskState {
 #[must_use = "an ask's reply is only seen by awaiting it"]
 pub struct Ask<R> {
     state: AskState,
-    timer: Pin<Box<dyn AsyncTimer>>,
+    /// Made only while the ask waits in this process (for a local endpoint, or for a
+    /// connection): once sent, the connection times the call out at the same deadline.
+    timer: Option<Pin<Box<dyn AsyncTimer>>>,
+    deadline: std::time::Instant,
+    rt: Option<std::sync::Arc<dyn crate::runtime::Runtime>>,
     timeout: Duration,
     endpoint: String,
     env: Weak<EnvInner>,
@@ -440,7 +448,9 @@ impl<R> Ask<R> {
     fn failed(error: RpcError) -> Self {
         Self {
             state: AskState::Failed(error),
-            timer: Box::pin(NeverTimer),
+            timer: None,
+            deadline: std::time::Instant::now(),
+            rt: None,
             timeout: Duration::ZERO,
             endpoint: String::new(),
             env: Weak::new(),
@@ -509,7 +519,15 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
             }
             return Poll::Ready(result);
         }
-        if this.timer.as_mut().poll(cx).is_ready() {
+        // A sent call is timed out by its connection (at the same deadline); until then,
+        // our own timer does it.
+        let waiting_here = !matches!(this.state, AskState::Sent(..));
+        let timer = match (&mut this.timer, &this.rt) {
+            (Some(timer), _) => Some(timer),
+            (slot @ None, Some(rt)) if waiting_here => Some(slot.insert(rt.new_timer(this.deadline))),
+            _ => None,
+        };
+        if timer.is_some_and(|t| t.as_mut().poll(cx).is_ready()) {
             let error = this.timed_out();
             if let Some(cancel) = &this.cancel {
                 cancel.cancel();
@@ -582,16 +600,5 @@ fn reply<R: DeserializeOwned>(
         }
         Err(rpc_proto::RpcError::NotSent(e)) => Err(RpcError::NotSent(e.to_string().into())),
         Err(other) => Err(RpcError::Remote(other.to_string().into())),
-    }
-}
-
-#[derive(Debug)]
-struct NeverTimer;
-
-impl AsyncTimer for NeverTimer {
-    fn reset(self: Pin<&mut Self>, _: std::time::Instant) {}
-
-    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        Poll::Pending
     }
 }
