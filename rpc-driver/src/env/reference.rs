@@ -524,7 +524,9 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
         let waiting_here = !matches!(this.state, AskState::Sent(..));
         let timer = match (&mut this.timer, &this.rt) {
             (Some(timer), _) => Some(timer),
-            (slot @ None, Some(rt)) if waiting_here => Some(slot.insert(rt.new_timer(this.deadline))),
+            (slot @ None, Some(rt)) if waiting_here => {
+                Some(slot.insert(rt.new_timer(this.deadline)))
+            }
             _ => None,
         };
         if timer.is_some_and(|t| t.as_mut().poll(cx).is_ready()) {
