@@ -435,27 +435,23 @@ struct EnvHandler {
 }
 
 impl EnvHandler {
-    fn decode(
-        &self,
+    /// Decodes an envelope (an undecodable one is logged and counted) and remembers the
+    /// sending env's address for the connection.
+    fn open(
+        env: &EnvInner,
         client: &TransportClient,
         message: Bytes,
-    ) -> Option<(Arc<EnvInner>, Envelope, Bytes)> {
-        let env = self.env.upgrade()?;
-        match Envelope::decode(message) {
-            Ok((envelope, payload)) => {
-                if let Some(sender) = &envelope.sender {
-                    lock(&env.remote_envs)
-                        .entry(client.id())
-                        .or_insert_with(|| sender.clone());
-                }
-                Some((env, envelope, payload))
-            }
-            Err(error) => {
-                warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
-                env.stats.failed();
-                None
-            }
+    ) -> Result<(Envelope, Bytes), rpc_proto::EnvelopeError> {
+        let (envelope, payload) = Envelope::decode(message).inspect_err(|error| {
+            warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
+            env.stats.failed();
+        })?;
+        if let Some(sender) = &envelope.sender {
+            lock(&env.remote_envs)
+                .entry(client.id())
+                .or_insert_with(|| sender.clone());
         }
+        Ok((envelope, payload))
     }
 }
 
@@ -465,10 +461,9 @@ impl RpcHandler for EnvHandler {
             let _ = responder.fail("the rpc env is stopped");
             return;
         };
-        let (envelope, payload) = match Envelope::decode(message) {
+        let (envelope, payload) = match Self::open(&env, client, message) {
             Ok(decoded) => decoded,
             Err(error) => {
-                warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
                 let _ = responder.fail(&format!(
                     "{}undecodable envelope: {error}",
                     error::BAD_MESSAGE
@@ -476,11 +471,6 @@ impl RpcHandler for EnvHandler {
                 return;
             }
         };
-        if let Some(sender) = &envelope.sender {
-            lock(&env.remote_envs)
-                .entry(client.id())
-                .or_insert_with(|| sender.clone());
-        }
         match envelope.kind {
             EnvelopeKind::Verify => {
                 let verified = env.verify(&envelope.receiver, &envelope.message_type);
@@ -505,7 +495,10 @@ impl RpcHandler for EnvHandler {
     }
 
     fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
-        let Some((env, envelope, payload)) = self.decode(client, message) else {
+        let Some(env) = self.env.upgrade() else {
+            return;
+        };
+        let Ok((envelope, payload)) = Self::open(&env, client, message) else {
             return;
         };
         match envelope.kind {

@@ -226,7 +226,6 @@ where
             state: AskState::Done,
             timer: None,
             deadline,
-            rt: Some(env.rt.clone()),
             timeout,
             endpoint,
             env: self.env.clone(),
@@ -307,7 +306,6 @@ where
             state: AskState::Done,
             timer: None,
             deadline: env.rt.now() + timeout,
-            rt: Some(env.rt.clone()),
             timeout,
             endpoint,
             env: self.env.clone(),
@@ -434,7 +432,6 @@ pub struct Ask<R> {
     /// connection): once sent, the connection times the call out at the same deadline.
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
     deadline: std::time::Instant,
-    rt: Option<std::sync::Arc<dyn crate::runtime::Runtime>>,
     timeout: Duration,
     endpoint: String,
     env: Weak<EnvInner>,
@@ -450,7 +447,6 @@ impl<R> Ask<R> {
             state: AskState::Failed(error),
             timer: None,
             deadline: std::time::Instant::now(),
-            rt: None,
             timeout: Duration::ZERO,
             endpoint: String::new(),
             env: Weak::new(),
@@ -522,14 +518,16 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
         // A sent call is timed out by its connection (at the same deadline); until then,
         // our own timer does it.
         let waiting_here = !matches!(this.state, AskState::Sent(..));
-        let timer = match (&mut this.timer, &this.rt) {
-            (Some(timer), _) => Some(timer),
-            (slot @ None, Some(rt)) if waiting_here => {
-                Some(slot.insert(rt.new_timer(this.deadline)))
+        if this.timer.is_none() && waiting_here {
+            if let Some(env) = this.env.upgrade() {
+                this.timer = Some(env.rt.new_timer(this.deadline));
             }
-            _ => None,
-        };
-        if timer.is_some_and(|t| t.as_mut().poll(cx).is_ready()) {
+        }
+        if this
+            .timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        {
             let error = this.timed_out();
             if let Some(cancel) = &this.cancel {
                 cancel.cancel();
