@@ -44,6 +44,9 @@ pub const STREAM_BUFFER_LIMIT: usize = 4 * 1024 * 1024;
 /// Upload body bytes queued for the socket past which an upload's feeder waits.
 const BODY_HIGH_WATER: u64 = 1024 * 1024;
 
+/// The open connections of a server, by id.
+pub(crate) type Registry = Mutex<HashMap<u64, TransportClient>>;
+
 /// What the handles and the driver task share, behind one mutex.
 pub(crate) struct ConnState {
     pub(crate) conn: Connection,
@@ -298,6 +301,7 @@ impl TransportClient {
         addrs: ConnectionAddrs,
         config: Config,
         handler: StdArc<dyn RpcHandler>,
+        registry: Option<StdArc<Registry>>,
     ) -> Self {
         let now = rt.now();
         let inner = Arc::new(ConnInner {
@@ -309,12 +313,16 @@ impl TransportClient {
         });
         let client = TransportClient { inner };
         debug!(id = client.inner.id, local = %addrs.local, peer = %addrs.peer, "connection opened");
+        if let Some(registry) = &registry {
+            lock(registry).insert(client.id(), client.clone());
+        }
         handler.connection_opened(&client);
         let span = tracing::debug_span!("connection", id = client.inner.id, peer = %addrs.peer);
         let driver = Driver {
             client: client.clone(),
             stream,
             handler,
+            registry,
             timer: None,
             uploads: HashMap::new(),
             externals: HashMap::new(),
@@ -900,6 +908,8 @@ struct Driver {
     client: TransportClient,
     stream: Box<dyn AsyncStream>,
     handler: StdArc<dyn RpcHandler>,
+    /// The server's open connections, when this one was accepted by a server.
+    registry: Option<StdArc<Registry>>,
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
     read_buf: BytesMut,
     read_chunk: usize,
@@ -1075,8 +1085,13 @@ impl Driver {
         }
     }
 
-    fn send_buffer_full(&self) -> bool {
-        self.client.is_send_buffer_full()
+    /// Why a data request is refused while the send buffer is over its limit.
+    fn too_much_data(&self) -> String {
+        format!(
+            "too much data being transferred on this connection ({} bytes waiting for the \
+             peer to read)",
+            self.client.buffered_bytes()
+        )
     }
 
     /// Writes the body bytes the connection left to the driver (file segments): with
@@ -1209,11 +1224,7 @@ impl Driver {
                         // Spark's maxChunksBeingTransferred, by bytes: while the send buffer
                         // is over its limit, fetches are refused (and the chunk is not taken,
                         // so the peer can ask again) instead of queued without bound.
-                        Some(_) if self.send_buffer_full() => Err(format!(
-                            "too much data being transferred on this connection ({} bytes \
-                             waiting for the peer to read)",
-                            self.client.buffered_bytes()
-                        )),
+                        Some(_) if self.client.is_send_buffer_full() => Err(self.too_much_data()),
                         Some(streams) => streams
                             .chunk_buffer(&self.client, chunk)
                             .and_then(|b| b.to_bytes().map_err(|e| format!("{chunk}: {e}"))),
@@ -1234,11 +1245,7 @@ impl Driver {
                 }
                 Event::StreamRequested { request, stream_id } => {
                     let served = match self.handler.stream_manager() {
-                        Some(_) if self.send_buffer_full() => Err(format!(
-                            "too much data being transferred on this connection ({} bytes \
-                             waiting for the peer to read)",
-                            self.client.buffered_bytes()
-                        )),
+                        Some(_) if self.client.is_send_buffer_full() => Err(self.too_much_data()),
                         Some(streams) => streams.open_stream_buffer(&self.client, &stream_id),
                         None => Err(NO_STREAMS.to_owned()),
                     };
@@ -1325,6 +1332,9 @@ impl Driver {
                             debug!(%error, "connection closed")
                         }
                         _ => warn!(%error, "connection failed"),
+                    }
+                    if let Some(registry) = &self.registry {
+                        lock(registry).remove(&self.client.id());
                     }
                     if let Some(streams) = self.handler.stream_manager() {
                         streams.connection_closed(&self.client);

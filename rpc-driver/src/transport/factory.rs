@@ -169,6 +169,7 @@ impl TransportClientFactory {
             ConnectionAddrs { local, peer: addr },
             inner.config.connection.clone(),
             inner.handler.clone(),
+            None,
         ))
     }
 

@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
-use rpc_proto::ConnectionError;
 use tracing::{debug, warn, Instrument};
 
-use super::{ConnectionAddrs, RpcHandler, RpcResponder, TransportClient, TransportConfig};
+use super::conn::Registry;
+use super::{ConnectionAddrs, RpcHandler, TransportClient, TransportConfig};
 use crate::runtime::{AsyncListener, Runtime};
 use crate::sync::{lock, Arc, Mutex};
 
@@ -32,46 +31,9 @@ struct ServerInner {
     local_addr: SocketAddr,
     closed: AtomicBool,
     accept_waker: Mutex<Option<Waker>>,
-    tracker: StdArc<Tracker>,
-}
-
-/// Forwards to the user's handler and keeps the open connections, so closing the server can
-/// close them.
-struct Tracker {
     handler: StdArc<dyn RpcHandler>,
-    open: Mutex<HashMap<u64, TransportClient>>,
-}
-
-impl RpcHandler for Tracker {
-    fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder) {
-        self.handler.receive(client, message, responder)
-    }
-
-    fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
-        self.handler.receive_one_way(client, message)
-    }
-
-    fn stream_manager(&self) -> Option<&dyn super::StreamManager> {
-        self.handler.stream_manager()
-    }
-
-    fn receive_stream(
-        &self,
-        client: &TransportClient,
-        meta: Bytes,
-    ) -> Result<Box<dyn super::UploadSink>, String> {
-        self.handler.receive_stream(client, meta)
-    }
-
-    fn connection_opened(&self, client: &TransportClient) {
-        lock(&self.open).insert(client.id(), client.clone());
-        self.handler.connection_opened(client)
-    }
-
-    fn connection_closed(&self, client: &TransportClient, error: &ConnectionError) {
-        lock(&self.open).remove(&client.id());
-        self.handler.connection_closed(client, error)
-    }
+    /// The open connections, so closing the server can close them.
+    open: StdArc<Registry>,
 }
 
 impl TransportServer {
@@ -92,10 +54,8 @@ impl TransportServer {
             local_addr,
             closed: AtomicBool::new(false),
             accept_waker: Mutex::new(None),
-            tracker: StdArc::new(Tracker {
-                handler,
-                open: Mutex::new(HashMap::new()),
-            }),
+            handler,
+            open: StdArc::new(Mutex::new(HashMap::new())),
         });
         let accept = Accept {
             rt: rt.clone(),
@@ -116,7 +76,7 @@ impl TransportServer {
 
     /// The connections currently open.
     pub fn connections(&self) -> Vec<TransportClient> {
-        lock(&self.inner.tracker.open).values().cloned().collect()
+        lock(&self.inner.open).values().cloned().collect()
     }
 
     /// Stops accepting and closes every open connection. Idempotent.
@@ -169,7 +129,8 @@ impl Future for Accept {
                         stream,
                         ConnectionAddrs { local, peer },
                         this.config.connection.clone(),
-                        this.server.tracker.clone(),
+                        this.server.handler.clone(),
+                        Some(this.server.open.clone()),
                     );
                 }
                 Poll::Ready(Err(error)) => {
