@@ -653,13 +653,15 @@ impl Connection {
     ///
     /// The peer expects the announced number of bytes and there is no way to tell it
     /// otherwise, so this closes the connection with [`ConnectionError::BodyAborted`], as
-    /// Spark does.
+    /// Spark does. As with [`close`](Connection::close), what was queued whole before the
+    /// body (its own frame included) is still written, so the peer sees the body cut short
+    /// rather than losing earlier messages; the body and everything behind it are dropped.
     pub fn abort_body(&mut self, now: Instant, body: BodyId, reason: &str) {
         if self.closed.is_some() {
             return;
         }
         let _ = now;
-        self.send.clear();
+        self.send.truncate_unfinished();
         self.fail_all(ConnectionError::BodyAborted {
             body,
             reason: Arc::from(reason),

@@ -502,3 +502,43 @@ fn external_body_bytes_are_left_to_the_driver_in_their_place() {
         "the body is complete"
     );
 }
+
+#[test]
+fn aborting_a_body_keeps_what_was_queued_before_it() {
+    let (now, mut a, mut b) = pair();
+    a.send_one_way(now, "before".into()).unwrap();
+    let (up, body) = a.upload_stream(now, "m".into(), 10, None).unwrap();
+    a.send_body(now, body, "12345".into()).unwrap();
+    a.send_one_way(now, "behind".into()).unwrap();
+    a.abort_body(now, body, "source failed");
+    let lost = ConnectionError::BodyAborted {
+        body,
+        reason: "source failed".into(),
+    };
+    assert_eq!(
+        events(&mut a),
+        [
+            Event::CallFailed {
+                call: Call::Upload(up),
+                error: RpcError::Disconnected(lost.clone())
+            },
+            Event::Closed { error: lost },
+        ]
+    );
+    pump(now, &mut a, &mut b);
+    assert!(a.is_drained());
+    b.handle_closed(now);
+    let got = events(&mut b);
+    assert_eq!(
+        got[0],
+        Event::OneWayReceived {
+            body: "before".into()
+        }
+    );
+    assert!(matches!(got[1], Event::UploadReceived { request, .. } if request == up));
+    assert!(
+        matches!(&got[2], Event::UploadAborted { request, error: ConnectionError::PeerClosedMidBody { remaining: 10 } } if *request == up),
+        "{:?}",
+        got[2]
+    );
+}
