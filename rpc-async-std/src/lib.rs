@@ -54,7 +54,7 @@
 #![doc = include_str!("../examples/hello_smol.rs")]
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::fmt;
 use std::io::{self, IoSlice};
@@ -65,6 +65,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_io::Async;
+use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 
 pub use rpc_driver::block::{
@@ -165,6 +166,38 @@ struct AsyncIoStream(Async<TcpStream>);
 impl AsyncStream for AsyncIoStream {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+
+    /// Reads straight into the spare capacity of `buf` with `recv`, so none of it is zeroed
+    /// first; waits for readability as async-io's own `poll_read` does.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        buf.reserve(max);
+        loop {
+            let spare = &mut buf.spare_capacity_mut()[..max];
+            match rustix::net::recv(self.0.get_ref(), spare, rustix::net::RecvFlags::empty()) {
+                Ok(((read, _), _)) => {
+                    let n = read.len();
+                    // SAFETY: rustix hands back, as `read`, the part of `spare` that `recv`
+                    // wrote: its first `n` bytes, `n <= max` (no `TRUNC` flag). `spare` starts
+                    // at `buf.len()` and lies within the capacity (`reserve(max)`), so the `n`
+                    // bytes after the current length are initialised and within the capacity.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e == rustix::io::Errno::AGAIN => {
+                    std::task::ready!(self.0.poll_readable(cx))?;
+                }
+                Err(e) if e == rustix::io::Errno::INTR => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
     }
 
     fn poll_write_vectored(
@@ -311,6 +344,94 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         runtime().spawn(Box::pin(async move { tx.send(42).unwrap() }));
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(42));
+    }
+
+    /// `poll_read_buf` reads into spare capacity without zeroing it (the `unsafe` in it):
+    /// every read appends exactly the bytes sent, never more than `max`, and end of file
+    /// leaves the buffer as it was.
+    #[test]
+    fn poll_read_buf_appends_exactly_the_bytes_read() {
+        use std::io::Write;
+
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        block_on_within(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut client = AsyncIoStream(Async::<TcpStream>::connect(addr).await.unwrap());
+            let (mut peer, _) = listener.accept().unwrap();
+            // Waits until at least `n` bytes are buffered on the client's side, so a read
+            // of `n` fills it exactly.
+            let buffered = |client: &AsyncIoStream, n: usize| {
+                let mut peek = vec![0; n];
+                let started = Instant::now();
+                while client.0.get_ref().peek(&mut peek).unwrap_or(0) < n {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(5),
+                        "{n} bytes never came"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            };
+            let mut buf = BytesMut::from(&b"prefix"[..]);
+            let mut expected = b"prefix".to_vec();
+            let (mut sent, mut consumed) = (0, 0);
+            // Each read fills `max` exactly, from 1 byte to more than a page; one after a
+            // `split` (as the driver does) and one into a buffer with no capacity at all.
+            for max in [1, 7, 4096, 5000, 32 * 1024] {
+                peer.write_all(&data[sent..sent + max + 3]).unwrap();
+                sent += max + 3;
+                buffered(&client, max);
+                if max == 4096 {
+                    drop(buf.split());
+                    expected.clear();
+                }
+                if max == 5000 {
+                    buf = BytesMut::new();
+                    expected.clear();
+                }
+                let n = poll_fn(|cx| client.poll_read_buf(cx, &mut buf, max))
+                    .await
+                    .unwrap();
+                assert_eq!(n, max);
+                expected.extend_from_slice(&data[consumed..consumed + n]);
+                consumed += n;
+                assert_eq!(&buf[..], &expected[..]);
+                // The 3 bytes left over, read with room to spare.
+                buffered(&client, 3);
+                let n = poll_fn(|cx| client.poll_read_buf(cx, &mut buf, 1000))
+                    .await
+                    .unwrap();
+                assert_eq!(n, 3);
+                expected.extend_from_slice(&data[consumed..consumed + n]);
+                consumed += n;
+                assert_eq!(&buf[..], &expected[..]);
+            }
+            assert_eq!(consumed, sent);
+            // A read that has to wait for the bytes, then end of file.
+            let tail = data[sent..sent + 10].to_vec();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                peer.write_all(&tail).unwrap();
+                peer.shutdown(Shutdown::Write).unwrap();
+                peer
+            });
+            let mut got = 0;
+            while got < 10 {
+                let n = poll_fn(|cx| client.poll_read_buf(cx, &mut buf, 64))
+                    .await
+                    .unwrap();
+                assert!(n > 0 && got + n <= 10, "read {n} after {got}");
+                got += n;
+            }
+            expected.extend_from_slice(&data[sent..sent + 10]);
+            assert_eq!(&buf[..], &expected[..]);
+            let n = poll_fn(|cx| client.poll_read_buf(cx, &mut buf, 64))
+                .await
+                .unwrap();
+            assert_eq!(n, 0, "end of file");
+            assert_eq!(&buf[..], &expected[..]);
+            drop(writer.join().unwrap());
+        });
     }
 
     #[test]

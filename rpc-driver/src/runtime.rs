@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::BytesMut;
+
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -51,6 +53,33 @@ pub trait AsyncTimer: Send + Debug + 'static {
 pub trait AsyncStream: Send + Unpin + 'static {
     /// Reads into `buf`; `Ok(0)` is end of file.
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+
+    /// Reads up to `max` bytes and appends them to `buf`, after what it already holds,
+    /// returning how many were read; `Ok(0)` is end of file. On `Pending` or an error `buf` is
+    /// left as it was (its capacity may have grown). `max` must not be 0 (a read of nothing
+    /// would look like end of file).
+    ///
+    /// This is how the driver reads: into the spare capacity of a buffer it then splits off,
+    /// so the bytes read become the connection's without a copy. The default implementation
+    /// zero-fills `max` bytes past the end of `buf`, calls [`poll_read`](Self::poll_read) on
+    /// them and truncates to what was read; adapters should override it to read straight into
+    /// the spare capacity (`buf.spare_capacity_mut()`), with no zeroing.
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        let start = buf.len();
+        buf.resize(start + max, 0);
+        let result = self.poll_read(cx, &mut buf[start..]);
+        let read = match &result {
+            Poll::Ready(Ok(n)) => (*n).min(max),
+            _ => 0,
+        };
+        buf.truncate(start + read);
+        result.map_ok(|_| read)
+    }
 
     /// Writes from `bufs`, in order, returning how many bytes were written.
     fn poll_write_vectored(
@@ -119,4 +148,68 @@ impl Future for TimerFired<'_> {
 pub async fn sleep_until(runtime: &dyn Runtime, deadline: Instant) {
     let mut timer = runtime.new_timer(deadline);
     timer_fired(timer.as_mut()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    /// Hands out `data` in pieces of at most `piece` bytes, then end of file.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        piece: usize,
+    }
+
+    impl AsyncStream for Pieces {
+        fn poll_read(&mut self, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.piece).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            &mut self,
+            _: &mut Context<'_>,
+            _: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            unreachable!()
+        }
+
+        fn poll_shutdown(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            unreachable!()
+        }
+
+        fn peer_addr(&self) -> io::Result<SocketAddr> {
+            unreachable!()
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn default_poll_read_buf_appends_what_was_read_and_nothing_else() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut stream = Pieces {
+            data: data.clone(),
+            at: 0,
+            piece: 30,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut buf = BytesMut::from(&b"ab"[..]);
+        let mut expected = b"ab".to_vec();
+        // Less than `max` available, exactly `max`, then the rest, then end of file.
+        for (max, want) in [(64, 30), (30, 30), (10, 10), (64, 30), (64, 0)] {
+            let read = stream.poll_read_buf(&mut cx, &mut buf, max);
+            assert!(matches!(read, Poll::Ready(Ok(n)) if n == want), "{read:?}");
+            expected.extend_from_slice(&data[expected.len() - 2..][..want]);
+            assert_eq!(&buf[..], &expected[..]);
+        }
+        assert_eq!(expected.len(), 102);
+    }
 }

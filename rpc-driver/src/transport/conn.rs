@@ -977,9 +977,18 @@ impl Future for Driver {
 
 impl Driver {
     /// Reads once; returns whether anything happened.
+    ///
+    /// Reads into the spare capacity of `read_buf` (no zeroing), up to `read_chunk` bytes, and
+    /// hands what was read to the connection with `split`. `read_chunk` doubles after a read
+    /// that filled it, up to `READ_CHUNK_MAX`, and halves after one that used less than a
+    /// quarter of it, down to `READ_CHUNK_MIN`, so small-message connections do not keep
+    /// reserving the largest chunk.
     fn read(&mut self, cx: &mut Context<'_>, st: &mut ConnState, now: Instant) -> bool {
-        self.read_buf.resize(self.read_chunk, 0);
-        match self.stream.poll_read(cx, &mut self.read_buf) {
+        debug_assert!(self.read_buf.is_empty());
+        match self
+            .stream
+            .poll_read_buf(cx, &mut self.read_buf, self.read_chunk)
+        {
             Poll::Pending => {
                 self.read_buf.clear();
                 false
@@ -991,10 +1000,12 @@ impl Driver {
                 true
             }
             Poll::Ready(Ok(n)) => {
-                self.read_buf.truncate(n);
+                debug_assert_eq!(self.read_buf.len(), n);
                 st.conn.handle_data(now, self.read_buf.split());
-                if n == self.read_chunk {
+                if n >= self.read_chunk {
                     self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
+                } else if n < self.read_chunk / 4 {
+                    self.read_chunk = (self.read_chunk / 2).max(READ_CHUNK_MIN);
                 }
                 true
             }
