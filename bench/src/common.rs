@@ -5,6 +5,13 @@ use std::time::{Duration, Instant};
 
 /// The payload of every small request and reply (W1, W2, W3, W5, W6).
 pub(crate) const PAYLOAD: usize = 32;
+/// A small request's payload: [`PAYLOAD`] bytes, as `Bytes` for every contender (serde
+/// writes it as one byte string; a `Vec<u8>` would go byte by byte, measuring serde's
+/// per-element loop instead of the frameworks).
+pub(crate) fn payload() -> bytes::Bytes {
+    bytes::Bytes::from(vec![7; PAYLOAD])
+}
+
 /// In-flight requests in W2.
 pub(crate) const PIPELINE: usize = 64;
 /// Client connections in W5.

@@ -26,9 +26,9 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Serialize, Deserialize)]
 enum Msg {
     /// Ask: reply with the same bytes.
-    Echo(Vec<u8>),
+    Echo(Bytes),
     /// Send: count it.
-    Data(Vec<u8>),
+    Data(Bytes),
     /// Ask: reply with the count so far (8 bytes, little-endian).
     Count,
 }
@@ -39,23 +39,23 @@ struct Bench {
 
 impl RpcEndpoint for Bench {
     type Message = Msg;
-    type Reply = Vec<u8>;
+    type Reply = Bytes;
 
-    async fn receive(&mut self, _: &EndpointContext<Msg, Vec<u8>>, _: Msg) -> Result<(), BoxError> {
+    async fn receive(&mut self, _: &EndpointContext<Msg, Bytes>, _: Msg) -> Result<(), BoxError> {
         self.count += 1;
         Ok(())
     }
 
     async fn receive_and_reply(
         &mut self,
-        _: &EndpointContext<Msg, Vec<u8>>,
+        _: &EndpointContext<Msg, Bytes>,
         message: Msg,
-        call: RpcCallContext<Vec<u8>>,
+        call: RpcCallContext<Bytes>,
     ) -> Result<(), BoxError> {
         call.reply(match message {
             Msg::Echo(bytes) => bytes,
-            Msg::Data(_) => Vec::new(),
-            Msg::Count => self.count.to_le_bytes().to_vec(),
+            Msg::Data(_) => Bytes::new(),
+            Msg::Count => Bytes::copy_from_slice(&self.count.to_le_bytes()),
         });
         Ok(())
     }
@@ -122,23 +122,20 @@ pub(crate) async fn server(rt: Arc<dyn Runtime>, opts: ServerOpts) -> Result<(),
 async fn connect(
     rt: &Arc<dyn Runtime>,
     opts: &ClientOpts,
-) -> Result<(RpcEnv, RpcEndpointRef<Msg, Vec<u8>>), Error> {
+) -> Result<(RpcEnv, RpcEndpointRef<Msg, Bytes>), Error> {
     let env = RpcEnv::create(rt.clone(), RpcEnvConfig::client("bench-client"))?;
     let address = rpc_tokio::RpcAddress::new("127.0.0.1", opts.port);
     let bench = env
-        .setup_endpoint_ref::<Msg, Vec<u8>>(address, "bench")
+        .setup_endpoint_ref::<Msg, Bytes>(address, "bench")
         .await?;
     Ok((env, bench))
 }
 
-async fn round_trips(
-    bench: &RpcEndpointRef<Msg, Vec<u8>>,
-    n: usize,
-) -> Result<Vec<Duration>, Error> {
+async fn round_trips(bench: &RpcEndpointRef<Msg, Bytes>, n: usize) -> Result<Vec<Duration>, Error> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        let reply = bench.ask(Msg::Echo(vec![7; PAYLOAD])).await?;
+        let reply = bench.ask(Msg::Echo(payload())).await?;
         samples.push(start.elapsed());
         assert_eq!(reply.len(), PAYLOAD);
     }
@@ -146,7 +143,7 @@ async fn round_trips(
 }
 
 async fn latency_run(
-    bench: &RpcEndpointRef<Msg, Vec<u8>>,
+    bench: &RpcEndpointRef<Msg, Bytes>,
     sizes: &Sizes,
 ) -> Result<Vec<Duration>, Error> {
     round_trips(bench, sizes.warmup).await?;
@@ -181,7 +178,7 @@ pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(),
             let (_env, bench) = connect(&rt, &opts).await?;
             let start = Instant::now();
             let mut replies = futures::stream::iter(0..sizes.pipelined)
-                .map(|_| bench.ask(Msg::Echo(vec![7; PAYLOAD])))
+                .map(|_| bench.ask(Msg::Echo(payload())))
                 .buffer_unordered(PIPELINE);
             while let Some(reply) = replies.next().await {
                 assert_eq!(reply?.len(), PAYLOAD);
@@ -193,7 +190,7 @@ pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(),
             let start = Instant::now();
             let mut refused = 0u64;
             for _ in 0..sizes.one_way {
-                while bench.send(Msg::Data(vec![7; PAYLOAD])).is_err() {
+                while bench.send(Msg::Data(payload())).is_err() {
                     // The send buffer is full: let the connection drain it.
                     refused += 1;
                     nap(&rt).await;

@@ -22,9 +22,9 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[tarpc::service]
 trait BenchService {
     /// Replies with the same bytes.
-    async fn echo(payload: Vec<u8>) -> Vec<u8>;
+    async fn echo(payload: Bytes) -> Bytes;
     /// Counts a message.
-    async fn push(payload: Vec<u8>);
+    async fn push(payload: Bytes);
     /// The count so far.
     async fn count() -> u64;
     /// The block.
@@ -38,11 +38,11 @@ struct Server {
 }
 
 impl BenchService for Server {
-    async fn echo(self, _: context::Context, payload: Vec<u8>) -> Vec<u8> {
+    async fn echo(self, _: context::Context, payload: Bytes) -> Bytes {
         payload
     }
 
-    async fn push(self, _: context::Context, _: Vec<u8>) {
+    async fn push(self, _: context::Context, _: Bytes) {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -99,7 +99,7 @@ async fn round_trips(client: &BenchServiceClient, n: usize) -> Result<Vec<Durati
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        let reply = client.echo(ctx(), vec![7; PAYLOAD]).await?;
+        let reply = client.echo(ctx(), payload()).await?;
         samples.push(start.elapsed());
         assert_eq!(reply.len(), PAYLOAD);
     }
@@ -124,7 +124,7 @@ pub(crate) async fn client(opts: ClientOpts) -> Result<(), Error> {
             let client = connect(&opts).await?;
             let start = Instant::now();
             let mut replies = futures::stream::iter(0..sizes.pipelined)
-                .map(|_| client.echo(ctx(), vec![7; PAYLOAD]))
+                .map(|_| client.echo(ctx(), payload()))
                 .buffer_unordered(PIPELINE);
             while let Some(reply) = replies.next().await {
                 assert_eq!(reply?.len(), PAYLOAD);
@@ -135,7 +135,7 @@ pub(crate) async fn client(opts: ClientOpts) -> Result<(), Error> {
             let client = connect(&opts).await?;
             let start = Instant::now();
             let mut acks = futures::stream::iter(0..sizes.one_way)
-                .map(|_| client.push(ctx(), vec![7; PAYLOAD]))
+                .map(|_| client.push(ctx(), payload()))
                 .buffer_unordered(256);
             while let Some(ack) = acks.next().await {
                 ack?;

@@ -115,6 +115,12 @@ impl Envelope {
     /// Decodes a body written by [`encode`](Envelope::encode): the envelope, and the payload
     /// as a slice of `body` (no copy).
     pub fn decode(body: Bytes) -> Result<(Envelope, Bytes), EnvelopeError> {
+        let (view, payload) = Self::decode_view(&body)?;
+        Ok((view.to_envelope(), payload))
+    }
+
+    /// Like [`decode`](Envelope::decode), with the header's strings borrowed from `body`.
+    pub fn decode_view(body: &Bytes) -> Result<(EnvelopeView<'_>, Bytes), EnvelopeError> {
         let Some(&version) = body.first() else {
             return Err(EnvelopeError::Empty);
         };
@@ -124,11 +130,134 @@ impl Envelope {
                 supported: ENVELOPE_VERSION,
             });
         }
-        let (envelope, rest) = postcard::take_from_bytes::<Envelope>(&body[1..])
+        let (envelope, rest) = postcard::take_from_bytes::<EnvelopeView<'_>>(&body[1..])
             .map_err(|err| EnvelopeError::MalformedHeader(Arc::from(err.to_string())))?;
         let payload = body.slice(body.len() - rest.len()..);
         Ok((envelope, payload))
     }
+}
+
+/// The part of an envelope header that stays the same for every message from one sender to
+/// one endpoint (version, sender, receiver, message type), encoded once so that each message
+/// only adds its deadline, kind and payload.
+///
+/// What [`encode`](EnvelopePrefix::encode) writes is byte for byte what [`Envelope::encode`]
+/// writes for the same fields.
+///
+/// ```
+/// use rpc_proto::{Envelope, EnvelopeKind, EnvelopePrefix, RpcAddress};
+///
+/// let sender = RpcAddress::new("10.0.0.1", 7077);
+/// let prefix = EnvelopePrefix::new(Some(&sender), "Master", "RegisterWorker");
+/// let body = prefix.encode(Some(120_000), EnvelopeKind::Ask, &("worker-1", 8u32)).unwrap();
+/// let (envelope, payload) = Envelope::decode(body).unwrap();
+/// assert_eq!(envelope.receiver, "Master");
+/// assert_eq!(envelope.deadline_ms, Some(120_000));
+/// assert_eq!(rpc_proto::decode_payload::<(String, u32)>(&payload).unwrap(), ("worker-1".into(), 8));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EnvelopePrefix {
+    bytes: Bytes,
+}
+
+/// The most a deadline and a kind add to a prefix: an option tag and a u64 varint, then a
+/// kind tag and a u64 varint.
+const TAIL_MAX: usize = 1 + 10 + 1 + 10;
+
+impl EnvelopePrefix {
+    /// Encodes the fixed part of the header of messages from `sender` to `receiver` whose
+    /// type is `message_type`.
+    pub fn new(sender: Option<&RpcAddress>, receiver: &str, message_type: &str) -> Self {
+        let mut out = vec![ENVELOPE_VERSION];
+        // Postcard writes a tuple (like a struct) as its fields one after the other, so this
+        // is the start of an `Envelope`'s encoding. It cannot fail: strings and integers.
+        out = postcard::to_extend(&(sender, receiver, message_type), out)
+            .expect("an envelope prefix always serializes");
+        Self {
+            bytes: Bytes::from(out),
+        }
+    }
+
+    /// Encodes a whole body: this prefix, `deadline_ms`, `kind`, then `payload` encoded with
+    /// postcard (as [`encode_payload`] does), into one allocation of the exact size.
+    pub fn encode<T: Serialize + ?Sized>(
+        &self,
+        deadline_ms: Option<u64>,
+        kind: EnvelopeKind,
+        payload: &T,
+    ) -> Result<Bytes, PayloadError> {
+        let size = payload_size(payload)?;
+        let mut out = Vec::with_capacity(self.bytes.len() + TAIL_MAX + size);
+        out.extend_from_slice(&self.bytes);
+        out = postcard::to_extend(&(deadline_ms, kind), out)
+            .expect("a deadline and a kind always serialize");
+        out = postcard::to_extend(payload, out)
+            .map_err(|err| PayloadError::Encode(Arc::from(err.to_string())))?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Like [`encode`](EnvelopePrefix::encode), with a payload already in bytes.
+    pub fn encode_raw(
+        &self,
+        deadline_ms: Option<u64>,
+        kind: EnvelopeKind,
+        payload: &[u8],
+    ) -> Bytes {
+        let mut out = Vec::with_capacity(self.bytes.len() + TAIL_MAX + payload.len());
+        out.extend_from_slice(&self.bytes);
+        out = postcard::to_extend(&(deadline_ms, kind), out)
+            .expect("a deadline and a kind always serialize");
+        out.extend_from_slice(payload);
+        Bytes::from(out)
+    }
+}
+
+/// A decoded envelope header whose strings borrow from the body: what
+/// [`Envelope::decode_view`] returns, without allocating for the receiver and type names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EnvelopeView<'a> {
+    /// See [`Envelope::sender`]: its host and port (see [`EnvelopeView::sender`]).
+    pub sender: Option<(&'a str, u16)>,
+    /// See [`Envelope::receiver`].
+    pub receiver: &'a str,
+    /// See [`Envelope::message_type`].
+    pub message_type: &'a str,
+    /// See [`Envelope::deadline_ms`].
+    pub deadline_ms: Option<u64>,
+    /// See [`Envelope::kind`].
+    pub kind: EnvelopeKind,
+}
+
+impl EnvelopeView<'_> {
+    /// [`deadline_ms`](EnvelopeView::deadline_ms) as a duration.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline_ms.map(Duration::from_millis)
+    }
+
+    /// The sender's address, owned.
+    pub fn sender(&self) -> Option<RpcAddress> {
+        self.sender.map(|(host, port)| RpcAddress {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// An owned copy.
+    pub fn to_envelope(&self) -> Envelope {
+        Envelope {
+            sender: self.sender(),
+            receiver: self.receiver.to_owned(),
+            message_type: self.message_type.to_owned(),
+            deadline_ms: self.deadline_ms,
+            kind: self.kind,
+        }
+    }
+}
+
+/// How many bytes postcard writes for `value`.
+fn payload_size<T: Serialize + ?Sized>(value: &T) -> Result<usize, PayloadError> {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .map_err(|err| PayloadError::Encode(Arc::from(err.to_string())))
 }
 
 mod request_id {
@@ -185,7 +314,9 @@ pub enum PayloadError {
 
 /// Encodes a payload value with postcard.
 pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PayloadError> {
-    postcard::to_allocvec(value).map_err(|err| PayloadError::Encode(Arc::from(err.to_string())))
+    // Sized first, so the bytes are written into one allocation instead of a growing one.
+    let out = Vec::with_capacity(payload_size(value)?);
+    postcard::to_extend(value, out).map_err(|err| PayloadError::Encode(Arc::from(err.to_string())))
 }
 
 /// Decodes a payload value written by [`encode_payload`]. Bytes after the value are an error:
@@ -433,6 +564,27 @@ mod proptests {
             let (decoded, rest) = Envelope::decode(body).unwrap();
             prop_assert_eq!(decoded, envelope);
             prop_assert_eq!(&rest[..], &payload[..]);
+        }
+
+        #[test]
+        fn prefix_encoding_is_the_envelope_encoding(
+            envelope in envelope(),
+            payload in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let prefix = EnvelopePrefix::new(
+                envelope.sender.as_ref(),
+                &envelope.receiver,
+                &envelope.message_type,
+            );
+            let expected = envelope.encode(&encode_payload(&payload).unwrap());
+            let body = prefix.encode(envelope.deadline_ms, envelope.kind, &payload).unwrap();
+            prop_assert_eq!(&body, &expected);
+            prop_assert_eq!(body.len(), expected.len());
+            let raw = prefix.encode_raw(envelope.deadline_ms, envelope.kind, &payload);
+            prop_assert_eq!(raw, envelope.encode(&payload));
+            let (view, rest) = Envelope::decode_view(&body).unwrap();
+            prop_assert_eq!(view.to_envelope(), envelope);
+            prop_assert_eq!(decode_payload::<Vec<u8>>(&rest).unwrap(), payload);
         }
 
         #[test]

@@ -40,7 +40,8 @@ pub(crate) enum Posted {
         reply: Option<ReplyTo>,
         sender: Option<RpcAddress>,
         deadline: Option<Instant>,
-        cancel: Arc<CancelFlag>,
+        /// Set for asks: raised when the caller stops waiting.
+        cancel: Option<Arc<CancelFlag>>,
     },
     Connected(RpcAddress),
     Disconnected(RpcAddress),
@@ -71,7 +72,9 @@ impl EndpointTypes {
 /// One endpoint's inbox, shared by the env (which posts) and the endpoint's task.
 pub(crate) struct Mailbox {
     pub(crate) name: String,
-    pub(crate) types: EndpointTypes,
+    /// The endpoint's [`EndpointTypes::identity`], which every remote message is checked
+    /// against.
+    pub(crate) identity: String,
     state: Mutex<MailboxState>,
 }
 
@@ -84,7 +87,7 @@ impl Mailbox {
     pub(crate) fn new(name: &str, types: EndpointTypes, concurrent: bool) -> Self {
         Self {
             name: name.to_owned(),
-            types,
+            identity: types.identity(),
             state: Mutex::new(MailboxState {
                 inbox: Inbox::new(concurrent),
                 waker: None,
@@ -205,12 +208,21 @@ where
             (Ok(m), None) => Work::Send(m),
             (Ok(m), Some(reply)) => Work::Ask(
                 m,
-                RpcCallContext::new(reply, sender, deadline, cancel, name, env),
+                RpcCallContext::new(
+                    reply,
+                    sender,
+                    deadline,
+                    cancel.unwrap_or_default(),
+                    name,
+                    env,
+                ),
                 request,
             ),
             (Err(e), reply) => {
-                let call =
-                    reply.map(|r| RpcCallContext::<R>::new(r, sender, deadline, cancel, name, env));
+                let call = reply.map(|r| {
+                    let cancel = cancel.unwrap_or_default();
+                    RpcCallContext::<R>::new(r, sender, deadline, cancel, name, env)
+                });
                 if let Some(call) = call {
                     call.send_failure(format!(
                         "{}the message could not be decoded: {e}",

@@ -53,9 +53,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_proto::{
-    encode_payload, ConnectionError, Envelope, EnvelopeKind, Outbox, OutboxConfig, RequestId,
-    RpcAddress, RpcEndpointAddress,
+    encode_payload, ConnectionError, Envelope, EnvelopeKind, EnvelopeView, Outbox, OutboxConfig,
+    RequestId, RpcAddress, RpcEndpointAddress,
 };
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -265,13 +266,13 @@ pub(crate) struct EnvInner {
     /// Opens the connections downloads travel on, apart from control messages.
     bulk_factory: TransportClientFactory,
     file_server: FileServer,
-    endpoints: Mutex<HashMap<String, Arc<Mailbox>>>,
+    endpoints: Mutex<FxHashMap<String, Arc<Mailbox>>>,
     live: Mutex<usize>,
     endpoints_done: Latch,
     terminated: Latch,
     outboxes: Mutex<HashMap<RpcAddress, Arc<OutboxCell>>>,
     stopped: AtomicBool,
-    remote_envs: Mutex<HashMap<u64, RpcAddress>>,
+    remote_envs: Mutex<FxHashMap<u64, RpcAddress>>,
     cancels: Mutex<HashMap<(u64, RequestId), Weak<CancelFlag>>>,
     next_seed: AtomicU64,
     pub(crate) stats: Counters,
@@ -282,10 +283,13 @@ impl EnvInner {
         self.stopped.load(Ordering::SeqCst)
     }
 
+    /// Where messages to `target` go. `outbox` caches the outbox of a remote target (an env
+    /// keeps its outboxes until it stops).
     pub(crate) fn route(
         &self,
         target: &RpcEndpointAddress,
         client: &Option<TransportClient>,
+        outbox: Option<&std::sync::OnceLock<Arc<OutboxCell>>>,
     ) -> Result<Route, RpcError> {
         if self.is_stopped() {
             return Err(RpcError::EnvStopped);
@@ -299,7 +303,10 @@ impl EnvInner {
         };
         match (&target.address, client) {
             (Some(a), _) if Some(a) == self.address.as_ref() => local(),
-            (Some(a), _) => Ok(Route::Remote(self.outbox(a))),
+            (Some(a), _) => Ok(Route::Remote(match outbox {
+                Some(cached) => cached.get_or_init(|| self.outbox(a)).clone(),
+                None => self.outbox(a),
+            })),
             (None, Some(client)) if client.is_active() => Ok(Route::Client(client.clone())),
             (None, Some(client)) => Err(RpcError::Disconnected {
                 peer: client.peer_addr().to_string(),
@@ -313,6 +320,9 @@ impl EnvInner {
 
     fn outbox(&self, remote: &RpcAddress) -> Arc<OutboxCell> {
         let mut outboxes = lock(&self.outboxes);
+        if let Some(outbox) = outboxes.get(remote) {
+            return outbox.clone();
+        }
         outboxes
             .entry(remote.clone())
             .or_insert_with(|| {
@@ -359,15 +369,15 @@ impl EnvInner {
     fn verify(&self, name: &str, identity: &str) -> Verified {
         match lock(&self.endpoints).get(name) {
             None => Verified::NotFound,
-            Some(m) if m.types.identity() == identity => Verified::Found,
-            Some(m) => Verified::TypeMismatch(m.types.identity()),
+            Some(m) if m.identity == identity => Verified::Found,
+            Some(m) => Verified::TypeMismatch(m.identity.clone()),
         }
     }
 
     fn deliver(
         &self,
         client: &TransportClient,
-        envelope: Envelope,
+        envelope: EnvelopeView<'_>,
         payload: Bytes,
         responder: Option<RpcResponder>,
     ) {
@@ -378,13 +388,13 @@ impl EnvInner {
             }
             None => warn!(peer = %client.peer_addr(), %message, "dropping a message"),
         };
-        let Some(mailbox) = lock(&self.endpoints).get(&envelope.receiver).cloned() else {
+        let Some(mailbox) = lock(&self.endpoints).get(envelope.receiver).cloned() else {
             return fail(
                 responder,
                 format!("{}{}", error::NOT_FOUND, envelope.receiver),
             );
         };
-        let identity = mailbox.types.identity();
+        let identity = &mailbox.identity;
         if identity != envelope.message_type {
             return fail(
                 responder,
@@ -395,15 +405,17 @@ impl EnvInner {
                 ),
             );
         }
-        let cancel = Arc::new(CancelFlag::default());
-        if let Some(r) = &responder {
+        let cancel = responder.as_ref().map(|_| Arc::new(CancelFlag::default()));
+        if let (Some(r), Some(cancel)) = (&responder, &cancel) {
             let mut cancels = lock(&self.cancels);
             if cancels.len() >= 1024 {
                 cancels.retain(|_, flag| flag.strong_count() > 0);
             }
-            cancels.insert((client.id(), r.request_id()), Arc::downgrade(&cancel));
+            cancels.insert((client.id(), r.request_id()), Arc::downgrade(cancel));
         }
         let deadline = envelope.deadline().map(|d| self.rt.now() + d);
+        // Only a call context tells the sender (a one-way message's handler is not told).
+        let sender = responder.as_ref().and_then(|_| envelope.sender());
         let posted = Posted::Message {
             payload: Payload::Remote {
                 bytes: payload,
@@ -411,7 +423,7 @@ impl EnvInner {
             },
             request: responder.as_ref().map(|r| r.request_id()),
             reply: responder.map(call::ReplyTo::Remote),
-            sender: envelope.sender,
+            sender,
             deadline,
             cancel,
         };
@@ -437,19 +449,22 @@ struct EnvHandler {
 impl EnvHandler {
     /// Decodes an envelope (an undecodable one is logged and counted) and remembers the
     /// sending env's address for the connection.
-    fn open(
+    fn open<'a>(
         env: &EnvInner,
         client: &TransportClient,
-        message: Bytes,
-    ) -> Result<(Envelope, Bytes), rpc_proto::EnvelopeError> {
-        let (envelope, payload) = Envelope::decode(message).inspect_err(|error| {
+        message: &'a Bytes,
+    ) -> Result<(EnvelopeView<'a>, Bytes), rpc_proto::EnvelopeError> {
+        let (envelope, payload) = Envelope::decode_view(message).inspect_err(|error| {
             warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
             env.stats.failed();
         })?;
-        if let Some(sender) = &envelope.sender {
+        if let Some((host, port)) = envelope.sender {
             lock(&env.remote_envs)
                 .entry(client.id())
-                .or_insert_with(|| sender.clone());
+                .or_insert_with(|| RpcAddress {
+                    host: host.to_owned(),
+                    port,
+                });
         }
         Ok((envelope, payload))
     }
@@ -461,7 +476,7 @@ impl RpcHandler for EnvHandler {
             let _ = responder.fail("the rpc env is stopped");
             return;
         };
-        let (envelope, payload) = match Self::open(&env, client, message) {
+        let (envelope, payload) = match Self::open(&env, client, &message) {
             Ok(decoded) => decoded,
             Err(error) => {
                 let _ = responder.fail(&format!(
@@ -473,7 +488,7 @@ impl RpcHandler for EnvHandler {
         };
         match envelope.kind {
             EnvelopeKind::Verify => {
-                let verified = env.verify(&envelope.receiver, &envelope.message_type);
+                let verified = env.verify(envelope.receiver, envelope.message_type);
                 match encode_payload(&verified) {
                     Ok(bytes) => {
                         let _ = responder.reply(bytes.into());
@@ -498,7 +513,7 @@ impl RpcHandler for EnvHandler {
         let Some(env) = self.env.upgrade() else {
             return;
         };
-        let Ok((envelope, payload)) = Self::open(&env, client, message) else {
+        let Ok((envelope, payload)) = Self::open(&env, client, &message) else {
             return;
         };
         match envelope.kind {
@@ -609,13 +624,13 @@ impl RpcEnv {
                 factory,
                 bulk_factory,
                 file_server: file_server.clone(),
-                endpoints: Mutex::new(HashMap::new()),
+                endpoints: Mutex::new(FxHashMap::default()),
                 live: Mutex::new(0),
                 endpoints_done: Latch::default(),
                 terminated: Latch::default(),
                 outboxes: Mutex::new(HashMap::new()),
                 stopped: AtomicBool::new(false),
-                remote_envs: Mutex::new(HashMap::new()),
+                remote_envs: Mutex::new(FxHashMap::default()),
                 cancels: Mutex::new(HashMap::new()),
                 next_seed: AtomicU64::new(config.outbox_seed()),
                 stats: Counters::default(),

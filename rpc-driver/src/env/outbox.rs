@@ -5,11 +5,13 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rpc_proto::{Outbox, OutboxAction, OutboxError, OutboxFailure, RpcAddress};
+use rpc_proto::{
+    CallError, EnvelopePrefix, Outbox, OutboxAction, OutboxError, OutboxFailure, RpcAddress,
+};
 use tracing::{debug, info, warn};
 
 use super::error::RpcError;
-use super::reference::CancelOnDrop;
+use super::reference::{CancelOnDrop, RefShared};
 use super::EnvInner;
 use crate::completion::{self, Completer, Waiter};
 use crate::sync::{lock, Arc, Mutex};
@@ -18,11 +20,22 @@ use crate::transport::{RpcCall, TransportClient};
 /// What an ask becomes once it is written: the transport call and the cancel guard.
 pub(crate) type Sent = Result<(RpcCall, CancelOnDrop), RpcError>;
 
+/// An ask handed to an outbox.
+pub(crate) enum Asked {
+    /// Written at once (the outbox was connected).
+    Sent(RpcCall, CancelOnDrop),
+    /// Waiting for the connection; the waiter resolves once it is written (or cannot be).
+    Queued(Waiter<Sent>),
+}
+
 pub(crate) enum OutMsg {
     Send(Bytes),
     Ask {
         body: Bytes,
-        receiver: String,
+        /// The endpoint, as errors name it.
+        endpoint: std::sync::Arc<str>,
+        /// The header prefix it was sent with, for the cancel.
+        prefix: EnvelopePrefix,
         deadline: Instant,
         reply: Completer<Sent>,
     },
@@ -54,48 +67,92 @@ impl OutboxCell {
         }
     }
 
-    /// Queues a one-way message.
+    /// Sends a one-way message, or queues it until connected.
     pub(crate) fn send(self: &Arc<Self>, body: Bytes) -> Result<(), RpcError> {
+        let mut st = lock(&self.state);
+        if let Some(client) = self.connected(&st) {
+            // Connected: nothing is queued, so writing now keeps the order.
+            match client.send(body) {
+                Ok(()) => {}
+                Err(CallError::SendBufferFull { buffered, .. }) => {
+                    return Err(self.send_buffer_full(buffered))
+                }
+                Err(e) => {
+                    warn!(remote = %self.remote, error = %e, "one-way message lost");
+                    if let Some(env) = self.env.upgrade() {
+                        env.stats.failed();
+                    }
+                }
+            }
+            return Ok(());
+        }
         let len = body.len() as u64;
-        self.push(OutMsg::Send(body), len)
+        self.push(&mut st, OutMsg::Send(body), len)
     }
 
-    /// Queues an ask; the waiter resolves once it is written (or could not be).
+    /// Sends an ask to the endpoint `shared` describes, or queues it until connected.
     pub(crate) fn ask(
         self: &Arc<Self>,
         body: Bytes,
-        receiver: &str,
+        shared: &RefShared,
         timeout: Duration,
-    ) -> Result<Waiter<Sent>, RpcError> {
+    ) -> Result<Asked, RpcError> {
+        let mut st = lock(&self.state);
+        if let Some(client) = self.connected(&st) {
+            let call = match client.try_send_rpc(body, Some(timeout)) {
+                Ok(call) => call,
+                Err(CallError::SendBufferFull { buffered, .. }) => {
+                    return Err(self.send_buffer_full(buffered))
+                }
+                Err(e) => RpcCall::refused(e),
+            };
+            let guard = CancelOnDrop::new(client.clone(), shared.prefix.clone(), call.request_id());
+            return Ok(Asked::Sent(call, guard));
+        }
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
         let (reply, waiter) = completion::pair();
         let len = body.len() as u64;
         let deadline = env.rt.now() + timeout;
         self.push(
+            &mut st,
             OutMsg::Ask {
                 body,
-                receiver: receiver.to_owned(),
+                endpoint: shared.endpoint.clone(),
+                prefix: shared.prefix.clone(),
                 deadline,
                 reply,
             },
             len,
         )?;
-        Ok(waiter)
+        Ok(Asked::Queued(waiter))
     }
 
-    fn push(self: &Arc<Self>, message: OutMsg, len: u64) -> Result<(), RpcError> {
+    /// The connection, if the outbox is connected (and so has nothing queued).
+    fn connected<'a>(&self, st: &'a CellState) -> Option<&'a TransportClient> {
+        st.client.as_ref().filter(|_| st.outbox.is_connected())
+    }
+
+    /// Why a message is refused while the connection's send buffer is full.
+    fn send_buffer_full(&self, buffered: u64) -> RpcError {
+        RpcError::NotSent(
+            format!(
+                "the send buffer to {} is full ({buffered} bytes): the peer is not reading",
+                self.remote
+            )
+            .into(),
+        )
+    }
+
+    fn push(
+        self: &Arc<Self>,
+        st: &mut CellState,
+        message: OutMsg,
+        len: u64,
+    ) -> Result<(), RpcError> {
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
         let now = env.rt.now();
-        let mut st = lock(&self.state);
         if let Some(client) = st.client.as_ref().filter(|c| c.is_send_buffer_full()) {
-            return Err(RpcError::NotSent(
-                format!(
-                    "the send buffer to {} is full ({} bytes): the peer is not reading",
-                    self.remote,
-                    client.buffered_bytes()
-                )
-                .into(),
-            ));
+            return Err(self.send_buffer_full(client.buffered_bytes()));
         }
         if let Err(e) = st.outbox.push(now, message, len) {
             return Err(match e {
@@ -117,7 +174,7 @@ impl OutboxCell {
                 _ => RpcError::EnvStopped,
             });
         }
-        self.process(&env, &mut st, now);
+        self.process(&env, st, now);
         Ok(())
     }
 
@@ -207,20 +264,16 @@ impl OutboxCell {
             }
             OutMsg::Ask {
                 body,
-                receiver,
+                prefix,
                 deadline,
                 reply,
+                ..
             } => {
                 let remaining = deadline
                     .saturating_duration_since(now)
                     .max(Duration::from_millis(1));
                 let call = client.send_rpc(body, Some(remaining));
-                let guard = CancelOnDrop::new(
-                    client.clone(),
-                    receiver,
-                    env.address.clone(),
-                    call.request_id(),
-                );
+                let guard = CancelOnDrop::new(client.clone(), prefix, call.request_id());
                 // If the asker is gone, dropping the call and guard forgets it and cancels it.
                 let _ = reply.complete(Ok((call, guard)));
             }
@@ -234,13 +287,13 @@ impl OutboxCell {
                 env.stats.failed();
             }
             OutMsg::Ask {
-                reply, receiver, ..
+                reply, endpoint, ..
             } => {
                 let error = if env.is_stopped() {
                     RpcError::EnvStopped
                 } else {
                     RpcError::Unreachable {
-                        endpoint: format!("rpc://{receiver}@{}", self.remote),
+                        endpoint: endpoint.to_string(),
                         cause: reason.into(),
                     }
                 };

@@ -7,23 +7,25 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Weak;
+use std::sync::{OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc_proto::{decode_payload, encode_payload, Envelope, EnvelopeKind, RpcEndpointAddress};
+use rpc_proto::{decode_payload, EnvelopeKind, EnvelopePrefix, RpcEndpointAddress};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::call::{CancelFlag, LocalReply, ReplyTo};
 use super::error::{from_remote, RpcError};
 use super::mailbox::{EndpointTypes, Payload, Posted};
+use super::outbox::{Asked, OutboxCell};
 use super::{EnvInner, Route};
 use crate::completion::{self, Waiter};
 use crate::runtime::AsyncTimer;
 use crate::sync::Arc;
 use crate::transport::{RpcCall, TransportClient};
+use std::sync::Arc as StdArc;
 
 thread_local! {
     /// The env (and connection) that refs deserialized on this thread bind to.
@@ -55,19 +57,36 @@ pub struct RpcEndpointRef<M, R> {
     pub(crate) address: RpcEndpointAddress,
     pub(crate) env: Weak<EnvInner>,
     pub(crate) client: Option<TransportClient>,
+    shared: StdArc<RefShared>,
     _types: PhantomData<fn(M) -> R>,
 }
 
+/// What every message through a ref (and its clones) needs, worked out once.
+pub(crate) struct RefShared {
+    /// The endpoint as errors name it.
+    pub(crate) endpoint: StdArc<str>,
+    /// The envelope header of messages from the ref's env to the endpoint, up to the deadline.
+    pub(crate) prefix: EnvelopePrefix,
+    /// The outbox to the endpoint's env, once looked up.
+    pub(crate) outbox: OnceLock<Arc<OutboxCell>>,
+}
 impl<M, R> RpcEndpointRef<M, R> {
     pub(crate) fn new(
         address: RpcEndpointAddress,
         env: Weak<EnvInner>,
         client: Option<TransportClient>,
     ) -> Self {
+        let sender = env.upgrade().and_then(|e| e.address.clone());
+        let shared = StdArc::new(RefShared {
+            endpoint: address.to_string().into(),
+            prefix: EnvelopePrefix::new(sender.as_ref(), &address.name, &Self::types().identity()),
+            outbox: OnceLock::new(),
+        });
         Self {
             address,
             env,
             client,
+            shared,
             _types: PhantomData,
         }
     }
@@ -89,7 +108,13 @@ impl<M, R> RpcEndpointRef<M, R> {
 
 impl<M, R> Clone for RpcEndpointRef<M, R> {
     fn clone(&self) -> Self {
-        Self::new(self.address.clone(), self.env.clone(), self.client.clone())
+        Self {
+            address: self.address.clone(),
+            env: self.env.clone(),
+            client: self.client.clone(),
+            shared: self.shared.clone(),
+            _types: PhantomData,
+        }
     }
 }
 
@@ -143,26 +168,16 @@ where
     M: Serialize + Send + 'static,
     R: DeserializeOwned + Send + 'static,
 {
-    fn envelope(&self, env: &EnvInner, kind: EnvelopeKind, deadline_ms: Option<u64>) -> Envelope {
-        Envelope {
-            sender: env.address.clone(),
-            receiver: self.address.name.clone(),
-            message_type: Self::types().identity(),
-            deadline_ms,
-            kind,
-        }
-    }
-
     fn encode(
         &self,
-        env: &EnvInner,
         message: &M,
         kind: EnvelopeKind,
         deadline_ms: Option<u64>,
     ) -> Result<Bytes, RpcError> {
-        let payload =
-            encode_payload(message).map_err(|e| RpcError::Serialization(e.to_string().into()))?;
-        Ok(self.envelope(env, kind, deadline_ms).encode(&payload))
+        self.shared
+            .prefix
+            .encode(deadline_ms, kind, message)
+            .map_err(|e| RpcError::Serialization(e.to_string().into()))
     }
 
     /// Sends `message` without waiting for anything (fire-and-forget, at most once).
@@ -176,7 +191,7 @@ where
             .upgrade()
             .ok_or_else(|| RpcError::Unbound(self.address.clone()))?;
         env.stats.sent();
-        match env.route(&self.address, &self.client)? {
+        match env.route(&self.address, &self.client, Some(&self.shared.outbox))? {
             Route::Local(mailbox) => mailbox
                 .post(Posted::Message {
                     payload: Payload::Local(Box::new(message)),
@@ -184,15 +199,15 @@ where
                     reply: None,
                     sender: env.address.clone(),
                     deadline: None,
-                    cancel: Default::default(),
+                    cancel: None,
                 })
                 .map_err(|_| RpcError::EndpointStopped(self.address.to_string())),
             Route::Remote(outbox) => {
-                let body = self.encode(&env, &message, EnvelopeKind::Send, None)?;
+                let body = self.encode(&message, EnvelopeKind::Send, None)?;
                 outbox.send(body)
             }
             Route::Client(client) => {
-                let body = self.encode(&env, &message, EnvelopeKind::Send, None)?;
+                let body = self.encode(&message, EnvelopeKind::Send, None)?;
                 client
                     .send(body)
                     .map_err(|e| RpcError::NotSent(e.to_string().into()))
@@ -215,7 +230,7 @@ where
     /// Dropping the future (or calling [`Ask::abort`]) stops waiting: the endpoint sees its
     /// call context cancelled and a late reply is discarded.
     pub fn ask_with_timeout(&self, message: M, timeout: Duration) -> Ask<R> {
-        let endpoint = self.address.to_string();
+        let endpoint = self.shared.endpoint.clone();
         let Some(env) = self.env.upgrade() else {
             return Ask::failed(RpcError::Unbound(self.address.clone()));
         };
@@ -233,7 +248,7 @@ where
             counted: true,
             _reply: PhantomData,
         };
-        let route = match env.route(&self.address, &self.client) {
+        let route = match env.route(&self.address, &self.client, Some(&self.shared.outbox)) {
             Ok(route) => route,
             Err(e) => {
                 ask.state = AskState::Failed(e);
@@ -252,31 +267,29 @@ where
                     reply: Some(ReplyTo::Local(completer)),
                     sender: env.address.clone(),
                     deadline: Some(deadline),
-                    cancel,
+                    cancel: Some(cancel),
                 }) {
                     Ok(()) => AskState::Local(waiter),
-                    Err(_) => AskState::Failed(RpcError::EndpointStopped(ask.endpoint.clone())),
+                    Err(_) => AskState::Failed(RpcError::EndpointStopped(ask.endpoint.to_string())),
                 }
             }
-            Route::Remote(outbox) => {
-                match self.encode(&env, &message, EnvelopeKind::Ask, deadline_ms) {
-                    Ok(body) => match outbox.ask(body, &self.address.name, timeout) {
-                        Ok(waiter) => AskState::Queued(waiter),
-                        Err(e) => AskState::Failed(e),
-                    },
+            Route::Remote(outbox) => match self.encode(&message, EnvelopeKind::Ask, deadline_ms) {
+                Ok(body) => match outbox.ask(body, &self.shared, timeout) {
+                    Ok(Asked::Sent(call, guard)) => AskState::Sent(call, Some(guard)),
+                    Ok(Asked::Queued(waiter)) => AskState::Queued(waiter),
                     Err(e) => AskState::Failed(e),
-                }
-            }
+                },
+                Err(e) => AskState::Failed(e),
+            },
             Route::Client(client) => {
                 // The ref names no address: say which connection it goes over.
-                ask.endpoint = format!("{} via {}", self.address, client.peer_addr());
-                match self.encode(&env, &message, EnvelopeKind::Ask, deadline_ms) {
+                ask.endpoint = format!("{} via {}", self.address, client.peer_addr()).into();
+                match self.encode(&message, EnvelopeKind::Ask, deadline_ms) {
                     Ok(body) => {
                         let call = client.send_rpc(body, Some(timeout));
                         let guard = CancelOnDrop::new(
                             client,
-                            self.address.name.clone(),
-                            env.address.clone(),
+                            self.shared.prefix.clone(),
                             call.request_id(),
                         );
                         AskState::Sent(call, Some(guard))
@@ -293,7 +306,7 @@ where
         let Some(env) = self.env.upgrade() else {
             return Ask::failed(RpcError::Unbound(self.address.clone()));
         };
-        let endpoint = format!(
+        let endpoint: StdArc<str> = format!(
             "rpc://{}@{}",
             super::VERIFIER_NAME,
             self.address
@@ -301,7 +314,8 @@ where
                 .as_ref()
                 .map(|a| a.to_string())
                 .unwrap_or_default()
-        );
+        )
+        .into();
         let mut ask = Ask {
             state: AskState::Done,
             timer: None,
@@ -313,10 +327,19 @@ where
             counted: false,
             _reply: PhantomData,
         };
-        let body = self.envelope(&env, EnvelopeKind::Verify, None).encode(&[]);
-        ask.state = match env.route(&self.address, &self.client) {
-            Ok(Route::Remote(outbox)) => match outbox.ask(body, super::VERIFIER_NAME, timeout) {
-                Ok(waiter) => AskState::Queued(waiter),
+        let body = self
+            .shared
+            .prefix
+            .encode_raw(None, EnvelopeKind::Verify, &[]);
+        let shared = RefShared {
+            endpoint: ask.endpoint.clone(),
+            prefix: self.shared.prefix.clone(),
+            outbox: OnceLock::new(),
+        };
+        ask.state = match env.route(&self.address, &self.client, None) {
+            Ok(Route::Remote(outbox)) => match outbox.ask(body, &shared, timeout) {
+                Ok(Asked::Sent(call, guard)) => AskState::Sent(call, Some(guard)),
+                Ok(Asked::Queued(waiter)) => AskState::Queued(waiter),
                 Err(e) => AskState::Failed(e),
             },
             Ok(Route::Client(client)) => AskState::Sent(client.send_rpc(body, Some(timeout)), None),
@@ -376,25 +399,23 @@ where
 /// Sends a `Cancel` to the peer when an ask sent on `client` is dropped before its reply.
 pub(crate) struct CancelOnDrop {
     client: TransportClient,
-    receiver: String,
-    sender: Option<rpc_proto::RpcAddress>,
+    /// The header prefix the ask was sent with (sender and receiver).
+    prefix: EnvelopePrefix,
     armed: bool,
     request: Option<rpc_proto::RequestId>,
 }
 
 impl CancelOnDrop {
     /// A guard for the call sent on `client` as `request` (`None` if it was refused before
-    /// being sent: nothing to cancel).
+    /// being sent: nothing to cancel) with an envelope starting with `prefix`.
     pub(crate) fn new(
         client: TransportClient,
-        receiver: String,
-        sender: Option<rpc_proto::RpcAddress>,
+        prefix: EnvelopePrefix,
         request: Option<rpc_proto::RequestId>,
     ) -> Self {
         Self {
             client,
-            receiver,
-            sender,
+            prefix,
             armed: true,
             request,
         }
@@ -404,14 +425,10 @@ impl CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let (true, Some(request)) = (self.armed, self.request) {
-            let envelope = Envelope {
-                sender: self.sender.clone(),
-                receiver: self.receiver.clone(),
-                message_type: String::new(),
-                deadline_ms: None,
-                kind: EnvelopeKind::Cancel { request },
-            };
-            let _ = self.client.send(envelope.encode(&[]));
+            let body = self
+                .prefix
+                .encode_raw(None, EnvelopeKind::Cancel { request }, &[]);
+            let _ = self.client.send(body);
         }
     }
 }
@@ -433,7 +450,7 @@ pub struct Ask<R> {
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
     deadline: std::time::Instant,
     timeout: Duration,
-    endpoint: String,
+    endpoint: StdArc<str>,
     env: Weak<EnvInner>,
     cancel: Option<Arc<CancelFlag>>,
     /// Whether it counts in the env's stats (asks do, lookups do not).
@@ -448,7 +465,7 @@ impl<R> Ask<R> {
             timer: None,
             deadline: std::time::Instant::now(),
             timeout: Duration::ZERO,
-            endpoint: String::new(),
+            endpoint: "".into(),
             env: Weak::new(),
             cancel: None,
             counted: false,
@@ -462,7 +479,7 @@ impl<R> Ask<R> {
     fn timed_out(&self) -> RpcError {
         RpcError::TimedOut {
             after: self.timeout,
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint.to_string(),
         }
     }
 }
@@ -483,7 +500,7 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
                     Poll::Pending => break,
                     Poll::Ready(Some(Ok(value))) => downcast::<R>(value),
                     Poll::Ready(Some(Err(e))) => Err(e),
-                    Poll::Ready(None) => Err(RpcError::EndpointStopped(this.endpoint.clone())),
+                    Poll::Ready(None) => Err(RpcError::EndpointStopped(this.endpoint.to_string())),
                 },
                 AskState::Queued(waiter) => match Pin::new(waiter).poll(cx) {
                     Poll::Pending => break,

@@ -18,6 +18,7 @@ use rpc_proto::{
     Call, CallError, Config, Connection, ConnectionError, Event, RequestId, RpcError, StreamCallId,
     StreamChunkId,
 };
+use rustc_hash::FxHashMap;
 use tracing::{debug, trace, warn, Instrument};
 
 use super::{ConnectionAddrs, FileSegment, ManagedBuffer, RpcHandler, UploadSink};
@@ -51,9 +52,10 @@ pub(crate) type Registry = Mutex<HashMap<u64, TransportClient>>;
 pub(crate) struct ConnState {
     pub(crate) conn: Connection,
     /// Completion slots of the calls handles are waiting on (RPCs, uploads, chunk fetches).
-    calls: HashMap<Call, Completer<RpcResult>>,
+    /// Keyed by ids this side chose, so a fast non-keyed hash is safe here.
+    calls: FxHashMap<Call, Completer<RpcResult>>,
     /// Streams being received, by call.
-    streams: HashMap<StreamCallId, StreamSlot>,
+    streams: FxHashMap<StreamCallId, StreamSlot>,
     /// Bytes in `streams` not yet taken by their consumers.
     stream_buffered: usize,
     /// Whether the driver stopped reading because of `stream_buffered`; the consumer that
@@ -87,8 +89,8 @@ impl ConnState {
     pub(crate) fn new(conn: Connection) -> Self {
         Self {
             conn,
-            calls: HashMap::new(),
-            streams: HashMap::new(),
+            calls: FxHashMap::default(),
+            streams: FxHashMap::default(),
             stream_buffered: 0,
             read_paused: false,
             driver: None,
@@ -340,13 +342,20 @@ impl TransportClient {
     /// `timeout`, the call fails with [`RpcError::TimedOut`] when it passes. Dropping the
     /// future forgets the call; a late reply is discarded.
     pub fn send_rpc(&self, body: Bytes, timeout: Option<Duration>) -> RpcCall {
-        match self
+        self.try_send_rpc(body, timeout)
+            .unwrap_or_else(RpcCall::refused)
+    }
+
+    /// Like [`send_rpc`](TransportClient::send_rpc), with a refusal returned at once.
+    pub(crate) fn try_send_rpc(
+        &self,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<RpcCall, CallError> {
+        let (id, waiter) = self
             .inner
-            .with_state(|st, now| st.start_rpc(now, body, timeout))
-        {
-            Ok((id, waiter)) => RpcCall::started(&self.inner, Call::Rpc(id), waiter),
-            Err(error) => RpcCall::refused(error),
-        }
+            .with_state(|st, now| st.start_rpc(now, body, timeout))?;
+        Ok(RpcCall::started(&self.inner, Call::Rpc(id), waiter))
     }
 
     /// Fetches one chunk of a stream the peer registered (Spark's `fetchChunk`). Resolves to
@@ -745,7 +754,7 @@ impl RpcCall {
         }
     }
 
-    fn refused(error: CallError) -> Self {
+    pub(crate) fn refused(error: CallError) -> Self {
         Self {
             client: None,
             call: None,

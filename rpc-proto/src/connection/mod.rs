@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
 use crate::config::Config;
@@ -120,8 +121,9 @@ pub struct Connection {
     next_body: u64,
     next_timer: u64,
 
-    requests: HashMap<RequestId, Pending<RequestKind>>,
-    chunk_fetches: HashMap<StreamChunkId, Pending<()>>,
+    // Keyed by ids this side chose (not the peer), so a fast non-keyed hash is safe here.
+    requests: FxHashMap<RequestId, Pending<RequestKind>>,
+    chunk_fetches: FxHashMap<StreamChunkId, Pending<()>>,
     stream_calls: VecDeque<StreamSlot>,
     receiving: Option<Receiving>,
     timers: BTreeMap<TimerAt, TimerKey>,
@@ -208,8 +210,8 @@ impl Connection {
             next_inbound_stream: 0,
             next_body: 0,
             next_timer: 0,
-            requests: HashMap::new(),
-            chunk_fetches: HashMap::new(),
+            requests: FxHashMap::default(),
+            chunk_fetches: FxHashMap::default(),
             stream_calls: VecDeque::new(),
             receiving: None,
             timers: BTreeMap::new(),
