@@ -202,7 +202,7 @@ pub(crate) fn all(plan: &Plan) -> Result<(), Error> {
         plan.out.join("results.json"),
         serde_json::to_string_pretty(&report_json(plan, &figures, &medians, &failures))?,
     )?;
-    std::fs::write(plan.out.join("ratios.svg"), svg(plan, &medians))?;
+    std::fs::write(plan.out.join("ratios.svg"), svg(plan, &medians)?)?;
     println!("\n{table}");
     println!("written to {}", plan.out.display());
     if failures.is_empty() {
@@ -213,6 +213,57 @@ pub(crate) fn all(plan: &Plan) -> Result<(), Error> {
 }
 
 type Medians = BTreeMap<(String, String, String), f64>;
+
+/// Redraws `ratios.svg` and `results.md` in `plan.out` from the `results.json` there (of
+/// the workloads and contenders it holds), without running anything.
+pub(crate) fn chart(plan: &Plan) -> Result<(), Error> {
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(plan.out.join("results.json"))?)?;
+    let text = |v: &Value, k: &str| -> Result<String, Error> {
+        Ok(v[k]
+            .as_str()
+            .ok_or(format!("results.json: no {k}"))?
+            .to_owned())
+    };
+    let mut medians = Medians::new();
+    for figure in json["figures"]
+        .as_array()
+        .ok_or("results.json: no figures")?
+    {
+        let value = figure["value"]
+            .as_f64()
+            .ok_or("results.json: a figure has no value")?;
+        let key = (
+            text(figure, "workload")?,
+            text(figure, "metric")?,
+            text(figure, "contender")?,
+        );
+        medians.insert(key, value);
+    }
+    let plan = Plan {
+        workloads: plan
+            .workloads
+            .iter()
+            .filter(|w| medians.keys().any(|(x, _, _)| x == *w))
+            .cloned()
+            .collect(),
+        contenders: plan
+            .contenders
+            .iter()
+            .filter(|c| medians.keys().any(|(_, _, x)| x == *c))
+            .cloned()
+            .collect(),
+        quick: json["quick"].as_bool().unwrap_or(plan.quick),
+        reps: json["repetitions"]
+            .as_u64()
+            .map_or(plan.reps, |n| n as usize),
+        out: plan.out.clone(),
+    };
+    std::fs::write(plan.out.join("results.md"), markdown(&plan, &medians))?;
+    std::fs::write(plan.out.join("ratios.svg"), svg(&plan, &medians)?)?;
+    println!("written to {}", plan.out.display());
+    Ok(())
+}
 
 fn ratio(
     medians: &Medians,
@@ -314,10 +365,19 @@ const HEADLINES: [(&str, &str, bool); 7] = [
     ("W7", "gib_per_s", true),
 ];
 
-/// A grouped bar chart: each workload's headline figure relative to the raw floor, as a
-/// speed (higher is better: rates divided by raw's, raw's latency divided by ours).
-fn svg(plan: &Plan, medians: &Medians) -> String {
-    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f"];
+/// A grouped bar chart, drawn with plotters: each workload's headline figure relative to the
+/// raw floor, as a speed (higher is better: rates divided by raw's, raw's latency divided by
+/// ours).
+fn svg(plan: &Plan, medians: &Medians) -> Result<String, Error> {
+    use plotters::prelude::*;
+
+    let colors = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x7f, 0x7f, 0x7f),
+    ];
     let groups: Vec<_> = HEADLINES
         .iter()
         .filter(|(w, _, _)| plan.workloads.iter().any(|x| x == w))
@@ -325,77 +385,68 @@ fn svg(plan: &Plan, medians: &Medians) -> String {
     let speed = |w: &str, m: &str, higher: bool, c: &str| {
         ratio(medians, w, m, c, "raw").map(|r| if higher { r } else { 1.0 / r })
     };
-    let mut top: f64 = 1.2;
-    for (w, m, h) in &groups {
-        for c in &plan.contenders {
-            if let Some(s) = speed(w, m, *h, c) {
-                top = top.max(s * 1.1);
-            }
-        }
-    }
-    let (width, height, left, bottom, top_pad) = (900.0, 420.0, 60.0, 60.0, 40.0);
-    let plot_h = height - bottom - top_pad;
-    let group_w = (width - left - 20.0) / groups.len().max(1) as f64;
-    let bar_w = group_w * 0.8 / plan.contenders.len().max(1) as f64;
-    let y = |v: f64| top_pad + plot_h * (1.0 - v / top);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"20\" font-size=\"14\">Speed relative to the raw-TCP floor \
-         (1.0 = raw; higher is better){}</text>\n",
+    let top = groups
+        .iter()
+        .flat_map(|(w, m, h)| plan.contenders.iter().filter_map(|c| speed(w, m, *h, c)))
+        .fold(1.2_f64, |top, s| top.max(s * 1.1));
+    let title = format!(
+        "Speed relative to the raw-TCP floor (1.0 = raw; higher is better){}",
         if plan.quick { ", --quick run" } else { "" }
     );
-    let mut tick = 0.0;
-    while tick <= top + 1e-9 {
-        s += &format!(
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.1}</text>\n",
-            width - 20.0,
-            left - 5.0,
-            y(tick) + 4.0,
-            y = y(tick)
-        );
-        tick += if top > 3.0 { 0.5 } else { 0.2 };
-    }
-    s += &format!(
-        "<line x1=\"{left}\" x2=\"{}\" y1=\"{y1:.1}\" y2=\"{y1:.1}\" stroke=\"black\" \
-         stroke-dasharray=\"4\"/>\n",
-        width - 20.0,
-        y1 = y(1.0)
-    );
-    for (g, (w, m, h)) in groups.iter().enumerate() {
-        let x0 = left + g as f64 * group_w + group_w * 0.1;
+    let n = groups.len().max(1);
+    let bars = plan.contenders.len().max(1) as f64;
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (900, 440)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0.0..n as f64, 0.0..top)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n * 2 + 1)
+            .x_label_formatter(&|x| {
+                // Label the middle of each group with its workload and figure.
+                let g = x.floor() as usize;
+                match groups.get(g) {
+                    Some((w, m, _)) if (x - g as f64 - 0.5).abs() < 0.01 => format!("{w} {m}"),
+                    _ => String::new(),
+                }
+            })
+            .y_desc("speed / raw")
+            .draw()?;
         for (i, c) in plan.contenders.iter().enumerate() {
-            if let Some(v) = speed(w, m, *h, c) {
-                let x = x0 + i as f64 * bar_w;
-                s += &format!(
-                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
-                     fill=\"{}\"><title>{c} {w} {m}: {v:.2}</title></rect>\n",
-                    y(v),
-                    bar_w * 0.9,
-                    y(0.0) - y(v),
-                    colors[i % colors.len()]
-                );
-            }
+            let color = colors[i % colors.len()];
+            let rects = groups.iter().enumerate().filter_map(|(g, (w, m, h))| {
+                let v = speed(w, m, *h, c)?;
+                let x0 = g as f64 + 0.1 + i as f64 * 0.8 / bars;
+                Some(Rectangle::new(
+                    [(x0, 0.0), (x0 + 0.8 / bars * 0.9, v)],
+                    color.filled(),
+                ))
+            });
+            chart
+                .draw_series(rects)?
+                .label(c.as_str())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
         }
-        s += &format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{w} {m}</text>\n",
-            x0 + group_w * 0.4,
-            height - bottom + 18.0
-        );
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 1.0), (n as f64, 1.0)],
+            BLACK,
+        )))?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
     }
-    for (i, c) in plan.contenders.iter().enumerate() {
-        let x = left + i as f64 * 150.0;
-        s += &format!(
-            "<rect x=\"{x}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>\
-             <text x=\"{}\" y=\"{:.1}\">{c}</text>\n",
-            height - 25.0,
-            colors[i % colors.len()],
-            x + 16.0,
-            height - 15.0
-        );
-    }
-    s += "</svg>\n";
-    s
+    Ok(out)
 }

@@ -6,6 +6,7 @@
 //! rpc-bench server --port P --contender C [--block-bytes N] [--file PATH] [--quick]
 //! rpc-bench client --port P --contender C --workload W [--quick] [--server-pid PID]
 //! rpc-bench all [--workload W] [--contender C] [--quick] [--reps N] [--out DIR]
+//! rpc-bench chart [--out DIR]     # redraw the chart and table from DIR/results.json
 //! ```
 //!
 //! The server listens on P (control plane) and P+1 (data plane). The client prints each
@@ -48,7 +49,7 @@ impl Args {
         let mut it = std::env::args().skip(1).peekable();
         let command = it
             .next()
-            .ok_or("usage: rpc-bench server|client|all [options]")?;
+            .ok_or("usage: rpc-bench server|client|all|chart [options]")?;
         let mut pairs = Vec::new();
         while let Some(flag) = it.next() {
             let name = flag
@@ -147,7 +148,8 @@ fn run() -> Result<(), Error> {
             })
         }
         "all" => harness::all(&args_for_harness(&args, quick)?),
-        other => Err(format!("unknown command {other} (server, client or all)").into()),
+        "chart" => harness::chart(&args_for_harness(&args, quick)?),
+        other => Err(format!("unknown command {other} (server, client, all or chart)").into()),
     }
 }
 

@@ -28,7 +28,7 @@ use crate::sync::{lock, Arc, Mutex};
 
 /// Reads start this large and double while they fill the buffer.
 const READ_CHUNK_MIN: usize = 8 * 1024;
-const READ_CHUNK_MAX: usize = 256 * 1024;
+const READ_CHUNK_MAX: usize = 2 * 1024 * 1024;
 /// Buffers gathered into one vectored write.
 const MAX_IOVECS: usize = 64;
 /// Loop turns in one poll of the driver before it yields to other tasks.
