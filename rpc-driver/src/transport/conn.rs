@@ -105,6 +105,17 @@ impl ConnState {
         !self.read_paused
     }
 
+    /// The most one read may bring in: what stream consumers leave of
+    /// [`STREAM_BUFFER_LIMIT`], so that waiting stream bytes stay within the limit plus
+    /// `READ_CHUNK_MIN`, however large reads have grown.
+    fn read_room(&self, chunk: usize) -> usize {
+        chunk.min(
+            STREAM_BUFFER_LIMIT
+                .saturating_sub(self.stream_buffered)
+                .max(READ_CHUNK_MIN),
+        )
+    }
+
     /// Called as stream bytes are taken: whether the driver must be woken to read again.
     fn resume_reading(&mut self) -> bool {
         if self.read_paused && self.stream_buffered < STREAM_BUFFER_LIMIT / 2 {
@@ -994,10 +1005,8 @@ impl Driver {
     /// reserving the largest chunk.
     fn read(&mut self, cx: &mut Context<'_>, st: &mut ConnState, now: Instant) -> bool {
         debug_assert!(self.read_buf.is_empty());
-        match self
-            .stream
-            .poll_read_buf(cx, &mut self.read_buf, self.read_chunk)
-        {
+        let max = st.read_room(self.read_chunk);
+        match self.stream.poll_read_buf(cx, &mut self.read_buf, max) {
             Poll::Pending => {
                 self.read_buf.clear();
                 false
@@ -1013,7 +1022,7 @@ impl Driver {
                 st.conn.handle_data(now, self.read_buf.split());
                 if n >= self.read_chunk {
                     self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
-                } else if n < self.read_chunk / 4 {
+                } else if n < max / 4 {
                     self.read_chunk = (self.read_chunk / 2).max(READ_CHUNK_MIN);
                 }
                 true
