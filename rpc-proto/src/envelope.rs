@@ -186,12 +186,8 @@ impl EnvelopePrefix {
         kind: EnvelopeKind,
         payload: &T,
     ) -> Result<Bytes, PayloadError> {
-        let size = payload_size(payload)?;
-        let mut out = Vec::with_capacity(self.bytes.len() + TAIL_MAX + size);
-        out.extend_from_slice(&self.bytes);
-        out = postcard::to_extend(&(deadline_ms, kind), out)
-            .expect("a deadline and a kind always serialize");
-        out = postcard::to_extend(payload, out)
+        let out = self.header(deadline_ms, kind, payload_size(payload)?);
+        let out = postcard::to_extend(payload, out)
             .map_err(|err| PayloadError::Encode(Arc::from(err.to_string())))?;
         Ok(Bytes::from(out))
     }
@@ -203,12 +199,17 @@ impl EnvelopePrefix {
         kind: EnvelopeKind,
         payload: &[u8],
     ) -> Bytes {
-        let mut out = Vec::with_capacity(self.bytes.len() + TAIL_MAX + payload.len());
-        out.extend_from_slice(&self.bytes);
-        out = postcard::to_extend(&(deadline_ms, kind), out)
-            .expect("a deadline and a kind always serialize");
+        let mut out = self.header(deadline_ms, kind, payload.len());
         out.extend_from_slice(payload);
         Bytes::from(out)
+    }
+
+    /// The whole header, in a buffer with room for `payload` more bytes.
+    fn header(&self, deadline_ms: Option<u64>, kind: EnvelopeKind, payload: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len() + TAIL_MAX + payload);
+        out.extend_from_slice(&self.bytes);
+        postcard::to_extend(&(deadline_ms, kind), out)
+            .expect("a deadline and a kind always serialize")
     }
 }
 

@@ -118,7 +118,7 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
         reply: ReplyTo,
         sender: Option<RpcAddress>,
         deadline: Option<Instant>,
-        cancel: Arc<CancelFlag>,
+        cancel: Option<Arc<CancelFlag>>,
         endpoint: &str,
         env: &Weak<EnvInner>,
     ) -> Self {
@@ -127,7 +127,9 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
                 reply: Mutex::new(Some(reply)),
                 sender,
                 deadline,
-                cancel,
+                // A context made without a flag (its caller cannot cancel) gets one that is
+                // never raised.
+                cancel: cancel.unwrap_or_default(),
                 endpoint: endpoint.to_owned(),
                 env: env.clone(),
             }),

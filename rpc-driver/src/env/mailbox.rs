@@ -208,21 +208,12 @@ where
             (Ok(m), None) => Work::Send(m),
             (Ok(m), Some(reply)) => Work::Ask(
                 m,
-                RpcCallContext::new(
-                    reply,
-                    sender,
-                    deadline,
-                    cancel.unwrap_or_default(),
-                    name,
-                    env,
-                ),
+                RpcCallContext::new(reply, sender, deadline, cancel, name, env),
                 request,
             ),
             (Err(e), reply) => {
-                let call = reply.map(|r| {
-                    let cancel = cancel.unwrap_or_default();
-                    RpcCallContext::<R>::new(r, sender, deadline, cancel, name, env)
-                });
+                let call =
+                    reply.map(|r| RpcCallContext::<R>::new(r, sender, deadline, cancel, name, env));
                 if let Some(call) = call {
                     call.send_failure(format!(
                         "{}the message could not be decoded: {e}",

@@ -405,14 +405,16 @@ impl EnvInner {
                 ),
             );
         }
-        let cancel = responder.as_ref().map(|_| Arc::new(CancelFlag::default()));
-        if let (Some(r), Some(cancel)) = (&responder, &cancel) {
+        // Only an ask can be cancelled: its flag is found by connection and request id.
+        let cancel = responder.as_ref().map(|r| {
+            let cancel = Arc::new(CancelFlag::default());
             let mut cancels = lock(&self.cancels);
             if cancels.len() >= 1024 {
                 cancels.retain(|_, flag| flag.strong_count() > 0);
             }
-            cancels.insert((client.id(), r.request_id()), Arc::downgrade(cancel));
-        }
+            cancels.insert((client.id(), r.request_id()), Arc::downgrade(&cancel));
+            cancel
+        });
         let deadline = envelope.deadline().map(|d| self.rt.now() + d);
         // Only a call context tells the sender (a one-way message's handler is not told).
         let sender = responder.as_ref().and_then(|_| envelope.sender());

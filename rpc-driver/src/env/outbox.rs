@@ -11,7 +11,7 @@ use rpc_proto::{
 use tracing::{debug, info, warn};
 
 use super::error::RpcError;
-use super::reference::{CancelOnDrop, RefShared};
+use super::reference::CancelOnDrop;
 use super::EnvInner;
 use crate::completion::{self, Completer, Waiter};
 use crate::sync::{lock, Arc, Mutex};
@@ -77,12 +77,7 @@ impl OutboxCell {
                 Err(CallError::SendBufferFull { buffered, .. }) => {
                     return Err(self.send_buffer_full(buffered))
                 }
-                Err(e) => {
-                    warn!(remote = %self.remote, error = %e, "one-way message lost");
-                    if let Some(env) = self.env.upgrade() {
-                        env.stats.failed();
-                    }
-                }
+                Err(e) => self.lost(e),
             }
             return Ok(());
         }
@@ -90,11 +85,13 @@ impl OutboxCell {
         self.push(&mut st, OutMsg::Send(body), len)
     }
 
-    /// Sends an ask to the endpoint `shared` describes, or queues it until connected.
+    /// Sends an ask, or queues it until connected. `endpoint` names its target in errors;
+    /// `prefix` is the header it was encoded with (a cancel is sent with it).
     pub(crate) fn ask(
         self: &Arc<Self>,
         body: Bytes,
-        shared: &RefShared,
+        endpoint: &std::sync::Arc<str>,
+        prefix: &EnvelopePrefix,
         timeout: Duration,
     ) -> Result<Asked, RpcError> {
         let mut st = lock(&self.state);
@@ -106,7 +103,7 @@ impl OutboxCell {
                 }
                 Err(e) => RpcCall::refused(e),
             };
-            let guard = CancelOnDrop::new(client.clone(), shared.prefix.clone(), call.request_id());
+            let guard = CancelOnDrop::new(client.clone(), prefix.clone(), call.request_id());
             return Ok(Asked::Sent(call, guard));
         }
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
@@ -117,8 +114,8 @@ impl OutboxCell {
             &mut st,
             OutMsg::Ask {
                 body,
-                endpoint: shared.endpoint.clone(),
-                prefix: shared.prefix.clone(),
+                endpoint: endpoint.clone(),
+                prefix: prefix.clone(),
                 deadline,
                 reply,
             },
@@ -130,6 +127,14 @@ impl OutboxCell {
     /// The connection, if the outbox is connected (and so has nothing queued).
     fn connected<'a>(&self, st: &'a CellState) -> Option<&'a TransportClient> {
         st.client.as_ref().filter(|_| st.outbox.is_connected())
+    }
+
+    /// A one-way message the connection refused: logged and counted.
+    fn lost(&self, error: CallError) {
+        warn!(remote = %self.remote, %error, "one-way message lost");
+        if let Some(env) = self.env.upgrade() {
+            env.stats.failed();
+        }
     }
 
     /// Why a message is refused while the connection's send buffer is full.
@@ -184,7 +189,7 @@ impl OutboxCell {
             match action {
                 OutboxAction::Connect => self.spawn_connect(env),
                 OutboxAction::Deliver(message) => match st.client.clone() {
-                    Some(client) => self.deliver(env, &client, message, now),
+                    Some(client) => self.deliver(&client, message, now),
                     None => self.fail(env, message, "not connected".into()),
                 },
                 OutboxAction::Fail(message, failure) => {
@@ -254,12 +259,11 @@ impl OutboxCell {
         }));
     }
 
-    fn deliver(&self, env: &EnvInner, client: &TransportClient, message: OutMsg, now: Instant) {
+    fn deliver(&self, client: &TransportClient, message: OutMsg, now: Instant) {
         match message {
             OutMsg::Send(body) => {
                 if let Err(e) = client.send(body) {
-                    warn!(remote = %self.remote, error = %e, "one-way message lost");
-                    env.stats.failed();
+                    self.lost(e);
                 }
             }
             OutMsg::Ask {

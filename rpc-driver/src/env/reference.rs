@@ -7,7 +7,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{OnceLock, Weak};
+use std::sync::{Arc as StdArc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ use crate::completion::{self, Waiter};
 use crate::runtime::AsyncTimer;
 use crate::sync::Arc;
 use crate::transport::{RpcCall, TransportClient};
-use std::sync::Arc as StdArc;
 
 thread_local! {
     /// The env (and connection) that refs deserialized on this thread bind to.
@@ -70,6 +69,7 @@ pub(crate) struct RefShared {
     /// The outbox to the endpoint's env, once looked up.
     pub(crate) outbox: OnceLock<Arc<OutboxCell>>,
 }
+
 impl<M, R> RpcEndpointRef<M, R> {
     pub(crate) fn new(
         address: RpcEndpointAddress,
@@ -274,11 +274,13 @@ where
                 }
             }
             Route::Remote(outbox) => match self.encode(&message, EnvelopeKind::Ask, deadline_ms) {
-                Ok(body) => match outbox.ask(body, &self.shared, timeout) {
-                    Ok(Asked::Sent(call, guard)) => AskState::Sent(call, Some(guard)),
-                    Ok(Asked::Queued(waiter)) => AskState::Queued(waiter),
-                    Err(e) => AskState::Failed(e),
-                },
+                Ok(body) => {
+                    match outbox.ask(body, &self.shared.endpoint, &self.shared.prefix, timeout) {
+                        Ok(Asked::Sent(call, guard)) => AskState::Sent(call, Some(guard)),
+                        Ok(Asked::Queued(waiter)) => AskState::Queued(waiter),
+                        Err(e) => AskState::Failed(e),
+                    }
+                }
                 Err(e) => AskState::Failed(e),
             },
             Route::Client(client) => {
@@ -331,17 +333,14 @@ where
             .shared
             .prefix
             .encode_raw(None, EnvelopeKind::Verify, &[]);
-        let shared = RefShared {
-            endpoint: ask.endpoint.clone(),
-            prefix: self.shared.prefix.clone(),
-            outbox: OnceLock::new(),
-        };
         ask.state = match env.route(&self.address, &self.client, None) {
-            Ok(Route::Remote(outbox)) => match outbox.ask(body, &shared, timeout) {
-                Ok(Asked::Sent(call, guard)) => AskState::Sent(call, Some(guard)),
-                Ok(Asked::Queued(waiter)) => AskState::Queued(waiter),
-                Err(e) => AskState::Failed(e),
-            },
+            Ok(Route::Remote(outbox)) => {
+                match outbox.ask(body, &ask.endpoint, &self.shared.prefix, timeout) {
+                    Ok(Asked::Sent(call, guard)) => AskState::Sent(call, Some(guard)),
+                    Ok(Asked::Queued(waiter)) => AskState::Queued(waiter),
+                    Err(e) => AskState::Failed(e),
+                }
+            }
             Ok(Route::Client(client)) => AskState::Sent(client.send_rpc(body, Some(timeout)), None),
             Ok(Route::Local(_)) => {
                 AskState::Failed(RpcError::EndpointNotFound(self.address.to_string()))

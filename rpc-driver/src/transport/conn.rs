@@ -998,8 +998,9 @@ impl Future for Driver {
 impl Driver {
     /// Reads once; returns whether anything happened.
     ///
-    /// Reads into the spare capacity of `read_buf` (no zeroing), up to `read_chunk` bytes, and
-    /// hands what was read to the connection with `split`. `read_chunk` doubles after a read
+    /// Reads into the spare capacity of `read_buf` (no zeroing), up to `read_chunk` bytes but
+    /// no more than stream consumers leave room for (`ConnState::read_room`), and hands what
+    /// was read to the connection with `split`. `read_chunk` doubles after a read
     /// that filled it, up to `READ_CHUNK_MAX`, and halves after one that used less than a
     /// quarter of it, down to `READ_CHUNK_MIN`, so small-message connections do not keep
     /// reserving the largest chunk.
