@@ -6,7 +6,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -148,6 +148,20 @@ impl Future for TimerFired<'_> {
 pub async fn sleep_until(runtime: &dyn Runtime, deadline: Instant) {
     let mut timer = runtime.new_timer(deadline);
     timer_fired(timer.as_mut()).await
+}
+
+/// The instant `timeout` after `now`, or `None` (never) when that lies past the clock's
+/// range: any `Duration` a user passes, up to `Duration::MAX`, is a valid timeout.
+pub(crate) fn deadline_after(now: Instant, timeout: Duration) -> Option<Instant> {
+    now.checked_add(timeout)
+}
+
+/// Sleeps for `duration` on `runtime`; a duration past the clock's range sleeps forever.
+pub(crate) async fn sleep_for(runtime: &dyn Runtime, duration: Duration) {
+    match deadline_after(runtime.now(), duration) {
+        Some(deadline) => sleep_until(runtime, deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

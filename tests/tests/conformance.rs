@@ -26,6 +26,7 @@ macro_rules! suite {
 
         mod blocks;
         mod chunks;
+        mod edges;
         mod env;
         mod env_network;
         mod file_server;

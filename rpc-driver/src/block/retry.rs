@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use super::fetch::fetch_blocks;
 use super::{deliver, BlockFetchConfig, BlockFetchError, BlockFetchingListener};
-use crate::runtime::{sleep_until, BoxFuture, Runtime};
+use crate::runtime::{sleep_for, BoxFuture, Runtime};
 use crate::transport::TransportClientFactory;
 
 type Outcome = (String, Result<Bytes, BlockFetchError>);
@@ -246,11 +246,12 @@ impl Stream for RetryingBlockFetcher {
                                     "block fetch failed; retrying the outstanding blocks"
                                 );
                                 let rt = this.rt.clone();
-                                let deadline = rt.now() + this.retry_wait;
+                                let wait = this.retry_wait;
                                 // Dropping the attempt ignores (and cancels) the rest of it.
-                                this.phase = Phase::Waiting(Box::pin(async move {
-                                    sleep_until(&*rt, deadline).await
-                                }));
+                                this.phase =
+                                    Phase::Waiting(Box::pin(
+                                        async move { sleep_for(&*rt, wait).await },
+                                    ));
                             }
                             result => {
                                 this.settle(&id);

@@ -10,7 +10,7 @@ use std::sync::Weak;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use rpc_proto::{encode_payload, RpcAddress};
+use rpc_proto::{encode_payload, RequestId, RpcAddress};
 use serde::Serialize;
 
 use super::error::RpcError;
@@ -44,14 +44,37 @@ impl ReplyTo {
     }
 }
 
-/// Set when the caller of an ask stops waiting (dropped or aborted its future).
+/// Set when the caller of an ask stops waiting (dropped or aborted its future, or its
+/// connection closed).
 #[derive(Default)]
 pub(crate) struct CancelFlag {
     cancelled: AtomicBool,
     wakers: Mutex<Vec<Waker>>,
+    /// Where the env finds it by connection and request id; removed from there when the
+    /// flag goes (when the call context does), so the env holds only live calls' flags.
+    registration: Option<(Weak<EnvInner>, u64, RequestId)>,
+}
+
+impl Drop for CancelFlag {
+    fn drop(&mut self) {
+        if let Some((env, connection, request)) = &self.registration {
+            if let Some(env) = env.upgrade() {
+                env.forget_cancel(*connection, *request);
+            }
+        }
+    }
 }
 
 impl CancelFlag {
+    /// A flag the env finds by the `connection` and `request` id the ask came with.
+    pub(crate) fn registered(env: Weak<EnvInner>, connection: u64, request: RequestId) -> Self {
+        Self {
+            cancelled: AtomicBool::new(false),
+            wakers: Mutex::new(Vec::new()),
+            registration: Some((env, connection, request)),
+        }
+    }
+
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         for waker in lock(&self.wakers).drain(..) {

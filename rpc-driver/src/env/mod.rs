@@ -16,6 +16,27 @@
 //! Retrying is the caller's choice ([`RpcEndpointRef::ask_with_retry`], for idempotent
 //! messages).
 //!
+//! # Network events
+//!
+//! Endpoints hear of the processes this env is connected to through
+//! [`on_connected`](RpcEndpoint::on_connected), [`on_disconnected`](RpcEndpoint::on_disconnected)
+//! and [`on_network_error`](RpcEndpoint::on_network_error), as in Spark
+//! (`RemoteProcessConnected`, `RemoteProcessDisconnected`, `RemoteProcessConnectionError`).
+//! Each connection stands for up to two addresses:
+//!
+//! - the address of its socket's far end: for a connection this env opened, the address it
+//!   dialled (the peer env's own address); for one it accepted, the peer's ephemeral port;
+//! - the address the peer env announces as the sender of its messages (a server-mode env
+//!   names its own address), once its first message arrives, when that differs.
+//!
+//! An address is reported connected when the first connection standing for it opens (or
+//! first announces it), and disconnected when the last such connection closes. So for every
+//! address, connects and disconnects alternate, starting with a connect, even when one
+//! process is reached over several connections: an endpoint can keep a set of live peers by
+//! adding on connect and removing on disconnect. A connection that fails reports a network
+//! error for its addresses first (whether or not other connections stand for them); a clean
+//! close reports none. An env that is shutting down reports nothing for its own connections.
+//!
 //! # Files
 //!
 //! Like Spark's `RpcEnvFileServer`, a server-mode env serves files, jars and directories to
@@ -272,8 +293,15 @@ pub(crate) struct EnvInner {
     terminated: Latch,
     outboxes: Mutex<HashMap<RpcAddress, Arc<OutboxCell>>>,
     stopped: AtomicBool,
+    /// The env address each connection's peer announced, by connection id.
     remote_envs: Mutex<FxHashMap<u64, RpcAddress>>,
-    cancels: Mutex<HashMap<(u64, RequestId), Weak<CancelFlag>>>,
+    /// How many connections stand for each address reported connected (see "Network
+    /// events"); events are posted under this lock, so they alternate per address.
+    peers: Mutex<HashMap<RpcAddress, usize>>,
+    /// The cancel flags of asks being handled, by connection, then by the peer's request id
+    /// (SipHash: the peer chooses those). A flag leaves when its call context goes, and a
+    /// connection's flags are raised when it closes.
+    cancels: Mutex<FxHashMap<u64, HashMap<RequestId, Weak<CancelFlag>>>>,
     next_seed: AtomicU64,
     pub(crate) stats: Counters,
 }
@@ -359,6 +387,49 @@ impl EnvInner {
         }
     }
 
+    /// One more connection stands for `address`: the first is reported connected.
+    fn peer_up(&self, address: &RpcAddress) {
+        let mut peers = lock(&self.peers);
+        let count = peers.entry(address.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.post_all(|| Posted::Connected(address.clone()));
+        }
+    }
+
+    /// One connection fewer stands for `address`: the last is reported disconnected.
+    fn peer_down(&self, address: &RpcAddress) {
+        let mut peers = lock(&self.peers);
+        let Some(count) = peers.get_mut(address) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            peers.remove(address);
+            self.post_all(|| Posted::Disconnected(address.clone()));
+        }
+    }
+
+    /// The flag of ask `request` on `connection` is gone (its call context was dropped).
+    pub(crate) fn forget_cancel(&self, connection: u64, request: RequestId) {
+        let mut cancels = lock(&self.cancels);
+        if let Some(calls) = cancels.get_mut(&connection) {
+            calls.remove(&request);
+            if calls.is_empty() {
+                cancels.remove(&connection);
+            }
+        }
+    }
+
+    /// Takes the cancel flag of ask `request` on `connection`, if its call is still live.
+    fn take_cancel(&self, connection: u64, request: RequestId) -> Option<Arc<CancelFlag>> {
+        let flag = lock(&self.cancels)
+            .get_mut(&connection)
+            .and_then(|calls| calls.remove(&request));
+        // Upgraded (and maybe dropped) outside the lock: a dropped flag takes it to forget itself.
+        flag.and_then(|f| f.upgrade())
+    }
+
     fn post_all(&self, event: impl Fn() -> Posted) {
         let mailboxes: Vec<_> = lock(&self.endpoints).values().cloned().collect();
         for mailbox in mailboxes {
@@ -407,15 +478,21 @@ impl EnvInner {
         }
         // Only an ask can be cancelled: its flag is found by connection and request id.
         let cancel = responder.as_ref().map(|r| {
-            let cancel = Arc::new(CancelFlag::default());
-            let mut cancels = lock(&self.cancels);
-            if cancels.len() >= 1024 {
-                cancels.retain(|_, flag| flag.strong_count() > 0);
-            }
-            cancels.insert((client.id(), r.request_id()), Arc::downgrade(&cancel));
+            let cancel = Arc::new(CancelFlag::registered(
+                self.weak(),
+                client.id(),
+                r.request_id(),
+            ));
+            lock(&self.cancels)
+                .entry(client.id())
+                .or_default()
+                .insert(r.request_id(), Arc::downgrade(&cancel));
             cancel
         });
-        let deadline = envelope.deadline().map(|d| self.rt.now() + d);
+        // A deadline the peer sets past our clock's range is none (never a panic).
+        let deadline = envelope
+            .deadline()
+            .and_then(|d| crate::runtime::deadline_after(self.rt.now(), d));
         // Only a call context tells the sender (a one-way message's handler is not told).
         let sender = responder.as_ref().and_then(|_| envelope.sender());
         let posted = Posted::Message {
@@ -461,12 +538,25 @@ impl EnvHandler {
             env.stats.failed();
         })?;
         if let Some((host, port)) = envelope.sender {
-            lock(&env.remote_envs)
-                .entry(client.id())
-                .or_insert_with(|| RpcAddress {
-                    host: host.to_owned(),
-                    port,
-                });
+            let announced = {
+                let mut remote_envs = lock(&env.remote_envs);
+                match remote_envs.entry(client.id()) {
+                    std::collections::hash_map::Entry::Occupied(_) => None,
+                    std::collections::hash_map::Entry::Vacant(entry) => Some(
+                        entry
+                            .insert(RpcAddress {
+                                host: host.to_owned(),
+                                port,
+                            })
+                            .clone(),
+                    ),
+                }
+            };
+            // The first message to name the peer env reports it connected, before the
+            // message itself is delivered (Spark's `RemoteProcessConnected`).
+            if let Some(remote) = announced.filter(|r| *r != RpcAddress::from(client.peer_addr())) {
+                env.peer_up(&remote);
+            }
         }
         Ok((envelope, payload))
     }
@@ -521,8 +611,7 @@ impl RpcHandler for EnvHandler {
         match envelope.kind {
             EnvelopeKind::Send => env.deliver(client, envelope, payload, None),
             EnvelopeKind::Cancel { request } => {
-                let flag = lock(&env.cancels).remove(&(client.id(), request));
-                if let Some(flag) = flag.and_then(|f| f.upgrade()) {
+                if let Some(flag) = env.take_cancel(client.id(), request) {
                     debug!(%request, "ask cancelled by its caller");
                     flag.cancel();
                 }
@@ -533,8 +622,7 @@ impl RpcHandler for EnvHandler {
 
     fn connection_opened(&self, client: &TransportClient) {
         if let Some(env) = self.env.upgrade() {
-            let peer = RpcAddress::from(client.peer_addr());
-            env.post_all(|| Posted::Connected(peer.clone()));
+            env.peer_up(&RpcAddress::from(client.peer_addr()));
         }
     }
 
@@ -547,19 +635,30 @@ impl RpcHandler for EnvHandler {
         for outbox in outboxes {
             outbox.connection_closed(client, now);
         }
-        lock(&env.cancels).retain(|(conn, _), _| *conn != client.id());
+        // Asks that came on this connection have no caller any more: their handlers hear
+        // of it through `cancelled()` (raised outside the lock).
+        let orphaned = lock(&env.cancels).remove(&client.id());
+        for flag in orphaned.into_iter().flat_map(HashMap::into_values) {
+            if let Some(flag) = flag.upgrade() {
+                flag.cancel();
+            }
+        }
         let peer = RpcAddress::from(client.peer_addr());
-        let remote_env = lock(&env.remote_envs).remove(&client.id());
+        let remote_env = lock(&env.remote_envs)
+            .remove(&client.id())
+            .filter(|r| *r != peer);
         if !matches!(
             error,
             ConnectionError::PeerClosed | ConnectionError::LocallyClosed
         ) {
             let message = error.to_string();
-            env.post_all(|| Posted::NetworkError(message.clone(), peer.clone()));
+            for address in std::iter::once(&peer).chain(&remote_env) {
+                env.post_all(|| Posted::NetworkError(message.clone(), address.clone()));
+            }
         }
-        env.post_all(|| Posted::Disconnected(peer.clone()));
-        if let Some(remote) = remote_env.filter(|r| *r != peer) {
-            env.post_all(|| Posted::Disconnected(remote.clone()));
+        env.peer_down(&peer);
+        if let Some(remote) = remote_env {
+            env.peer_down(&remote);
         }
     }
 }
@@ -633,7 +732,8 @@ impl RpcEnv {
                 outboxes: Mutex::new(HashMap::new()),
                 stopped: AtomicBool::new(false),
                 remote_envs: Mutex::new(FxHashMap::default()),
-                cancels: Mutex::new(HashMap::new()),
+                peers: Mutex::new(HashMap::new()),
+                cancels: Mutex::new(FxHashMap::default()),
                 next_seed: AtomicU64::new(config.outbox_seed()),
                 stats: Counters::default(),
                 config: config.clone(),

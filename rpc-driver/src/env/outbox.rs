@@ -14,6 +14,7 @@ use super::error::RpcError;
 use super::reference::CancelOnDrop;
 use super::EnvInner;
 use crate::completion::{self, Completer, Waiter};
+use crate::runtime::deadline_after;
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{RpcCall, TransportClient};
 
@@ -36,7 +37,8 @@ pub(crate) enum OutMsg {
         endpoint: std::sync::Arc<str>,
         /// The header prefix it was sent with, for the cancel.
         prefix: EnvelopePrefix,
-        deadline: Instant,
+        /// `None`: no deadline (a timeout past the clock's range).
+        deadline: Option<Instant>,
         reply: Completer<Sent>,
     },
 }
@@ -70,16 +72,21 @@ impl OutboxCell {
     /// Sends a one-way message, or queues it until connected.
     pub(crate) fn send(self: &Arc<Self>, body: Bytes) -> Result<(), RpcError> {
         let mut st = lock(&self.state);
-        if let Some(client) = self.connected(&st) {
+        if let Some(client) = self.connected(&st).cloned() {
             // Connected: nothing is queued, so writing now keeps the order.
-            match client.send(body) {
-                Ok(()) => {}
+            match client.send(body.clone()) {
+                Ok(()) => return Ok(()),
                 Err(CallError::SendBufferFull { buffered, .. }) => {
                     return Err(self.send_buffer_full(buffered))
                 }
-                Err(e) => self.lost(e),
+                // The connection died and we have not heard yet: reconnect, as we will when
+                // we hear, and queue the message for the new connection.
+                Err(CallError::Closed) => self.lost_connection(&mut st),
+                Err(e) => {
+                    self.lost(e);
+                    return Ok(());
+                }
             }
-            return Ok(());
         }
         let len = body.len() as u64;
         self.push(&mut st, OutMsg::Send(body), len)
@@ -95,21 +102,28 @@ impl OutboxCell {
         timeout: Duration,
     ) -> Result<Asked, RpcError> {
         let mut st = lock(&self.state);
-        if let Some(client) = self.connected(&st) {
-            let call = match client.try_send_rpc(body, Some(timeout)) {
-                Ok(call) => call,
+        if let Some(client) = self.connected(&st).cloned() {
+            let call = match client.try_send_rpc(body.clone(), Some(timeout)) {
+                Ok(call) => Some(call),
                 Err(CallError::SendBufferFull { buffered, .. }) => {
                     return Err(self.send_buffer_full(buffered))
                 }
-                Err(e) => RpcCall::refused(e),
+                // The connection died and we have not heard yet: reconnect and queue.
+                Err(CallError::Closed) => {
+                    self.lost_connection(&mut st);
+                    None
+                }
+                Err(e) => Some(RpcCall::refused(e)),
             };
-            let guard = CancelOnDrop::new(client.clone(), prefix.clone(), call.request_id());
-            return Ok(Asked::Sent(call, guard));
+            if let Some(call) = call {
+                let guard = CancelOnDrop::new(client.clone(), prefix.clone(), call.request_id());
+                return Ok(Asked::Sent(call, guard));
+            }
         }
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
         let (reply, waiter) = completion::pair();
         let len = body.len() as u64;
-        let deadline = env.rt.now() + timeout;
+        let deadline = deadline_after(env.rt.now(), timeout);
         self.push(
             &mut st,
             OutMsg::Ask {
@@ -124,9 +138,22 @@ impl OutboxCell {
         Ok(Asked::Queued(waiter))
     }
 
-    /// The connection, if the outbox is connected (and so has nothing queued).
+    /// The connection, if the outbox is connected (and so has nothing queued). It may have
+    /// closed since: writing to it then fails with [`CallError::Closed`], and the caller
+    /// reconnects ([`lost_connection`](Self::lost_connection)).
     fn connected<'a>(&self, st: &'a CellState) -> Option<&'a TransportClient> {
         st.client.as_ref().filter(|_| st.outbox.is_connected())
+    }
+
+    /// Our connection turned out to be closed before the driver told us
+    /// ([`connection_closed`](Self::connection_closed) will find it already forgotten): the
+    /// next message reconnects.
+    fn lost_connection(&self, st: &mut CellState) {
+        if let Some(env) = self.env.upgrade() {
+            debug!(remote = %self.remote, "connection found closed; reconnecting");
+            st.client = None;
+            st.outbox.handle_disconnected(env.rt.now());
+        }
     }
 
     /// A one-way message the connection refused: logged and counted.
@@ -273,10 +300,12 @@ impl OutboxCell {
                 reply,
                 ..
             } => {
-                let remaining = deadline
-                    .saturating_duration_since(now)
-                    .max(Duration::from_millis(1));
-                let call = client.send_rpc(body, Some(remaining));
+                let remaining = deadline.map(|deadline| {
+                    deadline
+                        .saturating_duration_since(now)
+                        .max(Duration::from_millis(1))
+                });
+                let call = client.send_rpc(body, remaining);
                 let guard = CancelOnDrop::new(client.clone(), prefix, call.request_id());
                 // If the asker is gone, dropping the call and guard forgets it and cancels it.
                 let _ = reply.complete(Ok((call, guard)));

@@ -22,7 +22,7 @@ use super::mailbox::{EndpointTypes, Payload, Posted};
 use super::outbox::{Asked, OutboxCell};
 use super::{EnvInner, Route};
 use crate::completion::{self, Waiter};
-use crate::runtime::AsyncTimer;
+use crate::runtime::{deadline_after, AsyncTimer};
 use crate::sync::Arc;
 use crate::transport::{RpcCall, TransportClient};
 
@@ -208,9 +208,16 @@ where
             }
             Route::Client(client) => {
                 let body = self.encode(&message, EnvelopeKind::Send, None)?;
-                client
-                    .send(body)
-                    .map_err(|e| RpcError::NotSent(e.to_string().into()))
+                client.send(body).map_err(|e| match e {
+                    // Closed since `route` looked: as if it had been closed then.
+                    rpc_proto::CallError::Closed => RpcError::Disconnected {
+                        peer: client.peer_addr().to_string(),
+                        cause: client
+                            .close_reason()
+                            .unwrap_or(rpc_proto::ConnectionError::LocallyClosed),
+                    },
+                    e => RpcError::NotSent(e.to_string().into()),
+                })
             }
         }
     }
@@ -235,8 +242,8 @@ where
             return Ask::failed(RpcError::Unbound(self.address.clone()));
         };
         env.stats.asked();
-        let now = env.rt.now();
-        let deadline = now + timeout;
+        // A deadline past the clock's range is none: the ask waits as long as it takes.
+        let deadline = deadline_after(env.rt.now(), timeout);
         let mut ask = Ask {
             state: AskState::Done,
             timer: None,
@@ -255,7 +262,8 @@ where
                 return ask;
             }
         };
-        let deadline_ms = Some(timeout.as_millis().min(u64::MAX as u128) as u64);
+        // The time left travels with the message; no deadline travels as none.
+        let deadline_ms = deadline.and_then(|_| u64::try_from(timeout.as_millis()).ok());
         ask.state = match route {
             Route::Local(mailbox) => {
                 let (completer, waiter) = completion::pair();
@@ -266,7 +274,7 @@ where
                     request: None,
                     reply: Some(ReplyTo::Local(completer)),
                     sender: env.address.clone(),
-                    deadline: Some(deadline),
+                    deadline,
                     cancel: Some(cancel),
                 }) {
                     Ok(()) => AskState::Local(waiter),
@@ -321,7 +329,7 @@ where
         let mut ask = Ask {
             state: AskState::Done,
             timer: None,
-            deadline: env.rt.now() + timeout,
+            deadline: deadline_after(env.rt.now(), timeout),
             timeout,
             endpoint,
             env: self.env.clone(),
@@ -384,7 +392,7 @@ where
                         let rt = env.rt.clone();
                         drop(env);
                         if attempt < attempts {
-                            crate::runtime::sleep_until(&*rt, rt.now() + wait).await;
+                            crate::runtime::sleep_for(&*rt, wait).await;
                         }
                     }
                     last = Some(e);
@@ -447,7 +455,8 @@ pub struct Ask<R> {
     /// Made only while the ask waits in this process (for a local endpoint, or for a
     /// connection): once sent, the connection times the call out at the same deadline.
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
-    deadline: std::time::Instant,
+    /// `None` for a timeout past the clock's range: no timer at all.
+    deadline: Option<std::time::Instant>,
     timeout: Duration,
     endpoint: StdArc<str>,
     env: Weak<EnvInner>,
@@ -462,7 +471,7 @@ impl<R> Ask<R> {
         Self {
             state: AskState::Failed(error),
             timer: None,
-            deadline: std::time::Instant::now(),
+            deadline: None,
             timeout: Duration::ZERO,
             endpoint: "".into(),
             env: Weak::new(),
@@ -534,9 +543,9 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
         // A sent call is timed out by its connection (at the same deadline); until then,
         // our own timer does it.
         let waiting_here = !matches!(this.state, AskState::Sent(..));
-        if this.timer.is_none() && waiting_here {
+        if let (None, true, Some(deadline)) = (&this.timer, waiting_here, this.deadline) {
             if let Some(env) = this.env.upgrade() {
-                this.timer = Some(env.rt.new_timer(this.deadline));
+                this.timer = Some(env.rt.new_timer(deadline));
             }
         }
         if this
@@ -613,6 +622,18 @@ fn reply<R: DeserializeOwned>(
                     cause,
                 })
             }
+        }
+        // Refused because its connection had closed: the connection's end is why.
+        Err(rpc_proto::RpcError::NotSent(rpc_proto::CallError::Closed)) => {
+            if env.upgrade().is_none_or(|e| e.is_stopped()) {
+                return Err(RpcError::EnvStopped);
+            }
+            Err(RpcError::Disconnected {
+                peer: endpoint.to_owned(),
+                cause: client
+                    .and_then(|c| c.close_reason())
+                    .unwrap_or(rpc_proto::ConnectionError::LocallyClosed),
+            })
         }
         Err(rpc_proto::RpcError::NotSent(e)) => Err(RpcError::NotSent(e.to_string().into())),
         Err(other) => Err(RpcError::Remote(other.to_string().into())),

@@ -11,7 +11,7 @@ use futures_lite::future;
 use tracing::{debug, info};
 
 use super::{ConnectionAddrs, RpcHandler, TransportClient, TransportConfig};
-use crate::runtime::{sleep_until, Runtime};
+use crate::runtime::{sleep_for, Runtime};
 use crate::sync::{lock, Arc, Mutex};
 
 /// Opening a connection failed.
@@ -144,7 +144,6 @@ impl TransportClientFactory {
     async fn connect(&self, addr: SocketAddr) -> Result<TransportClient, ConnectError> {
         let inner = &self.inner;
         let after = inner.config.connect_timeout;
-        let deadline = inner.rt.now() + after;
         let connect = async {
             inner.rt.connect(addr).await.map_err(|e| ConnectError::Io {
                 addr,
@@ -153,7 +152,7 @@ impl TransportClientFactory {
             })
         };
         let timeout = async {
-            sleep_until(&*inner.rt, deadline).await;
+            sleep_for(&*inner.rt, after).await;
             Err(ConnectError::TimedOut { addr, after })
         };
         let stream = future::or(connect, timeout).await?;

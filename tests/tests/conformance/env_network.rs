@@ -26,7 +26,8 @@ fn network_events_reach_a_server_env_whose_peer_is_a_server_env() {
         events.send(Cmd::Note("hello".into())).unwrap();
         rec.wait_for("note:hello").await;
 
-        // The peer as Spark reports it: the socket address the connection came from.
+        // The peer as Spark reports it: the socket address the connection came from, then
+        // the peer env's own address, which its message named, before the message.
         let connected = rec.wait_for_prefix("connected:").await;
         let peer = connected.strip_prefix("connected:").unwrap().to_owned();
         assert!(peer.starts_with("127.0.0.1:"), "{peer}");
@@ -35,12 +36,21 @@ fn network_events_reach_a_server_env_whose_peer_is_a_server_env() {
             addr(&b).to_string(),
             "not the peer's listening address"
         );
-        assert_eq!(count(&rec.entries(), "connected:"), 1);
+        assert_eq!(
+            rec.entries()[1..],
+            [
+                format!("connected:{peer}"),
+                format!("connected:{}", addr(&b)),
+                "note:hello".to_owned()
+            ]
+        );
 
         shutdown(&[&b]).await;
-        // The socket address, then the peer env's own address, which its messages named.
+        // Both addresses, each once.
         rec.wait_for(&format!("disconnected:{peer}")).await;
         rec.wait_for(&format!("disconnected:{}", addr(&b))).await;
+        assert_eq!(count(&rec.entries(), "connected:"), 2);
+        assert_eq!(count(&rec.entries(), "disconnected:"), 2);
         assert_eq!(count(&rec.entries(), "network-error:"), 0, "a clean close");
         shutdown(&[&a]).await;
     })

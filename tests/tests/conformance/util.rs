@@ -271,6 +271,8 @@ pub(crate) enum Cmd {
     /// `ask`: a task watches the call for cancellation; logs `watching cancelled=<bool>`
     /// now and `cancelled is_cancelled=<bool>` when the caller gives up.
     WatchCancel,
+    /// `ask`: answered with `deadline=none`, or `deadline=<whole seconds left>`.
+    Deadline,
 }
 
 /// What a [`Probe`] records, shared with the test.
@@ -438,6 +440,15 @@ impl RpcEndpoint for Probe {
                     rec.push(format!("cancelled is_cancelled={}", call.is_cancelled()));
                 }));
             }
+            Cmd::Deadline => {
+                call.reply(match call.deadline() {
+                    None => "deadline=none".to_owned(),
+                    Some(at) => format!(
+                        "deadline={}",
+                        at.saturating_duration_since(Instant::now()).as_secs()
+                    ),
+                });
+            }
             Cmd::Note(s) => self.rec.push(format!("asked-note:{s}")),
         }
         Ok(())
@@ -484,4 +495,60 @@ pub(crate) async fn flush(probe: &RpcEndpointRef<Cmd, String>) {
     )
     .await
     .expect("the flush is answered");
+}
+
+// ---- a TCP proxy that can cut its connections ----
+
+/// Forwards connections from its own port to `target`, on threads; [`sever`](Self::sever)
+/// cuts every connection open so far (both sides see it closed), as a network failure would,
+/// while the target stays up and new connections go through.
+pub(crate) struct Proxy {
+    address: RpcAddress,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    pub(crate) fn to(target: &RpcAddress) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = RpcAddress::from(listener.local_addr().unwrap());
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let target = (target.host.clone(), target.port);
+        let registry = open.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                let Ok(outbound) = std::net::TcpStream::connect((target.0.as_str(), target.1))
+                else {
+                    continue;
+                };
+                for stream in [&inbound, &outbound] {
+                    stream.set_nodelay(true).unwrap();
+                    registry.lock().unwrap().push(stream.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { address, open }
+    }
+
+    /// Where to connect to reach the target through the proxy.
+    pub(crate) fn address(&self) -> &RpcAddress {
+        &self.address
+    }
+
+    /// Cuts every connection open so far.
+    pub(crate) fn sever(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
