@@ -102,6 +102,13 @@ impl Config {
     pub fn seed(&self) -> u64 {
         self.seed
     }
+
+    /// This config with [`seed`](Config::seed) set: what a driver does for each connection
+    /// it opens, so that no two connections start their request ids at the same value.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
 }
 
 /// Builds a validated [`Config`].

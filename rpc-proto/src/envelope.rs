@@ -258,7 +258,7 @@ impl EnvelopeView<'_> {
 /// How many bytes postcard writes for `value`.
 fn payload_size<T: Serialize + ?Sized>(value: &T) -> Result<usize, PayloadError> {
     postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
-        .map_err(|err| PayloadError::Encode(Arc::from(err.to_string())))
+        .map_err(|err| encode_error(value, err))
 }
 
 mod request_id {
@@ -317,7 +317,44 @@ pub enum PayloadError {
 pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PayloadError> {
     // Sized first, so the bytes are written into one allocation instead of a growing one.
     let out = Vec::with_capacity(payload_size(value)?);
-    postcard::to_extend(value, out).map_err(|err| PayloadError::Encode(Arc::from(err.to_string())))
+    postcard::to_extend(value, out).map_err(|err| encode_error(value, err))
+}
+
+/// Why `value` cannot be encoded: the `Serialize` impl's own message, the type, and the path
+/// to the field that failed. postcard keeps none of that (a custom error reads "Serde
+/// Serialization Error"), so on failure only the value is serialized once more into a
+/// [`Probe`](crate::serde_probe::Probe) that keeps messages, with the path tracked. A failure
+/// of postcard's own (a sequence of unknown length) keeps postcard's reason.
+#[cold]
+fn encode_error<T: Serialize + ?Sized>(value: &T, err: postcard::Error) -> PayloadError {
+    let detail = serde_path_to_error::serialize(value, crate::serde_probe::Probe)
+        .err()
+        .map(|e| (e.path().to_string(), e.into_inner().to_string()));
+    PayloadError::Encode(describe(err, std::any::type_name::<T>(), detail))
+}
+
+/// Why `bytes` are not a `T`: postcard's reason, the type, and the path to the element that
+/// failed (postcard reads structs as sequences, so fields are numbered), found by decoding
+/// once more with the path tracked, on failure only. postcard drops serde's own message.
+#[cold]
+fn decode_error<T: DeserializeOwned>(bytes: &[u8], err: postcard::Error) -> PayloadError {
+    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    let path = serde_path_to_error::deserialize::<_, T>(&mut deserializer)
+        .err()
+        .map(|e| (e.path().to_string(), err.to_string()));
+    PayloadError::Decode(describe(err, std::any::type_name::<T>(), path))
+}
+
+/// "reason, in a `Type` at `path`": serde's reason where the second pass found one, else
+/// postcard's; no path when the value itself failed.
+fn describe(err: postcard::Error, type_name: &str, detail: Option<(String, String)>) -> Arc<str> {
+    match detail {
+        Some((path, reason)) if path != "." => {
+            format!("{reason}, in a `{type_name}` at `{path}`").into()
+        }
+        Some((_, reason)) => format!("{reason}, in a `{type_name}`").into(),
+        None => format!("{err}, in a `{type_name}`").into(),
+    }
 }
 
 /// Decodes a payload value written by [`encode_payload`]. Bytes after the value are an error:
@@ -337,8 +374,8 @@ pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Paylo
 /// );
 /// ```
 pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
-    let (value, rest) = postcard::take_from_bytes(bytes)
-        .map_err(|err| PayloadError::Decode(Arc::from(err.to_string())))?;
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|err| decode_error::<T>(bytes, err))?;
     if rest.is_empty() {
         Ok(value)
     } else {
@@ -513,6 +550,56 @@ mod tests {
             encode_payload(&UnknownLength),
             Err(PayloadError::Encode(_))
         ));
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Part {
+        Count(u32),
+        Flag(bool),
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Order {
+        name: String,
+        parts: Vec<Part>,
+    }
+
+    #[test]
+    fn a_payload_decode_error_names_the_type_and_the_field() {
+        // A second part whose variant index (7) is out of range.
+        let bytes = encode_payload(&("x", vec![(0u8, 5u8), (7, 1)])).unwrap();
+        let err = decode_payload::<Order>(&bytes).unwrap_err().to_string();
+        assert!(err.contains("Deserialization"), "postcard's reason: {err}");
+        assert!(err.contains("Order`"), "the type: {err}");
+        // postcard reads a struct as a sequence: field 1 (`parts`), then its element 1.
+        assert!(err.contains("at `[1][1]`"), "the field: {err}");
+    }
+
+    #[test]
+    fn a_payload_encode_error_names_the_type_and_the_field() {
+        struct Unencodable;
+        impl Serialize for Unencodable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("a file handle cannot travel"))
+            }
+        }
+        #[derive(Serialize)]
+        struct Job {
+            id: u32,
+            handle: Unencodable,
+        }
+        let err = encode_payload(&Job {
+            id: 1,
+            handle: Unencodable,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("a file handle cannot travel"),
+            "serde's reason: {err}"
+        );
+        assert!(err.contains("Job`"), "the type: {err}");
+        assert!(err.contains("at `handle`"), "the field: {err}");
     }
 }
 

@@ -73,6 +73,7 @@ mod frame;
 mod id;
 mod inbox;
 mod outbox;
+mod serde_probe;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -196,7 +196,9 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
         lock(&self.inner.reply).is_none()
     }
 
-    /// The address of the caller's env; `None` for a client-mode env or a local caller.
+    /// The address of the caller's env, as Spark's `RpcCallContext.senderAddress`: a local
+    /// caller's is this env's own address; `None` when the caller's env is in client mode
+    /// (it has no address).
     pub fn sender_address(&self) -> Option<&RpcAddress> {
         self.inner.sender.as_ref()
     }

@@ -36,6 +36,15 @@ const POLL_BUDGET: usize = 32;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A seed of its own for each connection's random number generator (its first request id),
+/// from the standard library's per-process random keys: not for secrets, only so that
+/// connections do not share request ids.
+fn connection_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new()
+        .hash_one(NEXT_CONNECTION_ID.load(Ordering::Relaxed))
+}
+
 type RpcResult = Result<Bytes, RpcError>;
 
 /// Stream bytes received but not yet taken by their [`StreamCall`] past which the driver
@@ -321,7 +330,10 @@ impl TransportClient {
             zero_copy: AtomicU64::new(0),
             addrs,
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
-            state: Mutex::new(ConnState::new(Connection::new(config, now))),
+            state: Mutex::new(ConnState::new(Connection::new(
+                config.with_seed(connection_seed()),
+                now,
+            ))),
             rt: rt.clone(),
         });
         let client = TransportClient { inner };

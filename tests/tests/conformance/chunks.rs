@@ -1,10 +1,11 @@
 //! Chunk fetches and named streams served by a transport server's stream manager (Spark's
 //! `ChunkFetchIntegrationSuite` and `OneForOneStreamManagerSuite`, the parts that exist).
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rpc::rpc_proto::{CallError, RpcError, StreamChunkId};
+use rpc::rpc_proto::{CallError, Frame, RpcError, StreamChunkId};
 use rpc::{
     OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
     TransportClientFactory, TransportConfig, TransportServer,
@@ -12,6 +13,7 @@ use rpc::{
 
 use super::transport::{localhost, Echo};
 use super::util::*;
+use super::wire::{encode, read_frames};
 
 /// Serves chunks from a [`OneForOneStreamManager`] and named streams `bytes/<n>` of `n`
 /// pattern bytes.
@@ -152,14 +154,38 @@ fn out_of_order_missing_and_past_the_end_chunks_fail_and_the_connection_stays_us
     })
 }
 
+/// The first fetch is held unanswered by a raw server until the second has been refused, so
+/// the refusal does not depend on how fast the first is served (it used to: under load the
+/// first could complete before the second was made, and the second then reached the server).
 #[test]
 fn fetching_a_chunk_already_being_fetched_is_refused() {
     block_on(async {
-        let (server, blocks, client) = serve().await;
-        let id = blocks
-            .streams
-            .register_stream("app", vec![pattern(5)], None);
-        let chunk = StreamChunkId::new(id, 0);
+        let chunk = StreamChunkId::new(7, 0);
+        let listener = std::net::TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (refused_tx, refused_rx) = std::sync::mpsc::channel::<()>();
+        let raw_server = on_thread(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            peer.set_read_timeout(Some(WAIT)).unwrap();
+            let request = read_frames(&mut peer, 1, 1 << 16).remove(0);
+            assert_eq!(request, Frame::ChunkFetchRequest { chunk });
+            // Answer only once the duplicate has been refused.
+            refused_rx.recv_timeout(WAIT).expect("the duplicate was refused");
+            let reply = Frame::ChunkFetchSuccess {
+                chunk,
+                body: pattern(5),
+            };
+            peer.write_all(&encode(&[reply])).unwrap();
+            // Nothing else arrives: the duplicate never went on the wire.
+            let mut rest = Vec::new();
+            let _ = peer.read_to_end(&mut rest);
+            rest
+        });
+        let factory =
+            TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+        let client = within("a connection", factory.create_client(addr))
+            .await
+            .unwrap();
         let first = client.fetch_chunk(chunk, None);
         let second = within("a refusal", client.fetch_chunk(chunk, None))
             .await
@@ -168,8 +194,11 @@ fn fetching_a_chunk_already_being_fetched_is_refused() {
             second,
             RpcError::NotSent(CallError::DuplicateChunkFetch(chunk))
         );
+        refused_tx.send(()).unwrap();
         assert_eq!(within("the first", first).await.unwrap(), pattern(5));
-        server.close();
+        client.close();
+        let rest = within("the raw server", raw_server).await;
+        assert!(rest.is_empty(), "{} more bytes arrived", rest.len());
     })
 }
 

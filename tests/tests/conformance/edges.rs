@@ -240,3 +240,29 @@ fn asks_around_a_connection_death_reconnect_or_fail_as_disconnected() {
         shutdown(&[&server]).await;
     })
 }
+
+// ---- request ids ----
+
+/// Each connection starts its request ids somewhere of its own (Spark's are random longs),
+/// so ids from different connections do not collide in logs and peers' tables.
+#[test]
+fn connections_start_their_request_ids_at_different_values() {
+    block_on(async {
+        let mut firsts = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..4 {
+            let (server, _, factory, _) = super::transport::setup().await;
+            let client = within("a connection", factory.create_client(server.local_addr()))
+                .await
+                .unwrap();
+            let call = client.send_rpc("hello".into(), None);
+            firsts.push(call.request_id().expect("an rpc has a request id"));
+            assert_eq!(within("the reply", call).await.unwrap(), "hello");
+            servers.push((server, factory));
+        }
+        let mut distinct = firsts.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), firsts.len(), "{firsts:?}");
+    })
+}

@@ -602,6 +602,13 @@ fn a_reply_that_cannot_be_serialized_fails_the_remote_asker() {
             matches!(&err, RpcError::Remote(m) if m.contains("could not be serialized")),
             "{err:?}"
         );
+        // serde's own message, and the type that could not be written.
+        assert!(
+            err.to_string()
+                .contains("this reply refuses to be serialized, in a `"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("Unserializable`"), "{err}");
         let probe = lookup(&b, &a, "probe").await;
         let reply = within("the reply", probe.ask(Cmd::Echo("fine".into()))).await;
         assert_eq!(reply.unwrap(), "fine", "the connection still works");
