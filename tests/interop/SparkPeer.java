@@ -150,7 +150,8 @@ public final class SparkPeer {
       return streams;
     }
 
-    /** Uploads (UploadStream): collects the bytes and answers with meta then the bytes. */
+    /** Uploads (UploadStream): collects the bytes and answers with meta then the bytes. Spark
+     *  answers a failed upload itself. */
     @Override
     public StreamCallbackWithID receiveStream(
         TransportClient client, ByteBuffer meta, RpcResponseCallback callback) {
@@ -170,14 +171,17 @@ public final class SparkPeer {
         }
 
         @Override
-        public void onComplete(String streamId) {
-          callback.onSuccess(ByteBuffer.wrap(received.toByteArray()));
+        public void onComplete(String streamId) {}
+
+        // Spark answers the upload itself once onComplete returns, with this response (a
+        // handler that also called callback.onSuccess would answer the upload twice).
+        @Override
+        public ByteBuffer getCompletionResponse() {
+          return ByteBuffer.wrap(received.toByteArray());
         }
 
         @Override
-        public void onFailure(String streamId, Throwable cause) {
-          callback.onFailure(cause);
-        }
+        public void onFailure(String streamId, Throwable cause) {}
       };
     }
   }
