@@ -19,8 +19,10 @@ MARKER_NAME="spark-jars.complete"
 
 # The jars to keep, as patterns on the file name (the version follows the name). This is the
 # minimal set found by compiling and running tests/interop/SparkPeer.java (RPC, one-way, chunk
-# fetch, stream and upload, both ways) until no class was missing. Encryption would add tink
-# and commons-crypto; merged block metadata RoaringBitmap; epoll mode the native netty jars.
+# fetch, stream, upload and merged block metadata, both ways) until no class was missing.
+# Merged block metadata needs no RoaringBitmap: its bitmaps travel as an opaque body, which
+# neither side decodes. Encryption would add tink and commons-crypto; epoll mode the native
+# netty jars.
 JAR_PATTERNS=(
     '^spark-network-common_2\.13-[0-9].*\.jar$'
     '^spark-common-utils-java_2\.13-[0-9].*\.jar$'
