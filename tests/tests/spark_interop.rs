@@ -946,6 +946,73 @@ fn spark_merged_block_meta_requests_get_our_answers_or_our_refusal() {
     peer.finish();
 }
 
+/// Spark matches on some failure texts: `ExecutorClassLoader` turns exactly
+/// `Stream '<id>' was not found.` into a `ClassNotFoundException` when it loads classes from
+/// the driver's file server. Spark's client must see Spark's own texts from our transport
+/// (a stream manager's default, unknown chunks) and from our env's file server.
+#[test]
+fn spark_sees_sparks_exact_texts_for_unknown_streams_chunks_and_files() {
+    let spark = spark_or_skip!();
+    let rt = tokio_runtime();
+    struct Bare(rpc_tokio::OneForOneStreamManager);
+    impl RpcHandler for Bare {
+        fn receive(&self, _: &TransportClient, message: Bytes, responder: RpcResponder) {
+            responder.reply(message).expect("answer an rpc");
+        }
+        fn stream_manager(&self) -> Option<&dyn StreamManager> {
+            Some(&self.0)
+        }
+    }
+    let server = {
+        let _in_runtime = rt.enter();
+        TransportServer::bind(
+            rpc_tokio::runtime(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::new(Bare(rpc_tokio::OneForOneStreamManager::new(100))),
+            TransportConfig::default(),
+        )
+        .expect("bind our server")
+    };
+    let mut peer = spark_client(spark, server.local_addr());
+    let line = peer.command("stream /classes/Foo.class");
+    assert_eq!(line, "FAILED Stream '/classes/Foo.class' was not found.");
+    let line = peer.command("fetch 5 0");
+    assert!(
+        line.starts_with("FAILED ")
+            && line.ends_with(": Requested chunk not available since streamId 5 is closed"),
+        "{line}"
+    );
+    peer.finish();
+
+    // The env's file server, as ExecutorClassLoader meets it: a class that is not there.
+    let env = {
+        let _in_runtime = rt.enter();
+        rpc_tokio::RpcEnv::create(
+            rpc_tokio::runtime(),
+            rpc_tokio::RpcEnvConfig::server("driver", "127.0.0.1", 0),
+        )
+        .expect("an env")
+    };
+    let classes =
+        std::env::temp_dir().join(format!("spark-interop-classes-{}", std::process::id()));
+    std::fs::create_dir_all(&classes).expect("a classes dir");
+    env.file_server()
+        .add_directory("/classes", &classes)
+        .expect("serve the classes dir");
+    let port = env.address().expect("a server env").port;
+    let mut peer = spark_client(spark, SocketAddr::from(([127, 0, 0, 1], port)));
+    let line = peer.command("stream /classes/pkg/Missing.class");
+    assert_eq!(
+        line,
+        "FAILED Stream '/classes/pkg/Missing.class' was not found."
+    );
+    let line = peer.command("stream /files/missing.txt");
+    assert_eq!(line, "FAILED Stream '/files/missing.txt' was not found.");
+    peer.finish();
+    env.shutdown();
+    let _ = std::fs::remove_dir_all(&classes);
+}
+
 #[test]
 fn spark_uploads_to_our_server() {
     let spark = spark_or_skip!();

@@ -21,6 +21,7 @@ use rpc_proto::{
 use rustc_hash::FxHashMap;
 use tracing::{debug, trace, warn, Instrument};
 
+use super::stream::{chunk_stream_closed, stream_not_found};
 use super::{
     ConnectionAddrs, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaRequest,
     MergedBlockMetaResponder, RpcHandler, UploadSink,
@@ -335,7 +336,6 @@ impl ConnState {
     }
 }
 
-const NO_STREAMS: &str = "this peer serves no chunks or streams";
 /// The failure a merged-block-meta request gets from a handler without a
 /// [`MergedBlockMetaReqHandler`](super::MergedBlockMetaReqHandler).
 const UNSERVED: &str = "this peer serves no merged block metadata";
@@ -1450,7 +1450,8 @@ impl Driver {
                         Some(streams) => streams
                             .chunk_buffer(&self.client, chunk)
                             .and_then(|b| b.to_bytes().map_err(|e| format!("{chunk}: {e}"))),
-                        None => Err(NO_STREAMS.to_owned()),
+                        // No streams at all: Spark's text for an unknown stream's chunk.
+                        None => Err(chunk_stream_closed(chunk.stream_id)),
                     };
                     self.client.inner.with_state(|st, now| {
                         let sent = match served {
@@ -1469,7 +1470,7 @@ impl Driver {
                     let served = match self.handler.stream_manager() {
                         Some(_) if self.client.is_send_buffer_full() => Err(self.too_much_data()),
                         Some(streams) => streams.open_stream_buffer(&self.client, &stream_id),
-                        None => Err(NO_STREAMS.to_owned()),
+                        None => Err(stream_not_found(&stream_id)),
                     };
                     let externals = &mut self.externals;
                     self.client.inner.with_state(|st, now| {

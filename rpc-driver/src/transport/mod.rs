@@ -23,7 +23,7 @@ pub use merged::{
     MergedBlockMeta, MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
 };
 pub use server::TransportServer;
-pub use stream::{OneForOneStreamManager, StreamManager};
+pub use stream::{stream_not_found, OneForOneStreamManager, StreamManager};
 
 use std::net::SocketAddr;
 use std::time::Duration;
