@@ -45,17 +45,17 @@ type MetaResult = Result<MergedBlockMeta, RpcError>;
 
 /// Where a pending call's result goes: a body (RPCs, uploads, chunk fetches) or merged block
 /// metadata.
-enum Slot {
+enum CallSlot {
     Body(Completer<RpcResult>),
     Meta(Completer<MetaResult>),
 }
 
-impl Slot {
+impl CallSlot {
     fn fail(self, error: RpcError) {
         // The caller may have dropped its future a moment ago; then nobody wants it.
         match self {
-            Slot::Body(completer) => drop(completer.complete(Err(error))),
-            Slot::Meta(completer) => drop(completer.complete(Err(error))),
+            CallSlot::Body(completer) => drop(completer.complete(Err(error))),
+            CallSlot::Meta(completer) => drop(completer.complete(Err(error))),
         }
     }
 }
@@ -76,7 +76,7 @@ pub(crate) struct ConnState {
     /// Completion slots of the calls handles are waiting on (RPCs, uploads, chunk fetches,
     /// merged-block-meta requests). Keyed by ids this side chose, so a fast non-keyed hash is
     /// safe here.
-    calls: FxHashMap<Call, Slot>,
+    calls: FxHashMap<Call, CallSlot>,
     /// Streams being received, by call.
     streams: FxHashMap<StreamCallId, StreamSlot>,
     /// Bytes in `streams` not yet taken by their consumers.
@@ -196,7 +196,7 @@ impl ConnState {
                 } => {
                     let meta = MergedBlockMeta { chunk_count, body };
                     match self.calls.remove(&Call::MergedBlockMeta(request)) {
-                        Some(Slot::Meta(completer)) => drop(completer.complete(Ok(meta))),
+                        Some(CallSlot::Meta(completer)) => drop(completer.complete(Ok(meta))),
                         Some(other) => other.fail(RpcError::UnexpectedReply {
                             expected: "a merged block meta request",
                             got: rpc_proto::MessageType::MergedBlockMetaSuccess,
@@ -246,8 +246,8 @@ impl ConnState {
     fn complete(&mut self, call: Call, result: RpcResult) {
         match self.calls.remove(&call) {
             // The caller may have dropped its future a moment ago; then nobody wants it.
-            Some(Slot::Body(completer)) => drop(completer.complete(result)),
-            Some(slot @ Slot::Meta(_)) => slot.fail(RpcError::UnexpectedReply {
+            Some(CallSlot::Body(completer)) => drop(completer.complete(result)),
+            Some(slot @ CallSlot::Meta(_)) => slot.fail(RpcError::UnexpectedReply {
                 expected: "a merged block meta request",
                 got: rpc_proto::MessageType::RpcResponse,
             }),
@@ -264,7 +264,7 @@ impl ConnState {
     ) -> Result<(RequestId, Waiter<RpcResult>), CallError> {
         let id = self.conn.rpc(now, body, timeout)?;
         let (completer, waiter) = completion::pair();
-        self.calls.insert(Call::Rpc(id), Slot::Body(completer));
+        self.calls.insert(Call::Rpc(id), CallSlot::Body(completer));
         Ok((id, waiter))
     }
 
@@ -285,7 +285,7 @@ impl ConnState {
         )?;
         let (completer, waiter) = completion::pair();
         self.calls
-            .insert(Call::MergedBlockMeta(id), Slot::Meta(completer));
+            .insert(Call::MergedBlockMeta(id), CallSlot::Meta(completer));
         Ok((id, waiter))
     }
 
@@ -299,7 +299,7 @@ impl ConnState {
         self.conn.fetch_chunk(now, chunk, timeout)?;
         let (completer, waiter) = completion::pair();
         self.calls
-            .insert(Call::ChunkFetch(chunk), Slot::Body(completer));
+            .insert(Call::ChunkFetch(chunk), CallSlot::Body(completer));
         Ok(waiter)
     }
 
@@ -520,7 +520,7 @@ impl TransportClient {
             let (request, body) = st.conn.upload_stream(now, meta, byte_count, timeout)?;
             let (completer, waiter) = completion::pair();
             st.calls
-                .insert(Call::Upload(request), Slot::Body(completer));
+                .insert(Call::Upload(request), CallSlot::Body(completer));
             Ok((request, body, waiter))
         });
         let (request, body_id, waiter) = match started {
