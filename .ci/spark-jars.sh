@@ -19,8 +19,10 @@ MARKER_NAME="spark-jars.complete"
 
 # The jars to keep, as patterns on the file name (the version follows the name). This is the
 # minimal set found by compiling and running tests/interop/SparkPeer.java (RPC, one-way, chunk
-# fetch, stream and upload, both ways) until no class was missing. Encryption would add tink
-# and commons-crypto; merged block metadata RoaringBitmap; epoll mode the native netty jars.
+# fetch, stream, upload and merged block metadata, both ways) until no class was missing.
+# Merged block metadata needs no RoaringBitmap: its bitmaps travel as an opaque body, which
+# neither side decodes. Encryption would add tink and commons-crypto; epoll mode the native
+# netty jars.
 JAR_PATTERNS=(
     '^spark-network-common_2\.13-[0-9].*\.jar$'
     '^spark-common-utils-java_2\.13-[0-9].*\.jar$'
@@ -53,17 +55,25 @@ esac
 
 marker="$cache_abs/$MARKER_NAME"
 
-# A complete cache for this version: every jar the marker lists is present.
+# A complete cache for this version: every jar the marker lists is present, and every pattern
+# names a listed jar (a cache made when the script kept fewer jars is fetched again).
 if [[ -f "$marker" ]] && [[ "$(head -n 1 "$marker")" == "pyspark $PYSPARK_VERSION" ]]; then
     complete=1
     while read -r jar; do
         [[ -f "$cache_abs/$jar" ]] || complete=0
     done < <(tail -n +2 "$marker")
+    for pattern in "${JAR_PATTERNS[@]}"; do
+        found=0
+        while read -r jar; do
+            [[ $jar =~ $pattern ]] && found=1
+        done < <(tail -n +2 "$marker")
+        [[ $found == 1 ]] || complete=0
+    done
     if [[ $complete == 1 ]]; then
         say "cache complete at $cache_abs (pyspark $PYSPARK_VERSION, $(($(wc -l <"$marker") - 1)) jars); nothing to do"
         exit 0
     fi
-    say "cache at $cache_abs is incomplete; fetching again"
+    say "cache at $cache_abs is incomplete or lacks jars this script now keeps; fetching again"
 fi
 
 # Never overwrite a directory that is not ours.

@@ -72,9 +72,11 @@ pub use rpc_driver::env::{
 };
 pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
 pub use rpc_driver::transport::{
-    ConnectError, FileSegment, ManagedBuffer, OneForOneStreamManager, Ready, RpcCall, RpcHandler,
-    RpcResponder, StreamCall, StreamManager, TransportClient, TransportClientFactory,
-    TransportConfig, TransportServer, UploadSink, STREAM_BUFFER_LIMIT,
+    ConnectError, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaCall,
+    MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
+    OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, StreamCall, StreamManager,
+    TransportClient, TransportClientFactory, TransportConfig, TransportServer, UploadSink,
+    STREAM_BUFFER_LIMIT,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 

@@ -10,6 +10,9 @@
 //     Chunks: stream id s, chunk i is pattern(s bytes, seed i); a negative id fails.
 //     Streams: "bytes/<n>" is pattern(n bytes, seed 0); any other id fails.
 //     Uploads: answered with meta followed by the uploaded bytes.
+//     Merged block metadata: app id "fail" fails with FAIL_MESSAGE; any other request is
+//     answered with meta(request): shuffleId + reduceId chunks and the body
+//     "<appId>/<shuffleId>/<shuffleMergeId>/<reduceId>" in UTF-8.
 //
 //   java SparkPeer client <port>
 //     A Spark TransportClient connected to 127.0.0.1:<port>. Prints "CONNECTED", then runs one
@@ -19,6 +22,8 @@
 //       fetch <stream id> <index>   -> CHUNK <hex>   | FAILED <message>
 //       stream <stream id>          -> STREAM <hex>  | FAILED <message>
 //       upload <meta hex> <hex>     -> OK <hex>      | FAILED <message>
+//       meta <app> <shuffle> <merge> <reduce>
+//                                   -> META <chunk count> <hex> | FAILED <message>
 //       quit (or end of input)      -> exits 0
 //     A command without an answer within COMMAND_TIMEOUT_SECONDS prints "TIMEOUT <command>".
 //     Messages are on one line: backslash, CR and LF are escaped as \\, \r and \n.
@@ -45,6 +50,7 @@ import org.apache.spark.network.TransportContext;
 import org.apache.spark.network.buffer.ManagedBuffer;
 import org.apache.spark.network.buffer.NioManagedBuffer;
 import org.apache.spark.network.client.ChunkReceivedCallback;
+import org.apache.spark.network.client.MergedBlockMetaResponseCallback;
 import org.apache.spark.network.client.RpcResponseCallback;
 import org.apache.spark.network.client.StreamCallback;
 import org.apache.spark.network.client.StreamCallbackWithID;
@@ -102,6 +108,12 @@ public final class SparkPeer {
     return out;
   }
 
+  /** The merged block metadata served for a request, mirrored by the Rust tests. */
+  static byte[] meta(String appId, int shuffleId, int shuffleMergeId, int reduceId) {
+    return (appId + "/" + shuffleId + "/" + shuffleMergeId + "/" + reduceId)
+        .getBytes(StandardCharsets.UTF_8);
+  }
+
   /** Deterministic test data, mirrored by the Rust tests: byte k is (k + seed) mod 251. */
   static byte[] pattern(int len, int seed) {
     byte[] out = new byte[len];
@@ -150,7 +162,23 @@ public final class SparkPeer {
       return streams;
     }
 
-    /** Uploads (UploadStream): collects the bytes and answers with meta then the bytes. */
+    /** Merged block metadata (MergedBlockMetaRequest): see meta(). */
+    @Override
+    public MergedBlockMetaReqHandler getMergedBlockMetaReqHandler() {
+      return (client, request, callback) -> {
+        if (request.appId.equals("fail")) {
+          callback.onFailure(new RuntimeException(FAIL_MESSAGE));
+        } else {
+          callback.onSuccess(
+              request.shuffleId + request.reduceId,
+              new NioManagedBuffer(ByteBuffer.wrap(meta(
+                  request.appId, request.shuffleId, request.shuffleMergeId, request.reduceId))));
+        }
+      };
+    }
+
+    /** Uploads (UploadStream): collects the bytes and answers with meta then the bytes. Spark
+     *  answers a failed upload itself. */
     @Override
     public StreamCallbackWithID receiveStream(
         TransportClient client, ByteBuffer meta, RpcResponseCallback callback) {
@@ -170,14 +198,17 @@ public final class SparkPeer {
         }
 
         @Override
-        public void onComplete(String streamId) {
-          callback.onSuccess(ByteBuffer.wrap(received.toByteArray()));
+        public void onComplete(String streamId) {}
+
+        // Spark answers the upload itself once onComplete returns, with this response (a
+        // handler that also called callback.onSuccess would answer the upload twice).
+        @Override
+        public ByteBuffer getCompletionResponse() {
+          return ByteBuffer.wrap(received.toByteArray());
         }
 
         @Override
-        public void onFailure(String streamId, Throwable cause) {
-          callback.onFailure(cause);
-        }
+        public void onFailure(String streamId, Throwable cause) {}
       };
     }
   }
@@ -224,6 +255,8 @@ public final class SparkPeer {
         case "stream" -> result = stream(client, arg1);
         case "streams" -> result = streams(client, java.util.Arrays.copyOfRange(words, 1, words.length));
         case "upload" -> result = upload(client, HEX.parseHex(arg1), HEX.parseHex(arg2));
+        case "meta" -> result = mergedBlockMeta(client, arg1, Integer.parseInt(arg2),
+            Integer.parseInt(words[3]), Integer.parseInt(words[4]));
         default -> {
           System.err.println("SparkPeer: unknown command: " + line);
           System.exit(2);
@@ -327,6 +360,29 @@ public final class SparkPeer {
           }
           return line.toString();
         });
+  }
+
+  /** TransportClient.sendMergedBlockMetaReq: the chunk count and the metadata, or why not. */
+  static CompletableFuture<String> mergedBlockMeta(
+      TransportClient client, String appId, int shuffleId, int shuffleMergeId, int reduceId) {
+    CompletableFuture<String> result = new CompletableFuture<>();
+    client.sendMergedBlockMetaReq(appId, shuffleId, shuffleMergeId, reduceId,
+        new MergedBlockMetaResponseCallback() {
+          @Override
+          public void onSuccess(int numChunks, ManagedBuffer buffer) {
+            try {
+              result.complete("META " + numChunks + " " + HEX.formatHex(bytes(buffer.nioByteBuffer())));
+            } catch (Exception e) {
+              result.complete("FAILED " + oneLine(e));
+            }
+          }
+
+          @Override
+          public void onFailure(Throwable e) {
+            result.complete("FAILED " + oneLine(e));
+          }
+        });
+    return result;
   }
 
   static CompletableFuture<String> upload(TransportClient client, byte[] meta, byte[] data) {

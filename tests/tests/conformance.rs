@@ -31,6 +31,7 @@ macro_rules! suite {
         mod env_network;
         mod file_server;
         mod files;
+        mod merged_meta;
         mod peer_process;
         mod races;
         mod slow_reader;

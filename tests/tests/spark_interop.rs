@@ -9,11 +9,11 @@
 //!
 //! Two layers are checked:
 //! - the transport layer: RPC replies (empty, small and 1 MiB bodies), RPC failures carrying
-//!   the other side's message, one-way messages, and what our server answers today to Spark's
-//!   chunk fetches, streams and uploads (failures, on a connection that stays usable);
+//!   the other side's message, one-way messages, chunk fetches, streams, uploads and merged
+//!   block metadata both ways, and the failure texts Spark matches on;
 //! - the frame codec: every frame Spark sends re-encodes with [`Frame::to_bytes`] to exactly
-//!   the bytes Spark sent, and Spark acts correctly on every frame we encode, for message types
-//!   0 to 10 (the merged-block-meta pair needs spark-network-shuffle and is not covered).
+//!   the bytes Spark sent, and Spark acts correctly on every frame we encode, for every message
+//!   type (0 to 12).
 //!
 //! Needs Spark's jars, cached outside the checkout by `.ci/spark-jars.sh` (at
 //! `$SPARK_JARS_CACHE`, default `~/.cache/spark-rpc-rs/spark-jars`), and a JDK (`javac` and
@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rpc_proto::{Decoded, Frame, FrameDecoder, RequestId, RpcError, StreamChunkId};
 use rpc_tokio::{
-    FileSegment, ManagedBuffer, RpcHandler, RpcResponder, StreamManager, TransportClient,
+    FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaReqHandler, MergedBlockMetaRequest,
+    MergedBlockMetaResponder, RpcHandler, RpcResponder, StreamManager, TransportClient,
     TransportClientFactory, TransportConfig, TransportServer, UploadSink,
 };
 
@@ -433,6 +434,42 @@ fn pattern(len: usize, seed: u64) -> Bytes {
     (0..len as u64).map(|k| ((k + seed) % 251) as u8).collect()
 }
 
+/// SparkPeer's merged block metadata for a request (`SparkPeer.meta`): `shuffle + reduce`
+/// chunks and the request's fields as text. Our [`Patterns`] answers the same.
+fn spark_meta(request: &MergedBlockMetaRequest) -> MergedBlockMeta {
+    MergedBlockMeta {
+        chunk_count: request.shuffle_id + request.reduce_id,
+        body: format!(
+            "{}/{}/{}/{}",
+            request.app_id, request.shuffle_id, request.shuffle_merge_id, request.reduce_id
+        )
+        .into(),
+    }
+}
+
+fn meta_request(
+    app_id: &str,
+    shuffle_id: i32,
+    shuffle_merge_id: i32,
+    reduce_id: i32,
+) -> MergedBlockMetaRequest {
+    MergedBlockMetaRequest {
+        app_id: app_id.to_owned(),
+        shuffle_id,
+        shuffle_merge_id,
+        reduce_id,
+    }
+}
+
+/// Requests both sides answer with [`spark_meta`]: ids of every sign, a non-ASCII app id.
+fn meta_requests() -> [MergedBlockMetaRequest; 3] {
+    [
+        meta_request("app-20261121-0001", 3, 1, 4),
+        meta_request("app-é", 0, 0, -1),
+        meta_request("a", i32::MAX, -7, 0),
+    ]
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -666,6 +703,10 @@ impl RpcHandler for Patterns {
         Some(self)
     }
 
+    fn merged_block_meta_req_handler(&self) -> Option<&dyn MergedBlockMetaReqHandler> {
+        Some(self)
+    }
+
     /// Answers an upload the way SparkPeer does: with its meta, then its bytes.
     fn receive_stream(
         &self,
@@ -683,6 +724,24 @@ impl RpcHandler for Patterns {
             }
         }
         Ok(Box::new(Mirror(BytesMut::from(&meta[..]))))
+    }
+}
+
+/// Answers merged block metadata the way SparkPeer does: app id "fail" fails with
+/// [`OUR_FAIL_MESSAGE`], anything else gets [`spark_meta`].
+impl MergedBlockMetaReqHandler for Patterns {
+    fn receive_merged_block_meta_req(
+        &self,
+        _: &TransportClient,
+        request: MergedBlockMetaRequest,
+        responder: MergedBlockMetaResponder,
+    ) {
+        let sent = if request.app_id == "fail" {
+            responder.fail(OUR_FAIL_MESSAGE)
+        } else {
+            responder.reply(spark_meta(&request))
+        };
+        sent.expect("answer a merged block meta request");
     }
 }
 
@@ -821,6 +880,137 @@ fn our_streams_and_uploads_work_against_sparks_server() {
         );
     }
     assert_eq!(rpc(&rt, &client, "after".into()).unwrap(), "after");
+}
+
+#[test]
+fn our_merged_block_meta_requests_get_sparks_answers() {
+    let spark = spark_or_skip!();
+    let rt = tokio_runtime();
+    let (_peer, addr) = spark_server(spark);
+    let (_factory, client) = our_client(&rt, addr);
+    for request in meta_requests() {
+        let meta = rt
+            .block_on(client.send_merged_block_meta_req(&request, Some(WAIT)))
+            .unwrap_or_else(|e| panic!("{request:?} to Spark: {e}"));
+        assert_eq!(meta, spark_meta(&request), "{request:?}");
+    }
+    let err = rt
+        .block_on(client.send_merged_block_meta_req(&meta_request("fail", 1, 2, 3), Some(WAIT)))
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Remote(m) if m.contains(SPARK_FAIL_MESSAGE)),
+        "{err}"
+    );
+    assert_eq!(rpc(&rt, &client, "after".into()).unwrap(), "after");
+}
+
+#[test]
+fn spark_merged_block_meta_requests_get_our_answers_or_our_refusal() {
+    let spark = spark_or_skip!();
+    let rt = tokio_runtime();
+    let server = {
+        let _in_runtime = rt.enter();
+        TransportServer::bind(
+            rpc_tokio::runtime(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::new(Patterns),
+            TransportConfig::default(),
+        )
+        .expect("bind our server")
+    };
+    let mut peer = spark_client(spark, server.local_addr());
+    for r in meta_requests() {
+        let line = peer.command(&format!(
+            "meta {} {} {} {}",
+            r.app_id, r.shuffle_id, r.shuffle_merge_id, r.reduce_id
+        ));
+        let meta = spark_meta(&r);
+        assert_eq!(
+            line,
+            format!("META {} {}", meta.chunk_count, hex(&meta.body)),
+            "{r:?}\n{}",
+            peer.diagnostics()
+        );
+    }
+    let line = peer.command("meta fail 1 2 3");
+    assert_eq!(line, format!("FAILED {OUR_FAIL_MESSAGE}"));
+    let line = peer.command(&format!("rpc {}", hex(b"still there?")));
+    assert_eq!(line, format!("OK {}", hex(b"still there?")));
+    peer.finish();
+
+    // A handler without a merged-block-meta handler refuses (Spark's default never answers).
+    let (server, _handler) = our_server(&rt);
+    let mut peer = spark_client(spark, server.local_addr());
+    let line = peer.command("meta app 1 2 3");
+    assert_eq!(line, "FAILED this peer serves no merged block metadata");
+    peer.finish();
+}
+
+/// Spark matches on some failure texts: `ExecutorClassLoader` turns exactly
+/// `Stream '<id>' was not found.` into a `ClassNotFoundException` when it loads classes from
+/// the driver's file server. Spark's client must see Spark's own texts from our transport
+/// (a stream manager's default, unknown chunks) and from our env's file server.
+#[test]
+fn spark_sees_sparks_exact_texts_for_unknown_streams_chunks_and_files() {
+    let spark = spark_or_skip!();
+    let rt = tokio_runtime();
+    struct Bare(rpc_tokio::OneForOneStreamManager);
+    impl RpcHandler for Bare {
+        fn receive(&self, _: &TransportClient, message: Bytes, responder: RpcResponder) {
+            responder.reply(message).expect("answer an rpc");
+        }
+        fn stream_manager(&self) -> Option<&dyn StreamManager> {
+            Some(&self.0)
+        }
+    }
+    let server = {
+        let _in_runtime = rt.enter();
+        TransportServer::bind(
+            rpc_tokio::runtime(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Arc::new(Bare(rpc_tokio::OneForOneStreamManager::new(100))),
+            TransportConfig::default(),
+        )
+        .expect("bind our server")
+    };
+    let mut peer = spark_client(spark, server.local_addr());
+    let line = peer.command("stream /classes/Foo.class");
+    assert_eq!(line, "FAILED Stream '/classes/Foo.class' was not found.");
+    let line = peer.command("fetch 5 0");
+    assert!(
+        line.starts_with("FAILED ")
+            && line.ends_with(": Requested chunk not available since streamId 5 is closed"),
+        "{line}"
+    );
+    peer.finish();
+
+    // The env's file server, as ExecutorClassLoader meets it: a class that is not there.
+    let env = {
+        let _in_runtime = rt.enter();
+        rpc_tokio::RpcEnv::create(
+            rpc_tokio::runtime(),
+            rpc_tokio::RpcEnvConfig::server("driver", "127.0.0.1", 0),
+        )
+        .expect("an env")
+    };
+    let classes =
+        std::env::temp_dir().join(format!("spark-interop-classes-{}", std::process::id()));
+    std::fs::create_dir_all(&classes).expect("a classes dir");
+    env.file_server()
+        .add_directory("/classes", &classes)
+        .expect("serve the classes dir");
+    let port = env.address().expect("a server env").port;
+    let mut peer = spark_client(spark, SocketAddr::from(([127, 0, 0, 1], port)));
+    let line = peer.command("stream /classes/pkg/Missing.class");
+    assert_eq!(
+        line,
+        "FAILED Stream '/classes/pkg/Missing.class' was not found."
+    );
+    let line = peer.command("stream /files/missing.txt");
+    assert_eq!(line, "FAILED Stream '/files/missing.txt' was not found.");
+    peer.finish();
+    env.shutdown();
+    let _ = std::fs::remove_dir_all(&classes);
 }
 
 #[test]
@@ -1218,6 +1408,52 @@ fn spark_server_frames_match_our_codec_byte_for_byte() {
         }
     );
 
+    // MergedBlockMetaRequest -> MergedBlockMetaSuccess / RpcFailure.
+    for (id, r) in [0x8000_0000_0000_0011_u64, 12, 13]
+        .into_iter()
+        .zip(meta_requests())
+    {
+        let request = RequestId(id);
+        conn.send(
+            &Frame::MergedBlockMetaRequest {
+                request,
+                app_id: r.app_id.clone(),
+                shuffle_id: r.shuffle_id,
+                shuffle_merge_id: r.shuffle_merge_id,
+                reduce_id: r.reduce_id,
+            },
+            &[],
+        );
+        let meta = spark_meta(&r);
+        assert_eq!(
+            conn.recv(&peer).frame,
+            Frame::MergedBlockMetaSuccess {
+                request,
+                chunk_count: meta.chunk_count,
+                body: meta.body
+            },
+            "{r:?}"
+        );
+    }
+    let request = RequestId(99);
+    conn.send(
+        &Frame::MergedBlockMetaRequest {
+            request,
+            app_id: "fail".into(),
+            shuffle_id: 1,
+            shuffle_merge_id: 2,
+            reduce_id: 3,
+        },
+        &[],
+    );
+    match conn.recv(&peer).frame {
+        Frame::RpcFailure { request: r, error } => {
+            assert_eq!(r, request);
+            assert!(error.contains(SPARK_FAIL_MESSAGE), "{error}");
+        }
+        other => panic!("expected an RpcFailure, got {other:?}"),
+    }
+
     drop(conn);
     peer.finish();
 }
@@ -1376,6 +1612,53 @@ fn spark_client_frames_match_our_codec_byte_for_byte() {
         &[],
     );
     assert_eq!(peer.line(), format!("OK {}", hex(b"stored")));
+
+    // MergedBlockMetaRequest from Spark; our MergedBlockMetaSuccess / RpcFailure back.
+    for r in meta_requests() {
+        peer.write(&format!(
+            "meta {} {} {} {}",
+            r.app_id, r.shuffle_id, r.shuffle_merge_id, r.reduce_id
+        ));
+        let Frame::MergedBlockMetaRequest {
+            request,
+            app_id,
+            shuffle_id,
+            shuffle_merge_id,
+            reduce_id,
+        } = conn.recv(&peer).frame
+        else {
+            panic!("expected a MergedBlockMetaRequest");
+        };
+        assert_eq!(
+            meta_request(&app_id, shuffle_id, shuffle_merge_id, reduce_id),
+            r
+        );
+        let meta = spark_meta(&r);
+        conn.send(
+            &Frame::MergedBlockMetaSuccess {
+                request,
+                chunk_count: meta.chunk_count,
+                body: meta.body.clone(),
+            },
+            &[],
+        );
+        assert_eq!(
+            peer.line(),
+            format!("META {} {}", meta.chunk_count, hex(&meta.body))
+        );
+    }
+    peer.write("meta x 1 2 3");
+    let Frame::MergedBlockMetaRequest { request, .. } = conn.recv(&peer).frame else {
+        panic!("expected a MergedBlockMetaRequest");
+    };
+    conn.send(
+        &Frame::RpcFailure {
+            request,
+            error: "our failure".into(),
+        },
+        &[],
+    );
+    assert_eq!(peer.line(), "FAILED our failure");
 
     peer.finish();
 }

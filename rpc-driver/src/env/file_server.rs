@@ -27,8 +27,8 @@ use tracing::debug;
 
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{
-    ConnectError, FileSegment, ManagedBuffer, RpcHandler, RpcResponder, StreamCall, StreamManager,
-    TransportClient, TransportClientFactory,
+    stream_not_found, ConnectError, FileSegment, ManagedBuffer, RpcHandler, RpcResponder,
+    StreamCall, StreamManager, TransportClient, TransportClientFactory,
 };
 
 /// The URI path prefix of files added with [`FileServer::add_file`].
@@ -251,9 +251,12 @@ impl FileServer {
     }
 
     /// The file a stream id (a decoded URI path, `/files/<name>`, `/<dir>/<relative path>`)
-    /// names, or why there is none.
+    /// names, or why there is none: for a file that is not there, Spark's exact text
+    /// ([`stream_not_found`]), which Spark's `ExecutorClassLoader` turns into a
+    /// `ClassNotFoundException`; for an unknown directory, the message of Spark's
+    /// `NettyStreamManager`.
     fn resolve(&self, stream_id: &str) -> Result<PathBuf, String> {
-        let not_found = || format!("file {stream_id} not found");
+        let not_found = || stream_not_found(stream_id);
         let path = stream_id.strip_prefix('/').unwrap_or(stream_id);
         let (kind, name) = path
             .split_once('/')
@@ -265,10 +268,9 @@ impl FileServer {
             FILES => named(&self.inner.files),
             JARS => named(&self.inner.jars),
             dir => {
-                let base = lock(&self.inner.dirs)
-                    .get(dir)
-                    .cloned()
-                    .ok_or_else(|| format!("invalid stream uri {stream_id}: /{dir} not found"))?;
+                let base = lock(&self.inner.dirs).get(dir).cloned().ok_or_else(|| {
+                    format!("requirement failed: Invalid stream URI: {dir} not found.")
+                })?;
                 let escapes = || format!("{stream_id} escapes the directory registered at /{dir}");
                 let relative = Path::new(name);
                 if relative

@@ -21,7 +21,11 @@ use rpc_proto::{
 use rustc_hash::FxHashMap;
 use tracing::{debug, trace, warn, Instrument};
 
-use super::{ConnectionAddrs, FileSegment, ManagedBuffer, RpcHandler, UploadSink};
+use super::stream::{chunk_stream_closed, stream_not_found};
+use super::{
+    ConnectionAddrs, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaRequest,
+    MergedBlockMetaResponder, RpcHandler, UploadSink,
+};
 use crate::completion::{self, Completer, Waiter};
 use crate::runtime::{AsyncStream, AsyncTimer, Runtime};
 use crate::sync::{lock, Arc, Mutex};
@@ -46,6 +50,24 @@ fn connection_seed() -> u64 {
 }
 
 type RpcResult = Result<Bytes, RpcError>;
+type MetaResult = Result<MergedBlockMeta, RpcError>;
+
+/// Where a pending call's result goes: a body (RPCs, uploads, chunk fetches) or merged block
+/// metadata.
+enum CallSlot {
+    Body(Completer<RpcResult>),
+    Meta(Completer<MetaResult>),
+}
+
+impl CallSlot {
+    fn fail(self, error: RpcError) {
+        // The caller may have dropped its future a moment ago; then nobody wants it.
+        match self {
+            CallSlot::Body(completer) => drop(completer.complete(Err(error))),
+            CallSlot::Meta(completer) => drop(completer.complete(Err(error))),
+        }
+    }
+}
 
 /// Stream bytes received but not yet taken by their [`StreamCall`] past which the driver
 /// stops reading the socket: a slow consumer holds at most about this much (plus one read).
@@ -60,9 +82,10 @@ pub(crate) type Registry = Mutex<HashMap<u64, TransportClient>>;
 /// What the handles and the driver task share, behind one mutex.
 pub(crate) struct ConnState {
     pub(crate) conn: Connection,
-    /// Completion slots of the calls handles are waiting on (RPCs, uploads, chunk fetches).
-    /// Keyed by ids this side chose, so a fast non-keyed hash is safe here.
-    calls: FxHashMap<Call, Completer<RpcResult>>,
+    /// Completion slots of the calls handles are waiting on (RPCs, uploads, chunk fetches,
+    /// merged-block-meta requests). Keyed by ids this side chose, so a fast non-keyed hash is
+    /// safe here.
+    calls: FxHashMap<Call, CallSlot>,
     /// Streams being received, by call.
     streams: FxHashMap<StreamCallId, StreamSlot>,
     /// Bytes in `streams` not yet taken by their consumers.
@@ -158,9 +181,9 @@ impl ConnState {
         }
     }
 
-    /// Drains the connection's events: completes the calls they end, answers requests this
-    /// layer does not serve, and collects the rest for the handler.
-    pub(crate) fn process_events(&mut self, now: Instant, inbound: &mut Vec<Event>) {
+    /// Drains the connection's events: completes the calls they end and collects the rest
+    /// for the handler.
+    pub(crate) fn process_events(&mut self, inbound: &mut Vec<Event>) {
         while let Some(event) = self.conn.poll_event() {
             match event {
                 Event::ReplyReceived { request, body } => {
@@ -174,6 +197,21 @@ impl ConnState {
                 }
                 Event::ChunkReceived { chunk, body } => {
                     self.complete(Call::ChunkFetch(chunk), Ok(body))
+                }
+                Event::MergedBlockMetaReceived {
+                    request,
+                    chunk_count,
+                    body,
+                } => {
+                    let meta = MergedBlockMeta { chunk_count, body };
+                    match self.calls.remove(&Call::MergedBlockMeta(request)) {
+                        Some(CallSlot::Meta(completer)) => drop(completer.complete(Ok(meta))),
+                        Some(other) => other.fail(RpcError::UnexpectedReply {
+                            expected: "a merged block meta request",
+                            got: rpc_proto::MessageType::MergedBlockMetaSuccess,
+                        }),
+                        None => {}
+                    }
                 }
                 Event::StreamOpened { stream, byte_count } => {
                     if let Some(slot) = self.streams.get_mut(&stream) {
@@ -203,19 +241,26 @@ impl ConnState {
                         slot.wake();
                     }
                 }
-                Event::CallFailed { call, error } => self.complete(call, Err(error)),
-                Event::MergedBlockMetaRequested { request, .. } => {
-                    let _ = self.conn.respond_rpc_failure(now, request, UNSERVED);
+                Event::CallFailed { call, error } => {
+                    if let Some(slot) = self.calls.remove(&call) {
+                        slot.fail(error);
+                    }
                 }
                 other => inbound.push(other),
             }
         }
     }
 
+    /// Completes a call waiting for a body.
     fn complete(&mut self, call: Call, result: RpcResult) {
-        if let Some(completer) = self.calls.remove(&call) {
+        match self.calls.remove(&call) {
             // The caller may have dropped its future a moment ago; then nobody wants it.
-            let _ = completer.complete(result);
+            Some(CallSlot::Body(completer)) => drop(completer.complete(result)),
+            Some(slot @ CallSlot::Meta(_)) => slot.fail(RpcError::UnexpectedReply {
+                expected: "a merged block meta request",
+                got: rpc_proto::MessageType::RpcResponse,
+            }),
+            None => {}
         }
     }
 
@@ -228,7 +273,28 @@ impl ConnState {
     ) -> Result<(RequestId, Waiter<RpcResult>), CallError> {
         let id = self.conn.rpc(now, body, timeout)?;
         let (completer, waiter) = completion::pair();
-        self.calls.insert(Call::Rpc(id), completer);
+        self.calls.insert(Call::Rpc(id), CallSlot::Body(completer));
+        Ok((id, waiter))
+    }
+
+    /// Starts a merged-block-meta request; the waiter resolves exactly once.
+    fn start_merged_block_meta(
+        &mut self,
+        now: Instant,
+        request: &MergedBlockMetaRequest,
+        timeout: Option<Duration>,
+    ) -> Result<(RequestId, Waiter<MetaResult>), CallError> {
+        let id = self.conn.merged_block_meta(
+            now,
+            &request.app_id,
+            request.shuffle_id,
+            request.shuffle_merge_id,
+            request.reduce_id,
+            timeout,
+        )?;
+        let (completer, waiter) = completion::pair();
+        self.calls
+            .insert(Call::MergedBlockMeta(id), CallSlot::Meta(completer));
         Ok((id, waiter))
     }
 
@@ -241,7 +307,8 @@ impl ConnState {
     ) -> Result<Waiter<RpcResult>, CallError> {
         self.conn.fetch_chunk(now, chunk, timeout)?;
         let (completer, waiter) = completion::pair();
-        self.calls.insert(Call::ChunkFetch(chunk), completer);
+        self.calls
+            .insert(Call::ChunkFetch(chunk), CallSlot::Body(completer));
         Ok(waiter)
     }
 
@@ -278,7 +345,8 @@ impl ConnState {
     }
 }
 
-const NO_STREAMS: &str = "this peer serves no chunks or streams";
+/// The failure a merged-block-meta request gets from a handler without a
+/// [`MergedBlockMetaReqHandler`](super::MergedBlockMetaReqHandler).
 const UNSERVED: &str = "this peer serves no merged block metadata";
 
 pub(crate) struct ConnInner {
@@ -395,6 +463,29 @@ impl TransportClient {
         }
     }
 
+    /// Asks for the metadata of a push-merged shuffle block (Spark's
+    /// `sendMergedBlockMetaReq`). Resolves to the chunk count and the metadata body, or the
+    /// peer's failure ([`RpcError::Remote`]; a peer without a handler for these requests
+    /// refuses them), the timeout, or the connection's end. Dropping the future forgets the
+    /// call; a late reply is discarded.
+    pub fn send_merged_block_meta_req(
+        &self,
+        request: &MergedBlockMetaRequest,
+        timeout: Option<Duration>,
+    ) -> MergedBlockMetaCall {
+        match self
+            .inner
+            .with_state(|st, now| st.start_merged_block_meta(now, request, timeout))
+        {
+            Ok((id, waiter)) => MergedBlockMetaCall(Pending::started(
+                &self.inner,
+                Call::MergedBlockMeta(id),
+                waiter,
+            )),
+            Err(error) => MergedBlockMetaCall(Pending::refused(error)),
+        }
+    }
+
     /// Asks for the named stream (Spark's `stream`): its bytes arrive as a [`StreamCall`], a
     /// [`Stream`] of pieces in order, with bounded memory (the connection stops reading while
     /// more than [`STREAM_BUFFER_LIMIT`] bytes wait for the consumer). The timeout covers the
@@ -440,7 +531,8 @@ impl TransportClient {
         let started = self.inner.with_state(|st, now| {
             let (request, body) = st.conn.upload_stream(now, meta, byte_count, timeout)?;
             let (completer, waiter) = completion::pair();
-            st.calls.insert(Call::Upload(request), completer);
+            st.calls
+                .insert(Call::Upload(request), CallSlot::Body(completer));
             Ok((request, body, waiter))
         });
         let (request, body_id, waiter) = match started {
@@ -756,19 +848,17 @@ impl fmt::Debug for Ready {
     }
 }
 
-/// An RPC in flight: resolves to the reply body or the reason there is none.
-///
-/// Dropping it forgets the call (the late reply, if any, is discarded).
-#[must_use = "an RPC's reply is only seen by awaiting it"]
-pub struct RpcCall {
+/// A call in flight, waiting for a `T`: what [`RpcCall`] and [`MergedBlockMetaCall`] share.
+/// Dropping it forgets the call.
+struct Pending<T> {
     client: Option<Arc<ConnInner>>,
     call: Option<Call>,
-    waiter: Option<Waiter<RpcResult>>,
+    waiter: Option<Waiter<Result<T, RpcError>>>,
     refused: Option<CallError>,
 }
 
-impl RpcCall {
-    fn started(inner: &Arc<ConnInner>, call: Call, waiter: Waiter<RpcResult>) -> Self {
+impl<T> Pending<T> {
+    fn started(inner: &Arc<ConnInner>, call: Call, waiter: Waiter<Result<T, RpcError>>) -> Self {
         Self {
             client: Some(inner.clone()),
             call: Some(call),
@@ -777,7 +867,7 @@ impl RpcCall {
         }
     }
 
-    pub(crate) fn refused(error: CallError) -> Self {
+    fn refused(error: CallError) -> Self {
         Self {
             client: None,
             call: None,
@@ -786,25 +876,12 @@ impl RpcCall {
         }
     }
 
-    /// The request id an RPC went out with, unless it was refused before being sent (or is a
-    /// chunk fetch, which has none).
-    pub fn request_id(&self) -> Option<RequestId> {
-        match self.call {
-            Some(Call::Rpc(id) | Call::Upload(id)) => Some(id),
-            _ => None,
-        }
-    }
-}
-
-impl Future for RpcCall {
-    type Output = RpcResult;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RpcResult> {
+    fn poll(&mut self, cx: &mut Context<'_>, what: &str) -> Poll<Result<T, RpcError>> {
         if let Some(error) = self.refused.take() {
             return Poll::Ready(Err(RpcError::NotSent(error)));
         }
         let Some(waiter) = self.waiter.as_mut() else {
-            panic!("RpcCall polled after it completed");
+            panic!("{what} polled after it completed");
         };
         match Pin::new(waiter).poll(cx) {
             Poll::Pending => Poll::Pending,
@@ -821,7 +898,7 @@ impl Future for RpcCall {
     }
 }
 
-impl Drop for RpcCall {
+impl<T> Drop for Pending<T> {
     fn drop(&mut self) {
         if let (Some(inner), Some(call)) = (self.client.take(), self.call) {
             // Drop the waiter first so a completion racing this drop is handed back, not kept.
@@ -831,10 +908,77 @@ impl Drop for RpcCall {
     }
 }
 
+/// An RPC in flight: resolves to the reply body or the reason there is none.
+///
+/// Dropping it forgets the call (the late reply, if any, is discarded).
+#[must_use = "an RPC's reply is only seen by awaiting it"]
+pub struct RpcCall(Pending<Bytes>);
+
+impl RpcCall {
+    fn started(inner: &Arc<ConnInner>, call: Call, waiter: Waiter<RpcResult>) -> Self {
+        Self(Pending::started(inner, call, waiter))
+    }
+
+    pub(crate) fn refused(error: CallError) -> Self {
+        Self(Pending::refused(error))
+    }
+
+    /// The request id an RPC went out with, unless it was refused before being sent (or is a
+    /// chunk fetch, which has none).
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self.0.call {
+            Some(Call::Rpc(id) | Call::Upload(id)) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl Future for RpcCall {
+    type Output = RpcResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RpcResult> {
+        self.0.poll(cx, "RpcCall")
+    }
+}
+
 impl fmt::Debug for RpcCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcCall")
-            .field("call", &self.call)
+            .field("call", &self.0.call)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A merged-block-meta request in flight, from
+/// [`TransportClient::send_merged_block_meta_req`]: resolves to the metadata or the reason
+/// there is none.
+///
+/// Dropping it forgets the call (the late reply, if any, is discarded).
+#[must_use = "the metadata is only seen by awaiting it"]
+pub struct MergedBlockMetaCall(Pending<MergedBlockMeta>);
+
+impl MergedBlockMetaCall {
+    /// The request id the request went out with, unless it was refused before being sent.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self.0.call {
+            Some(Call::MergedBlockMeta(id)) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl Future for MergedBlockMetaCall {
+    type Output = MetaResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<MetaResult> {
+        self.0.poll(cx, "MergedBlockMetaCall")
+    }
+}
+
+impl fmt::Debug for MergedBlockMetaCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MergedBlockMetaCall")
+            .field("call", &self.0.call)
             .finish_non_exhaustive()
     }
 }
@@ -869,6 +1013,30 @@ impl RpcResponder {
                 Err(error)
             }
             other => other,
+        })
+    }
+
+    /// Answers a merged-block-meta request (for [`MergedBlockMetaResponder`]), with the same
+    /// care for metadata too large for a frame as [`reply`](RpcResponder::reply).
+    pub(crate) fn reply_merged_block_meta(
+        mut self,
+        meta: MergedBlockMeta,
+    ) -> Result<(), CallError> {
+        let conn = self.conn.take().expect("answered once");
+        let request = self.request;
+        conn.with_state(|st, now| {
+            match st
+                .conn
+                .respond_merged_block_meta(now, request, meta.chunk_count, meta.body)
+            {
+                Err(error @ CallError::FrameTooLarge { .. }) => {
+                    let _ = st
+                        .conn
+                        .respond_rpc_failure(now, request, &error.to_string());
+                    Err(error)
+                }
+                other => other,
+            }
         })
     }
 
@@ -972,9 +1140,9 @@ impl Future for Driver {
                 progress |= this.read(cx, &mut st, now);
             }
             progress |= this.poll_timer(cx, &mut st, now);
-            st.process_events(now, &mut inbound);
+            st.process_events(&mut inbound);
             progress |= this.write(cx, &mut st, now);
-            st.process_events(now, &mut inbound);
+            st.process_events(&mut inbound);
             st.wake_ready();
             let drained = st.conn.is_drained() && this.writing.is_empty();
             if drained || !progress {
@@ -1261,6 +1429,30 @@ impl Driver {
                     self.handler.receive(&self.client, body, responder);
                 }
                 Event::OneWayReceived { body } => self.handler.receive_one_way(&self.client, body),
+                Event::MergedBlockMetaRequested {
+                    request,
+                    app_id,
+                    shuffle_id,
+                    shuffle_merge_id,
+                    reduce_id,
+                } => {
+                    let responder = RpcResponder::new(self.client.inner.clone(), request);
+                    match self.handler.merged_block_meta_req_handler() {
+                        Some(handler) => handler.receive_merged_block_meta_req(
+                            &self.client,
+                            MergedBlockMetaRequest {
+                                app_id,
+                                shuffle_id,
+                                shuffle_merge_id,
+                                reduce_id,
+                            },
+                            MergedBlockMetaResponder::new(responder),
+                        ),
+                        None => {
+                            let _ = responder.fail(UNSERVED);
+                        }
+                    }
+                }
                 Event::ChunkFetchReceived { chunk } => {
                     let served = match self.handler.stream_manager() {
                         // Spark's maxChunksBeingTransferred, by bytes: while the send buffer
@@ -1270,7 +1462,8 @@ impl Driver {
                         Some(streams) => streams
                             .chunk_buffer(&self.client, chunk)
                             .and_then(|b| b.to_bytes().map_err(|e| format!("{chunk}: {e}"))),
-                        None => Err(NO_STREAMS.to_owned()),
+                        // No streams at all: Spark's text for an unknown stream's chunk.
+                        None => Err(chunk_stream_closed(chunk.stream_id)),
                     };
                     self.client.inner.with_state(|st, now| {
                         let sent = match served {
@@ -1289,7 +1482,7 @@ impl Driver {
                     let served = match self.handler.stream_manager() {
                         Some(_) if self.client.is_send_buffer_full() => Err(self.too_much_data()),
                         Some(streams) => streams.open_stream_buffer(&self.client, &stream_id),
-                        None => Err(NO_STREAMS.to_owned()),
+                        None => Err(stream_not_found(&stream_id)),
                     };
                     let externals = &mut self.externals;
                     self.client.inner.with_state(|st, now| {

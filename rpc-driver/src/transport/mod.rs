@@ -9,14 +9,21 @@
 mod buffer;
 mod conn;
 mod factory;
+mod merged;
 mod server;
 mod stream;
 
 pub use buffer::{FileSegment, ManagedBuffer};
-pub use conn::{Ready, RpcCall, RpcResponder, StreamCall, TransportClient, STREAM_BUFFER_LIMIT};
+pub use conn::{
+    MergedBlockMetaCall, Ready, RpcCall, RpcResponder, StreamCall, TransportClient,
+    STREAM_BUFFER_LIMIT,
+};
 pub use factory::{ConnectError, TransportClientFactory};
+pub use merged::{
+    MergedBlockMeta, MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
+};
 pub use server::TransportServer;
-pub use stream::{OneForOneStreamManager, StreamManager};
+pub use stream::{stream_not_found, OneForOneStreamManager, StreamManager};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,6 +48,13 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// The streams this handler serves chunks and named streams from (Spark's
     /// `getStreamManager`). `None`, the default, refuses every chunk fetch and stream request.
     fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        None
+    }
+
+    /// Where merged-block-meta requests go (Spark's `getMergedBlockMetaReqHandler`). `None`,
+    /// the default, refuses every request with a failure (Spark's default handler never
+    /// answers, leaving the caller to time out).
+    fn merged_block_meta_req_handler(&self) -> Option<&dyn MergedBlockMetaReqHandler> {
         None
     }
 

@@ -9,11 +9,27 @@ use rpc_proto::StreamChunkId;
 use super::{ManagedBuffer, TransportClient};
 use crate::sync::{lock, Mutex};
 
+/// Spark's text for a stream that does not exist, `Stream '<id>' was not found.`, as Spark's
+/// `TransportRequestHandler` sends it. Spark matches on it (`ExecutorClassLoader` turns it
+/// into a `ClassNotFoundException`), so a [`StreamManager`] without the stream should fail
+/// with exactly this; the default [`open_stream`](StreamManager::open_stream) does.
+pub fn stream_not_found(stream_id: &str) -> String {
+    format!("Stream '{stream_id}' was not found.")
+}
+
+/// Spark's text for a chunk of a stream that does not exist (or no longer does), as Spark's
+/// `OneForOneStreamManager` fails it.
+pub(crate) fn chunk_stream_closed(stream_id: u64) -> String {
+    format!("Requested chunk not available since streamId {stream_id} is closed")
+}
+
 /// Where a transport server finds the chunks and streams peers ask for (Spark's
 /// `StreamManager`); returned by [`RpcHandler::stream_manager`](super::RpcHandler).
 ///
 /// Called on the connection's driver task: implementations must not block. Errors are
-/// sent to the peer as `ChunkFetchFailure` / `StreamFailure` with the given message.
+/// sent to the peer as `ChunkFetchFailure` / `StreamFailure` with the given message; Spark
+/// peers may match on it, so use Spark's texts where Spark has one (see
+/// [`stream_not_found`]).
 ///
 /// Spark limits the chunks being transferred (`spark.shuffle.maxChunksBeingTransferred`);
 /// we limit the bytes: while a connection's send buffer is over its
@@ -25,10 +41,11 @@ pub trait StreamManager: Send + Sync + 'static {
     /// The chunk `chunk` asked for on `client`'s connection.
     fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String>;
 
-    /// The named stream asked for with a `StreamRequest` (Spark's `openStream`).
+    /// The named stream asked for with a `StreamRequest` (Spark's `openStream`). The default
+    /// has none: it fails with Spark's [`stream_not_found`] text.
     fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
         let _ = client;
-        Err(format!("stream {stream_id} not found"))
+        Err(stream_not_found(stream_id))
     }
 
     /// The chunk as a [`ManagedBuffer`]: override to serve file segments (chunks travel in
@@ -62,7 +79,8 @@ pub trait StreamManager: Send + Sync + 'static {
 
 /// Spark's `OneForOneStreamManager`: each registered stream is a list of buffers served as
 /// chunks 0, 1, 2… in order, each exactly once; a stream is released when its last chunk is
-/// served, or when the connection it was registered for closes.
+/// served, or when the connection it was registered for closes. Chunks it cannot serve fail
+/// with Spark's texts; it serves no named streams.
 ///
 /// ```
 /// use rpc_driver::transport::OneForOneStreamManager;
@@ -141,20 +159,17 @@ impl StreamManager for OneForOneStreamManager {
     fn chunk(&self, _client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
         let mut s = lock(&self.state);
         let Some(stream) = s.streams.get_mut(&chunk.stream_id) else {
-            return Err(format!(
-                "requested chunk not available since stream {} is closed",
-                chunk.stream_id
-            ));
+            return Err(chunk_stream_closed(chunk.stream_id));
         };
         if chunk.chunk_index != stream.next_chunk {
             return Err(format!(
-                "received out-of-order chunk index {} (expected {})",
+                "Received out-of-order chunk index {} (expected {})",
                 chunk.chunk_index, stream.next_chunk
             ));
         }
         let Some(buffer) = stream.buffers.pop_front() else {
             return Err(format!(
-                "requested chunk index beyond end {}",
+                "Requested chunk index beyond end {}",
                 chunk.chunk_index
             ));
         };

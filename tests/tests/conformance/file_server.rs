@@ -181,6 +181,54 @@ fn a_missing_file_fails_naming_its_path() {
     })
 }
 
+/// The serving env's own message for a refused download.
+async fn remote_refusal(env: &RpcEnv, uri: &str) -> String {
+    match within("the download to open", env.open_channel(uri)).await {
+        Ok(_) => panic!("{uri} should be refused"),
+        Err(FileServerError::Download {
+            source: rpc::rpc_proto::RpcError::Remote(message),
+            ..
+        }) => message.to_string(),
+        Err(other) => panic!("{uri}: expected the serving env's refusal, got {other}"),
+    }
+}
+
+/// Spark's `ExecutorClassLoader` asks the driver's file server for classes and turns exactly
+/// `Stream '<id>' was not found.` into a `ClassNotFoundException`: a missing file, jar or
+/// class must be refused with that text, as Spark's `TransportRequestHandler` does. An
+/// unknown directory gets the message of Spark's `NettyStreamManager`.
+#[test]
+fn a_missing_file_is_refused_with_sparks_exact_text() {
+    block_on(async {
+        let (a, b) = (server_env("a"), server_env("b"));
+        let tmp = TempDir::new("spark-text");
+        tmp.write("classes/pkg/Here.class", b"here");
+        let dir = a
+            .file_server()
+            .add_directory("/classes", tmp.path().join("classes"))
+            .unwrap();
+        let url = addr(&a).to_url();
+        for (uri, stream_id) in [
+            (format!("{url}/files/nope.txt"), "/files/nope.txt"),
+            (format!("{url}/jars/nope.jar"), "/jars/nope.jar"),
+            (format!("{dir}/pkg/Missing.class"), "/classes/pkg/Missing.class"),
+            (format!("{dir}/pkg"), "/classes/pkg"),
+        ] {
+            assert_eq!(
+                remote_refusal(&b, &uri).await,
+                format!("Stream '{stream_id}' was not found."),
+                "{uri}"
+            );
+        }
+        assert_eq!(
+            remote_refusal(&b, &format!("{url}/nothing/here")).await,
+            "requirement failed: Invalid stream URI: nothing not found."
+        );
+        assert_eq!(download(&b, &format!("{dir}/pkg/Here.class")).await, b"here");
+        shutdown(&[&a, &b]).await;
+    })
+}
+
 #[test]
 fn parent_traversal_and_absolute_paths_out_of_a_directory_are_refused() {
     block_on(async {
