@@ -215,8 +215,8 @@ fn asks_around_a_connection_death_reconnect_or_fail_as_disconnected() {
             )
             .await
             .unwrap();
-            let (mut answered, mut disconnected) = (0, 0);
             for round in 0..40 {
+                // Answered: the outbox reconnected after the previous round's death.
                 let reply = within("the reply", probe.ask(Cmd::Quiet("hi".into()))).await;
                 assert_eq!(reply.unwrap(), "hi", "round {round}: connected first");
                 proxy.sever();
@@ -224,17 +224,15 @@ fn asks_around_a_connection_death_reconnect_or_fail_as_disconnected() {
                     .map(|_| probe.ask(Cmd::Quiet("hi".into())))
                     .collect();
                 for ask in asks {
+                    // How many of each depends on scheduling; that nothing else happens
+                    // does not.
                     match within("an ask", ask).await {
-                        Ok(reply) => {
-                            assert_eq!(reply, "hi");
-                            answered += 1;
-                        }
-                        Err(RpcError::Disconnected { .. }) => disconnected += 1,
+                        Ok(reply) => assert_eq!(reply, "hi"),
+                        Err(RpcError::Disconnected { .. }) => {}
                         Err(other) => panic!("round {round}: {other:?}"),
                     }
                 }
             }
-            assert!(answered > 0, "{answered} answered, {disconnected} disconnected");
             shutdown(&[&caller]).await;
         }
         shutdown(&[&server]).await;
