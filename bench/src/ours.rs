@@ -13,8 +13,8 @@ use futures::StreamExt;
 use rpc_tokio::rpc_proto::StreamChunkId;
 use rpc_tokio::{
     BoxError, EndpointContext, FileSegment, ManagedBuffer, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcHandler, RpcResponder, Runtime, StreamManager,
-    TransportClient, TransportClientFactory, TransportConfig, TransportServer,
+    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcHandler, RpcMessage, RpcResponder, Runtime,
+    StreamManager, TransportClient, TransportClientFactory, TransportConfig, TransportServer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,7 @@ use crate::common::*;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the bench endpoint takes.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, RpcMessage)]
 enum Msg {
     /// Ask: reply with the same bytes.
     Echo(Bytes),

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use rpc_async_std::{
     BoxError, EndpointContext, RpcAddress, RpcCallContext, RpcEndpoint, RpcEnv, RpcEnvConfig,
+    RpcMessage,
 };
 use serde::{Deserialize, Serialize};
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 const EXECUTOR_TIMEOUT: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, RpcMessage)]
 enum DriverMessage {
     /// From an executor: "I am alive".
     Heartbeat { executor_id: String },

@@ -39,6 +39,7 @@ const SHARED: &[&str] = &[
     "RpcEnv",
     "RpcEnvConfig",
     "RpcError",
+    "RpcMessage",
     "SetupError",
     // Addresses and outbox settings, from rpc-proto.
     "OutboxConfig",
@@ -103,6 +104,26 @@ impl rpc_async_std::ConcurrentRpcEndpoint for Nop {
 /// Compiles only if `E` implements tokio's endpoint traits.
 fn tokio_endpoint<E: rpc_tokio::RpcEndpoint + rpc_tokio::ConcurrentRpcEndpoint>() {}
 
+/// A message derived through our name (which implements our trait), to be required
+/// through tokio's.
+#[derive(rpc_async_std::RpcMessage)]
+#[allow(dead_code)]
+struct Ping<T>(T);
+
+/// A message derived through tokio's name.
+#[derive(rpc_tokio::RpcMessage)]
+#[rpc(name = "Ping")]
+#[allow(dead_code)]
+struct TokioPing<T>(T);
+
+/// Compiles only if `M` implements both crates' message traits.
+fn message<M: rpc_tokio::RpcMessage + rpc_async_std::RpcMessage>() -> [String; 2] {
+    [
+        <M as rpc_tokio::RpcMessage>::identity(),
+        <M as rpc_async_std::RpcMessage>::identity(),
+    ]
+}
+
 /// A runtime type as both crates expect one.
 fn is_runtime<R: rpc_async_std::Runtime + rpc_tokio::Runtime + Clone + Debug>() {}
 
@@ -139,6 +160,9 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<t::RpcError>, Of::<a::RpcError>);
     same(Of::<t::SetupError>, Of::<a::SetupError>);
     tokio_endpoint::<Nop>();
+    // One trait, and one derive writing the same identities through either name.
+    assert_eq!(message::<Ping<u8>>(), ["Ping<u8>", "Ping<u8>"]);
+    assert_eq!(message::<TokioPing<u8>>(), ["Ping<u8>", "Ping<u8>"]);
 
     same(Of::<t::OutboxConfig>, Of::<a::OutboxConfig>);
     same(Of::<t::RpcAddress>, Of::<a::RpcAddress>);

@@ -12,7 +12,7 @@ use async_io::Timer;
 use common::{on_each_executor, within, WAIT};
 use rpc_async_std::{
     BoxError, EndpointContext, EndpointKind, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv,
-    RpcEnvConfig, RpcError, Runtime, SetupError,
+    RpcEnvConfig, RpcError, RpcMessage, Runtime, SetupError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,7 @@ on_each_executor!(
     shutdown_stops_endpoints_fails_pending_asks_and_terminates,
 );
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, RpcMessage)]
 enum Cmd {
     /// `ask`: answered with the text.
     Echo(String),

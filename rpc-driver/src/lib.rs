@@ -18,6 +18,10 @@
 
 #![forbid(unsafe_code)]
 
+// The derive names `::rpc_driver`, which this crate's own tests reach through this.
+#[cfg(test)]
+extern crate self as rpc_driver;
+
 pub mod block;
 mod completion;
 #[cfg(not(loom))]
@@ -28,6 +32,15 @@ pub mod transport;
 
 #[doc(hidden)]
 pub use completion::{pair as completion_pair, Completer, Waiter};
+
+/// What the adapters re-export under other names; not an API of its own.
+#[doc(hidden)]
+#[cfg(not(loom))]
+pub mod __private {
+    /// [`RpcMessage`](crate::env::RpcMessage), the trait without the derive of the same name,
+    /// so that an adapter can put its own derive (naming the adapter) beside it.
+    pub use crate::env::message::RpcMessage as RpcMessageTrait;
+}
 pub use rpc_proto;
 pub use runtime::{
     sleep_until, timer_fired, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime,

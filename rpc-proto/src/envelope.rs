@@ -58,7 +58,9 @@ pub struct Envelope {
     /// The name of the endpoint the message is for.
     pub receiver: String,
     /// The identity of the message's type. The receiver checks it against the type its
-    /// endpoint accepts before decoding the payload.
+    /// endpoint accepts before decoding the payload. `rpc-driver` writes the stable names of
+    /// the endpoint's message and reply types here (`"Hello -> String"`, from its
+    /// `RpcMessage` trait).
     pub message_type: String,
     /// For an ask: how many milliseconds the sender was still willing to wait when it sent the
     /// message, so the receiver can skip work whose answer nobody will read. `None`: no

@@ -6,10 +6,13 @@
 
 use std::time::Duration;
 
-use rpc_tokio::{BoxError, EndpointContext, RpcCallContext, RpcEndpoint, RpcEnv, RpcEnvConfig};
+use rpc_tokio::{
+    BoxError, EndpointContext, RpcCallContext, RpcEndpoint, RpcEnv, RpcEnvConfig, RpcMessage,
+};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Peers know it as "Hello" (its `RpcMessage` name), wherever the type lives in the code.
+#[derive(Debug, Serialize, Deserialize, RpcMessage)]
 enum Hello {
     SayHi(String),
     SayBye(String),

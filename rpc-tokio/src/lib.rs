@@ -5,7 +5,9 @@
 //!
 //! - The control plane: [`RpcEnv`] hosts named endpoints ([`RpcEndpoint`],
 //!   [`ConcurrentRpcEndpoint`]); an [`RpcEndpointRef`] reaches one, here or in another
-//!   process, with [`send`](RpcEndpointRef::send) and [`ask`](RpcEndpointRef::ask).
+//!   process, with [`send`](RpcEndpointRef::send) and [`ask`](RpcEndpointRef::ask). Messages
+//!   and replies are known to peers by the stable name of their [`RpcMessage`](trait@RpcMessage)
+//!   (derive it).
 //! - The transport layer under it: [`TransportServer`], [`TransportClientFactory`],
 //!   [`TransportClient`], [`RpcHandler`], speaking Spark's network-common wire format.
 //! - Blocks on the transport layer: a [`BlockServer`] serves them from a [`BlockSource`];
@@ -61,6 +63,11 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Derives [`RpcMessage`](trait@RpcMessage): the name is the type's identifier, or the one set
+/// with `#[rpc(name = "...")]`. Its code names `::rpc_tokio` (`#[rpc(crate = "...")]` for a
+/// renamed dependency).
+pub use rpc_derive::TokioRpcMessage as RpcMessage;
+pub use rpc_driver::__private::RpcMessageTrait as RpcMessage;
 pub use rpc_driver::block::{
     fetch_blocks, BlockFetch, BlockFetchConfig, BlockFetchError, BlockFetchingListener,
     BlockMessage, BlockServer, BlockSource, OpenBlocks, RetryingBlockFetcher, StreamHandle,

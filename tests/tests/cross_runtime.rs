@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rpc_tokio::{
     BoxError, EndpointContext, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv,
-    RpcEnvConfig,
+    RpcEnvConfig, RpcMessage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// What [`Named`] is asked.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, RpcMessage)]
 enum Msg {
     /// Answered with `<env name> got <text>`.
     Echo(String),

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::call::RpcCallContext;
+use super::message::RpcMessage;
 use super::reference::RpcEndpointRef;
 use super::RpcEnv;
 
@@ -85,10 +86,10 @@ impl<M, R> fmt::Debug for EndpointContext<M, R> {
 /// go to [`on_error`](RpcEndpoint::on_error); a panic does not take the env down.
 ///
 /// ```
-/// use rpc_driver::env::{BoxError, EndpointContext, RpcCallContext, RpcEndpoint};
+/// use rpc_driver::env::{BoxError, EndpointContext, RpcCallContext, RpcEndpoint, RpcMessage};
 /// use serde::{Deserialize, Serialize};
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Serialize, Deserialize, RpcMessage)]
 /// enum Counter { Add(u64), Get }
 ///
 /// #[derive(Default)]
@@ -115,10 +116,11 @@ impl<M, R> fmt::Debug for EndpointContext<M, R> {
 /// }
 /// ```
 pub trait RpcEndpoint: Send + 'static {
-    /// The messages it takes, by `send` and `ask`.
-    type Message: Serialize + DeserializeOwned + Send + 'static;
-    /// What it answers asks with.
-    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    /// The messages it takes, by `send` and `ask`; peers check them by their
+    /// [`RpcMessage`] identity.
+    type Message: RpcMessage + Serialize + DeserializeOwned + Send + 'static;
+    /// What it answers asks with; peers check it by its [`RpcMessage`] identity.
+    type Reply: RpcMessage + Serialize + DeserializeOwned + Send + 'static;
 
     /// How its handlers are scheduled.
     fn kind(&self) -> EndpointKind {
@@ -213,10 +215,11 @@ pub trait RpcEndpoint: Send + 'static {
 /// `on_stop` (which each run alone). Handlers take `&self`: keep state behind your own
 /// synchronisation.
 pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
-    /// The messages it takes, by `send` and `ask`.
-    type Message: Serialize + DeserializeOwned + Send + 'static;
-    /// What it answers asks with.
-    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    /// The messages it takes, by `send` and `ask`; peers check them by their
+    /// [`RpcMessage`] identity.
+    type Message: RpcMessage + Serialize + DeserializeOwned + Send + 'static;
+    /// What it answers asks with; peers check it by its [`RpcMessage`] identity.
+    type Reply: RpcMessage + Serialize + DeserializeOwned + Send + 'static;
 
     /// Runs before any message.
     fn on_start(

@@ -48,31 +48,11 @@ pub(crate) enum Posted {
     NetworkError(String, RpcAddress),
 }
 
-/// The type identities an endpoint declares, checked by lookups and by remote senders.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct EndpointTypes {
-    pub(crate) message: &'static str,
-    pub(crate) reply: &'static str,
-}
-
-impl EndpointTypes {
-    pub(crate) fn of<M, R>() -> Self {
-        Self {
-            message: std::any::type_name::<M>(),
-            reply: std::any::type_name::<R>(),
-        }
-    }
-
-    /// The identity carried in envelopes: message and reply type.
-    pub(crate) fn identity(&self) -> String {
-        format!("{} -> {}", self.message, self.reply)
-    }
-}
-
 /// One endpoint's inbox, shared by the env (which posts) and the endpoint's task.
 pub(crate) struct Mailbox {
     pub(crate) name: String,
-    /// The endpoint's [`EndpointTypes::identity`], which every remote message is checked
+    /// The identity of the endpoint's message and reply types (see
+    /// [`RpcMessage`](super::RpcMessage)), which lookups and every remote message are checked
     /// against.
     pub(crate) identity: String,
     state: Mutex<MailboxState>,
@@ -84,10 +64,10 @@ struct MailboxState {
 }
 
 impl Mailbox {
-    pub(crate) fn new(name: &str, types: EndpointTypes, concurrent: bool) -> Self {
+    pub(crate) fn new(name: &str, identity: String, concurrent: bool) -> Self {
         Self {
             name: name.to_owned(),
-            identity: types.identity(),
+            identity,
             state: Mutex::new(MailboxState {
                 inbox: Inbox::new(concurrent),
                 waker: None,

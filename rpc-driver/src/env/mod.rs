@@ -5,6 +5,14 @@
 //! [`send`](RpcEndpointRef::send) and [`ask`](RpcEndpointRef::ask). Asks are answered
 //! through an [`RpcCallContext`].
 //!
+//! # Message identity
+//!
+//! Messages and replies implement [`RpcMessage`](trait@RpcMessage) (derive it): the name peers
+//! know a type by, chosen in the code and so stable across builds, compilers and module moves.
+//! Lookups and every remote message are checked against the endpoint's message and reply
+//! names (`"Hello -> String"`); a difference is [`RpcError::TypeMismatch`]. See the trait for
+//! renaming a type without breaking peers.
+//!
 //! # Delivery
 //!
 //! At most once. Messages to one remote env go through one outbox and one connection, in the
@@ -52,6 +60,7 @@ mod endpoint;
 mod error;
 mod file_server;
 mod mailbox;
+pub(crate) mod message;
 mod outbox;
 mod reference;
 
@@ -61,7 +70,11 @@ pub use endpoint::{
 };
 pub use error::{RpcError, SetupError};
 pub use file_server::{FileDownload, FileServer, FileServerError};
+pub use message::RpcMessage;
 pub use reference::{Ask, RpcEndpointRef};
+/// Derives [`RpcMessage`](trait@RpcMessage): the name is the type's identifier, or the one set
+/// with `#[rpc(name = "...")]`.
+pub use rpc_derive::RpcMessage;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -83,7 +96,8 @@ use tracing::{debug, info, warn};
 
 use self::call::CancelFlag;
 use self::file_server::BulkHandler;
-use self::mailbox::{EndpointTypes, Mailbox, Payload, Posted};
+use self::mailbox::{Mailbox, Payload, Posted};
+use self::message::endpoint_identity;
 use self::outbox::OutboxCell;
 use crate::runtime::Runtime;
 use crate::sync::{lock, Arc, Mutex};
@@ -788,14 +802,14 @@ impl RpcEnv {
     fn register(
         &self,
         name: &str,
-        types: EndpointTypes,
+        identity: String,
         concurrent: bool,
     ) -> Result<(Arc<Mailbox>, RpcEndpointAddress), SetupError> {
         let address = match &self.inner.address {
             Some(a) => RpcEndpointAddress::new(a.clone(), name),
             None => RpcEndpointAddress::client(name),
         };
-        let mailbox = Arc::new(Mailbox::new(name, types, concurrent));
+        let mailbox = Arc::new(Mailbox::new(name, identity, concurrent));
         {
             let mut endpoints = lock(&self.inner.endpoints);
             // Checked under the lock `shutdown` takes after setting the flag: an endpoint is
@@ -820,8 +834,8 @@ impl RpcEnv {
         name: &str,
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message, E::Reply>, SetupError> {
-        let types = EndpointTypes::of::<E::Message, E::Reply>();
-        let (mailbox, address) = self.register(name, types, false)?;
+        let identity = endpoint_identity::<E::Message, E::Reply>();
+        let (mailbox, address) = self.register(name, identity, false)?;
         let self_ref = RpcEndpointRef::new(address, self.inner.weak(), None);
         let ctx = EndpointContext {
             self_ref: self_ref.clone(),
@@ -842,8 +856,8 @@ impl RpcEnv {
         name: &str,
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message, E::Reply>, SetupError> {
-        let types = EndpointTypes::of::<E::Message, E::Reply>();
-        let (mailbox, address) = self.register(name, types, true)?;
+        let identity = endpoint_identity::<E::Message, E::Reply>();
+        let (mailbox, address) = self.register(name, identity, true)?;
         let self_ref = RpcEndpointRef::new(address, self.inner.weak(), None);
         let ctx = Arc::new(EndpointContext {
             self_ref: self_ref.clone(),
@@ -870,12 +884,12 @@ impl RpcEnv {
         name: &str,
     ) -> Result<RpcEndpointRef<M, R>, SetupError>
     where
-        M: Serialize + Send + 'static,
-        R: serde::de::DeserializeOwned + Send + 'static,
+        M: RpcMessage + Serialize + Send + 'static,
+        R: RpcMessage + serde::de::DeserializeOwned + Send + 'static,
     {
         let target = RpcEndpointAddress::new(address, name);
         let endpoint_ref = RpcEndpointRef::<M, R>::new(target.clone(), self.inner.weak(), None);
-        let expected = EndpointTypes::of::<M, R>().identity();
+        let expected = endpoint_identity::<M, R>();
         let verified = if Some(&target.address) == Some(&self.inner.address) {
             self.inner.verify(name, &expected)
         } else {
@@ -899,7 +913,10 @@ impl RpcEnv {
     /// endpoint exists or takes `M` (a mismatch shows as [`RpcError::TypeMismatch`] on the
     /// first message). For endpoints that may not be up yet; prefer
     /// [`setup_endpoint_ref`](RpcEnv::setup_endpoint_ref).
-    pub fn endpoint_ref<M, R>(&self, address: RpcEndpointAddress) -> RpcEndpointRef<M, R> {
+    pub fn endpoint_ref<M: RpcMessage, R: RpcMessage>(
+        &self,
+        address: RpcEndpointAddress,
+    ) -> RpcEndpointRef<M, R> {
         RpcEndpointRef::new(address, self.inner.weak(), None)
     }
 
@@ -909,8 +926,8 @@ impl RpcEnv {
         uri: &str,
     ) -> Result<RpcEndpointRef<M, R>, SetupError>
     where
-        M: Serialize + Send + 'static,
-        R: serde::de::DeserializeOwned + Send + 'static,
+        M: RpcMessage + Serialize + Send + 'static,
+        R: RpcMessage + serde::de::DeserializeOwned + Send + 'static,
     {
         let target: RpcEndpointAddress = uri.parse()?;
         let address = target

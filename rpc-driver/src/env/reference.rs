@@ -18,7 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::call::{CancelFlag, LocalReply, ReplyTo};
 use super::error::{from_remote, RpcError};
-use super::mailbox::{EndpointTypes, Payload, Posted};
+use super::mailbox::{Payload, Posted};
+use super::message::{endpoint_identity, RpcMessage};
 use super::outbox::{Asked, OutboxCell};
 use super::{EnvInner, Route};
 use crate::completion::{self, Waiter};
@@ -47,7 +48,8 @@ pub(crate) fn with_binding<T>(
 
 /// A handle on an endpoint, local or remote: Spark's `RpcEndpointRef`.
 ///
-/// Typed by the messages the endpoint takes (`M`) and its replies (`R`). Refs are cheap to
+/// Typed by the messages the endpoint takes (`M`) and its replies (`R`), whose
+/// [`RpcMessage`] identities must be the endpoint's. Refs are cheap to
 /// clone, compare equal by address and name, and travel inside messages (they serialize as
 /// their address; the receiving env binds them). A ref to an endpoint of a client-mode env
 /// travels back over the connection it came on, and fails with
@@ -70,7 +72,8 @@ pub(crate) struct RefShared {
     pub(crate) outbox: OnceLock<Arc<OutboxCell>>,
 }
 
-impl<M, R> RpcEndpointRef<M, R> {
+impl<M: RpcMessage, R: RpcMessage> RpcEndpointRef<M, R> {
+    /// A ref to `address`; works out the envelope header (with the types' identity) once.
     pub(crate) fn new(
         address: RpcEndpointAddress,
         env: Weak<EnvInner>,
@@ -79,7 +82,11 @@ impl<M, R> RpcEndpointRef<M, R> {
         let sender = env.upgrade().and_then(|e| e.address.clone());
         let shared = StdArc::new(RefShared {
             endpoint: address.to_string().into(),
-            prefix: EnvelopePrefix::new(sender.as_ref(), &address.name, &Self::types().identity()),
+            prefix: EnvelopePrefix::new(
+                sender.as_ref(),
+                &address.name,
+                &endpoint_identity::<M, R>(),
+            ),
             outbox: OnceLock::new(),
         });
         Self {
@@ -90,7 +97,9 @@ impl<M, R> RpcEndpointRef<M, R> {
             _types: PhantomData,
         }
     }
+}
 
+impl<M, R> RpcEndpointRef<M, R> {
     /// The endpoint's address and name.
     pub fn address(&self) -> &RpcEndpointAddress {
         &self.address
@@ -99,10 +108,6 @@ impl<M, R> RpcEndpointRef<M, R> {
     /// The endpoint's name.
     pub fn name(&self) -> &str {
         &self.address.name
-    }
-
-    fn types() -> EndpointTypes {
-        EndpointTypes::of::<M, R>()
     }
 }
 
@@ -150,7 +155,7 @@ impl<M, R> Serialize for RpcEndpointRef<M, R> {
     }
 }
 
-impl<'de, M, R> Deserialize<'de> for RpcEndpointRef<M, R> {
+impl<'de, M: RpcMessage, R: RpcMessage> Deserialize<'de> for RpcEndpointRef<M, R> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let address = RpcEndpointAddress::deserialize(deserializer)?;
         let (env, client) = BINDING.with(|b| b.borrow().clone()).unwrap_or_default();
@@ -165,8 +170,8 @@ impl<'de, M, R> Deserialize<'de> for RpcEndpointRef<M, R> {
 
 impl<M, R> RpcEndpointRef<M, R>
 where
-    M: Serialize + Send + 'static,
-    R: DeserializeOwned + Send + 'static,
+    M: RpcMessage + Serialize + Send + 'static,
+    R: RpcMessage + DeserializeOwned + Send + 'static,
 {
     fn encode(
         &self,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::util::*;
 use rpc::{
     BoxError, ConcurrentRpcEndpoint, EndpointContext, RpcCallContext, RpcEndpoint, RpcEndpointRef,
-    RpcEnv, RpcError, SetupError,
+    RpcEnv, RpcError, RpcMessage, SetupError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -551,7 +551,7 @@ fn a_call_context_kept_and_answered_later_from_another_task_works() {
 }
 
 /// Replies with something that refuses to be serialized.
-#[derive(Debug)]
+#[derive(Debug, RpcMessage)]
 struct Unserializable;
 
 impl Serialize for Unserializable {
@@ -683,7 +683,7 @@ fn the_self_ref_works_in_on_start_and_handlers_and_no_longer_delivers_in_on_stop
 /// Answers by asking the endpoint whose ref came inside the message.
 struct Relay;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, RpcMessage)]
 struct Forward(RpcEndpointRef<Cmd, String>, String);
 
 impl RpcEndpoint for Relay {
@@ -774,7 +774,7 @@ fn a_ref_returned_in_a_reply_can_be_used_by_the_asker() {
 
 // ---- serial and concurrent endpoints ----
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, RpcMessage)]
 enum Count {
     Add,
     Get,

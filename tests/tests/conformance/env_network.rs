@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::util::*;
 use rpc::{
     BoxError, EndpointContext, EndpointKind, OutboxConfig, RpcAddress, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcError, SetupError, TransportConfig,
+    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcError, RpcMessage, SetupError, TransportConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -436,8 +436,9 @@ fn looking_up_an_endpoint_with_other_types_fails_with_a_type_mismatch() {
                     found,
                 }) => {
                     assert_eq!(*endpoint, format!("rpc://probe@{}", addr(&a)));
-                    assert!(expected.contains("String"), "{expected}");
-                    assert!(found.contains("Cmd"), "{found}");
+                    // The names the types are known by (their `RpcMessage` identities).
+                    assert_eq!(expected, "String -> String");
+                    assert_eq!(found, "Cmd -> String");
                 }
                 other => panic!("expected a type mismatch, got {other:?}"),
             }
@@ -450,6 +451,104 @@ fn looking_up_an_endpoint_with_other_types_fails_with_a_type_mismatch() {
         .await;
         assert!(by_uri.is_ok(), "{by_uri:?}");
         shutdown(&[&a, &b]).await;
+    })
+}
+
+// ---- stable message names ----
+
+/// `Cmd` renamed in Rust (and moved to another module), keeping the name peers know it by: its
+/// first variants are `Cmd`'s, so its bytes are too.
+mod renamed {
+    use super::{rpc, Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize, rpc::RpcMessage)]
+    #[rpc(name = "Cmd")]
+    pub(super) enum Command {
+        Note(String),
+        Echo(String),
+    }
+}
+use renamed::Command;
+
+/// An endpoint taking the renamed type: echoes asks, records sends.
+struct RenamedEcho(Recorder);
+
+impl RpcEndpoint for RenamedEcho {
+    type Message = Command;
+    type Reply = String;
+
+    async fn receive(
+        &mut self,
+        _: &EndpointContext<Command, String>,
+        msg: Command,
+    ) -> Result<(), BoxError> {
+        self.0.push(format!("{msg:?}"));
+        Ok(())
+    }
+
+    async fn receive_and_reply(
+        &mut self,
+        _: &EndpointContext<Command, String>,
+        msg: Command,
+        call: RpcCallContext<String>,
+    ) -> Result<(), BoxError> {
+        match msg {
+            Command::Echo(text) => call.reply(format!("renamed {text}")),
+            other => call.send_failure(format!("unexpected {other:?}")),
+        };
+        Ok(())
+    }
+}
+
+/// Regression: message identities were `std::any::type_name`, which differs between the two
+/// types (`..::Cmd` and `..::renamed::Command`), so every lookup and message failed with
+/// `TypeMismatch`.
+#[test]
+fn a_type_renamed_in_rust_keeping_its_rpc_name_still_talks_to_peers_using_the_old_one() {
+    assert_ne!(
+        std::any::type_name::<Cmd>(),
+        std::any::type_name::<Command>()
+    );
+    block_on(async {
+        let (a, b, c) = (server_env("a"), server_env("b"), client_env("c"));
+        let rec = Recorder::default();
+        a.setup_endpoint("probe", Probe::new(&rec)).unwrap();
+        let renamed_rec = Recorder::default();
+        b.setup_endpoint("renamed", RenamedEcho(renamed_rec.clone()))
+            .unwrap();
+
+        // A ref typed with the new type reaches an endpoint typed with the old one, from a
+        // server-mode env and from a client-mode one.
+        for from in [&b, &c] {
+            let probe = within(
+                "the lookup with the renamed type",
+                from.setup_endpoint_ref::<Command, String>(addr(&a), "probe"),
+            )
+            .await
+            .expect("the renamed type is the same message");
+            let reply = within("the ask", probe.ask(Command::Echo("hi".into()))).await;
+            assert_eq!(reply.unwrap(), "hi");
+            probe.send(Command::Note("sent".into())).unwrap();
+        }
+        eventually("both notes", || rec.starting_with("note:sent").len() == 2).await;
+
+        // And the other way: a ref typed with the old type reaches the renamed endpoint.
+        for from in [&a, &c] {
+            let renamed = within(
+                "the lookup with the old type",
+                from.setup_endpoint_ref::<Cmd, String>(addr(&b), "renamed"),
+            )
+            .await
+            .expect("the old type is the same message");
+            let reply = within("the ask", renamed.ask(Cmd::Echo("hi".into()))).await;
+            assert_eq!(reply.unwrap(), "renamed hi");
+            renamed.send(Cmd::Note("old".into())).unwrap();
+        }
+        eventually("both notes", || {
+            renamed_rec.starting_with("Note(\"old\")").len() == 2
+        })
+        .await;
+        shutdown(&[&a, &b, &c]).await;
     })
 }
 
@@ -530,7 +629,7 @@ fn the_advertised_address_is_what_the_env_and_its_refs_report() {
 
 // ---- refs to client-mode endpoints ----
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, RpcMessage)]
 struct Register(RpcEndpointRef<Cmd, String>);
 
 /// Keeps the refs it is sent and calls them back before answering.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub(super) use super::{block_on, rpc, ADAPTER};
 use rpc::{
     BoxError, EndpointContext, EndpointFailure, RpcAddress, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnv, RpcEnvConfig,
+    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcMessage,
 };
 
 /// How long any single wait may take before the test is declared hung. Generous: the three
@@ -246,7 +246,7 @@ pub(crate) fn count(entries: &[String], prefix: &str) -> usize {
 // ---- the probe endpoint ----
 
 /// What a [`Probe`] is told to do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, RpcMessage)]
 pub(crate) enum Cmd {
     /// `send`: logged as `note:<text>`.
     Note(String),
