@@ -70,6 +70,7 @@ use crate::transport::{
     RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
     TransportConfig, TransportServer,
 };
+use crate::wait_list::{WaitKey, WaitList};
 
 /// The name of every env's built-in lookup endpoint (Spark's `RpcEndpointVerifier`).
 pub const VERIFIER_NAME: &str = "endpoint-verifier";
@@ -229,7 +230,7 @@ pub(crate) enum Route {
 /// A flag with waiters.
 #[derive(Default)]
 struct Latch {
-    state: Mutex<(bool, Vec<Waker>)>,
+    state: Mutex<(bool, WaitList)>,
 }
 
 impl Latch {
@@ -237,22 +238,43 @@ impl Latch {
         let wakers = {
             let mut s = lock(&self.state);
             s.0 = true;
-            std::mem::take(&mut s.1)
+            s.1.take_all()
         };
         wakers.into_iter().for_each(Waker::wake);
     }
 
+    /// Resolves once the latch is open. However often it is polled, the wait stores one
+    /// waker, and none once dropped.
     async fn wait(&self) {
+        struct Wait<'a> {
+            latch: &'a Latch,
+            key: WaitKey,
+        }
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                lock(&self.latch.state).1.remove(&mut self.key);
+            }
+        }
+        let mut wait = Wait {
+            latch: self,
+            key: WaitKey::default(),
+        };
         poll_fn(|cx| {
-            let mut s = lock(&self.state);
+            let mut s = lock(&wait.latch.state);
             if s.0 {
                 Poll::Ready(())
             } else {
-                s.1.push(cx.waker().clone());
+                s.1.register(&mut wait.key, cx.waker());
                 Poll::Pending
             }
         })
         .await
+    }
+
+    /// Wakers stored for tasks waiting on the latch.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock(&self.state).1.len()
     }
 }
 
@@ -965,4 +987,40 @@ struct VerifierEndpoint;
 impl RpcEndpoint for VerifierEndpoint {
     type Message = ();
     type Reply = ();
+}
+
+#[cfg(test)]
+mod latch_tests {
+    use std::future::Future;
+    use std::task::{Context, Wake};
+
+    use super::*;
+
+    struct Noop;
+
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn waiting_on_a_latch_again_and_again_keeps_one_waker() {
+        let latch = Latch::default();
+        let mut wait = std::pin::pin!(latch.wait());
+        for _ in 0..1_000_000 {
+            let waker = Waker::from(Arc::new(Noop));
+            let mut cx = Context::from_waker(&waker);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            assert!(latch.waiting() <= 1, "{} wakers stored", latch.waiting());
+        }
+        latch.open();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        // A wait that gives up leaves nothing behind.
+        let other = Latch::default();
+        for _ in 0..1000 {
+            let mut wait = std::pin::pin!(other.wait());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(other.waiting(), 0);
+    }
 }

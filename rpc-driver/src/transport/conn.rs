@@ -25,6 +25,7 @@ use super::{ConnectionAddrs, FileSegment, ManagedBuffer, RpcHandler, UploadSink}
 use crate::completion::{self, Completer, Waiter};
 use crate::runtime::{AsyncStream, AsyncTimer, Runtime};
 use crate::sync::{lock, Arc, Mutex};
+use crate::wait_list::{WaitKey, WaitList};
 
 /// Reads start this large and double while they fill the buffer.
 const READ_CHUNK_MIN: usize = 8 * 1024;
@@ -63,9 +64,9 @@ pub(crate) struct ConnState {
     read_paused: bool,
     driver: Option<Waker>,
     /// Tasks waiting in [`TransportClient::ready`] for room in the send buffer.
-    ready: Vec<Waker>,
+    ready: WaitList,
     /// Upload feeders waiting for the body queue to drain.
-    feeders: Vec<Waker>,
+    feeders: WaitList,
 }
 
 /// What has arrived of one stream.
@@ -94,8 +95,8 @@ impl ConnState {
             stream_buffered: 0,
             read_paused: false,
             driver: None,
-            ready: Vec::new(),
-            feeders: Vec::new(),
+            ready: WaitList::default(),
+            feeders: WaitList::default(),
         }
     }
 
@@ -140,12 +141,12 @@ impl ConnState {
     /// Wakes the tasks waiting for room, if there is room.
     fn wake_ready(&mut self) {
         if !self.ready.is_empty() && self.has_room() {
-            self.ready.drain(..).for_each(Waker::wake);
+            self.ready.wake_all();
         }
         if !self.feeders.is_empty()
             && (self.conn.is_closed() || self.conn.queued_bytes() < BODY_HIGH_WATER / 2)
         {
-            self.feeders.drain(..).for_each(Waker::wake);
+            self.feeders.wake_all();
         }
     }
 
@@ -260,6 +261,13 @@ impl ConnState {
         self.driver.take()
     }
 
+    /// Wakers stored for tasks waiting for room: in [`TransportClient::ready`], and upload
+    /// feeders.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> (usize, usize) {
+        (self.ready.len(), self.feeders.len())
+    }
+
     /// Registers the driver's waker.
     pub(crate) fn park_driver(&mut self, waker: &Waker) {
         match &mut self.driver {
@@ -268,6 +276,10 @@ impl ConnState {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;
 
 const NO_STREAMS: &str = "this peer serves no chunks or streams";
 const UNSERVED: &str = "this peer serves no merged block metadata";
@@ -467,6 +479,7 @@ impl TransportClient {
     pub fn ready(&self) -> Ready {
         Ready {
             inner: self.inner.clone(),
+            key: WaitKey::default(),
         }
     }
 
@@ -565,15 +578,10 @@ where
             break Err(format!("the body runs past its {byte_count} bytes"));
         }
         // Wait until the socket has taken most of what is queued.
-        std::future::poll_fn(|cx| {
-            let mut st = lock(&inner.state);
-            if st.body_has_room() {
-                Poll::Ready(())
-            } else {
-                st.feeders.push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
+        BodyRoom {
+            inner: &inner,
+            key: WaitKey::default(),
+        }
         .await;
         fed += piece.len() as u64;
         if piece.is_empty() {
@@ -589,6 +597,35 @@ where
     if let Err(reason) = outcome {
         warn!(%reason, "upload body aborted; closing the connection");
         inner.with_state(|st, now| st.conn.abort_body(now, id, &reason));
+    }
+}
+
+/// Resolves when an upload's feeder may queue more body bytes; one waker stored however
+/// often it is polled, none once it is dropped.
+struct BodyRoom<'a> {
+    inner: &'a Arc<ConnInner>,
+    key: WaitKey,
+}
+
+impl Future for BodyRoom<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut st = lock(&this.inner.state);
+        if st.body_has_room() {
+            st.feeders.remove(&mut this.key);
+            Poll::Ready(())
+        } else {
+            st.feeders.register(&mut this.key, cx.waker());
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for BodyRoom<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.state).feeders.remove(&mut self.key);
     }
 }
 
@@ -716,25 +753,36 @@ impl fmt::Debug for StreamCall {
     }
 }
 
-/// The future of [`TransportClient::ready`].
+/// The future of [`TransportClient::ready`]. Polling it again replaces the waker it
+/// stored: one waker per `Ready` however often it is polled, none once it is dropped.
 #[must_use = "futures do nothing unless polled"]
 pub struct Ready {
     inner: Arc<ConnInner>,
+    key: WaitKey,
 }
 
 impl Future for Ready {
     type Output = Result<(), CallError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = lock(&self.inner.state);
+        let this = self.get_mut();
+        let mut st = lock(&this.inner.state);
         if st.conn.is_closed() {
+            st.ready.remove(&mut this.key);
             return Poll::Ready(Err(CallError::Closed));
         }
         if !st.conn.is_send_buffer_full() {
+            st.ready.remove(&mut this.key);
             return Poll::Ready(Ok(()));
         }
-        st.ready.push(cx.waker().clone());
+        st.ready.register(&mut this.key, cx.waker());
         Poll::Pending
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        lock(&self.inner.state).ready.remove(&mut self.key);
     }
 }
 
