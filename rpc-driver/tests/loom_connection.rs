@@ -182,6 +182,11 @@ impl Runtime for FakeRuntime {
         self.spawn(future);
     }
 
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send>) {
+        // The models block nowhere: run it at once.
+        f();
+    }
+
     fn new_timer(&self, _deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
         Box::pin(NeverTimer)
     }

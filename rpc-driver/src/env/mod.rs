@@ -600,6 +600,13 @@ impl RpcEnv {
     ///
     /// In server mode, binds the configured address; a port in use is
     /// [`SetupError::Bind`], unless [`RpcEnvConfig::port_retries`] allows trying the next ones.
+    ///
+    /// An IP address to bind (`0.0.0.0`, `127.0.0.1`, `::`) is used as it is. A host name is
+    /// resolved with the system resolver here, on the calling thread, because `create` is
+    /// synchronous: it may block for as long as the resolver takes. Bind to an IP address, or
+    /// call `create` where blocking is allowed (before entering the runtime, or from its
+    /// blocking pool), if the name may resolve slowly. Everything the env resolves later
+    /// (the hosts of peers it connects to) is resolved on the runtime's blocking pool.
     pub fn create(rt: Arc<dyn Runtime>, config: RpcEnvConfig) -> Result<RpcEnv, SetupError> {
         let mut bind_error = None;
         let file_server = FileServer::new();
@@ -949,17 +956,24 @@ fn bind(
     transport: &TransportConfig,
 ) -> Result<TransportServer, SetupError> {
     use std::net::ToSocketAddrs;
+    // An IP literal never touches the resolver; a host name is resolved once, here, on the
+    // calling thread (see `RpcEnv::create`).
+    let ip = match crate::runtime::ip_literal(host, port) {
+        Some(addr) => addr.ip(),
+        None => (host, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| SetupError::Resolve(format!("{host}:{port}")))?
+            .ip(),
+    };
     let tries = if port == 0 { 0 } else { retries };
     let mut last = None;
     for offset in 0..=tries {
         let Some(p) = port.checked_add(offset) else {
             break;
         };
-        let addr: SocketAddr = (host, p)
-            .to_socket_addrs()
-            .map_err(|_| SetupError::Resolve(format!("{host}:{p}")))?
-            .next()
-            .ok_or_else(|| SetupError::Resolve(format!("{host}:{p}")))?;
+        let addr = SocketAddr::new(ip, p);
         match TransportServer::bind(rt.clone(), addr, handler.clone(), transport.clone()) {
             Ok(server) => return Ok(server),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && offset < tries => {

@@ -23,7 +23,7 @@ use tracing::{debug, trace, warn, Instrument};
 
 use super::{ConnectionAddrs, FileSegment, ManagedBuffer, RpcHandler, UploadSink};
 use crate::completion::{self, Completer, Waiter};
-use crate::runtime::{AsyncStream, AsyncTimer, Runtime};
+use crate::runtime::{unblock, AsyncStream, AsyncTimer, Runtime, Unblock};
 use crate::sync::{lock, Arc, Mutex};
 use crate::wait_list::{WaitKey, WaitList};
 
@@ -352,6 +352,10 @@ impl TransportClient {
             uploads: HashMap::new(),
             externals: HashMap::new(),
             sendfile_unsupported: false,
+            body_read: None,
+            chunk_reads: VecDeque::new(),
+            chunk_read: None,
+            chunk_read_bytes: 0,
             read_buf: BytesMut::new(),
             read_chunk: READ_CHUNK_MIN,
             writing: VecDeque::new(),
@@ -698,6 +702,25 @@ impl Stream for StreamCall {
     }
 }
 
+/// Answers a chunk fetch with its bytes or why there are none.
+fn respond_chunk(
+    st: &mut ConnState,
+    now: Instant,
+    chunk: StreamChunkId,
+    served: Result<Bytes, String>,
+) {
+    let sent = match served {
+        Ok(body) => st.conn.respond_chunk(now, chunk, body),
+        Err(error) => st.conn.respond_chunk_failure(now, chunk, &error),
+    };
+    if let Err(error) = sent {
+        // Too large for a frame: tell the peer rather than leave it waiting.
+        let _ = st
+            .conn
+            .respond_chunk_failure(now, chunk, &error.to_string());
+    }
+}
+
 /// What a panicking handler leaves to be failed.
 enum FailOnPanic {
     Nothing,
@@ -990,6 +1013,23 @@ struct Driver {
     externals: HashMap<rpc_proto::BodyId, (FileSegment, u64)>,
     /// Set once the socket has refused `sendfile`; files are then read and written.
     sendfile_unsupported: bool,
+    /// Where `sendfile` is unsupported: the read of the next piece of the file body being
+    /// written, on the runtime's blocking pool (one piece in flight at a time).
+    body_read: Option<BodyRead>,
+    /// File-backed chunks to read (whole, for their frame) and answer, in order.
+    chunk_reads: VecDeque<(StreamChunkId, FileSegment)>,
+    /// The chunk being read on the runtime's blocking pool (one at a time).
+    chunk_read: Option<(StreamChunkId, u64, Unblock<Bytes>)>,
+    /// Bytes of the chunks in `chunk_reads` and `chunk_read`: they count against the send
+    /// buffer's limit as if they were already queued.
+    chunk_read_bytes: u64,
+}
+
+/// The read of a piece of a file body, on the blocking pool.
+struct BodyRead {
+    body: rpc_proto::BodyId,
+    len: u64,
+    read: Unblock<Bytes>,
 }
 
 impl Future for Driver {
@@ -1008,6 +1048,7 @@ impl Future for Driver {
                 progress |= this.read(cx, &mut st, now);
             }
             progress |= this.poll_timer(cx, &mut st, now);
+            progress |= this.poll_chunk_reads(cx, &mut st, now);
             st.process_events(now, &mut inbound);
             progress |= this.write(cx, &mut st, now);
             st.process_events(now, &mut inbound);
@@ -1027,6 +1068,10 @@ impl Future for Driver {
             }
         };
         this.dispatch(&mut inbound);
+        if this.chunk_read.is_none() && !this.chunk_reads.is_empty() {
+            // A chunk read was queued by that dispatch: start it on the next poll.
+            cx.waker().wake_by_ref();
+        }
         if !drained {
             return Poll::Pending;
         }
@@ -1168,8 +1213,47 @@ impl Driver {
         format!(
             "too much data being transferred on this connection ({} bytes waiting for the \
              peer to read)",
-            self.client.buffered_bytes()
+            self.client.buffered_bytes() + self.chunk_read_bytes
         )
+    }
+
+    /// Whether a chunk fetch is refused for lack of room: the send buffer is over its limit,
+    /// counting the file-backed chunks accepted but not read yet.
+    fn chunk_room_exhausted(&self) -> bool {
+        let st = lock(&self.client.inner.state);
+        st.conn.is_send_buffer_full()
+            || st.conn.buffered_bytes() + self.chunk_read_bytes
+                >= st.conn.config().max_send_buffer()
+    }
+
+    /// Reads the queued file-backed chunks, one at a time, on the runtime's blocking pool,
+    /// and answers each with its bytes (or why they could not be read). Returns whether a
+    /// chunk was answered.
+    fn poll_chunk_reads(&mut self, cx: &mut Context<'_>, st: &mut ConnState, now: Instant) -> bool {
+        let mut progress = false;
+        loop {
+            if self.chunk_read.is_none() {
+                let Some((chunk, segment)) = self.chunk_reads.pop_front() else {
+                    return progress;
+                };
+                let len = segment.len();
+                let read = unblock(&*self.client.inner.rt, move || {
+                    ManagedBuffer::File(segment).to_bytes()
+                });
+                self.chunk_read = Some((chunk, len, read));
+            }
+            let Some((chunk, len, read)) = &mut self.chunk_read else {
+                unreachable!("a chunk read was just started")
+            };
+            let Poll::Ready(result) = Pin::new(read).poll(cx) else {
+                return progress;
+            };
+            let (chunk, len) = (*chunk, *len);
+            self.chunk_read = None;
+            self.chunk_read_bytes -= len;
+            progress = true;
+            respond_chunk(st, now, chunk, result.map_err(|e| format!("{chunk}: {e}")));
+        }
     }
 
     /// Writes the body bytes the connection left to the driver (file segments): with
@@ -1225,8 +1309,27 @@ impl Driver {
                 }
             }
         }
-        let len = left.min(PIECE);
-        match segment.read(*done, len as usize) {
+        // Read and write: the next piece is read on the runtime's blocking pool, not on this
+        // task and not under the connection's lock (the driver only polls for it), one piece
+        // in flight at a time.
+        if self.body_read.as_ref().is_some_and(|r| r.body != body) {
+            self.body_read = None; // a body aborted mid-read
+        }
+        let read = match &mut self.body_read {
+            Some(read) => read,
+            None => {
+                let len = left.min(PIECE);
+                let (piece, at) = (segment.clone(), *done);
+                let read = unblock(&*self.client.inner.rt, move || piece.read(at, len as usize));
+                self.body_read.insert(BodyRead { body, len, read })
+            }
+        };
+        let Poll::Ready(result) = Pin::new(&mut read.read).poll(cx) else {
+            return Poll::Pending;
+        };
+        let len = read.len;
+        self.body_read = None;
+        match result {
             Ok(bytes) => {
                 *done += len;
                 if *done == segment.len() {
@@ -1300,26 +1403,28 @@ impl Driver {
                 Event::ChunkFetchReceived { chunk } => {
                     let served = match self.handler.stream_manager() {
                         // Spark's maxChunksBeingTransferred, by bytes: while the send buffer
-                        // is over its limit, fetches are refused (and the chunk is not taken,
-                        // so the peer can ask again) instead of queued without bound.
-                        Some(_) if self.client.is_send_buffer_full() => Err(self.too_much_data()),
-                        Some(streams) => streams
-                            .chunk_buffer(&self.client, chunk)
-                            .and_then(|b| b.to_bytes().map_err(|e| format!("{chunk}: {e}"))),
+                        // (with the file-backed chunks still being read) is over its limit,
+                        // fetches are refused (and the chunk is not taken, so the peer can
+                        // ask again) instead of queued without bound.
+                        Some(_) if self.chunk_room_exhausted() => Err(self.too_much_data()),
+                        Some(streams) => streams.chunk_buffer(&self.client, chunk),
                         None => Err(NO_STREAMS.to_owned()),
                     };
-                    self.client.inner.with_state(|st, now| {
-                        let sent = match served {
-                            Ok(body) => st.conn.respond_chunk(now, chunk, body),
-                            Err(error) => st.conn.respond_chunk_failure(now, chunk, &error),
-                        };
-                        if let Err(error) = sent {
-                            // Too large for a frame: tell the peer rather than leave it waiting.
-                            let _ = st
-                                .conn
-                                .respond_chunk_failure(now, chunk, &error.to_string());
+                    match served {
+                        Ok(ManagedBuffer::File(segment)) => {
+                            // Read on the blocking pool, not on this task (see
+                            // `poll_chunk_reads`).
+                            self.chunk_read_bytes += segment.len();
+                            self.chunk_reads.push_back((chunk, segment));
                         }
-                    });
+                        served => {
+                            let served = served
+                                .and_then(|b| b.to_bytes().map_err(|e| format!("{chunk}: {e}")));
+                            self.client
+                                .inner
+                                .with_state(|st, now| respond_chunk(st, now, chunk, served));
+                        }
+                    }
                 }
                 Event::StreamRequested { request, stream_id } => {
                     let served = match self.handler.stream_manager() {

@@ -21,6 +21,10 @@ impl Runtime for Unused {
         unreachable!("nothing is spawned here")
     }
 
+    fn spawn_blocking(&self, _: Box<dyn FnOnce() + Send>) {
+        unreachable!("nothing blocks here")
+    }
+
     fn new_timer(&self, _: Instant) -> Pin<Box<dyn AsyncTimer>> {
         unreachable!("no timers here")
     }
