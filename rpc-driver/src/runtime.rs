@@ -171,6 +171,8 @@ impl<T> Debug for Unblock<T> {
 }
 
 /// `host` as an address if it is an IP literal (`127.0.0.1`, `::1`): no resolver involved.
+// Used by `env`, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn ip_literal(host: &str, port: u16) -> Option<SocketAddr> {
     host.parse::<std::net::IpAddr>()
         .ok()
@@ -180,6 +182,7 @@ pub(crate) fn ip_literal(host: &str, port: u16) -> Option<SocketAddr> {
 /// The first address of `host`: an IP literal at once, a name with the system resolver on the
 /// runtime's blocking pool ([`Runtime::spawn_blocking`]), so a slow DNS server stalls only
 /// the task that waits for it.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) async fn resolve(rt: &dyn Runtime, host: &str, port: u16) -> io::Result<SocketAddr> {
     if let Some(addr) = ip_literal(host, port) {
         return Ok(addr);

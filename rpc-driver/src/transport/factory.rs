@@ -87,6 +87,7 @@ impl TransportClientFactory {
     }
 
     /// The runtime its connections run on.
+    #[cfg_attr(loom, allow(dead_code))] // used by `env`, which loom builds leave out
     pub(crate) fn runtime(&self) -> &StdArc<dyn Runtime> {
         &self.inner.rt
     }
