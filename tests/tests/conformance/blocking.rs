@@ -150,7 +150,8 @@ fn file_reads_held_on_the_blocking_pool_stall_no_other_connection() {
             (factory, client)
         };
         // Each connection asks for the whole file: the read of its first piece waits at the
-        // gate, more of them than the runtime has workers.
+        // gate (four reads: more than the two workers of the test's tokio runtime, so reads
+        // on the workers themselves would leave none to serve the next connection).
         let mut streams = Vec::new();
         let mut held = Vec::new();
         for _ in 0..CONNECTIONS {
