@@ -150,6 +150,12 @@ impl Runtime for AsyncIoRuntime {
             .expect("spawning a thread for an isolated endpoint");
     }
 
+    /// On the thread pool of the [`blocking`](https://docs.rs/blocking) crate, smol's (and
+    /// async-std's) pool for blocking work, whichever executor runs the tasks.
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send>) {
+        blocking::unblock(f).detach();
+    }
+
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
         Box::pin(AsyncIoTimer {
             timer: async_io::Timer::at(deadline),

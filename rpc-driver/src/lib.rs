@@ -29,6 +29,7 @@ pub mod env;
 mod runtime;
 mod sync;
 pub mod transport;
+mod wait_list;
 
 #[doc(hidden)]
 pub use completion::{pair as completion_pair, Completer, Waiter};

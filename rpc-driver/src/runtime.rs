@@ -25,6 +25,13 @@ pub trait Runtime: Send + Sync + Debug + 'static {
     /// runtime's other tasks (isolated endpoints). Timers and sockets must still work there.
     fn spawn_isolated(&self, future: BoxFuture<()>);
 
+    /// Runs `f` on a thread where blocking is allowed (the runtime's blocking pool), never on
+    /// a thread that runs tasks: the driver hands it what may stall, name resolution and file
+    /// reads, so that one slow DNS server or disk does not stall every connection of the
+    /// worker. `f` must run even if nobody waits for its result any more; a runtime that is
+    /// shutting down may drop it unrun.
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send>);
+
     /// A timer that fires at `deadline`.
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>>;
 
@@ -124,6 +131,78 @@ pub trait AsyncListener: Send + Sync + 'static {
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
 
+/// Runs `f` with [`Runtime::spawn_blocking`] and resolves to its result. A panic in `f`, or
+/// a runtime that drops `f` unrun, is an error of kind [`io::ErrorKind::Other`].
+pub(crate) fn unblock<T, F>(rt: &dyn Runtime, f: F) -> Unblock<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    let (completer, waiter) = crate::completion::pair();
+    rt.spawn_blocking(Box::new(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err(io::Error::other("a blocking task panicked")));
+        // Nobody may be waiting any more; then the result is dropped here.
+        let _ = completer.complete(result);
+    }));
+    Unblock { waiter }
+}
+
+/// The future returned by [`unblock`].
+#[must_use = "futures do nothing unless polled"]
+pub(crate) struct Unblock<T> {
+    waiter: crate::completion::Waiter<io::Result<T>>,
+}
+
+impl<T> Future for Unblock<T> {
+    type Output = io::Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        Pin::new(&mut self.waiter).poll(cx).map(|result| {
+            result.unwrap_or_else(|| Err(io::Error::other("the runtime dropped a blocking task")))
+        })
+    }
+}
+
+impl<T> Debug for Unblock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unblock").finish_non_exhaustive()
+    }
+}
+
+/// `host` as an address if it is an IP literal (`127.0.0.1`, `::1`): no resolver involved.
+// Used by `env`, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn ip_literal(host: &str, port: u16) -> Option<SocketAddr> {
+    host.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port))
+}
+
+/// The first address of `host`: an IP literal at once, a name with the system resolver on the
+/// runtime's blocking pool ([`Runtime::spawn_blocking`]), so a slow DNS server stalls only
+/// the task that waits for it.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) async fn resolve(rt: &dyn Runtime, host: &str, port: u16) -> io::Result<SocketAddr> {
+    if let Some(addr) = ip_literal(host, port) {
+        return Ok(addr);
+    }
+    let name = host.to_owned();
+    unblock(rt, move || {
+        use std::net::ToSocketAddrs;
+        (name.as_str(), port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{name} resolved to no address"),
+                )
+            })
+    })
+    .await
+}
+
 /// Waits for a timer to fire: `timer_fired(timer.as_mut()).await`.
 pub fn timer_fired(timer: Pin<&mut dyn AsyncTimer>) -> TimerFired<'_> {
     TimerFired { timer }
@@ -204,6 +283,73 @@ mod tests {
         fn local_addr(&self) -> io::Result<SocketAddr> {
             unreachable!()
         }
+    }
+
+    /// Runs blocking work on a thread of its own, or drops it unrun.
+    #[derive(Debug)]
+    struct Threads {
+        run: bool,
+    }
+
+    impl Runtime for Threads {
+        fn spawn(&self, _: BoxFuture<()>) {
+            unreachable!()
+        }
+
+        fn spawn_isolated(&self, _: BoxFuture<()>) {
+            unreachable!()
+        }
+
+        fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send>) {
+            if self.run {
+                std::thread::spawn(f);
+            }
+        }
+
+        fn new_timer(&self, _: Instant) -> Pin<Box<dyn AsyncTimer>> {
+            unreachable!()
+        }
+
+        fn connect(&self, _: SocketAddr) -> BoxFuture<io::Result<Box<dyn AsyncStream>>> {
+            unreachable!()
+        }
+
+        fn listen(&self, _: std::net::TcpListener) -> io::Result<Box<dyn AsyncListener>> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn unblock_hands_back_the_result_a_panic_or_a_dropped_job_as_an_error() {
+        use futures_lite::future::block_on;
+        let rt = Threads { run: true };
+        let caller = std::thread::current().id();
+        let ran_on = block_on(unblock(&rt, || Ok(std::thread::current().id()))).unwrap();
+        assert_ne!(ran_on, caller, "the work ran on another thread");
+        let failed = block_on(unblock::<(), _>(&rt, || Err(io::Error::other("no"))));
+        assert_eq!(failed.unwrap_err().to_string(), "no");
+        let panicked = block_on(unblock::<(), _>(&rt, || panic!("boom")));
+        assert_eq!(
+            panicked.unwrap_err().to_string(),
+            "a blocking task panicked"
+        );
+        let dropped = block_on(unblock(&Threads { run: false }, || Ok(1)));
+        assert_eq!(
+            dropped.unwrap_err().to_string(),
+            "the runtime dropped a blocking task"
+        );
+    }
+
+    #[test]
+    fn ip_literals_resolve_without_the_resolver() {
+        // A runtime that drops blocking work: only literals can resolve on it.
+        let rt = Threads { run: false };
+        for (host, expected) in [("127.0.0.1", "127.0.0.1:7"), ("::1", "[::1]:7")] {
+            let addr = futures_lite::future::block_on(resolve(&rt, host, 7)).unwrap();
+            assert_eq!(addr.to_string(), expected);
+        }
+        assert!(futures_lite::future::block_on(resolve(&rt, "localhost", 7)).is_err());
+        assert_eq!(ip_literal("example.invalid", 7), None);
     }
 
     #[test]

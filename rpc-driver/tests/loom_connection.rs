@@ -182,6 +182,11 @@ impl Runtime for FakeRuntime {
         self.spawn(future);
     }
 
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send>) {
+        // The models block nowhere: run it at once.
+        f();
+    }
+
     fn new_timer(&self, _deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
         Box::pin(NeverTimer)
     }
@@ -226,6 +231,11 @@ impl Harness {
     /// Opens a connection through the factory. Runs on the model's main thread before any
     /// other thread exists, so it adds no interleavings.
     fn open() -> Self {
+        Self::open_with(TransportConfig::default())
+    }
+
+    /// [`open`](Self::open) with `config`.
+    fn open_with(config: TransportConfig) -> Self {
         let wire = StdArc::new(Wire::default());
         let now = Instant::now();
         let rt = StdArc::new(FakeRuntime {
@@ -233,11 +243,7 @@ impl Harness {
             stream: StdMutex::new(Some(FakeStream(wire.clone()))),
             spawned: StdMutex::new(Vec::new()),
         });
-        let factory = TransportClientFactory::new(
-            rt.clone(),
-            StdArc::new(NoRequests),
-            TransportConfig::default(),
-        );
+        let factory = TransportClientFactory::new(rt.clone(), StdArc::new(NoRequests), config);
         let client = {
             let mut connecting = std::pin::pin!(factory.create_client(PEER));
             match poll_with(connecting.as_mut(), &StdArc::default()) {
@@ -429,6 +435,59 @@ fn close_as_driver_parks_finishes_the_driver() {
         );
         assert!(!harness.client.is_active());
     });
+}
+
+/// (4d) A task waiting in `ready()` for room in a full send buffer, polling again with a new
+/// waker, while the driver drains the buffer and wakes the waiters. Each `Ready` keeps one
+/// slot in the connection's wait list, which its polls overwrite, under the lock the driver
+/// wakes them under: whatever the interleaving, the task either sees the room itself or
+/// the waker it registered last is woken, so the wake-up is never lost.
+#[test]
+fn ready_waiting_as_the_driver_drains_is_never_lost() {
+    static SEEN: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let config = Config::builder().with_max_send_buffer(64).build().unwrap();
+        let harness = Harness::open_with(TransportConfig::default().with_connection(config));
+        while !harness.client.is_send_buffer_full() {
+            harness.client.send(Bytes::from_static(&[7; 40])).unwrap();
+        }
+        let waiter = harness.client.clone();
+        let (first, last) = (StdArc::default(), StdArc::default());
+        let (w1, w2) = (StdArc::clone(&first), StdArc::clone(&last));
+        let waiting = thread::spawn(move || {
+            let mut ready = Box::pin(waiter.ready());
+            let mut outcome = poll_with(ready.as_mut(), &w1).map(|r| (r, 0));
+            if outcome.is_pending() {
+                outcome = poll_with(ready.as_mut(), &w2).map(|r| (r, 1));
+            }
+            (ready, outcome)
+        });
+        let mut task = DriverTask::new(harness.driver);
+        task.poll();
+        let (mut ready, outcome) = waiting.join().unwrap();
+        match outcome {
+            Poll::Ready((result, poll)) => {
+                result.expect("room, on an open connection");
+                SEEN.saw(poll);
+            }
+            Poll::Pending => {
+                assert!(
+                    last.wakes() > 0,
+                    "the waker registered last is woken once the buffer drains"
+                );
+                let woken = poll_with(ready.as_mut(), &last);
+                assert!(matches!(woken, Poll::Ready(Ok(()))), "{woken:?}");
+                SEEN.saw(2);
+            }
+        }
+        task.run_while_woken();
+        drop(ready);
+    });
+    SEEN.assert_all_seen(&[
+        "room seen by the first poll",
+        "room seen by the second poll",
+        "woken after both polls",
+    ]);
 }
 
 /// Sets up an RPC whose reply is waiting on the socket: the request was sent and written,

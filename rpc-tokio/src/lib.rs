@@ -147,6 +147,11 @@ impl Runtime for TokioRuntime {
             .expect("spawning a thread for an isolated endpoint");
     }
 
+    /// On tokio's blocking pool (`spawn_blocking`).
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send>) {
+        drop(self.handle.spawn_blocking(f));
+    }
+
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
         // Timers belong to a runtime: enter ours, so an ask awaited on another executor works.
         let _entered = self.handle.enter();

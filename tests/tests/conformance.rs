@@ -24,6 +24,7 @@ macro_rules! suite {
     () => {
         mod util;
 
+        mod blocking;
         mod blocks;
         mod chunks;
         mod edges;

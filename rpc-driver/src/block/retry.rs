@@ -329,6 +329,10 @@ mod tests {
             unreachable!("the retry logic spawns nothing")
         }
 
+        fn spawn_blocking(&self, _: Box<dyn FnOnce() + Send>) {
+            unreachable!("the retry logic does not block")
+        }
+
         fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
             self.waits.lock().unwrap().push(deadline - self.now);
             Box::pin(Fired)

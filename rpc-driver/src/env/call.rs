@@ -18,6 +18,7 @@ use super::EnvInner;
 use crate::completion::Completer;
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::RpcResponder;
+use crate::wait_list::{WaitKey, WaitList};
 
 /// A local reply, not serialized.
 pub(crate) type LocalReply = Result<Box<dyn Any + Send>, RpcError>;
@@ -49,7 +50,8 @@ impl ReplyTo {
 #[derive(Default)]
 pub(crate) struct CancelFlag {
     cancelled: AtomicBool,
-    wakers: Mutex<Vec<Waker>>,
+    /// One slot per [`Cancelled`] future waiting.
+    waiters: Mutex<WaitList>,
     /// Where the env finds it by connection and request id; removed from there when the
     /// flag goes (when the call context does), so the env holds only live calls' flags.
     registration: Option<(Weak<EnvInner>, u64, RequestId)>,
@@ -70,20 +72,25 @@ impl CancelFlag {
     pub(crate) fn registered(env: Weak<EnvInner>, connection: u64, request: RequestId) -> Self {
         Self {
             cancelled: AtomicBool::new(false),
-            wakers: Mutex::new(Vec::new()),
+            waiters: Mutex::default(),
             registration: Some((env, connection, request)),
         }
     }
 
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
-        for waker in lock(&self.wakers).drain(..) {
-            waker.wake();
-        }
+        let wakers = lock(&self.waiters).take_all();
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Wakers stored for tasks waiting on the flag.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock(&self.waiters).len()
     }
 }
 
@@ -217,6 +224,7 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
     pub fn cancelled(&self) -> Cancelled {
         Cancelled {
             flag: self.inner.cancel.clone(),
+            key: WaitKey::default(),
         }
     }
 }
@@ -231,28 +239,129 @@ impl<R> fmt::Debug for RpcCallContext<R> {
 }
 
 /// Resolves when an ask's caller stops waiting; from [`RpcCallContext::cancelled`].
+///
+/// Polling it again, from any task, replaces the waker it stored: one waker per `Cancelled`
+/// however often it is polled, and none once it is dropped.
 #[must_use = "futures do nothing unless polled"]
 pub struct Cancelled {
     flag: Arc<CancelFlag>,
+    key: WaitKey,
 }
 
 impl Future for Cancelled {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.flag.is_cancelled() {
+        let this = self.get_mut();
+        if this.flag.is_cancelled() {
             return Poll::Ready(());
         }
-        lock(&self.flag.wakers).push(cx.waker().clone());
-        if self.flag.is_cancelled() {
+        let mut waiters = lock(&this.flag.waiters);
+        // Checked again under the lock `cancel` takes: a cancel between the two checks has
+        // not taken the wakers yet, so the one stored now is woken.
+        if this.flag.is_cancelled() {
+            waiters.remove(&mut this.key);
             return Poll::Ready(());
         }
+        waiters.register(&mut this.key, cx.waker());
         Poll::Pending
+    }
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        lock(&self.flag.waiters).remove(&mut self.key);
     }
 }
 
 impl fmt::Debug for Cancelled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cancelled").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Wake;
+
+    use super::*;
+    use crate::completion;
+
+    struct Noop;
+
+    impl Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+
+    /// A waker that is not `will_wake` any other.
+    fn fresh_waker() -> Waker {
+        Waker::from(std::sync::Arc::new(Noop))
+    }
+
+    fn context(flag: &Arc<CancelFlag>) -> RpcCallContext<()> {
+        let (completer, _waiter) = completion::pair();
+        RpcCallContext::new(
+            ReplyTo::Local(completer),
+            None,
+            None,
+            Some(flag.clone()),
+            "e",
+            &Weak::new(),
+        )
+    }
+
+    #[test]
+    fn polling_cancelled_again_and_again_keeps_one_waker() {
+        let flag = Arc::new(CancelFlag::default());
+        let call = context(&flag);
+        let mut cancelled = std::pin::pin!(call.cancelled());
+        for _ in 0..1_000_000 {
+            let waker = fresh_waker();
+            let mut cx = Context::from_waker(&waker);
+            assert!(cancelled.as_mut().poll(&mut cx).is_pending());
+            assert!(flag.waiting() <= 1, "{} wakers stored", flag.waiting());
+        }
+        flag.cancel();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(cancelled.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_fresh_cancelled_per_loop_turn_leaves_no_waker_behind() {
+        // A handler looping on `select!` over `call.cancelled()` makes one per turn.
+        let flag = Arc::new(CancelFlag::default());
+        let call = context(&flag);
+        for _ in 0..1_000_000 {
+            let mut cancelled = std::pin::pin!(call.cancelled());
+            let waker = fresh_waker();
+            let mut cx = Context::from_waker(&waker);
+            assert!(cancelled.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(flag.waiting(), 0);
+    }
+
+    #[test]
+    fn cancel_wakes_every_waiting_task() {
+        use std::sync::atomic::AtomicUsize;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let flag = Arc::new(CancelFlag::default());
+        let call = context(&flag);
+        let count = std::sync::Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut first = Box::pin(call.cancelled());
+        let mut second = Box::pin(call.cancelled());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        flag.cancel();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert!(first.as_mut().poll(&mut cx).is_ready());
+        assert!(second.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(flag.waiting(), 0);
     }
 }

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -387,11 +387,11 @@ pub(crate) async fn open_channel(
 ) -> Result<FileDownload, FileServerError> {
     let invalid = || FileServerError::InvalidUri(uri.to_owned());
     let (address, path) = parse_uri(uri).ok_or_else(invalid)?;
-    let addr: SocketAddr = (address.host.as_str(), address.port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(invalid)?;
+    // An IP literal at once, a host name on the runtime's blocking pool.
+    let addr: SocketAddr =
+        crate::runtime::resolve(&**factory.runtime(), &address.host, address.port)
+            .await
+            .map_err(|_| invalid())?;
     let client = factory
         .create_client(addr)
         .await

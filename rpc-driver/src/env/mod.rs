@@ -105,6 +105,7 @@ use crate::transport::{
     RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
     TransportConfig, TransportServer,
 };
+use crate::wait_list::{WaitKey, WaitList};
 
 /// The name of every env's built-in lookup endpoint (Spark's `RpcEndpointVerifier`).
 pub const VERIFIER_NAME: &str = "endpoint-verifier";
@@ -264,7 +265,7 @@ pub(crate) enum Route {
 /// A flag with waiters.
 #[derive(Default)]
 struct Latch {
-    state: Mutex<(bool, Vec<Waker>)>,
+    state: Mutex<(bool, WaitList)>,
 }
 
 impl Latch {
@@ -272,22 +273,43 @@ impl Latch {
         let wakers = {
             let mut s = lock(&self.state);
             s.0 = true;
-            std::mem::take(&mut s.1)
+            s.1.take_all()
         };
         wakers.into_iter().for_each(Waker::wake);
     }
 
+    /// Resolves once the latch is open. However often it is polled, the wait stores one
+    /// waker, and none once dropped.
     async fn wait(&self) {
+        struct Wait<'a> {
+            latch: &'a Latch,
+            key: WaitKey,
+        }
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                lock(&self.latch.state).1.remove(&mut self.key);
+            }
+        }
+        let mut wait = Wait {
+            latch: self,
+            key: WaitKey::default(),
+        };
         poll_fn(|cx| {
-            let mut s = lock(&self.state);
+            let mut s = lock(&wait.latch.state);
             if s.0 {
                 Poll::Ready(())
             } else {
-                s.1.push(cx.waker().clone());
+                s.1.register(&mut wait.key, cx.waker());
                 Poll::Pending
             }
         })
         .await
+    }
+
+    /// Wakers stored for tasks waiting on the latch.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock(&self.state).1.len()
     }
 }
 
@@ -691,6 +713,13 @@ impl RpcEnv {
     ///
     /// In server mode, binds the configured address; a port in use is
     /// [`SetupError::Bind`], unless [`RpcEnvConfig::port_retries`] allows trying the next ones.
+    ///
+    /// An IP address to bind (`0.0.0.0`, `127.0.0.1`, `::`) is used as it is. A host name is
+    /// resolved with the system resolver here, on the calling thread, because `create` is
+    /// synchronous: it may block for as long as the resolver takes. Bind to an IP address, or
+    /// call `create` where blocking is allowed (before entering the runtime, or from its
+    /// blocking pool), if the name may resolve slowly. Everything the env resolves later
+    /// (the hosts of peers it connects to) is resolved on the runtime's blocking pool.
     pub fn create(rt: Arc<dyn Runtime>, config: RpcEnvConfig) -> Result<RpcEnv, SetupError> {
         let mut bind_error = None;
         let file_server = FileServer::new();
@@ -1044,17 +1073,24 @@ fn bind(
     transport: &TransportConfig,
 ) -> Result<TransportServer, SetupError> {
     use std::net::ToSocketAddrs;
+    // An IP literal never touches the resolver; a host name is resolved once, here, on the
+    // calling thread (see `RpcEnv::create`).
+    let ip = match crate::runtime::ip_literal(host, port) {
+        Some(addr) => addr.ip(),
+        None => (host, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| SetupError::Resolve(format!("{host}:{port}")))?
+            .ip(),
+    };
     let tries = if port == 0 { 0 } else { retries };
     let mut last = None;
     for offset in 0..=tries {
         let Some(p) = port.checked_add(offset) else {
             break;
         };
-        let addr: SocketAddr = (host, p)
-            .to_socket_addrs()
-            .map_err(|_| SetupError::Resolve(format!("{host}:{p}")))?
-            .next()
-            .ok_or_else(|| SetupError::Resolve(format!("{host}:{p}")))?;
+        let addr = SocketAddr::new(ip, p);
         match TransportServer::bind(rt.clone(), addr, handler.clone(), transport.clone()) {
             Ok(server) => return Ok(server),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && offset < tries => {
@@ -1082,4 +1118,40 @@ struct VerifierEndpoint;
 impl RpcEndpoint for VerifierEndpoint {
     type Message = ();
     type Reply = ();
+}
+
+#[cfg(test)]
+mod latch_tests {
+    use std::future::Future;
+    use std::task::{Context, Wake};
+
+    use super::*;
+
+    struct Noop;
+
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn waiting_on_a_latch_again_and_again_keeps_one_waker() {
+        let latch = Latch::default();
+        let mut wait = std::pin::pin!(latch.wait());
+        for _ in 0..1_000_000 {
+            let waker = Waker::from(Arc::new(Noop));
+            let mut cx = Context::from_waker(&waker);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            assert!(latch.waiting() <= 1, "{} wakers stored", latch.waiting());
+        }
+        latch.open();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        // A wait that gives up leaves nothing behind.
+        let other = Latch::default();
+        for _ in 0..1000 {
+            let mut wait = std::pin::pin!(other.wait());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(other.waiting(), 0);
+    }
 }

@@ -1,6 +1,6 @@
 //! One outbox per remote env: connect on demand, queue while connecting, deliver in order.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use super::error::RpcError;
 use super::reference::CancelOnDrop;
 use super::EnvInner;
 use crate::completion::{self, Completer, Waiter};
-use crate::runtime::deadline_after;
+use crate::runtime::{deadline_after, Runtime};
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{RpcCall, TransportClient};
 
@@ -260,8 +260,9 @@ impl OutboxCell {
         let factory = env.factory.clone();
         let remote = self.remote.clone();
         debug!(%remote, "connecting");
+        let rt = env.rt.clone();
         env.rt.spawn(Box::pin(async move {
-            let result = match resolve(&remote) {
+            let result = match resolve(&*rt, &remote).await {
                 Ok(addr) => factory.create_client(addr).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
@@ -364,10 +365,10 @@ impl OutboxCell {
     }
 }
 
-fn resolve(remote: &RpcAddress) -> Result<SocketAddr, String> {
-    (remote.host.as_str(), remote.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("could not resolve {remote}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{remote} resolved to no address"))
+/// The address to connect to for `remote`: an IP literal at once, a host name on the
+/// runtime's blocking pool (a slow resolver stalls this connect only).
+async fn resolve(rt: &dyn Runtime, remote: &RpcAddress) -> Result<SocketAddr, String> {
+    crate::runtime::resolve(rt, &remote.host, remote.port)
+        .await
+        .map_err(|e| format!("could not resolve {remote}: {e}"))
 }

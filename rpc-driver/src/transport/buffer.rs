@@ -12,7 +12,9 @@ use bytes::Bytes;
 ///
 /// A [`FileSegment`] sent as a stream body goes from the page cache to the socket with
 /// `sendfile` where the adapter supports it (plain TCP on Linux), and is read and written in
-/// pieces otherwise; the sender never holds the whole file.
+/// pieces otherwise, each piece read on the runtime's blocking pool
+/// ([`Runtime::spawn_blocking`](crate::Runtime::spawn_blocking)); the sender never holds the
+/// whole file.
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum ManagedBuffer {

@@ -27,8 +27,9 @@ use super::{
     MergedBlockMetaResponder, RpcHandler, UploadSink,
 };
 use crate::completion::{self, Completer, Waiter};
-use crate::runtime::{AsyncStream, AsyncTimer, Runtime};
+use crate::runtime::{unblock, AsyncStream, AsyncTimer, Runtime, Unblock};
 use crate::sync::{lock, Arc, Mutex};
+use crate::wait_list::{WaitKey, WaitList};
 
 /// Reads start this large and double while they fill the buffer.
 const READ_CHUNK_MIN: usize = 8 * 1024;
@@ -95,9 +96,9 @@ pub(crate) struct ConnState {
     read_paused: bool,
     driver: Option<Waker>,
     /// Tasks waiting in [`TransportClient::ready`] for room in the send buffer.
-    ready: Vec<Waker>,
+    ready: WaitList,
     /// Upload feeders waiting for the body queue to drain.
-    feeders: Vec<Waker>,
+    feeders: WaitList,
 }
 
 /// What has arrived of one stream.
@@ -126,8 +127,8 @@ impl ConnState {
             stream_buffered: 0,
             read_paused: false,
             driver: None,
-            ready: Vec::new(),
-            feeders: Vec::new(),
+            ready: WaitList::default(),
+            feeders: WaitList::default(),
         }
     }
 
@@ -172,12 +173,12 @@ impl ConnState {
     /// Wakes the tasks waiting for room, if there is room.
     fn wake_ready(&mut self) {
         if !self.ready.is_empty() && self.has_room() {
-            self.ready.drain(..).for_each(Waker::wake);
+            self.ready.wake_all();
         }
         if !self.feeders.is_empty()
             && (self.conn.is_closed() || self.conn.queued_bytes() < BODY_HIGH_WATER / 2)
         {
-            self.feeders.drain(..).for_each(Waker::wake);
+            self.feeders.wake_all();
         }
     }
 
@@ -336,6 +337,13 @@ impl ConnState {
         self.driver.take()
     }
 
+    /// Wakers stored for tasks waiting for room: in [`TransportClient::ready`], and upload
+    /// feeders.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> (usize, usize) {
+        (self.ready.len(), self.feeders.len())
+    }
+
     /// Registers the driver's waker.
     pub(crate) fn park_driver(&mut self, waker: &Waker) {
         match &mut self.driver {
@@ -344,6 +352,10 @@ impl ConnState {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;
 
 /// The failure a merged-block-meta request gets from a handler without a
 /// [`MergedBlockMetaReqHandler`](super::MergedBlockMetaReqHandler).
@@ -420,6 +432,10 @@ impl TransportClient {
             uploads: HashMap::new(),
             externals: HashMap::new(),
             sendfile_unsupported: false,
+            body_read: None,
+            chunk_reads: VecDeque::new(),
+            chunk_read: None,
+            chunk_read_bytes: 0,
             read_buf: BytesMut::new(),
             read_chunk: READ_CHUNK_MIN,
             writing: VecDeque::new(),
@@ -571,6 +587,7 @@ impl TransportClient {
     pub fn ready(&self) -> Ready {
         Ready {
             inner: self.inner.clone(),
+            key: WaitKey::default(),
         }
     }
 
@@ -669,15 +686,10 @@ where
             break Err(format!("the body runs past its {byte_count} bytes"));
         }
         // Wait until the socket has taken most of what is queued.
-        std::future::poll_fn(|cx| {
-            let mut st = lock(&inner.state);
-            if st.body_has_room() {
-                Poll::Ready(())
-            } else {
-                st.feeders.push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
+        BodyRoom {
+            inner: &inner,
+            key: WaitKey::default(),
+        }
         .await;
         fed += piece.len() as u64;
         if piece.is_empty() {
@@ -693,6 +705,35 @@ where
     if let Err(reason) = outcome {
         warn!(%reason, "upload body aborted; closing the connection");
         inner.with_state(|st, now| st.conn.abort_body(now, id, &reason));
+    }
+}
+
+/// Resolves when an upload's feeder may queue more body bytes; one waker stored however
+/// often it is polled, none once it is dropped.
+struct BodyRoom<'a> {
+    inner: &'a Arc<ConnInner>,
+    key: WaitKey,
+}
+
+impl Future for BodyRoom<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut st = lock(&this.inner.state);
+        if st.body_has_room() {
+            st.feeders.remove(&mut this.key);
+            Poll::Ready(())
+        } else {
+            st.feeders.register(&mut this.key, cx.waker());
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for BodyRoom<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.state).feeders.remove(&mut self.key);
     }
 }
 
@@ -765,6 +806,25 @@ impl Stream for StreamCall {
     }
 }
 
+/// Answers a chunk fetch with its bytes or why there are none.
+fn respond_chunk(
+    st: &mut ConnState,
+    now: Instant,
+    chunk: StreamChunkId,
+    served: Result<Bytes, String>,
+) {
+    let sent = match served {
+        Ok(body) => st.conn.respond_chunk(now, chunk, body),
+        Err(error) => st.conn.respond_chunk_failure(now, chunk, &error),
+    };
+    if let Err(error) = sent {
+        // Too large for a frame: tell the peer rather than leave it waiting.
+        let _ = st
+            .conn
+            .respond_chunk_failure(now, chunk, &error.to_string());
+    }
+}
+
 /// What a panicking handler leaves to be failed.
 enum FailOnPanic {
     Nothing,
@@ -820,25 +880,36 @@ impl fmt::Debug for StreamCall {
     }
 }
 
-/// The future of [`TransportClient::ready`].
+/// The future of [`TransportClient::ready`]. Polling it again replaces the waker it
+/// stored: one waker per `Ready` however often it is polled, none once it is dropped.
 #[must_use = "futures do nothing unless polled"]
 pub struct Ready {
     inner: Arc<ConnInner>,
+    key: WaitKey,
 }
 
 impl Future for Ready {
     type Output = Result<(), CallError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = lock(&self.inner.state);
+        let this = self.get_mut();
+        let mut st = lock(&this.inner.state);
         if st.conn.is_closed() {
+            st.ready.remove(&mut this.key);
             return Poll::Ready(Err(CallError::Closed));
         }
         if !st.conn.is_send_buffer_full() {
+            st.ready.remove(&mut this.key);
             return Poll::Ready(Ok(()));
         }
-        st.ready.push(cx.waker().clone());
+        st.ready.register(&mut this.key, cx.waker());
         Poll::Pending
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        lock(&self.inner.state).ready.remove(&mut self.key);
     }
 }
 
@@ -1122,6 +1193,23 @@ struct Driver {
     externals: HashMap<rpc_proto::BodyId, (FileSegment, u64)>,
     /// Set once the socket has refused `sendfile`; files are then read and written.
     sendfile_unsupported: bool,
+    /// Where `sendfile` is unsupported: the read of the next piece of the file body being
+    /// written, on the runtime's blocking pool (one piece in flight at a time).
+    body_read: Option<BodyRead>,
+    /// File-backed chunks to read (whole, for their frame) and answer, in order.
+    chunk_reads: VecDeque<(StreamChunkId, FileSegment)>,
+    /// The chunk being read on the runtime's blocking pool (one at a time).
+    chunk_read: Option<(StreamChunkId, u64, Unblock<Bytes>)>,
+    /// Bytes of the chunks in `chunk_reads` and `chunk_read`: they count against the send
+    /// buffer's limit as if they were already queued.
+    chunk_read_bytes: u64,
+}
+
+/// The read of a piece of a file body, on the blocking pool.
+struct BodyRead {
+    body: rpc_proto::BodyId,
+    len: u64,
+    read: Unblock<Bytes>,
 }
 
 impl Future for Driver {
@@ -1140,6 +1228,7 @@ impl Future for Driver {
                 progress |= this.read(cx, &mut st, now);
             }
             progress |= this.poll_timer(cx, &mut st, now);
+            progress |= this.poll_chunk_reads(cx, &mut st, now);
             st.process_events(&mut inbound);
             progress |= this.write(cx, &mut st, now);
             st.process_events(&mut inbound);
@@ -1159,6 +1248,10 @@ impl Future for Driver {
             }
         };
         this.dispatch(&mut inbound);
+        if this.chunk_read.is_none() && !this.chunk_reads.is_empty() {
+            // A chunk read was queued by that dispatch: start it on the next poll.
+            cx.waker().wake_by_ref();
+        }
         if !drained {
             return Poll::Pending;
         }
@@ -1300,8 +1393,47 @@ impl Driver {
         format!(
             "too much data being transferred on this connection ({} bytes waiting for the \
              peer to read)",
-            self.client.buffered_bytes()
+            self.client.buffered_bytes() + self.chunk_read_bytes
         )
+    }
+
+    /// Whether a chunk fetch is refused for lack of room: the send buffer is over its limit,
+    /// counting the file-backed chunks accepted but not read yet.
+    fn chunk_room_exhausted(&self) -> bool {
+        let st = lock(&self.client.inner.state);
+        st.conn.is_send_buffer_full()
+            || st.conn.buffered_bytes() + self.chunk_read_bytes
+                >= st.conn.config().max_send_buffer()
+    }
+
+    /// Reads the queued file-backed chunks, one at a time, on the runtime's blocking pool,
+    /// and answers each with its bytes (or why they could not be read). Returns whether a
+    /// chunk was answered.
+    fn poll_chunk_reads(&mut self, cx: &mut Context<'_>, st: &mut ConnState, now: Instant) -> bool {
+        let mut progress = false;
+        loop {
+            if self.chunk_read.is_none() {
+                let Some((chunk, segment)) = self.chunk_reads.pop_front() else {
+                    return progress;
+                };
+                let len = segment.len();
+                let read = unblock(&*self.client.inner.rt, move || {
+                    ManagedBuffer::File(segment).to_bytes()
+                });
+                self.chunk_read = Some((chunk, len, read));
+            }
+            let Some((chunk, len, read)) = &mut self.chunk_read else {
+                unreachable!("a chunk read was just started")
+            };
+            let Poll::Ready(result) = Pin::new(read).poll(cx) else {
+                return progress;
+            };
+            let (chunk, len) = (*chunk, *len);
+            self.chunk_read = None;
+            self.chunk_read_bytes -= len;
+            progress = true;
+            respond_chunk(st, now, chunk, result.map_err(|e| format!("{chunk}: {e}")));
+        }
     }
 
     /// Writes the body bytes the connection left to the driver (file segments): with
@@ -1357,8 +1489,27 @@ impl Driver {
                 }
             }
         }
-        let len = left.min(PIECE);
-        match segment.read(*done, len as usize) {
+        // Read and write: the next piece is read on the runtime's blocking pool, not on this
+        // task and not under the connection's lock (the driver only polls for it), one piece
+        // in flight at a time.
+        if self.body_read.as_ref().is_some_and(|r| r.body != body) {
+            self.body_read = None; // a body aborted mid-read
+        }
+        let read = match &mut self.body_read {
+            Some(read) => read,
+            None => {
+                let len = left.min(PIECE);
+                let (piece, at) = (segment.clone(), *done);
+                let read = unblock(&*self.client.inner.rt, move || piece.read(at, len as usize));
+                self.body_read.insert(BodyRead { body, len, read })
+            }
+        };
+        let Poll::Ready(result) = Pin::new(&mut read.read).poll(cx) else {
+            return Poll::Pending;
+        };
+        let len = read.len;
+        self.body_read = None;
+        match result {
             Ok(bytes) => {
                 *done += len;
                 if *done == segment.len() {
@@ -1456,27 +1607,29 @@ impl Driver {
                 Event::ChunkFetchReceived { chunk } => {
                     let served = match self.handler.stream_manager() {
                         // Spark's maxChunksBeingTransferred, by bytes: while the send buffer
-                        // is over its limit, fetches are refused (and the chunk is not taken,
-                        // so the peer can ask again) instead of queued without bound.
-                        Some(_) if self.client.is_send_buffer_full() => Err(self.too_much_data()),
-                        Some(streams) => streams
-                            .chunk_buffer(&self.client, chunk)
-                            .and_then(|b| b.to_bytes().map_err(|e| format!("{chunk}: {e}"))),
+                        // (with the file-backed chunks still being read) is over its limit,
+                        // fetches are refused (and the chunk is not taken, so the peer can
+                        // ask again) instead of queued without bound.
+                        Some(_) if self.chunk_room_exhausted() => Err(self.too_much_data()),
+                        Some(streams) => streams.chunk_buffer(&self.client, chunk),
                         // No streams at all: Spark's text for an unknown stream's chunk.
                         None => Err(chunk_stream_closed(chunk.stream_id)),
                     };
-                    self.client.inner.with_state(|st, now| {
-                        let sent = match served {
-                            Ok(body) => st.conn.respond_chunk(now, chunk, body),
-                            Err(error) => st.conn.respond_chunk_failure(now, chunk, &error),
-                        };
-                        if let Err(error) = sent {
-                            // Too large for a frame: tell the peer rather than leave it waiting.
-                            let _ = st
-                                .conn
-                                .respond_chunk_failure(now, chunk, &error.to_string());
+                    match served {
+                        Ok(ManagedBuffer::File(segment)) => {
+                            // Read on the blocking pool, not on this task (see
+                            // `poll_chunk_reads`).
+                            self.chunk_read_bytes += segment.len();
+                            self.chunk_reads.push_back((chunk, segment));
                         }
-                    });
+                        served => {
+                            let served = served
+                                .and_then(|b| b.to_bytes().map_err(|e| format!("{chunk}: {e}")));
+                            self.client
+                                .inner
+                                .with_state(|st, now| respond_chunk(st, now, chunk, served));
+                        }
+                    }
                 }
                 Event::StreamRequested { request, stream_id } => {
                     let served = match self.handler.stream_manager() {

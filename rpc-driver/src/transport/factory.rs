@@ -86,6 +86,12 @@ impl TransportClientFactory {
         }
     }
 
+    /// The runtime its connections run on.
+    #[cfg_attr(loom, allow(dead_code))] // used by `env`, which loom builds leave out
+    pub(crate) fn runtime(&self) -> &StdArc<dyn Runtime> {
+        &self.inner.rt
+    }
+
     /// A connection to `addr`: a pooled one if it is still open, else a new one.
     pub async fn create_client(&self, addr: SocketAddr) -> Result<TransportClient, ConnectError> {
         let inner = &self.inner;

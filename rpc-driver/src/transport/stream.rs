@@ -49,7 +49,8 @@ pub trait StreamManager: Send + Sync + 'static {
     }
 
     /// The chunk as a [`ManagedBuffer`]: override to serve file segments (chunks travel in
-    /// their frame, so a file segment is read into memory). Defaults to
+    /// their frame, so a file segment is read into memory, on the runtime's blocking pool
+    /// rather than the connection's task). Defaults to
     /// [`chunk`](StreamManager::chunk).
     fn chunk_buffer(
         &self,

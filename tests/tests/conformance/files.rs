@@ -21,8 +21,8 @@ use super::transport::{localhost, Echo};
 use super::util::*;
 
 /// Serves `whole` (the file) and `part` (bytes 1000..1000+len-2000 of it) from a file.
-struct FileStreams {
-    path: PathBuf,
+pub(super) struct FileStreams {
+    pub(super) path: PathBuf,
 }
 
 impl RpcHandler for FileStreams {
@@ -64,11 +64,11 @@ impl StreamManager for FileStreams {
     }
 }
 
-fn contents(n: usize) -> Vec<u8> {
+pub(super) fn contents(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 253) as u8).collect()
 }
 
-fn temp_file(n: usize) -> PathBuf {
+pub(super) fn temp_file(n: usize) -> PathBuf {
     let path = std::env::temp_dir().join(format!(
         "rpc-files-{}-{}",
         std::process::id(),
@@ -195,6 +195,10 @@ impl Runtime for NoSendfile {
         self.0.spawn_isolated(future)
     }
 
+    fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send>) {
+        self.0.spawn_blocking(f)
+    }
+
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
         self.0.new_timer(deadline)
     }
@@ -209,7 +213,7 @@ impl Runtime for NoSendfile {
     }
 }
 
-struct PlainListener(Box<dyn AsyncListener>);
+pub(super) struct PlainListener(pub(super) Box<dyn AsyncListener>);
 
 impl AsyncListener for PlainListener {
     fn poll_accept(
@@ -227,7 +231,7 @@ impl AsyncListener for PlainListener {
 }
 
 /// A stream that keeps the trait's default `poll_send_file` (unsupported).
-struct Plain(Box<dyn AsyncStream>);
+pub(super) struct Plain(pub(super) Box<dyn AsyncStream>);
 
 impl AsyncStream for Plain {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
