@@ -58,6 +58,11 @@ const SHARED: &[&str] = &[
     "OneForOneStreamManager",
     "RpcHandler",
     "RpcResponder",
+    "MergedBlockMeta",
+    "MergedBlockMetaCall",
+    "MergedBlockMetaReqHandler",
+    "MergedBlockMetaRequest",
+    "MergedBlockMetaResponder",
     "TransportClient",
     "TransportClientFactory",
     "TransportConfig",
@@ -183,6 +188,20 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<dyn t::RpcHandler>, Of::<dyn a::RpcHandler>);
     same(Of::<dyn t::StreamManager>, Of::<dyn a::StreamManager>);
     same(Of::<t::RpcResponder>, Of::<a::RpcResponder>);
+    same(Of::<t::MergedBlockMeta>, Of::<a::MergedBlockMeta>);
+    same(Of::<t::MergedBlockMetaCall>, Of::<a::MergedBlockMetaCall>);
+    same(
+        Of::<dyn t::MergedBlockMetaReqHandler>,
+        Of::<dyn a::MergedBlockMetaReqHandler>,
+    );
+    same(
+        Of::<t::MergedBlockMetaRequest>,
+        Of::<a::MergedBlockMetaRequest>,
+    );
+    same(
+        Of::<t::MergedBlockMetaResponder>,
+        Of::<a::MergedBlockMetaResponder>,
+    );
     same(Of::<t::TransportClient>, Of::<a::TransportClient>);
     same(
         Of::<t::TransportClientFactory>,
