@@ -389,17 +389,21 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn our_server(rt: &tokio::runtime::Runtime) -> (TransportServer, Arc<Echo>) {
+/// Our transport server on a free port of 127.0.0.1, serving `handler`, on `rt`.
+fn bind_ours(rt: &tokio::runtime::Runtime, handler: Arc<dyn RpcHandler>) -> TransportServer {
     let _in_runtime = rt.enter();
-    let handler = Arc::new(Echo::default());
-    let server = TransportServer::bind(
+    TransportServer::bind(
         rpc_tokio::runtime(),
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        handler.clone(),
+        handler,
         TransportConfig::default(),
     )
-    .expect("bind our server");
-    (server, handler)
+    .expect("bind our server")
+}
+
+fn our_server(rt: &tokio::runtime::Runtime) -> (TransportServer, Arc<Echo>) {
+    let handler = Arc::new(Echo::default());
+    (bind_ours(rt, handler.clone()), handler)
 }
 
 fn our_client(
@@ -908,16 +912,7 @@ fn our_merged_block_meta_requests_get_sparks_answers() {
 fn spark_merged_block_meta_requests_get_our_answers_or_our_refusal() {
     let spark = spark_or_skip!();
     let rt = tokio_runtime();
-    let server = {
-        let _in_runtime = rt.enter();
-        TransportServer::bind(
-            rpc_tokio::runtime(),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(Patterns),
-            TransportConfig::default(),
-        )
-        .expect("bind our server")
-    };
+    let server = bind_ours(&rt, Arc::new(Patterns));
     let mut peer = spark_client(spark, server.local_addr());
     for r in meta_requests() {
         let line = peer.command(&format!(
@@ -963,16 +958,10 @@ fn spark_sees_sparks_exact_texts_for_unknown_streams_chunks_and_files() {
             Some(&self.0)
         }
     }
-    let server = {
-        let _in_runtime = rt.enter();
-        TransportServer::bind(
-            rpc_tokio::runtime(),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(Bare(rpc_tokio::OneForOneStreamManager::new(100))),
-            TransportConfig::default(),
-        )
-        .expect("bind our server")
-    };
+    let server = bind_ours(
+        &rt,
+        Arc::new(Bare(rpc_tokio::OneForOneStreamManager::new(100))),
+    );
     let mut peer = spark_client(spark, server.local_addr());
     let line = peer.command("stream /classes/Foo.class");
     assert_eq!(line, "FAILED Stream '/classes/Foo.class' was not found.");
@@ -1017,16 +1006,7 @@ fn spark_sees_sparks_exact_texts_for_unknown_streams_chunks_and_files() {
 fn spark_uploads_to_our_server() {
     let spark = spark_or_skip!();
     let rt = tokio_runtime();
-    let server = {
-        let _in_runtime = rt.enter();
-        TransportServer::bind(
-            rpc_tokio::runtime(),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(Patterns),
-            TransportConfig::default(),
-        )
-        .expect("bind our server")
-    };
+    let server = bind_ours(&rt, Arc::new(Patterns));
     let mut peer = spark_client(spark, server.local_addr());
     for n in [0usize, 70_000, MIB] {
         let body = pattern(n, 5);
@@ -1046,16 +1026,7 @@ fn spark_uploads_to_our_server() {
 fn spark_fetches_chunks_and_streams_from_our_server() {
     let spark = spark_or_skip!();
     let rt = tokio_runtime();
-    let server = {
-        let _in_runtime = rt.enter();
-        TransportServer::bind(
-            rpc_tokio::runtime(),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(Patterns),
-            TransportConfig::default(),
-        )
-        .expect("bind our server")
-    };
+    let server = bind_ours(&rt, Arc::new(Patterns));
     let mut peer = spark_client(spark, server.local_addr());
     for (stream, index) in [(10u64, 3u32), (0, 0), (MIB as u64, 1)] {
         let line = peer.command(&format!("fetch {stream} {index}"));
