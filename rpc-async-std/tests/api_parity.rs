@@ -62,6 +62,8 @@ const SHARED: &[&str] = &[
     "TransportClientFactory",
     "TransportConfig",
     "TransportServer",
+    "ServerStats",
+    "DEFAULT_MAX_CONNECTIONS",
     // Blocks.
     "fetch_blocks",
     "BlockFetch",
@@ -190,6 +192,8 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     );
     same(Of::<t::TransportConfig>, Of::<a::TransportConfig>);
     same(Of::<t::TransportServer>, Of::<a::TransportServer>);
+    same(Of::<t::ServerStats>, Of::<a::ServerStats>);
+    assert_eq!(t::DEFAULT_MAX_CONNECTIONS, a::DEFAULT_MAX_CONNECTIONS);
 
     same(Of::<t::BlockFetch>, Of::<a::BlockFetch>);
     same(Of::<t::BlockFetchConfig>, Of::<a::BlockFetchConfig>);
