@@ -93,6 +93,14 @@ fn bump(counter: &AtomicU64) {
 /// Accepts connections and hands what arrives on them to an [`RpcHandler`].
 ///
 /// Dropping the last handle does not stop it; [`close`](TransportServer::close) does.
+///
+/// A hostile peer or a lack of file descriptors does not stall it: when `accept` fails (say
+/// with `EMFILE`), accepting pauses, 1 ms doubling up to 1 s, and resumes by itself once
+/// descriptors are free, while open connections are served on; beyond
+/// [`TransportConfig::max_connections`] open connections, new ones are closed at once.
+/// Failed accepts, refused connections and what peers got wrong are counted in
+/// [`stats`](TransportServer::stats) and logged at a bounded rate (at most 10 lines per
+/// 10 s of each kind).
 #[derive(Clone)]
 pub struct TransportServer {
     inner: Arc<ServerInner>,
