@@ -88,9 +88,9 @@ pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
 pub use rpc_driver::transport::{
     ConnectError, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaCall,
     MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
-    OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, StreamCall, StreamManager,
-    TransportClient, TransportClientFactory, TransportConfig, TransportServer, UploadSink,
-    STREAM_BUFFER_LIMIT,
+    OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, ServerStats, StreamCall,
+    StreamManager, TransportClient, TransportClientFactory, TransportConfig, TransportServer,
+    UploadSink, DEFAULT_MAX_CONNECTIONS, STREAM_BUFFER_LIMIT,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 

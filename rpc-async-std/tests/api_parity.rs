@@ -67,6 +67,13 @@ const SHARED: &[&str] = &[
     "TransportClientFactory",
     "TransportConfig",
     "TransportServer",
+    "ServerStats",
+    "DEFAULT_MAX_CONNECTIONS",
+    "MergedBlockMeta",
+    "MergedBlockMetaCall",
+    "MergedBlockMetaReqHandler",
+    "MergedBlockMetaRequest",
+    "MergedBlockMetaResponder",
     // Blocks.
     "fetch_blocks",
     "BlockFetch",
@@ -209,6 +216,22 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     );
     same(Of::<t::TransportConfig>, Of::<a::TransportConfig>);
     same(Of::<t::TransportServer>, Of::<a::TransportServer>);
+    same(Of::<t::ServerStats>, Of::<a::ServerStats>);
+    same(Of::<t::MergedBlockMeta>, Of::<a::MergedBlockMeta>);
+    same(Of::<t::MergedBlockMetaCall>, Of::<a::MergedBlockMetaCall>);
+    same(
+        Of::<dyn t::MergedBlockMetaReqHandler>,
+        Of::<dyn a::MergedBlockMetaReqHandler>,
+    );
+    same(
+        Of::<t::MergedBlockMetaRequest>,
+        Of::<a::MergedBlockMetaRequest>,
+    );
+    same(
+        Of::<t::MergedBlockMetaResponder>,
+        Of::<a::MergedBlockMetaResponder>,
+    );
+    assert_eq!(t::DEFAULT_MAX_CONNECTIONS, a::DEFAULT_MAX_CONNECTIONS);
 
     same(Of::<t::BlockFetch>, Of::<a::BlockFetch>);
     same(Of::<t::BlockFetchConfig>, Of::<a::BlockFetchConfig>);

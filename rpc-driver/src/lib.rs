@@ -26,6 +26,7 @@ pub mod block;
 mod completion;
 #[cfg(not(loom))]
 pub mod env;
+mod log_limit;
 mod runtime;
 mod sync;
 pub mod transport;

@@ -92,17 +92,18 @@ use rpc_proto::{
 };
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use self::call::CancelFlag;
 use self::file_server::BulkHandler;
 use self::mailbox::{Mailbox, Payload, Posted};
 use self::message::endpoint_identity;
 use self::outbox::OutboxCell;
+use crate::log_limit::limited;
 use crate::runtime::Runtime;
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{
-    RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
+    RpcHandler, RpcResponder, ServerStats, StreamManager, TransportClient, TransportClientFactory,
     TransportConfig, TransportServer,
 };
 use crate::wait_list::{WaitKey, WaitList};
@@ -493,7 +494,7 @@ impl EnvInner {
             Some(r) => {
                 let _ = r.fail(&message);
             }
-            None => warn!(peer = %client.peer_addr(), %message, "dropping a message"),
+            None => limited!(warn, peer = %client.peer_addr(), %message, "dropping a message"),
         };
         let Some(mailbox) = lock(&self.endpoints).get(envelope.receiver).cloned() else {
             return fail(
@@ -570,7 +571,7 @@ impl EnvHandler {
         message: &'a Bytes,
     ) -> Result<(EnvelopeView<'a>, Bytes), rpc_proto::EnvelopeError> {
         let (envelope, payload) = Envelope::decode_view(message).inspect_err(|error| {
-            warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
+            limited!(warn, peer = %client.peer_addr(), %error, "undecodable envelope");
             env.stats.failed();
         })?;
         if let Some((host, port)) = envelope.sender {
@@ -652,7 +653,7 @@ impl RpcHandler for EnvHandler {
                     flag.cancel();
                 }
             }
-            other => warn!(kind = ?other, "unexpected one-way envelope"),
+            other => limited!(warn, kind = ?other, "unexpected one-way envelope"),
         }
     }
 
@@ -1043,6 +1044,14 @@ impl RpcEnv {
             received: c.received.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
         }
+    }
+
+    /// The counters of the env's server (connections accepted, refused, failed, ...); `None`
+    /// for a client-mode env, or once the env is shut down.
+    pub fn server_stats(&self) -> Option<ServerStats> {
+        lock(&self.inner.server)
+            .as_ref()
+            .map(TransportServer::stats)
     }
 }
 

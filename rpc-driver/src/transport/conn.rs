@@ -27,6 +27,7 @@ use super::{
     MergedBlockMetaResponder, RpcHandler, UploadSink,
 };
 use crate::completion::{self, Completer, Waiter};
+use crate::log_limit::limited;
 use crate::runtime::{unblock, AsyncStream, AsyncTimer, Runtime, Unblock};
 use crate::sync::{lock, Arc, Mutex};
 use crate::wait_list::{WaitKey, WaitList};
@@ -1719,7 +1720,10 @@ impl Driver {
                         ConnectionError::PeerClosed | ConnectionError::LocallyClosed => {
                             debug!(%error, "connection closed")
                         }
-                        _ => warn!(%error, "connection failed"),
+                        // Peers can cause these on purpose (undecodable frames) on
+                        // connection after connection: logged at a bounded rate, counted
+                        // in `ServerStats`.
+                        _ => limited!(warn, %error, "connection failed"),
                     }
                     if let Some(registry) = &self.registry {
                         lock(registry).remove(&self.client.id());

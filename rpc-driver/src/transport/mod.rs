@@ -22,7 +22,7 @@ pub use factory::{ConnectError, TransportClientFactory};
 pub use merged::{
     MergedBlockMeta, MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
 };
-pub use server::TransportServer;
+pub use server::{ServerStats, TransportServer};
 pub use stream::{stream_not_found, OneForOneStreamManager, StreamManager};
 
 use std::net::SocketAddr;
@@ -113,7 +113,17 @@ pub struct TransportConfig {
     /// After a failed connect, further connects to the same address fail at once with the
     /// same error for this long (Spark's fast-fail). Zero disables it.
     pub fast_fail_window: Duration,
+    /// Connections a [`TransportServer`] keeps open at once; beyond it, new connections are
+    /// accepted and closed at once (counted in [`ServerStats::refused`]), so one peer cannot
+    /// take every file descriptor of the process. The default, [`DEFAULT_MAX_CONNECTIONS`],
+    /// suits a small machine with the usual limit of 1,024 descriptors per process; raise it
+    /// (and the process's descriptor limit) for a server with more peers.
+    pub max_connections: usize,
 }
+
+/// The default of [`TransportConfig::max_connections`]: half the usual per-process limit of
+/// 1,024 file descriptors, leaving the rest to files, outgoing connections and the runtime.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -122,6 +132,7 @@ impl Default for TransportConfig {
             connect_timeout: Duration::from_secs(30),
             connections_per_peer: 1,
             fast_fail_window: Duration::ZERO,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -148,6 +159,12 @@ impl TransportConfig {
     /// Sets [`fast_fail_window`](TransportConfig::fast_fail_window).
     pub fn with_fast_fail_window(mut self, window: Duration) -> Self {
         self.fast_fail_window = window;
+        self
+    }
+
+    /// Sets [`max_connections`](TransportConfig::max_connections).
+    pub fn with_max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
         self
     }
 }

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::Config;
 use crate::error::{CallError, ConnectionError, RpcError};
@@ -1247,7 +1247,9 @@ impl Connection {
 
     fn unmatched(&mut self, ty: MessageType, id: &dyn std::fmt::Debug) {
         self.stats.unmatched_replies += 1;
-        warn!(message_type = ?ty, id = ?id, "dropping a reply that matches no outstanding call");
+        // A peer can send these on purpose, as many as it likes: counted, logged at debug
+        // level only, so they cannot flood the log.
+        debug!(message_type = ?ty, id = ?id, "dropping a reply that matches no outstanding call");
     }
 
     fn unexpected(&mut self, call: Call, expected: &'static str, got: MessageType) {
