@@ -69,11 +69,6 @@ const SHARED: &[&str] = &[
     "TransportServer",
     "ServerStats",
     "DEFAULT_MAX_CONNECTIONS",
-    "MergedBlockMeta",
-    "MergedBlockMetaCall",
-    "MergedBlockMetaReqHandler",
-    "MergedBlockMetaRequest",
-    "MergedBlockMetaResponder",
     // Blocks.
     "fetch_blocks",
     "BlockFetch",
@@ -217,20 +212,6 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<t::TransportConfig>, Of::<a::TransportConfig>);
     same(Of::<t::TransportServer>, Of::<a::TransportServer>);
     same(Of::<t::ServerStats>, Of::<a::ServerStats>);
-    same(Of::<t::MergedBlockMeta>, Of::<a::MergedBlockMeta>);
-    same(Of::<t::MergedBlockMetaCall>, Of::<a::MergedBlockMetaCall>);
-    same(
-        Of::<dyn t::MergedBlockMetaReqHandler>,
-        Of::<dyn a::MergedBlockMetaReqHandler>,
-    );
-    same(
-        Of::<t::MergedBlockMetaRequest>,
-        Of::<a::MergedBlockMetaRequest>,
-    );
-    same(
-        Of::<t::MergedBlockMetaResponder>,
-        Of::<a::MergedBlockMetaResponder>,
-    );
     assert_eq!(t::DEFAULT_MAX_CONNECTIONS, a::DEFAULT_MAX_CONNECTIONS);
 
     same(Of::<t::BlockFetch>, Of::<a::BlockFetch>);
