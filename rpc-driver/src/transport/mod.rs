@@ -113,7 +113,19 @@ pub struct TransportConfig {
     /// After a failed connect, further connects to the same address fail at once with the
     /// same error for this long (Spark's fast-fail). Zero disables it.
     pub fast_fail_window: Duration,
+    /// Bytes of partial frames (frames begun but not whole) a server holds across all its
+    /// connections; the connection whose bytes would take the total past it is closed with
+    /// [`ConnectionError::OverBudget`](rpc_proto::ConnectionError::OverBudget). Each
+    /// connection's own partial frame is bounded by
+    /// [`Config::max_frame_size`](rpc_proto::Config::max_frame_size) and, in time, by
+    /// [`Config::frame_timeout`](rpc_proto::Config::frame_timeout). Default
+    /// [`DEFAULT_MAX_PARTIAL_FRAME_BYTES`] (256 MiB, the default frame limit, so any one
+    /// frame fits); a frame larger than this cannot be received by a server.
+    pub max_partial_frame_bytes: u64,
 }
+
+/// Default [`TransportConfig::max_partial_frame_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_PARTIAL_FRAME_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -122,6 +134,7 @@ impl Default for TransportConfig {
             connect_timeout: Duration::from_secs(30),
             connections_per_peer: 1,
             fast_fail_window: Duration::ZERO,
+            max_partial_frame_bytes: DEFAULT_MAX_PARTIAL_FRAME_BYTES,
         }
     }
 }
@@ -143,6 +156,20 @@ impl TransportConfig {
     pub fn with_connections_per_peer(mut self, connections: usize) -> Self {
         self.connections_per_peer = connections;
         self
+    }
+
+    /// Sets [`max_partial_frame_bytes`](TransportConfig::max_partial_frame_bytes) (at least 1).
+    pub fn with_max_partial_frame_bytes(mut self, bytes: u64) -> Self {
+        self.max_partial_frame_bytes = bytes;
+        self
+    }
+
+    /// Checks the settings a server uses: a zero budget is an error naming it.
+    pub fn validate(&self) -> Result<(), rpc_proto::ConfigError> {
+        if self.max_partial_frame_bytes == 0 {
+            return Err(rpc_proto::ConfigError::ZeroLimit("max partial frame bytes"));
+        }
+        Ok(())
     }
 
     /// Sets [`fast_fail_window`](TransportConfig::fast_fail_window).

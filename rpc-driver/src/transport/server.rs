@@ -1,6 +1,5 @@
 //! Accepting connections: Spark's `TransportServer`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -46,6 +45,9 @@ impl TransportServer {
         handler: StdArc<dyn RpcHandler>,
         config: TransportConfig,
     ) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let listener = rt.listen(std_listener)?;
@@ -55,7 +57,7 @@ impl TransportServer {
             closed: AtomicBool::new(false),
             accept_waker: Mutex::new(None),
             handler,
-            open: StdArc::new(Mutex::new(HashMap::new())),
+            open: StdArc::new(Registry::new(config.max_partial_frame_bytes)),
         });
         let accept = Accept {
             rt: rt.clone(),
