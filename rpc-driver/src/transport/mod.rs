@@ -115,10 +115,10 @@ pub struct TransportConfig {
     pub fast_fail_window: Duration,
     /// Bytes of partial frames (frames begun but not whole) a server holds across all its
     /// connections; the connection whose bytes would take the total past it is closed with
-    /// [`ConnectionError::OverBudget`](rpc_proto::ConnectionError::OverBudget). Each
+    /// [`ConnectionError::OverBudget`]. Each
     /// connection's own partial frame is bounded by
-    /// [`Config::max_frame_size`](rpc_proto::Config::max_frame_size) and, in time, by
-    /// [`Config::frame_timeout`](rpc_proto::Config::frame_timeout). Default
+    /// [`Config::max_frame_size`] and, in time, by
+    /// [`Config::frame_timeout`]. Default
     /// [`DEFAULT_MAX_PARTIAL_FRAME_BYTES`] (256 MiB, the default frame limit, so any one
     /// frame fits); a frame larger than this cannot be received by a server.
     pub max_partial_frame_bytes: u64,
