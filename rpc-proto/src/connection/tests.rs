@@ -594,6 +594,25 @@ fn a_stream_id_over_the_limit_is_a_decode_error_and_closes() {
 }
 
 #[test]
+fn a_huge_stream_id_is_refused_before_the_frame_is_buffered() {
+    let now = base();
+    let mut server = with(Config::builder());
+    let mut wire = frame_bytes(&Frame::StreamRequest {
+        stream_id: "x".repeat(64 * 1024),
+    });
+    wire.truncate(13 + 100); // the length field and the first bytes of the id
+    server.handle_bytes(now, &wire);
+    assert!(matches!(
+        server.close_reason(),
+        Some(ConnectionError::Decode(DecodeError::StringTooLong {
+            length: 65536,
+            max: 4096,
+            ..
+        }))
+    ));
+}
+
+#[test]
 fn a_long_error_text_from_the_peer_is_cut_to_the_limit() {
     let (now, mut a, _) = pair();
     let mut a2 = with(Config::builder().with_max_error_len(10));

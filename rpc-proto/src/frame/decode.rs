@@ -142,6 +142,7 @@ impl FrameDecoder {
             max: self.max_frame_size,
         })?;
         if src.len() < len {
+            self.check_id_early(src)?;
             src.reserve((len - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
@@ -152,6 +153,37 @@ impl FrameDecoder {
         let decoded = parse(ty, frame, self.max_id_len, self.max_error_len)?;
         self.body_remaining = decoded.out_of_frame_len();
         Ok(Some(Decoded::Frame(decoded)))
+    }
+}
+
+impl FrameDecoder {
+    /// Refuses an id over the limit as soon as its length field has arrived, so a frame that
+    /// announces a huge id is not buffered whole first (the same error the whole frame would
+    /// get).
+    fn check_id_early(&self, src: &[u8]) -> Result<(), DecodeError> {
+        let Some(ty) = src.get(8).and_then(|&b| MessageType::from_byte(b)) else {
+            return Ok(());
+        };
+        let (at, field) = match ty {
+            MessageType::StreamRequest
+            | MessageType::StreamResponse
+            | MessageType::StreamFailure => (9, "stream id"),
+            MessageType::MergedBlockMetaRequest => (17, "app id"),
+            _ => return Ok(()),
+        };
+        let Some(raw) = src.get(at..at + 4) else {
+            return Ok(());
+        };
+        let length = i32::from_be_bytes(raw.try_into().expect("4 bytes"));
+        match u64::try_from(length) {
+            Ok(length) if length > u64::from(self.max_id_len) => Err(DecodeError::StringTooLong {
+                message_type: ty,
+                field,
+                length,
+                max: self.max_id_len,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
