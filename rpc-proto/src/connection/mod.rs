@@ -157,6 +157,8 @@ pub struct Connection {
 
     owed_requests: HashSet<RequestId>,
     owed_chunks: HashMap<StreamChunkId, u32>,
+    /// The sum of `owed_chunks`' counts.
+    owed_chunk_count: usize,
     owed_streams: VecDeque<OwedStream>,
     /// Bodies of stream answers given, while the send queue still holds them.
     answer_bodies: Vec<BodyId>,
@@ -254,6 +256,7 @@ impl Connection {
             timers: BTreeMap::new(),
             owed_requests: HashSet::new(),
             owed_chunks: HashMap::new(),
+            owed_chunk_count: 0,
             owed_streams: VecDeque::new(),
             answer_bodies: Vec::new(),
             frame_started: None,
@@ -496,12 +499,7 @@ impl Connection {
     /// Requests of the peer this side has not answered yet: RPCs, uploads, merged-block-meta
     /// requests and chunk fetches, limited by [`Config::max_pending_requests`].
     pub fn pending_requests(&self) -> usize {
-        self.owed_requests.len()
-            + self
-                .owed_chunks
-                .values()
-                .map(|&n| n as usize)
-                .sum::<usize>()
+        self.owed_requests.len() + self.owed_chunk_count
     }
 
     /// Stream requests of the peer not answered yet, or answered with a body still in the
@@ -1070,6 +1068,7 @@ impl Connection {
     fn settle_chunk(&mut self, chunk: StreamChunkId) {
         if let Some(n) = self.owed_chunks.get_mut(&chunk) {
             *n -= 1;
+            self.owed_chunk_count -= 1;
             if *n == 0 {
                 self.owed_chunks.remove(&chunk);
             }
@@ -1333,6 +1332,7 @@ impl Connection {
             }
             Frame::ChunkFetchRequest { chunk } => {
                 *self.owed_chunks.entry(chunk).or_default() += 1;
+                self.owed_chunk_count += 1;
                 self.events.push_back(Event::ChunkFetchReceived { chunk });
             }
             Frame::StreamRequest { stream_id } => {
@@ -1537,6 +1537,7 @@ impl Connection {
         self.timers.clear();
         self.owed_requests.clear();
         self.owed_chunks.clear();
+        self.owed_chunk_count = 0;
         self.owed_streams.clear();
         self.events.push_back(Event::Closed { error });
     }
