@@ -924,3 +924,60 @@ fn closing_over_budget_reports_the_budget() {
         })
     ));
 }
+
+mod budget_proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever mix of requests a peer sends to a side that answers none of them, what
+        /// that side owes stays within its limits, every request is either handed to the
+        /// handler or refused on the wire (never both, never neither), and a flood of
+        /// stream requests ends in a typed close rather than growth.
+        #[test]
+        fn what_a_side_owes_the_peer_stays_within_its_limits(
+            kinds in prop::collection::vec(0u8..4, 0..200),
+            max_requests in 1usize..8,
+            max_streams in 1usize..4,
+        ) {
+            let now = base();
+            let mut server = with(
+                Config::builder()
+                    .with_max_pending_requests(max_requests)
+                    .with_max_pending_streams(max_streams),
+            );
+            let mut sent = 0u64;
+            for (i, kind) in kinds.iter().enumerate() {
+                let frame = match kind {
+                    0 => Frame::RpcRequest { request: RequestId(i as u64), body: "x".into() },
+                    1 => Frame::ChunkFetchRequest { chunk: StreamChunkId::new(1, i as u32) },
+                    2 => Frame::StreamRequest { stream_id: format!("s{i}") },
+                    _ => Frame::MergedBlockMetaRequest {
+                        request: RequestId(i as u64),
+                        app_id: "app".into(),
+                        shuffle_id: 0,
+                        shuffle_merge_id: 0,
+                        reduce_id: 0,
+                    },
+                };
+                server.handle_bytes(now, &frame_bytes(&frame));
+                if server.is_closed() {
+                    break;
+                }
+                sent += 1;
+                prop_assert!(server.pending_requests() <= max_requests);
+                prop_assert!(server.pending_streams() <= 2 * max_streams);
+            }
+            let handed = events(&mut server)
+                .iter()
+                .filter(|e| !matches!(e, Event::Closed { .. }))
+                .count() as u64;
+            match server.close_reason() {
+                None => prop_assert_eq!(handed + server.stats().refused_requests, sent),
+                Some(ConnectionError::OverBudget { .. }) => {}
+                Some(other) => prop_assert!(false, "closed with {other}"),
+            }
+        }
+    }
+}
