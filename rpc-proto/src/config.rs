@@ -25,6 +25,21 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default limit on bytes buffered for sending before new calls are refused: 64 MiB.
 pub const DEFAULT_MAX_SEND_BUFFER: u64 = 64 * 1024 * 1024;
 
+/// Default limit on the length of an id in a received frame (stream id, app id): 4 KiB.
+pub const DEFAULT_MAX_ID_LEN: u32 = 4 * 1024;
+
+/// Default limit on the length of an error text, received or sent: 4 KiB.
+pub const DEFAULT_MAX_ERROR_LEN: u32 = 4 * 1024;
+
+/// Default time a frame may take to arrive, from its first byte to its last: 120 seconds.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Default limit on the peer's requests this side has not answered yet: 16384.
+pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 16 * 1024;
+
+/// Default limit on the peer's stream requests being answered at once: 64.
+pub const DEFAULT_MAX_PENDING_STREAMS: usize = 64;
+
 /// Settings of one [`Connection`](crate::Connection). Cheap to clone.
 ///
 /// ```
@@ -45,6 +60,12 @@ pub struct Config {
     idle_timeout: Option<Duration>,
     close_idle_connections: bool,
     max_send_buffer: u64,
+    max_id_len: u32,
+    max_error_len: u32,
+    frame_timeout: Option<Duration>,
+    max_pending_requests: usize,
+    max_pending_streams: usize,
+    close_idle_accepted: bool,
     seed: u64,
 }
 
@@ -55,6 +76,12 @@ impl Default for Config {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             close_idle_connections: false,
             max_send_buffer: DEFAULT_MAX_SEND_BUFFER,
+            max_id_len: DEFAULT_MAX_ID_LEN,
+            max_error_len: DEFAULT_MAX_ERROR_LEN,
+            frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
+            max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+            max_pending_streams: DEFAULT_MAX_PENDING_STREAMS,
+            close_idle_accepted: true,
             seed: 0,
         }
     }
@@ -96,6 +123,59 @@ impl Config {
     /// while the buffer is below the limit, so it may end up to one frame above it.
     pub fn max_send_buffer(&self) -> u64 {
         self.max_send_buffer
+    }
+
+    /// The longest id (stream id, app id) accepted in a frame from the peer, in bytes. A
+    /// longer one is [`DecodeError::StringTooLong`](crate::DecodeError::StringTooLong) and
+    /// closes the connection before the id is copied; ids echoed back in failures are cut to
+    /// it.
+    pub fn max_id_len(&self) -> u32 {
+        self.max_id_len
+    }
+
+    /// The longest error text kept, in bytes: a longer failure text from the peer is cut to it
+    /// (at a character boundary) before it is copied, and failure texts this side sends are
+    /// cut to it (and always to what fits the frame limit), so that a failure never echoes
+    /// unbounded peer input.
+    pub fn max_error_len(&self) -> u32 {
+        self.max_error_len
+    }
+
+    /// The longest a frame may take to arrive, from its first byte to its last; `None`
+    /// disables the limit. A peer that stalls mid-frame (or sends one byte a second) is cut
+    /// with [`ConnectionError::FrameTimedOut`](crate::ConnectionError::FrameTimedOut), so a
+    /// partial frame pins its memory for at most this long.
+    pub fn frame_timeout(&self) -> Option<Duration> {
+        self.frame_timeout
+    }
+
+    /// The most requests of the peer (RPCs, uploads, merged-block-meta requests, chunk
+    /// fetches) this side may owe an answer to at once; beyond it, requests are refused at
+    /// once with a failure (`RpcFailure`, `ChunkFetchFailure`) and never reach the handler.
+    pub fn max_pending_requests(&self) -> usize {
+        self.max_pending_requests
+    }
+
+    /// The most stream requests of the peer being answered at once (not yet answered, or
+    /// with a body still being sent, each of which may hold an open file); beyond it, stream
+    /// requests are refused at once with a `StreamFailure`, in order.
+    pub fn max_pending_streams(&self) -> usize {
+        self.max_pending_streams
+    }
+
+    /// Whether connections a server accepted close once idle with nothing outstanding on
+    /// either side, whatever [`close_idle_connections`](Config::close_idle_connections) says
+    /// (read by drivers through [`Config::accepted`]). `true` by default: a server does not
+    /// keep idle peers forever.
+    pub fn close_idle_accepted(&self) -> bool {
+        self.close_idle_accepted
+    }
+
+    /// This config as a driver uses it for a connection a server accepted: with
+    /// [`close_idle_accepted`](Config::close_idle_accepted), idle connections are closed.
+    pub fn accepted(mut self) -> Self {
+        self.close_idle_connections |= self.close_idle_accepted;
+        self
     }
 
     /// Seed of the connection's random number generator (the first request id).
@@ -143,6 +223,42 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets [`Config::max_id_len`] (at least 1).
+    pub fn with_max_id_len(mut self, bytes: u32) -> Self {
+        self.config.max_id_len = bytes;
+        self
+    }
+
+    /// Sets [`Config::max_error_len`] (at least 1).
+    pub fn with_max_error_len(mut self, bytes: u32) -> Self {
+        self.config.max_error_len = bytes;
+        self
+    }
+
+    /// Sets [`Config::frame_timeout`]; `None` disables it.
+    pub fn with_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.frame_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::max_pending_requests`] (at least 1).
+    pub fn with_max_pending_requests(mut self, requests: usize) -> Self {
+        self.config.max_pending_requests = requests;
+        self
+    }
+
+    /// Sets [`Config::max_pending_streams`] (at least 1).
+    pub fn with_max_pending_streams(mut self, streams: usize) -> Self {
+        self.config.max_pending_streams = streams;
+        self
+    }
+
+    /// Sets [`Config::close_idle_accepted`].
+    pub fn with_close_idle_accepted(mut self, close: bool) -> Self {
+        self.config.close_idle_accepted = close;
+        self
+    }
+
     /// Sets [`Config::seed`]. Drivers seed from the OS; tests use fixed seeds.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.config.seed = seed;
@@ -164,6 +280,21 @@ impl ConfigBuilder {
         }
         if c.idle_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroTimeout("idle timeout"));
+        }
+        if c.frame_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroTimeout("frame timeout"));
+        }
+        if c.max_id_len == 0 {
+            return Err(ConfigError::ZeroLimit("max id length"));
+        }
+        if c.max_error_len == 0 {
+            return Err(ConfigError::ZeroLimit("max error length"));
+        }
+        if c.max_pending_requests == 0 {
+            return Err(ConfigError::ZeroLimit("max pending requests"));
+        }
+        if c.max_pending_streams == 0 {
+            return Err(ConfigError::ZeroLimit("max pending streams"));
         }
         Ok(c)
     }
@@ -204,5 +335,48 @@ mod tests {
             .build();
         assert_eq!(err.unwrap_err(), ConfigError::ZeroTimeout("idle timeout"));
         assert!(Config::builder().with_idle_timeout(None).build().is_ok());
+    }
+
+    #[test]
+    fn rejects_zero_limits_naming_the_setting() {
+        let b = Config::builder;
+        assert_eq!(
+            b().with_frame_timeout(Some(Duration::ZERO))
+                .build()
+                .unwrap_err(),
+            ConfigError::ZeroTimeout("frame timeout")
+        );
+        assert_eq!(
+            b().with_max_id_len(0).build().unwrap_err(),
+            ConfigError::ZeroLimit("max id length")
+        );
+        assert_eq!(
+            b().with_max_error_len(0).build().unwrap_err(),
+            ConfigError::ZeroLimit("max error length")
+        );
+        assert_eq!(
+            b().with_max_pending_requests(0).build().unwrap_err(),
+            ConfigError::ZeroLimit("max pending requests")
+        );
+        assert_eq!(
+            b().with_max_pending_streams(0).build().unwrap_err(),
+            ConfigError::ZeroLimit("max pending streams")
+        );
+        assert!(b().with_frame_timeout(None).build().is_ok());
+    }
+
+    #[test]
+    fn accepted_connections_close_when_idle_unless_told_not_to() {
+        assert!(!Config::default().close_idle_connections());
+        assert!(Config::default().accepted().close_idle_connections());
+        let keep = b_keep();
+        assert!(!keep.accepted().close_idle_connections());
+    }
+
+    fn b_keep() -> Config {
+        Config::builder()
+            .with_close_idle_accepted(false)
+            .build()
+            .unwrap()
     }
 }

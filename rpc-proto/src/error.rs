@@ -61,6 +61,19 @@ pub enum DecodeError {
         /// The offending field.
         field: &'static str,
     },
+    /// An id (stream id, app id) is longer than [`Config::max_id_len`](crate::Config::max_id_len).
+    /// Refused before the id is copied.
+    #[error("{message_type:?} frame has a {field} of {length} bytes, above the limit of {max}")]
+    StringTooLong {
+        /// The message being decoded.
+        message_type: MessageType,
+        /// The offending field.
+        field: &'static str,
+        /// Its length as sent.
+        length: u64,
+        /// The limit.
+        max: u32,
+    },
     /// A message type that carries no in-frame body has bytes after its header.
     #[error("{message_type:?} frame has {extra} unexpected bytes after its header")]
     TrailingBytes {
@@ -93,6 +106,36 @@ pub enum ConnectionError {
     Idle {
         /// The configured idle timeout.
         idle: Duration,
+    },
+    /// A frame started arriving but was not whole within
+    /// [`Config::frame_timeout`](crate::Config::frame_timeout): the peer stalled mid-frame
+    /// or trickled it.
+    #[error("frame not received within {after:?} ({received} bytes of it received)")]
+    FrameTimedOut {
+        /// The configured frame timeout.
+        after: Duration,
+        /// How many bytes of the unfinished frame had arrived.
+        received: usize,
+    },
+    /// An out-of-frame body was arriving and nothing was read or written for the idle
+    /// timeout.
+    #[error("stalled for {idle:?} with {remaining} bytes of a body still to come")]
+    BodyStalled {
+        /// The configured idle timeout.
+        idle: Duration,
+        /// How many bytes of the body were missing.
+        remaining: u64,
+    },
+    /// A budget the driver keeps for this connection or its server was exceeded (see
+    /// [`Connection::close_over_budget`](crate::Connection::close_over_budget)).
+    #[error("{budget} over budget: {used} (limit {limit})")]
+    OverBudget {
+        /// Which budget.
+        budget: &'static str,
+        /// What would have been used (bytes, or a count, as the budget says).
+        used: u64,
+        /// The limit.
+        limit: u64,
     },
     /// The peer closed the connection cleanly, between frames.
     #[error("connection closed by peer")]

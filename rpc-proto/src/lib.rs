@@ -80,8 +80,10 @@ pub mod fuzzing;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};
 pub use config::{
-    Config, ConfigBuilder, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_SEND_BUFFER,
-    MIN_MAX_FRAME_SIZE, SPARK_MAX_FRAME_LENGTH,
+    Config, ConfigBuilder, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERROR_LEN,
+    DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_ID_LEN, DEFAULT_MAX_PENDING_REQUESTS,
+    DEFAULT_MAX_PENDING_STREAMS, DEFAULT_MAX_SEND_BUFFER, MIN_MAX_FRAME_SIZE,
+    SPARK_MAX_FRAME_LENGTH,
 };
 pub use connection::{Connection, ConnectionStats, Event};
 pub use envelope::{

@@ -495,6 +495,10 @@ impl Sim {
                     dir.send(now, bytes, rng);
                 }
             }
+            if progressed {
+                // Handed to the link: written, as a driver tells the connection.
+                self.peers[side.0].conn.handle_written(now);
+            }
             let peer = &mut self.peers[side.0];
             while let Some(event) = peer.conn.poll_event() {
                 progressed = true;

@@ -33,6 +33,7 @@ macro_rules! suite {
         mod file_server;
         mod files;
         mod hostile_accept;
+        mod hostile_conn;
         mod merged_meta;
         mod peer_process;
         mod races;

@@ -1305,3 +1305,128 @@ fn queued_bytes_counts_only_what_poll_transmit_can_hand_out() {
         "(frames behind an unfinished body, a body waiting for an earlier answer)"
     );
 }
+
+// ------------------------------------------------------------ hostile peers (issue 11)
+
+const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn guarded() -> Config {
+    Config::builder()
+        .with_idle_timeout(Some(IDLE))
+        .with_frame_timeout(Some(FRAME_TIMEOUT))
+        .build()
+        .unwrap()
+        .accepted()
+}
+
+fn rpc_frame(len: usize) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    rpc_proto::Frame::RpcRequest {
+        request: RequestId(1),
+        body: Bytes::from(vec![0; len]),
+    }
+    .encode(&mut wire);
+    wire.to_vec()
+}
+
+#[test]
+fn a_peer_stalled_mid_frame_is_cut_at_the_frame_timeout() {
+    // Before: the server kept the half frame, and the connection, forever.
+    let (mut sim, client, server) = Sim::pair(40, config(), guarded(), lan());
+    let frame = rpc_frame(1000);
+    sim.inject(client, Bytes::copy_from_slice(&frame[..500]));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.conn(server).partial_frame_bytes(), 500);
+    sim.run_until_quiet();
+    assert_eq!(
+        sim.closed_at(server),
+        Some((
+            sim.at(10 * MS + FRAME_TIMEOUT),
+            ConnectionError::FrameTimedOut {
+                after: FRAME_TIMEOUT,
+                received: 500
+            }
+        ))
+    );
+    assert_eq!(sim.conn(server).partial_frame_bytes(), 0);
+}
+
+#[test]
+fn a_peer_trickling_one_byte_a_second_is_cut_at_the_frame_timeout() {
+    let (mut sim, client, server) = Sim::pair(41, config(), guarded(), lan());
+    let frame = rpc_frame(1000);
+    for byte in &frame[..20] {
+        sim.inject(client, Bytes::copy_from_slice(std::slice::from_ref(byte)));
+        sim.run_for(Duration::from_secs(1));
+    }
+    // Traffic every second, so the idle policy never acts; the frame deadline does.
+    let (at, error) = sim.closed_at(server).expect("cut");
+    assert_eq!(at, sim.at(10 * MS + FRAME_TIMEOUT));
+    assert!(matches!(
+        error,
+        ConnectionError::FrameTimedOut { received: 6, .. }
+    ));
+}
+
+#[test]
+fn a_server_closes_an_accepted_connection_idle_with_nothing_outstanding() {
+    // Before: a server kept such connections forever (Spark's server default).
+    let (mut sim, client, server) = Sim::pair(42, config(), guarded(), lan());
+    sim.set_handler(server, echo_server());
+    sim.command(client, |c, now| c.rpc(now, "ping".into(), None))
+        .unwrap();
+    sim.run_until_quiet();
+    // The request arrived at 10 ms and was answered at once.
+    assert_eq!(
+        sim.closed_at(server),
+        Some((sim.at(10 * MS + IDLE), ConnectionError::Idle { idle: IDLE }))
+    );
+    assert_eq!(
+        sim.closed_at(client),
+        Some((sim.at(20 * MS + IDLE), ConnectionError::PeerClosed))
+    );
+}
+
+#[test]
+fn a_server_owing_an_answer_does_not_close_the_connection_as_idle() {
+    let patient = Config::builder().with_idle_timeout(None).build().unwrap();
+    let (mut sim, client, server) = Sim::pair(43, patient, guarded(), lan());
+    sim.command(client, |c, now| c.rpc(now, "slow".into(), None))
+        .unwrap();
+    sim.run_for(IDLE * 3);
+    assert!(!sim.conn(server).is_closed());
+    assert_eq!(sim.conn(server).pending_requests(), 1);
+}
+
+#[test]
+fn an_upload_body_that_stops_arriving_is_cut_at_the_idle_timeout() {
+    let (mut sim, client, server) = Sim::pair(44, config(), guarded(), lan());
+    let (request, body) = sim
+        .command(client, |c, now| {
+            c.upload_stream(now, "meta".into(), 100, None)
+        })
+        .unwrap();
+    sim.command(client, |c, now| {
+        c.send_body(now, body, Bytes::from(vec![1; 40]))
+    })
+    .unwrap();
+    sim.run_for(Duration::from_secs(1));
+    // The server refuses the upload at once; the rest of the body never comes.
+    let refused = sim
+        .new_events(server)
+        .iter()
+        .any(|e| matches!(e, Event::UploadReceived { request: r, .. } if *r == request));
+    assert!(refused);
+    sim.command(server, |c, now| c.respond_rpc_failure(now, request, "no"))
+        .unwrap();
+    sim.run_until_quiet();
+    let (at, error) = sim.closed_at(server).expect("cut");
+    assert_eq!(
+        error,
+        ConnectionError::BodyStalled {
+            idle: IDLE,
+            remaining: 60
+        }
+    );
+    assert_eq!(at, sim.at(Duration::from_secs(1) + IDLE));
+}

@@ -129,7 +129,12 @@ pub struct RpcEnvConfig {
     pub ask_timeout: Duration,
     /// How long a lookup of a remote endpoint may take (Spark's `spark.rpc.lookupTimeout`).
     pub lookup_timeout: Duration,
-    /// The transport layer's settings.
+    /// The transport layer's settings. The env's default differs from
+    /// [`TransportConfig::default`] in one way: connections the env accepted stay open while
+    /// idle ([`Config::close_idle_accepted`](rpc_proto::Config::close_idle_accepted) off), as
+    /// in Spark's `NettyRpcEnv`, because a client-mode env's endpoints are reached only over
+    /// the connection it opened. Keep that when replacing the transport settings, or
+    /// client-mode peers are cut off after the idle timeout.
     pub transport: TransportConfig,
     /// Each remote env's outbox: queue bounds and connect retries.
     pub outbox: OutboxConfig,
@@ -153,7 +158,7 @@ impl RpcEnvConfig {
             port_retries: 0,
             ask_timeout: Duration::from_secs(120),
             lookup_timeout: Duration::from_secs(120),
-            transport: TransportConfig::default(),
+            transport: env_transport(),
             outbox: OutboxConfig::default(),
         }
     }
@@ -1062,6 +1067,16 @@ impl fmt::Debug for RpcEnv {
             .field("address", &self.inner.address)
             .finish_non_exhaustive()
     }
+}
+
+/// The transport settings of an env: [`TransportConfig::default`], keeping idle accepted
+/// connections (see [`RpcEnvConfig::transport`]).
+fn env_transport() -> TransportConfig {
+    let connection = rpc_proto::Config::builder()
+        .with_close_idle_accepted(false)
+        .build()
+        .expect("the default connection settings are valid");
+    TransportConfig::default().with_connection(connection)
 }
 
 impl RpcEnvConfig {

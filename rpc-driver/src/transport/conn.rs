@@ -75,11 +75,40 @@ impl CallSlot {
 /// stops reading the socket: a slow consumer holds at most about this much (plus one read).
 pub const STREAM_BUFFER_LIMIT: usize = 4 * 1024 * 1024;
 
+/// Bytes of a `ChunkFetchSuccess` frame besides the chunk: length, type, stream id, index.
+const CHUNK_HEADER_LEN: u64 = 9 + 8 + 4;
+
 /// Upload body bytes queued for the socket past which an upload's feeder waits.
 const BODY_HIGH_WATER: u64 = 1024 * 1024;
 
-/// The open connections of a server, by id.
-pub(crate) type Registry = Mutex<HashMap<u64, TransportClient>>;
+/// The open connections of a server, by id (the registry derefs to them), and the budget
+/// they share: bytes of partial frames across all of them.
+pub(crate) struct Registry {
+    open: Mutex<HashMap<u64, TransportClient>>,
+    /// Bytes of partial frames held by the server's connections now.
+    partial_frame_bytes: AtomicU64,
+    /// [`TransportConfig::max_partial_frame_bytes`](super::TransportConfig).
+    max_partial_frame_bytes: u64,
+}
+
+impl Registry {
+    /// An empty registry whose connections share `max_partial_frame_bytes` of partial frames.
+    pub(crate) fn new(max_partial_frame_bytes: u64) -> Self {
+        Self {
+            open: Mutex::new(HashMap::new()),
+            partial_frame_bytes: AtomicU64::new(0),
+            max_partial_frame_bytes,
+        }
+    }
+}
+
+impl std::ops::Deref for Registry {
+    type Target = Mutex<HashMap<u64, TransportClient>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.open
+    }
+}
 
 /// What the handles and the driver task share, behind one mutex.
 pub(crate) struct ConnState {
@@ -412,7 +441,12 @@ impl TransportClient {
             addrs,
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(ConnState::new(Connection::new(
-                config.with_seed(connection_seed()),
+                if registry.is_some() {
+                    config.accepted()
+                } else {
+                    config
+                }
+                .with_seed(connection_seed()),
                 now,
             ))),
             rt: rt.clone(),
@@ -437,6 +471,7 @@ impl TransportClient {
             chunk_reads: VecDeque::new(),
             chunk_read: None,
             chunk_read_bytes: 0,
+            partial_counted: 0,
             read_buf: BytesMut::new(),
             read_chunk: READ_CHUNK_MIN,
             writing: VecDeque::new(),
@@ -1204,6 +1239,18 @@ struct Driver {
     /// Bytes of the chunks in `chunk_reads` and `chunk_read`: they count against the send
     /// buffer's limit as if they were already queued.
     chunk_read_bytes: u64,
+    /// This connection's partial-frame bytes as last added to the registry's total.
+    partial_counted: u64,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(registry) = &self.registry {
+            registry
+                .partial_frame_bytes
+                .fetch_sub(self.partial_counted, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The read of a piece of a file body, on the blocking pool.
@@ -1225,8 +1272,13 @@ impl Future for Driver {
             let now = inner.rt.now();
             let mut st = lock(&inner.state);
             let mut progress = false;
-            if !this.read_done && !st.conn.is_closed() && st.reading_allowed() {
+            if !this.read_done
+                && !st.conn.is_closed()
+                && st.reading_allowed()
+                && this.send_room(&st) > 0
+            {
                 progress |= this.read(cx, &mut st, now);
+                this.count_partial_frame(&mut st, now);
             }
             progress |= this.poll_timer(cx, &mut st, now);
             progress |= this.poll_chunk_reads(cx, &mut st, now);
@@ -1234,6 +1286,7 @@ impl Future for Driver {
             progress |= this.write(cx, &mut st, now);
             st.process_events(&mut inbound);
             st.wake_ready();
+            this.count_partial_frame(&mut st, now);
             let drained = st.conn.is_drained() && this.writing.is_empty();
             if drained || !progress {
                 st.park_driver(cx.waker());
@@ -1280,7 +1333,7 @@ impl Driver {
     /// reserving the largest chunk.
     fn read(&mut self, cx: &mut Context<'_>, st: &mut ConnState, now: Instant) -> bool {
         debug_assert!(self.read_buf.is_empty());
-        let max = st.read_room(self.read_chunk);
+        let max = st.read_room(self.read_chunk).min(self.send_room(st));
         match self.stream.poll_read_buf(cx, &mut self.read_buf, max) {
             Poll::Pending => {
                 self.read_buf.clear();
@@ -1308,6 +1361,63 @@ impl Driver {
                 st.conn.handle_transport_error(now, error);
                 true
             }
+        }
+    }
+
+    /// How much one read may bring in for what the send buffer has room for: on a
+    /// connection a server accepted, nothing while the send buffer (file bodies and chunks
+    /// being read included) is over [`Config::max_send_buffer`], so a peer that does not read
+    /// its answers is not read from either (TCP's own backpressure) instead of being
+    /// answered into memory without bound; below that, a 32nd of the room left (at least
+    /// `READ_CHUNK_MIN`), so the answers to one read stay near the limit: answers with data
+    /// are refused once the buffer is over the limit, and a refusal is about six times the
+    /// 21-byte chunk fetch it answers, so the refusals to one read take at most a sixth of
+    /// the room (or 48 KiB). With the default 64 MiB limit and an empty buffer, reads are
+    /// not limited by this. Connections this side
+    /// opened always read: their peer's answers are what drains their own calls, and two
+    /// peers that both stopped reading would wait for each other forever.
+    fn send_room(&self, st: &ConnState) -> usize {
+        if self.registry.is_none() {
+            return usize::MAX;
+        }
+        let used = st.conn.buffered_bytes() + self.chunk_read_bytes;
+        let max = st.conn.config().max_send_buffer();
+        if used >= max {
+            return 0;
+        }
+        usize::try_from((max - used) / 32)
+            .unwrap_or(usize::MAX)
+            .max(READ_CHUNK_MIN)
+    }
+
+    /// Adds this connection's partial-frame bytes to its server's total; closes it if that
+    /// takes the total over [`TransportConfig::max_partial_frame_bytes`](super::TransportConfig).
+    fn count_partial_frame(&mut self, st: &mut ConnState, now: Instant) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let held = st.conn.partial_frame_bytes();
+        if held <= self.partial_counted {
+            registry
+                .partial_frame_bytes
+                .fetch_sub(self.partial_counted - held, Ordering::Relaxed);
+            self.partial_counted = held;
+            return;
+        }
+        let grew = held - self.partial_counted;
+        let total = registry
+            .partial_frame_bytes
+            .fetch_add(grew, Ordering::Relaxed)
+            + grew;
+        self.partial_counted = held;
+        let limit = registry.max_partial_frame_bytes;
+        if total > limit {
+            st.conn
+                .close_over_budget(now, "partial frames across the server", total, limit);
+            registry
+                .partial_frame_bytes
+                .fetch_sub(self.partial_counted, Ordering::Relaxed);
+            self.partial_counted = 0;
         }
     }
 
@@ -1369,6 +1479,7 @@ impl Driver {
                 }
                 Poll::Ready(Ok(mut written)) => {
                     progress = true;
+                    st.conn.handle_written(now);
                     while written > 0 {
                         let front = self.writing.front_mut().expect("wrote queued bytes");
                         if written >= front.len() {
@@ -1616,7 +1727,25 @@ impl Driver {
                         // No streams at all: Spark's text for an unknown stream's chunk.
                         None => Err(chunk_stream_closed(chunk.stream_id)),
                     };
+                    let max = self
+                        .client
+                        .inner
+                        .with_state(|st, _| st.conn.config().max_frame_size());
                     match served {
+                        Ok(ManagedBuffer::File(segment))
+                            if segment.len().saturating_add(CHUNK_HEADER_LEN) > max =>
+                        {
+                            // Checked before any read: a file too large for a frame is never
+                            // read into memory.
+                            let error = CallError::FrameTooLarge {
+                                size: segment.len().saturating_add(CHUNK_HEADER_LEN),
+                                max,
+                            };
+                            let served = Err(format!("{chunk}: {error}"));
+                            self.client
+                                .inner
+                                .with_state(|st, now| respond_chunk(st, now, chunk, served));
+                        }
                         Ok(ManagedBuffer::File(segment)) => {
                             // Read on the blocking pool, not on this task (see
                             // `poll_chunk_reads`).

@@ -119,11 +119,23 @@ pub struct TransportConfig {
     /// suits a small machine with the usual limit of 1,024 descriptors per process; raise it
     /// (and the process's descriptor limit) for a server with more peers.
     pub max_connections: usize,
+    /// Bytes of partial frames (frames begun but not whole) a server holds across all its
+    /// connections; the connection whose bytes would take the total past it is closed with
+    /// [`ConnectionError::OverBudget`]. Each
+    /// connection's own partial frame is bounded by
+    /// [`Config::max_frame_size`] and, in time, by
+    /// [`Config::frame_timeout`]. Default
+    /// [`DEFAULT_MAX_PARTIAL_FRAME_BYTES`] (256 MiB, the default frame limit, so any one
+    /// frame fits); a frame larger than this cannot be received by a server.
+    pub max_partial_frame_bytes: u64,
 }
 
 /// The default of [`TransportConfig::max_connections`]: half the usual per-process limit of
 /// 1,024 file descriptors, leaving the rest to files, outgoing connections and the runtime.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// Default [`TransportConfig::max_partial_frame_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_PARTIAL_FRAME_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -133,6 +145,7 @@ impl Default for TransportConfig {
             connections_per_peer: 1,
             fast_fail_window: Duration::ZERO,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_partial_frame_bytes: DEFAULT_MAX_PARTIAL_FRAME_BYTES,
         }
     }
 }
@@ -154,6 +167,23 @@ impl TransportConfig {
     pub fn with_connections_per_peer(mut self, connections: usize) -> Self {
         self.connections_per_peer = connections;
         self
+    }
+
+    /// Sets [`max_partial_frame_bytes`](TransportConfig::max_partial_frame_bytes) (at least 1).
+    pub fn with_max_partial_frame_bytes(mut self, bytes: u64) -> Self {
+        self.max_partial_frame_bytes = bytes;
+        self
+    }
+
+    /// Checks the settings a server uses: a zero budget is an error naming it.
+    pub fn validate(&self) -> Result<(), rpc_proto::ConfigError> {
+        if self.max_partial_frame_bytes == 0 {
+            return Err(rpc_proto::ConfigError::ZeroLimit("max partial frame bytes"));
+        }
+        if self.max_connections == 0 {
+            return Err(rpc_proto::ConfigError::ZeroLimit("max connections"));
+        }
+        Ok(())
     }
 
     /// Sets [`fast_fail_window`](TransportConfig::fast_fail_window).

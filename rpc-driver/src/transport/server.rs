@@ -16,7 +16,6 @@
 //! - What a peer can cause is logged at a bounded rate (see `log_limit`) and counted in
 //!   [`ServerStats`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -126,6 +125,9 @@ impl TransportServer {
         handler: StdArc<dyn RpcHandler>,
         config: TransportConfig,
     ) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let listener = rt.listen(std_listener)?;
@@ -139,7 +141,7 @@ impl TransportServer {
                 handler,
                 counters: counters.clone(),
             }),
-            open: StdArc::new(Mutex::new(HashMap::new())),
+            open: StdArc::new(Registry::new(config.max_partial_frame_bytes)),
             counters,
         });
         let accept = Accept {

@@ -19,7 +19,7 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::error::{CallError, ConnectionError, RpcError};
-use crate::frame::{Decoded, Frame, FrameDecoder, MessageType};
+use crate::frame::{truncate_str, Decoded, Frame, FrameDecoder, MessageType};
 use crate::id::{BodyId, Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
 use send::SendQueue;
 
@@ -38,6 +38,19 @@ pub struct ConnectionStats {
     /// Replies that matched no outstanding call (late after a timeout or cancel, or bogus);
     /// dropped, as Spark drops them.
     pub unmatched_replies: u64,
+    /// Requests of the peer refused at once because too many were pending
+    /// ([`Config::max_pending_requests`], [`Config::max_pending_streams`]).
+    pub refused_requests: u64,
+    /// Bytes held for sending now, file-backed body bytes included (see
+    /// [`Connection::buffered_bytes`]).
+    pub buffered_bytes: u64,
+    /// Bytes of a frame received in part now (see [`Connection::partial_frame_bytes`]).
+    pub partial_frame_bytes: u64,
+    /// Requests of the peer (RPCs, uploads, merged-block-meta requests, chunk fetches) not
+    /// answered yet.
+    pub pending_requests: usize,
+    /// Stream requests of the peer not answered yet or whose body is still being sent.
+    pub pending_streams: usize,
 }
 
 /// The state of one transport connection: Spark's `TransportClient` and
@@ -80,7 +93,21 @@ pub struct ConnectionStats {
 /// Spark's rule: when nothing has been read or written for [`Config::idle_timeout`] and calls
 /// are outstanding, the connection is closed with [`ConnectionError::TimedOut`] and the calls
 /// fail; with [`Config::close_idle_connections`], an idle connection with nothing outstanding
-/// is closed too ([`ConnectionError::Idle`]).
+/// is closed too ([`ConnectionError::Idle`]), unless this side still owes the peer an answer.
+/// An out-of-frame body that stops arriving for the idle timeout closes the connection with
+/// [`ConnectionError::BodyStalled`] whatever the policy, and a frame that takes longer than
+/// [`Config::frame_timeout`] from its first byte to its last with
+/// [`ConnectionError::FrameTimedOut`].
+///
+/// # Limits on what the peer can make this side hold
+///
+/// Ids above [`Config::max_id_len`] are decode errors, error texts are cut to
+/// [`Config::max_error_len`]; requests beyond [`Config::max_pending_requests`] and stream
+/// requests beyond [`Config::max_pending_streams`] are refused at once; bytes queued for the
+/// peer are reported by [`buffered_bytes`](Connection::buffered_bytes) (file bodies
+/// included), partial frames by [`partial_frame_bytes`](Connection::partial_frame_bytes), so
+/// a driver can stop reading, or close with
+/// [`close_over_budget`](Connection::close_over_budget), when they are over its budgets.
 ///
 /// # Example
 ///
@@ -130,7 +157,16 @@ pub struct Connection {
 
     owed_requests: HashSet<RequestId>,
     owed_chunks: HashMap<StreamChunkId, u32>,
+    /// The sum of `owed_chunks`' counts.
+    owed_chunk_count: usize,
     owed_streams: VecDeque<OwedStream>,
+    /// Bodies of stream answers given, while the send queue still holds them.
+    answer_bodies: Vec<BodyId>,
+    /// When the first byte of the frame now arriving was received.
+    frame_started: Option<Instant>,
+    /// Whether `poll_transmit` handed out bytes since the last input: counted as traffic by
+    /// the next input, which has the time.
+    transmitted: bool,
 
     send: SendQueue,
     events: VecDeque<Event>,
@@ -188,6 +224,8 @@ enum Receiving {
     /// A stream reply; `None` when its call is gone and the bytes are discarded.
     Stream(Option<(StreamCallId, Option<Timer>)>),
     Upload(RequestId),
+    /// The body of a request refused at once: discarded.
+    Discard,
 }
 
 struct OwedStream {
@@ -202,7 +240,8 @@ impl Connection {
         // Spark's request ids are random non-negative longs; ours start at a random one.
         let next_request = rng.random::<u64>() & i64::MAX as u64;
         Self {
-            decoder: FrameDecoder::new(config.max_frame_size()),
+            decoder: FrameDecoder::new(config.max_frame_size())
+                .with_string_limits(config.max_id_len(), config.max_error_len()),
             config,
             recv: BytesMut::new(),
             next_request,
@@ -217,7 +256,11 @@ impl Connection {
             timers: BTreeMap::new(),
             owed_requests: HashSet::new(),
             owed_chunks: HashMap::new(),
+            owed_chunk_count: 0,
             owed_streams: VecDeque::new(),
+            answer_bodies: Vec::new(),
+            frame_started: None,
+            transmitted: false,
             send: SendQueue::default(),
             events: VecDeque::new(),
             closed: None,
@@ -271,6 +314,20 @@ impl Connection {
                 return;
             }
         }
+        self.frame_started = if self.partial_frame_bytes() > 0 {
+            self.frame_started.or(Some(now))
+        } else {
+            None
+        };
+    }
+
+    /// Tells the connection that bytes handed out by
+    /// [`poll_transmit`](Connection::poll_transmit) were written at `now`: traffic, for the
+    /// idle policy. A driver that does not call it has its writes counted at the next input
+    /// instead, which only delays the idle policy.
+    pub fn handle_written(&mut self, now: Instant) {
+        self.transmitted = false;
+        self.last_activity = self.last_activity.max(now);
     }
 
     /// Tells the connection that the peer closed its side (read returned end of file).
@@ -304,10 +361,14 @@ impl Connection {
         self.fail_all(ConnectionError::Transport(Arc::from(reason.to_string())));
     }
 
-    /// Acts on every deadline at or before `now`: call timeouts and the idle policy.
+    /// Acts on every deadline at or before `now`: call timeouts, the frame timeout and the
+    /// idle policy.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.closed.is_some() {
             return;
+        }
+        if std::mem::take(&mut self.transmitted) {
+            self.last_activity = now;
         }
         while let Some((&at, &key)) = self.timers.first_key_value() {
             if at.0 > now {
@@ -316,6 +377,22 @@ impl Connection {
             self.timers.remove(&at);
             self.expire(key);
         }
+        if let Some(deadline) = self.frame_deadline() {
+            if now >= deadline {
+                let error = ConnectionError::FrameTimedOut {
+                    after: self
+                        .config
+                        .frame_timeout()
+                        .expect("deadline implies a timeout"),
+                    received: self.recv.len(),
+                };
+                debug!(%error, "cutting a peer stalled mid-frame");
+                self.recv = BytesMut::new();
+                self.send.clear();
+                self.fail_all(error);
+                return;
+            }
+        }
         if let Some(deadline) = self.idle_deadline() {
             if now >= deadline {
                 let idle = self
@@ -323,8 +400,11 @@ impl Connection {
                     .idle_timeout()
                     .expect("deadline implies a timeout");
                 let outstanding = self.outstanding_calls();
+                let remaining = self.decoder.body_remaining();
                 let error = if outstanding > 0 {
                     ConnectionError::TimedOut { idle, outstanding }
+                } else if remaining > 0 {
+                    ConnectionError::BodyStalled { idle, remaining }
                 } else {
                     ConnectionError::Idle { idle }
                 };
@@ -343,6 +423,7 @@ impl Connection {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         let out = self.send.pop()?;
+        self.transmitted = true;
         self.stats.bytes_sent += out.len() as u64;
         Some(out)
     }
@@ -359,11 +440,14 @@ impl Connection {
         if self.closed.is_some() {
             return None;
         }
-        let call = self.timers.keys().next().map(|at| at.0);
-        match (call, self.idle_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timers.keys().next().map(|at| at.0),
+            self.idle_deadline(),
+            self.frame_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---------------------------------------------------------------- state
@@ -393,10 +477,58 @@ impl Connection {
         self.send.ready_bytes()
     }
 
-    /// Every byte held for sending, including what waits behind an unfinished body: what
-    /// [`Config::max_send_buffer`] limits.
+    /// Every byte held for sending, including what waits behind an unfinished body and the
+    /// file-backed body bytes the driver is to write itself (each such body holds a file
+    /// open): what [`Config::max_send_buffer`] limits.
     pub fn buffered_bytes(&self) -> u64 {
         self.send.buffered_bytes()
+    }
+
+    /// Bytes of a frame received in part (the frame now arriving, or several frames' worth
+    /// not yet decoded); zero between frames and while an out-of-frame body arrives (its
+    /// bytes are handed out as they come). The read buffer grows only with bytes that
+    /// arrive, so this is what a peer that stops mid-frame pins; drivers add it up across a
+    /// server's connections.
+    pub fn partial_frame_bytes(&self) -> u64 {
+        if self.closed.is_some() {
+            return 0;
+        }
+        self.recv.len() as u64
+    }
+
+    /// Requests of the peer this side has not answered yet: RPCs, uploads, merged-block-meta
+    /// requests and chunk fetches, limited by [`Config::max_pending_requests`].
+    pub fn pending_requests(&self) -> usize {
+        self.owed_requests.len() + self.owed_chunk_count
+    }
+
+    /// Stream requests of the peer not answered yet, or answered with a body still in the
+    /// send queue: limited by [`Config::max_pending_streams`].
+    pub fn pending_streams(&self) -> usize {
+        self.owed_streams.len()
+            + self
+                .answer_bodies
+                .iter()
+                .filter(|&&b| self.send.has_body(b))
+                .count()
+    }
+
+    /// Closes the connection because a budget the driver keeps was exceeded (bytes of partial
+    /// frames across a server's connections, say): like [`close`](Connection::close), but
+    /// the cause is [`ConnectionError::OverBudget`] and nothing queued is sent (the peer is
+    /// the problem).
+    pub fn close_over_budget(&mut self, now: Instant, budget: &'static str, used: u64, limit: u64) {
+        if self.closed.is_some() {
+            return;
+        }
+        let _ = now;
+        self.recv = BytesMut::new();
+        self.send.clear();
+        self.fail_all(ConnectionError::OverBudget {
+            budget,
+            used,
+            limit,
+        });
     }
 
     /// Whether new calls would be refused with [`CallError::SendBufferFull`] now.
@@ -417,6 +549,10 @@ impl Connection {
     pub fn stats(&self) -> ConnectionStats {
         ConnectionStats {
             frames_sent: self.send.frames(),
+            buffered_bytes: self.buffered_bytes(),
+            partial_frame_bytes: self.partial_frame_bytes(),
+            pending_requests: self.pending_requests(),
+            pending_streams: self.pending_streams(),
             ..self.stats
         }
     }
@@ -732,13 +868,8 @@ impl Connection {
         error: &str,
     ) -> Result<(), CallError> {
         self.check_owed(request)?;
-        self.queue(
-            now,
-            &Frame::RpcFailure {
-                request,
-                error: error.to_owned(),
-            },
-        )?;
+        let error = self.fit_error(error, FAILURE_HEAD_LEN);
+        self.queue(now, &Frame::RpcFailure { request, error })?;
         self.owed_requests.remove(&request);
         Ok(())
     }
@@ -785,13 +916,8 @@ impl Connection {
         error: &str,
     ) -> Result<(), CallError> {
         self.check_owed_chunk(chunk)?;
-        self.queue(
-            now,
-            &Frame::ChunkFetchFailure {
-                chunk,
-                error: error.to_owned(),
-            },
-        )?;
+        let error = self.fit_error(error, CHUNK_FAILURE_HEAD_LEN);
+        self.queue(now, &Frame::ChunkFetchFailure { chunk, error })?;
         self.settle_chunk(chunk);
         Ok(())
     }
@@ -818,12 +944,20 @@ impl Connection {
         self.check_size(&frame)?;
         let slot = self.owed_stream(request)?;
         let body = self.start_body(byte_count);
+        if byte_count > 0 {
+            self.answer_bodies.retain(|&b| self.send.has_body(b));
+            self.answer_bodies.push(body);
+        }
         self.owed_streams[slot].answer = Some((frame, (byte_count > 0).then_some(body)));
         self.flush_stream_answers(now);
         Ok(body)
     }
 
     /// Answers the peer's stream request with a failure.
+    ///
+    /// The stream id and the error are cut to [`Config::max_id_len`] and
+    /// [`Config::max_error_len`] and to what fits a frame, so a failure can always be sent
+    /// and the answers queued behind it go out.
     pub fn respond_stream_failure(
         &mut self,
         now: Instant,
@@ -832,18 +966,53 @@ impl Connection {
         error: &str,
     ) -> Result<(), CallError> {
         self.check_open()?;
-        let frame = Frame::StreamFailure {
-            stream_id: stream_id.to_owned(),
-            error: error.to_owned(),
-        };
-        self.check_size(&frame)?;
         let slot = self.owed_stream(request)?;
+        let frame = self.stream_failure(stream_id, error);
         self.owed_streams[slot].answer = Some((frame, None));
         self.flush_stream_answers(now);
         Ok(())
     }
 
     // ---------------------------------------------------------------- internals
+
+    /// `error` cut to [`Config::max_error_len`] and to what fits a frame after a header of
+    /// `head` bytes (length field and type byte included).
+    fn fit_error(&self, error: &str, head: u64) -> String {
+        let room = self.config.max_frame_size().saturating_sub(head);
+        let max = room.min(u64::from(self.config.max_error_len()));
+        truncate_str(error, usize::try_from(max).unwrap_or(usize::MAX)).to_owned()
+    }
+
+    /// A `StreamFailure` that fits the limits: the id cut to [`Config::max_id_len`] and to
+    /// half a frame, the error to what is left.
+    fn stream_failure(&self, stream_id: &str, error: &str) -> Frame {
+        let half = self
+            .config
+            .max_frame_size()
+            .saturating_sub(STREAM_FAILURE_HEAD_LEN)
+            / 2;
+        let id_max = half.min(u64::from(self.config.max_id_len()));
+        let stream_id = truncate_str(stream_id, usize::try_from(id_max).unwrap_or(usize::MAX));
+        let error = self.fit_error(error, STREAM_FAILURE_HEAD_LEN + stream_id.len() as u64);
+        Frame::StreamFailure {
+            stream_id: stream_id.to_owned(),
+            error,
+        }
+    }
+
+    /// Refuses a request of the peer at once (too many pending): queued without an event.
+    fn refuse(&mut self, frame: Frame) {
+        self.stats.refused_requests += 1;
+        debug!(message_type = ?frame.message_type(), "refusing a request: too many pending");
+        self.send.push_frame(&frame);
+    }
+
+    fn too_many_requests(&self) -> String {
+        format!(
+            "too many requests pending on this connection (limit {})",
+            self.config.max_pending_requests()
+        )
+    }
 
     fn check_open(&self) -> Result<(), CallError> {
         match self.closed {
@@ -899,6 +1068,7 @@ impl Connection {
     fn settle_chunk(&mut self, chunk: StreamChunkId) {
         if let Some(n) = self.owed_chunks.get_mut(&chunk) {
             *n -= 1;
+            self.owed_chunk_count -= 1;
             if *n == 0 {
                 self.owed_chunks.remove(&chunk);
             }
@@ -974,12 +1144,27 @@ impl Connection {
         }
     }
 
+    /// The idle policy's deadline: with calls of this side outstanding (Spark's rule), while
+    /// an out-of-frame body arrives, or, with [`Config::close_idle_connections`], when
+    /// nothing is outstanding on either side (this side owes the peer no answer).
     fn idle_deadline(&self) -> Option<Instant> {
         let timeout = self.config.idle_timeout()?;
-        if self.outstanding_calls() == 0 && !self.config.close_idle_connections() {
+        let applies = self.outstanding_calls() > 0
+            || self.decoder.body_remaining() > 0
+            || (self.config.close_idle_connections()
+                && self.owed_requests.is_empty()
+                && self.owed_chunks.is_empty()
+                && self.owed_streams.is_empty());
+        if !applies {
             return None;
         }
         self.last_activity.checked_add(timeout)
+    }
+
+    /// When the frame now arriving must be whole.
+    fn frame_deadline(&self) -> Option<Instant> {
+        self.frame_started?
+            .checked_add(self.config.frame_timeout()?)
     }
 
     fn expire(&mut self, key: TimerKey) {
@@ -1069,8 +1254,9 @@ impl Connection {
                     self.events.push_back(Event::UploadFinished { request });
                 }
             }
-            Some(Receiving::Stream(None)) | None => {
-                // The bytes of a stream nobody waits for any more: discarded.
+            Some(Receiving::Stream(None) | Receiving::Discard) | None => {
+                // The bytes of a stream nobody waits for any more, or of a refused upload:
+                // discarded.
                 if remaining == 0 {
                     self.receiving = None;
                 }
@@ -1081,6 +1267,62 @@ impl Connection {
     fn on_frame(&mut self, frame: Frame) {
         let ty = frame.message_type();
         match frame {
+            Frame::RpcRequest { request, .. } | Frame::MergedBlockMetaRequest { request, .. }
+                if self.pending_requests() >= self.config.max_pending_requests() =>
+            {
+                let error = self.too_many_requests();
+                self.refuse(Frame::RpcFailure { request, error });
+            }
+            Frame::UploadStream {
+                request,
+                byte_count,
+                ..
+            } if self.pending_requests() >= self.config.max_pending_requests() => {
+                let error = self.too_many_requests();
+                self.refuse(Frame::RpcFailure { request, error });
+                if byte_count > 0 {
+                    self.receiving = Some(Receiving::Discard);
+                }
+            }
+            Frame::ChunkFetchRequest { chunk }
+                if self.pending_requests() >= self.config.max_pending_requests() =>
+            {
+                let error = self.too_many_requests();
+                self.refuse(Frame::ChunkFetchFailure { chunk, error });
+            }
+            Frame::StreamRequest { .. }
+                if self.owed_streams.len() >= 2 * self.config.max_pending_streams() =>
+            {
+                // Refusals wait in line behind an answer that does not come: the peer keeps
+                // asking regardless, and holding its refusals would grow without bound.
+                let limit = 2 * self.config.max_pending_streams() as u64;
+                self.recv = BytesMut::new();
+                self.send.clear();
+                self.fail_all(ConnectionError::OverBudget {
+                    budget: "stream requests waiting for an answer",
+                    used: limit + 1,
+                    limit,
+                });
+            }
+            Frame::StreamRequest { stream_id }
+                if self.pending_streams() >= self.config.max_pending_streams() =>
+            {
+                // Answered in its place in the order, like any stream answer.
+                let request = InboundStreamId(self.next_inbound_stream);
+                self.next_inbound_stream += 1;
+                let error = format!(
+                    "too many streams pending on this connection (limit {})",
+                    self.config.max_pending_streams()
+                );
+                let frame = self.stream_failure(&stream_id, &error);
+                self.stats.refused_requests += 1;
+                debug!("refusing a stream request: too many pending");
+                self.owed_streams.push_back(OwedStream {
+                    id: request,
+                    answer: Some((frame, None)),
+                });
+                self.flush_stream_answers(self.last_activity);
+            }
             Frame::RpcRequest { request, body } => {
                 self.owed_requests.insert(request);
                 self.events.push_back(Event::RpcReceived { request, body });
@@ -1090,6 +1332,7 @@ impl Connection {
             }
             Frame::ChunkFetchRequest { chunk } => {
                 *self.owed_chunks.entry(chunk).or_default() += 1;
+                self.owed_chunk_count += 1;
                 self.events.push_back(Event::ChunkFetchReceived { chunk });
             }
             Frame::StreamRequest { stream_id } => {
@@ -1286,7 +1529,7 @@ impl Connection {
                     error: error.clone(),
                 });
             }
-            Some(Receiving::Stream(None)) | None => {}
+            Some(Receiving::Stream(None) | Receiving::Discard) | None => {}
         }
         for slot in std::mem::take(&mut self.stream_calls) {
             if slot.live.is_some() {
@@ -1296,10 +1539,19 @@ impl Connection {
         self.timers.clear();
         self.owed_requests.clear();
         self.owed_chunks.clear();
+        self.owed_chunk_count = 0;
         self.owed_streams.clear();
         self.events.push_back(Event::Closed { error });
     }
 }
+
+/// Header bytes of an `RpcFailure` before its error text: length, type, request id, string
+/// length.
+const FAILURE_HEAD_LEN: u64 = 9 + 8 + 4;
+/// Header bytes of a `ChunkFetchFailure` before its error text.
+const CHUNK_FAILURE_HEAD_LEN: u64 = 9 + 12 + 4;
+/// Header bytes of a `StreamFailure` besides its two strings.
+const STREAM_FAILURE_HEAD_LEN: u64 = 9 + 4 + 4;
 
 fn check_byte_count(byte_count: u64) -> Result<(), CallError> {
     if byte_count > i64::MAX as u64 {

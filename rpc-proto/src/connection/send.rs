@@ -40,6 +40,14 @@ impl Piece {
             Piece::External(_) => 0,
         }
     }
+
+    /// Bytes counted as buffered: in memory, or in a file the driver writes from.
+    fn counted(&self) -> u64 {
+        match self {
+            Piece::Data(b) => b.len() as u64,
+            Piece::External(n) => *n,
+        }
+    }
 }
 
 /// An out-of-frame body being fed by the caller.
@@ -59,7 +67,8 @@ pub(crate) struct SendQueue {
     items: VecDeque<Item>,
     bodies: HashMap<BodyId, OutBody>,
     frames: u64,
-    /// Every byte held: queued frames, and fed body pieces wherever they wait.
+    /// Every byte held: queued frames, and fed body pieces wherever they wait, file-backed
+    /// pieces included (they hold a file open and count against the send buffer's limit).
     buffered: u64,
 }
 
@@ -116,6 +125,11 @@ impl SendQueue {
         self.bodies.get(&id).map(|b| b.unfed).filter(|&n| n > 0)
     }
 
+    /// Whether the body is still registered (not complete, or not yet sent).
+    pub(crate) fn has_body(&self, id: BodyId) -> bool {
+        self.bodies.contains_key(&id)
+    }
+
     pub(crate) fn body_mut(&mut self, id: BodyId) -> Option<&mut OutBody> {
         self.bodies.get_mut(&id)
     }
@@ -144,6 +158,7 @@ impl SendQueue {
             .get_mut(&id)
             .expect("caller checked the body exists");
         body.unfed -= len;
+        self.buffered += len;
         if len > 0 {
             body.pieces.push_back(Piece::External(len));
         }
@@ -169,7 +184,9 @@ impl SendQueue {
             return;
         };
         if let Some(Piece::External(left)) = body.pieces.front_mut() {
-            *left -= n.min(*left);
+            let n = n.min(*left);
+            *left -= n;
+            self.buffered -= n;
             if *left == 0 {
                 body.pieces.pop_front();
             }
@@ -269,7 +286,7 @@ impl SendQueue {
             .map(|item| match item {
                 Item::Buf(b) => b.len() as u64,
                 Item::Shared(b) => b.len() as u64,
-                Item::Body(id) => bodies[id].pieces.iter().map(Piece::held).sum(),
+                Item::Body(id) => bodies[id].pieces.iter().map(Piece::counted).sum(),
             })
             .sum();
     }

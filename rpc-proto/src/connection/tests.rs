@@ -2,9 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::*;
+use crate::config::ConfigBuilder;
+use crate::error::DecodeError;
 use crate::frame::Frame;
 
 /// The base of each test's virtual timeline: the one clock read a test makes.
@@ -541,4 +543,441 @@ fn aborting_a_body_keeps_what_was_queued_before_it() {
         "{:?}",
         got[2]
     );
+}
+
+// ------------------------------------------------------------ hardening (issue 11)
+
+fn with(config: ConfigBuilder) -> Connection {
+    Connection::new(config.with_seed(3).build().unwrap(), base())
+}
+
+fn frame_bytes(frame: &Frame) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frame.encode(&mut buf);
+    buf.to_vec()
+}
+
+fn decode_all(bytes: &[u8]) -> Vec<Frame> {
+    let mut decoder = FrameDecoder::new(crate::config::SPARK_MAX_FRAME_LENGTH);
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(item) = decoder.decode(&mut buf).unwrap() {
+        if let Decoded::Frame(f) = item {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_stream_id_over_the_limit_is_a_decode_error_and_closes() {
+    let now = base();
+    let mut server = with(Config::builder().with_max_id_len(16));
+    server.handle_bytes(
+        now,
+        &frame_bytes(&Frame::StreamRequest {
+            stream_id: "x".repeat(17),
+        }),
+    );
+    assert!(matches!(
+        server.close_reason(),
+        Some(ConnectionError::Decode(DecodeError::StringTooLong {
+            field: "stream id",
+            length: 17,
+            max: 16,
+            ..
+        }))
+    ));
+    assert!(events(&mut server)
+        .iter()
+        .all(|e| !matches!(e, Event::StreamRequested { .. })));
+}
+
+#[test]
+fn a_huge_stream_id_is_refused_before_the_frame_is_buffered() {
+    let now = base();
+    let mut server = with(Config::builder());
+    let mut wire = frame_bytes(&Frame::StreamRequest {
+        stream_id: "x".repeat(64 * 1024),
+    });
+    wire.truncate(13 + 100); // the length field and the first bytes of the id
+    server.handle_bytes(now, &wire);
+    assert!(matches!(
+        server.close_reason(),
+        Some(ConnectionError::Decode(DecodeError::StringTooLong {
+            length: 65536,
+            max: 4096,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn a_long_error_text_from_the_peer_is_cut_to_the_limit() {
+    let (now, mut a, _) = pair();
+    let mut a2 = with(Config::builder().with_max_error_len(10));
+    let request = a2.rpc(now, "x".into(), None).unwrap();
+    let _ = wire(&mut a2);
+    let _ = &mut a;
+    // "é" is two bytes: the cut falls inside the sixth one and moves back to a boundary.
+    let error = format!("abcd{}", "é".repeat(1000));
+    a2.handle_bytes(now, &frame_bytes(&Frame::RpcFailure { request, error }));
+    let failed = events(&mut a2);
+    assert_eq!(
+        failed,
+        vec![Event::CallFailed {
+            call: Call::Rpc(request),
+            error: RpcError::Remote(Arc::from("abcdééé")),
+        }]
+    );
+}
+
+#[test]
+fn failure_texts_sent_are_cut_to_the_limit() {
+    let now = base();
+    let mut client = with(Config::builder());
+    let mut server = with(Config::builder().with_max_error_len(8));
+    client.rpc(now, "x".into(), None).unwrap();
+    client
+        .fetch_chunk(now, StreamChunkId::new(1, 0), None)
+        .unwrap();
+    pump(now, &mut client, &mut server);
+    for event in events(&mut server) {
+        match event {
+            Event::RpcReceived { request, .. } => server
+                .respond_rpc_failure(now, request, &"r".repeat(1 << 20))
+                .unwrap(),
+            Event::ChunkFetchReceived { chunk } => server
+                .respond_chunk_failure(now, chunk, &"c".repeat(1 << 20))
+                .unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+    let frames = decode_all(&wire(&mut server));
+    assert!(matches!(&frames[0], Frame::RpcFailure { error, .. } if error == "rrrrrrrr"));
+    assert!(matches!(&frames[1], Frame::ChunkFetchFailure { error, .. } if error == "cccccccc"));
+}
+
+#[test]
+fn a_stream_failure_too_large_for_a_frame_is_cut_and_later_answers_still_go_out() {
+    // Before: the failure was refused as too large, its slot never answered, and every later
+    // stream answer on the connection waited behind it forever.
+    let now = base();
+    let mut server = with(
+        Config::builder()
+            .with_max_frame_size(crate::config::MIN_MAX_FRAME_SIZE)
+            .with_max_error_len(u32::MAX),
+    );
+    for id in ["a", "b"] {
+        server.handle_bytes(
+            now,
+            &frame_bytes(&Frame::StreamRequest {
+                stream_id: id.into(),
+            }),
+        );
+    }
+    let requests: Vec<_> = events(&mut server)
+        .into_iter()
+        .map(|e| match e {
+            Event::StreamRequested { request, .. } => request,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    server
+        .respond_stream(now, requests[1], "b", 0)
+        .expect("answered early: waits for the first");
+    server
+        .respond_stream_failure(now, requests[0], "a", &"e".repeat(1 << 20))
+        .expect("a failure always fits");
+    let frames = decode_all(&wire(&mut server));
+    assert_eq!(frames.len(), 2);
+    assert!(
+        matches!(&frames[0], Frame::StreamFailure { stream_id, error } if stream_id == "a" && !error.is_empty())
+    );
+    assert!(frames[0].frame_len() <= crate::config::MIN_MAX_FRAME_SIZE);
+    assert!(matches!(&frames[1], Frame::StreamResponse { stream_id, .. } if stream_id == "b"));
+}
+
+#[test]
+fn requests_past_the_pending_limit_are_refused_without_an_event() {
+    let now = base();
+    let mut client = with(Config::builder());
+    let mut server = with(Config::builder().with_max_pending_requests(2));
+    let ids: Vec<_> = (0..3)
+        .map(|_| client.rpc(now, "x".into(), None).unwrap())
+        .collect();
+    client
+        .fetch_chunk(now, StreamChunkId::new(1, 0), None)
+        .unwrap();
+    pump(now, &mut client, &mut server);
+    assert_eq!(events(&mut server).len(), 2);
+    assert_eq!(server.pending_requests(), 2);
+    assert_eq!(server.stats().refused_requests, 2);
+    pump(now, &mut server, &mut client);
+    let failed = events(&mut client);
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().any(|e| matches!(
+        e,
+        Event::CallFailed { call: Call::Rpc(id), error: RpcError::Remote(m) }
+            if *id == ids[2] && m.contains("too many requests pending")
+    )));
+    assert!(failed.iter().any(|e| matches!(
+        e,
+        Event::CallFailed {
+            call: Call::ChunkFetch(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn stream_requests_past_the_limit_are_refused_in_order_and_a_flood_closes() {
+    let now = base();
+    let mut server = with(Config::builder().with_max_pending_streams(1));
+    let ask = |s: &mut Connection, id: &str| {
+        s.handle_bytes(
+            now,
+            &frame_bytes(&Frame::StreamRequest {
+                stream_id: id.into(),
+            }),
+        )
+    };
+    ask(&mut server, "a");
+    ask(&mut server, "b");
+    let evs = events(&mut server);
+    assert_eq!(evs.len(), 1, "the second is refused: {evs:?}");
+    assert!(
+        wire(&mut server).is_empty(),
+        "the refusal waits for the first answer"
+    );
+    assert_eq!(server.stats().refused_requests, 1);
+    // The first is never answered and the peer keeps asking: its refusals would pile up.
+    for _ in 0..4 {
+        ask(&mut server, "c");
+    }
+    assert!(matches!(
+        server.close_reason(),
+        Some(ConnectionError::OverBudget { .. })
+    ));
+}
+
+#[test]
+fn a_stalled_partial_frame_is_cut_at_the_frame_timeout() {
+    let t0 = base();
+    let timeout = Duration::from_secs(10);
+    let mut server = with(
+        Config::builder()
+            .with_frame_timeout(Some(timeout))
+            .with_idle_timeout(None),
+    );
+    let frame = frame_bytes(&Frame::RpcRequest {
+        request: RequestId(1),
+        body: Bytes::from(vec![0; 100]),
+    });
+    server.handle_bytes(t0, &frame[..50]);
+    assert_eq!(server.partial_frame_bytes(), 50);
+    assert_eq!(server.poll_timeout(), Some(t0 + timeout));
+    // One byte a second keeps the connection busy but does not move the deadline.
+    for i in 1..10u64 {
+        let at = t0 + Duration::from_secs(i);
+        server.handle_bytes(at, &frame[49 + i as usize..50 + i as usize]);
+        server.handle_timeout(at);
+    }
+    assert!(!server.is_closed());
+    server.handle_timeout(t0 + timeout);
+    assert_eq!(
+        server.close_reason(),
+        Some(&ConnectionError::FrameTimedOut {
+            after: timeout,
+            received: 59
+        })
+    );
+    assert_eq!(server.partial_frame_bytes(), 0);
+}
+
+#[test]
+fn a_whole_frame_clears_the_frame_deadline() {
+    let t0 = base();
+    let mut server = with(Config::builder().with_idle_timeout(None));
+    let frame = frame_bytes(&Frame::OneWayMessage { body: "x".into() });
+    server.handle_bytes(t0, &frame[..5]);
+    assert!(server.poll_timeout().is_some());
+    server.handle_bytes(t0, &frame[5..]);
+    assert_eq!(server.poll_timeout(), None);
+    assert_eq!(server.partial_frame_bytes(), 0);
+}
+
+#[test]
+fn an_accepted_connection_idle_with_nothing_owed_is_closed() {
+    let t0 = base();
+    let idle = Duration::from_secs(120);
+    let mut server = Connection::new(Config::default().accepted(), t0);
+    assert_eq!(server.poll_timeout(), Some(t0 + idle));
+    // A request owed to the peer keeps it open: the peer waits for us.
+    server.handle_bytes(
+        t0,
+        &frame_bytes(&Frame::RpcRequest {
+            request: RequestId(1),
+            body: "x".into(),
+        }),
+    );
+    let _ = events(&mut server);
+    assert_eq!(server.poll_timeout(), None);
+    server.respond_rpc(t0, RequestId(1), "y".into()).unwrap();
+    let _ = wire(&mut server);
+    server.handle_written(t0);
+    server.handle_timeout(t0 + idle);
+    assert_eq!(server.close_reason(), Some(&ConnectionError::Idle { idle }));
+}
+
+#[test]
+fn bytes_written_count_as_traffic_for_the_idle_policy() {
+    let t0 = base();
+    let idle = Duration::from_secs(120);
+    let mut server = Connection::new(Config::default().accepted(), t0);
+    server.handle_bytes(
+        t0,
+        &frame_bytes(&Frame::RpcRequest {
+            request: RequestId(1),
+            body: "x".into(),
+        }),
+    );
+    let _ = events(&mut server);
+    server.respond_rpc(t0, RequestId(1), "y".into()).unwrap();
+    let later = t0 + Duration::from_secs(100);
+    let _ = server.poll_transmit();
+    server.handle_written(later); // by a slow reader
+    server.handle_timeout(t0 + idle);
+    assert!(!server.is_closed());
+    server.handle_timeout(later + idle);
+    assert!(server.is_closed());
+}
+
+#[test]
+fn a_body_that_stops_arriving_is_cut_at_the_idle_timeout() {
+    let t0 = base();
+    let idle = Duration::from_secs(30);
+    let mut server = with(Config::builder().with_idle_timeout(Some(idle)));
+    server.handle_bytes(
+        t0,
+        &frame_bytes(&Frame::UploadStream {
+            request: RequestId(1),
+            meta: Bytes::new(),
+            byte_count: 1000,
+        }),
+    );
+    server.handle_bytes(t0, &[0; 10]);
+    let _ = events(&mut server);
+    server.respond_rpc_failure(t0, RequestId(1), "no").unwrap();
+    let _ = wire(&mut server);
+    server.handle_written(t0);
+    assert_eq!(server.poll_timeout(), Some(t0 + idle));
+    server.handle_timeout(t0 + idle);
+    assert_eq!(
+        server.close_reason(),
+        Some(&ConnectionError::BodyStalled {
+            idle,
+            remaining: 990
+        })
+    );
+}
+
+#[test]
+fn file_backed_body_bytes_count_against_the_send_buffer() {
+    // Before: they counted zero, so any number of file bodies could be queued.
+    let now = base();
+    let mut server = with(Config::builder().with_max_send_buffer(1000));
+    server.handle_bytes(
+        now,
+        &frame_bytes(&Frame::StreamRequest {
+            stream_id: "f".into(),
+        }),
+    );
+    let [Event::StreamRequested { request, .. }] = events(&mut server)[..] else {
+        panic!()
+    };
+    let body = server.respond_stream(now, request, "f", 5000).unwrap();
+    server.send_body_external(now, body, 5000).unwrap();
+    assert!(server.buffered_bytes() >= 5000);
+    assert!(server.is_send_buffer_full());
+    assert_eq!(server.pending_streams(), 1);
+    let _ = wire(&mut server);
+    assert_eq!(server.poll_external(), Some((body, 5000)));
+    server.handle_external_written(now, 5000);
+    assert_eq!(server.buffered_bytes(), 0);
+    assert!(server.poll_transmit().is_none());
+    assert_eq!(server.pending_streams(), 0);
+}
+
+#[test]
+fn closing_over_budget_reports_the_budget() {
+    let now = base();
+    let mut server = with(Config::builder());
+    server.handle_bytes(now, &[0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(server.partial_frame_bytes(), 7);
+    server.close_over_budget(now, "partial frames of the server", 7, 5);
+    assert_eq!(server.partial_frame_bytes(), 0);
+    assert!(matches!(
+        events(&mut server).last(),
+        Some(Event::Closed {
+            error: ConnectionError::OverBudget { limit: 5, .. }
+        })
+    ));
+}
+
+mod budget_proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever mix of requests a peer sends to a side that answers none of them, what
+        /// that side owes stays within its limits, every request is either handed to the
+        /// handler or refused on the wire (never both, never neither), and a flood of
+        /// stream requests ends in a typed close rather than growth.
+        #[test]
+        fn what_a_side_owes_the_peer_stays_within_its_limits(
+            kinds in prop::collection::vec(0u8..4, 0..200),
+            max_requests in 1usize..8,
+            max_streams in 1usize..4,
+        ) {
+            let now = base();
+            let mut server = with(
+                Config::builder()
+                    .with_max_pending_requests(max_requests)
+                    .with_max_pending_streams(max_streams),
+            );
+            let mut sent = 0u64;
+            for (i, kind) in kinds.iter().enumerate() {
+                let frame = match kind {
+                    0 => Frame::RpcRequest { request: RequestId(i as u64), body: "x".into() },
+                    1 => Frame::ChunkFetchRequest { chunk: StreamChunkId::new(1, i as u32) },
+                    2 => Frame::StreamRequest { stream_id: format!("s{i}") },
+                    _ => Frame::MergedBlockMetaRequest {
+                        request: RequestId(i as u64),
+                        app_id: "app".into(),
+                        shuffle_id: 0,
+                        shuffle_merge_id: 0,
+                        reduce_id: 0,
+                    },
+                };
+                server.handle_bytes(now, &frame_bytes(&frame));
+                if server.is_closed() {
+                    break;
+                }
+                sent += 1;
+                prop_assert!(server.pending_requests() <= max_requests);
+                prop_assert!(server.pending_streams() <= 2 * max_streams);
+            }
+            let handed = events(&mut server)
+                .iter()
+                .filter(|e| !matches!(e, Event::Closed { .. }))
+                .count() as u64;
+            match server.close_reason() {
+                None => prop_assert_eq!(handed + server.stats().refused_requests, sent),
+                Some(ConnectionError::OverBudget { .. }) => {}
+                Some(other) => prop_assert!(false, "closed with {other}"),
+            }
+        }
+    }
 }

@@ -59,18 +59,34 @@ pub enum Decoded {
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
     max_frame_size: u64,
+    max_id_len: u32,
+    max_error_len: u32,
     body_remaining: u64,
     failed: Option<DecodeError>,
 }
 
 impl FrameDecoder {
     /// A decoder rejecting frames longer than `max_frame_size` bytes (length field included).
+    ///
+    /// Ids and error texts are limited only by the frame size; see
+    /// [`with_string_limits`](Self::with_string_limits).
     pub fn new(max_frame_size: u64) -> Self {
         Self {
             max_frame_size,
+            max_id_len: u32::MAX,
+            max_error_len: u32::MAX,
             body_remaining: 0,
             failed: None,
         }
+    }
+
+    /// This decoder with limits on strings: an id (stream id, app id) longer than `max_id_len`
+    /// bytes is [`DecodeError::StringTooLong`], an error text longer than `max_error_len` is
+    /// cut to it at a character boundary. Either way nothing longer is copied.
+    pub fn with_string_limits(mut self, max_id_len: u32, max_error_len: u32) -> Self {
+        self.max_id_len = max_id_len;
+        self.max_error_len = max_error_len;
+        self
     }
 
     /// Bytes of an out-of-frame body still expected; zero between frames.
@@ -126,6 +142,7 @@ impl FrameDecoder {
             max: self.max_frame_size,
         })?;
         if src.len() < len {
+            self.check_id_early(src)?;
             src.reserve((len - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
@@ -133,9 +150,40 @@ impl FrameDecoder {
         frame.advance(8);
         let ty_byte = frame.get_u8();
         let ty = MessageType::from_byte(ty_byte).ok_or(DecodeError::UnknownType(ty_byte))?;
-        let decoded = parse(ty, frame)?;
+        let decoded = parse(ty, frame, self.max_id_len, self.max_error_len)?;
         self.body_remaining = decoded.out_of_frame_len();
         Ok(Some(Decoded::Frame(decoded)))
+    }
+}
+
+impl FrameDecoder {
+    /// Refuses an id over the limit as soon as its length field has arrived, so a frame that
+    /// announces a huge id is not buffered whole first (the same error the whole frame would
+    /// get).
+    fn check_id_early(&self, src: &[u8]) -> Result<(), DecodeError> {
+        let Some(ty) = src.get(8).and_then(|&b| MessageType::from_byte(b)) else {
+            return Ok(());
+        };
+        let (at, field) = match ty {
+            MessageType::StreamRequest
+            | MessageType::StreamResponse
+            | MessageType::StreamFailure => (9, "stream id"),
+            MessageType::MergedBlockMetaRequest => (17, "app id"),
+            _ => return Ok(()),
+        };
+        let Some(raw) = src.get(at..at + 4) else {
+            return Ok(());
+        };
+        let length = i32::from_be_bytes(raw.try_into().expect("4 bytes"));
+        match u64::try_from(length) {
+            Ok(length) if length > u64::from(self.max_id_len) => Err(DecodeError::StringTooLong {
+                message_type: ty,
+                field,
+                length,
+                max: self.max_id_len,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -143,6 +191,8 @@ impl FrameDecoder {
 struct Fields {
     ty: MessageType,
     buf: Bytes,
+    max_id_len: u32,
+    max_error_len: u32,
 }
 
 impl Fields {
@@ -199,9 +249,30 @@ impl Fields {
         Ok(self.buf.split_to(len))
     }
 
-    fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+    /// An id: refused (before any copy) when longer than the id limit.
+    fn id(&mut self, field: &'static str) -> Result<String, DecodeError> {
         let raw = self.bytes(field)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8 {
+        if raw.len() as u64 > u64::from(self.max_id_len) {
+            return Err(DecodeError::StringTooLong {
+                message_type: self.ty,
+                field,
+                length: raw.len() as u64,
+                max: self.max_id_len,
+            });
+        }
+        self.utf8(&raw, field).map(str::to_owned)
+    }
+
+    /// An error text: validated in place, and only its first `max_error_len` bytes (to a
+    /// character boundary) copied.
+    fn error(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let raw = self.bytes(field)?;
+        let text = self.utf8(&raw, field)?;
+        Ok(truncate_str(text, self.max_error_len as usize).to_owned())
+    }
+
+    fn utf8<'a>(&self, raw: &'a [u8], field: &'static str) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8 {
             message_type: self.ty,
             field,
         })
@@ -224,8 +295,30 @@ impl Fields {
     }
 }
 
-fn parse(ty: MessageType, buf: Bytes) -> Result<Frame, DecodeError> {
-    let mut f = Fields { ty, buf };
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn parse(
+    ty: MessageType,
+    buf: Bytes,
+    max_id_len: u32,
+    max_error_len: u32,
+) -> Result<Frame, DecodeError> {
+    let mut f = Fields {
+        ty,
+        buf,
+        max_id_len,
+        max_error_len,
+    };
     let frame = match ty {
         MessageType::ChunkFetchRequest => Frame::ChunkFetchRequest { chunk: f.chunk()? },
         MessageType::ChunkFetchSuccess => {
@@ -239,7 +332,7 @@ fn parse(ty: MessageType, buf: Bytes) -> Result<Frame, DecodeError> {
             let chunk = f.chunk()?;
             Frame::ChunkFetchFailure {
                 chunk,
-                error: f.string("error")?,
+                error: f.error("error")?,
             }
         }
         MessageType::RpcRequest | MessageType::RpcResponse => {
@@ -257,24 +350,24 @@ fn parse(ty: MessageType, buf: Bytes) -> Result<Frame, DecodeError> {
             let request = f.request()?;
             Frame::RpcFailure {
                 request,
-                error: f.string("error")?,
+                error: f.error("error")?,
             }
         }
         MessageType::StreamRequest => Frame::StreamRequest {
-            stream_id: f.string("stream id")?,
+            stream_id: f.id("stream id")?,
         },
         MessageType::StreamResponse => {
-            let stream_id = f.string("stream id")?;
+            let stream_id = f.id("stream id")?;
             Frame::StreamResponse {
                 stream_id,
                 byte_count: f.count("byte count")?,
             }
         }
         MessageType::StreamFailure => {
-            let stream_id = f.string("stream id")?;
+            let stream_id = f.id("stream id")?;
             Frame::StreamFailure {
                 stream_id,
-                error: f.string("error")?,
+                error: f.error("error")?,
             }
         }
         MessageType::OneWayMessage => {
@@ -292,7 +385,7 @@ fn parse(ty: MessageType, buf: Bytes) -> Result<Frame, DecodeError> {
         }
         MessageType::MergedBlockMetaRequest => Frame::MergedBlockMetaRequest {
             request: f.request()?,
-            app_id: f.string("app id")?,
+            app_id: f.id("app id")?,
             shuffle_id: f.i32("shuffle id")?,
             shuffle_merge_id: f.i32("shuffle merge id")?,
             reduce_id: f.i32("reduce id")?,

@@ -17,6 +17,7 @@ mod decode;
 #[cfg(test)]
 mod proptests;
 
+pub(crate) use decode::truncate_str;
 pub use decode::{Decoded, FrameDecoder};
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -434,3 +434,48 @@ fn decoded_bodies_are_slices_of_the_read_buffer() {
     let p = body.as_ptr() as usize;
     assert!(p >= start && p + body.len() <= end, "body was copied");
 }
+
+proptest! {
+    /// With string limits, every frame decodes to itself but with ids over the limit refused
+    /// (`StringTooLong`, nothing else) and error texts cut to a prefix within the limit.
+    #[test]
+    fn string_limits_refuse_long_ids_and_cut_long_errors(
+        frame in frame(),
+        max_id in 0u32..24,
+        max_error in 0u32..24,
+    ) {
+        let mut wire = BytesMut::new();
+        frame.encode(&mut wire);
+        let mut decoder = FrameDecoder::new(MAX).with_string_limits(max_id, max_error);
+        let id_len = match &frame {
+            Frame::StreamRequest { stream_id }
+            | Frame::StreamResponse { stream_id, .. }
+            | Frame::StreamFailure { stream_id, .. } => Some(stream_id.len()),
+            Frame::MergedBlockMetaRequest { app_id, .. } => Some(app_id.len()),
+            _ => None,
+        };
+        match decoder.decode(&mut wire) {
+            Err(DecodeError::StringTooLong { length, max, .. }) => {
+                prop_assert_eq!(max, max_id);
+                prop_assert!(length > u64::from(max_id));
+                prop_assert_eq!(Some(length as usize), id_len);
+            }
+            Ok(Some(Decoded::Frame(got))) => {
+                prop_assert!(id_len.is_none_or(|n| n <= max_id as usize));
+                let cut = |sent: &str, got: &str| {
+                    got.len() <= max_error as usize && sent.starts_with(got)
+                        && (sent.len() <= max_error as usize) == (sent == got)
+                };
+                match (&frame, &got) {
+                    (Frame::RpcFailure { error: a, .. }, Frame::RpcFailure { error: b, .. })
+                    | (Frame::ChunkFetchFailure { error: a, .. }, Frame::ChunkFetchFailure { error: b, .. })
+                    | (Frame::StreamFailure { error: a, .. }, Frame::StreamFailure { error: b, .. }) => {
+                        prop_assert!(cut(a, b), "{a:?} -> {b:?}");
+                    }
+                    _ => prop_assert_eq!(&got, &frame),
+                }
+            }
+            other => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+}
