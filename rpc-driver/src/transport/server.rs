@@ -479,7 +479,7 @@ mod tests {
             closed: AtomicBool::new(false),
             accept_waker: Mutex::new(None),
             handler: StdArc::new(Nobody),
-            open: StdArc::new(Mutex::new(HashMap::new())),
+            open: StdArc::new(Registry::new(u64::MAX)),
             counters: counters.clone(),
         });
         let mut accept = Accept {
