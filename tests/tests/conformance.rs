@@ -32,6 +32,7 @@ macro_rules! suite {
         mod env_network;
         mod file_server;
         mod files;
+        mod hostile_env;
         mod merged_meta;
         mod peer_process;
         mod races;

@@ -45,6 +45,38 @@
 //! error for its addresses first (whether or not other connections stand for them); a clean
 //! close reports none. An env that is shutting down reports nothing for its own connections.
 //!
+//! # Limits
+//!
+//! Spark's inboxes are unbounded: an endpoint slower than its senders queues messages until
+//! the process runs out of memory, and stays busy long after the senders left. Here each
+//! endpoint's inbox holds at most [`RpcEnvConfig::inbox_capacity`] messages, queued or being
+//! handled (per endpoint with [`RpcEndpoint::inbox_capacity`]). A message that finds it full
+//! is refused, not queued:
+//!
+//! - an ask fails at once with [`RpcError::EndpointBusy`] (the asker, local or remote, can
+//!   match it and try again later);
+//! - a one-way message from another env is dropped, counted in [`EnvStats::dropped`] and
+//!   logged (at a bounded rate: the 1st, 2nd, 4th, 8th… drop);
+//! - a local [`send`](RpcEndpointRef::send) returns [`RpcError::EndpointBusy`].
+//!
+//! Network events are never refused: they take room in the inbox like messages, and are
+//! bounded by the connections opened and closed. Asks from other
+//! envs are also bounded server-wide: at most [`RpcEnvConfig::max_pending_asks`] are being
+//! handled at once (from their arrival until they are answered or their call context is
+//! dropped, including asks whose contexts a handler keeps to answer later); beyond it, asks
+//! fail with [`RpcError::EndpointBusy`]. Per-call bookkeeping is O(1): no work scans the
+//! pending calls.
+//!
+//! # Identity
+//!
+//! A connection's peer env is the address it announces in its first message that names a
+//! sender (as in Spark, without authentication that first claim is taken on trust). Later
+//! messages on the connection cannot change it: a different claim is ignored (and logged at
+//! debug level, at a bounded rate), network events are reported for the address bound to the
+//! connection, and [`RpcCallContext::sender_address`] is that address too. Lookups from
+//! other envs learn whether an endpoint exists and whether the types match, never which
+//! types it takes.
+//!
 //! # Files
 //!
 //! Like Spark's `RpcEnvFileServer`, a server-mode env serves files, jars and directories to
@@ -87,8 +119,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_proto::{
-    encode_payload, ConnectionError, Envelope, EnvelopeKind, EnvelopeView, Outbox, OutboxConfig,
-    RequestId, RpcAddress, RpcEndpointAddress,
+    encode_payload, ConnectionError, Envelope, EnvelopeKind, EnvelopeView, InboxError, Outbox,
+    OutboxConfig, RequestId, RpcAddress, RpcEndpointAddress,
 };
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -132,6 +164,15 @@ pub struct RpcEnvConfig {
     pub transport: TransportConfig,
     /// Each remote env's outbox: queue bounds and connect retries.
     pub outbox: OutboxConfig,
+    /// How many messages each endpoint's inbox holds, queued or being handled, before
+    /// refusing more (see "Limits" in the [module docs](self)); an endpoint may set its own
+    /// with [`RpcEndpoint::inbox_capacity`]. Zero is taken as one. Default 10,000 (Spark's
+    /// inbox is unbounded).
+    pub inbox_capacity: usize,
+    /// How many asks from other envs the env handles at once, across its endpoints: from
+    /// arrival until answered (or their call context is dropped). Beyond it, asks fail with
+    /// [`RpcError::EndpointBusy`]. Default 65,536.
+    pub max_pending_asks: usize,
 }
 
 impl RpcEnvConfig {
@@ -154,7 +195,21 @@ impl RpcEnvConfig {
             lookup_timeout: Duration::from_secs(120),
             transport: TransportConfig::default(),
             outbox: OutboxConfig::default(),
+            inbox_capacity: 10_000,
+            max_pending_asks: 65_536,
         }
+    }
+
+    /// Sets [`inbox_capacity`](RpcEnvConfig::inbox_capacity).
+    pub fn with_inbox_capacity(mut self, capacity: usize) -> Self {
+        self.inbox_capacity = capacity;
+        self
+    }
+
+    /// Sets [`max_pending_asks`](RpcEnvConfig::max_pending_asks).
+    pub fn with_max_pending_asks(mut self, asks: usize) -> Self {
+        self.max_pending_asks = asks;
+        self
     }
 
     /// Sets [`advertise`](RpcEnvConfig::advertise).
@@ -212,6 +267,17 @@ pub struct EnvStats {
     pub received: u64,
     /// Connect attempts and asks retried.
     pub retried: u64,
+    /// One-way messages from other envs dropped because their endpoint's inbox was full.
+    pub dropped: u64,
+    /// Asks from other envs refused with [`RpcError::EndpointBusy`] (a full inbox, or
+    /// [`RpcEnvConfig::max_pending_asks`] reached).
+    pub refused: u64,
+    /// Asks from other envs being handled now (bounded by
+    /// [`RpcEnvConfig::max_pending_asks`]).
+    pub pending_asks: u64,
+    /// Messages in this env's endpoints' inboxes, queued or being handled (each inbox is
+    /// bounded by its capacity).
+    pub inboxed: u64,
 }
 
 #[derive(Default)]
@@ -222,6 +288,25 @@ pub(crate) struct Counters {
     failed: AtomicU64,
     received: AtomicU64,
     retried: AtomicU64,
+    dropped: LogLimit,
+    refused: LogLimit,
+}
+
+/// A counter whose events are logged at a bounded rate: [`hit`](LogLimit::hit) says to log
+/// the 1st, 2nd, 4th, 8th… event, so a flood of `n` events logs about `log2(n)` lines.
+#[derive(Default)]
+pub(crate) struct LogLimit(AtomicU64);
+
+impl LogLimit {
+    /// Counts one event; `Some(count)` when this one should be logged.
+    pub(crate) fn hit(&self) -> Option<u64> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        n.is_power_of_two().then_some(n)
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Counters {
@@ -329,8 +414,17 @@ pub(crate) struct EnvInner {
     terminated: Latch,
     outboxes: Mutex<HashMap<RpcAddress, Arc<OutboxCell>>>,
     stopped: AtomicBool,
-    /// The env address each connection's peer announced, by connection id.
+    /// The env address each connection's peer announced first, by connection id: bound to
+    /// the connection, later claims do not change it.
     remote_envs: Mutex<FxHashMap<u64, RpcAddress>>,
+    /// Claims of another sender address on a connection already bound to one (logged at a
+    /// bounded rate).
+    claims_ignored: LogLimit,
+    /// Envelopes that did not decode, and one-way messages to unknown endpoints (logged at a
+    /// bounded rate).
+    undeliverable: LogLimit,
+    /// Asks from other envs being handled, bounded by `config.max_pending_asks`.
+    pending_asks: Arc<std::sync::atomic::AtomicUsize>,
     /// How many connections stand for each address reported connected (see "Network
     /// events"); events are posted under this lock, so they alternate per address.
     peers: Mutex<HashMap<RpcAddress, usize>>,
@@ -469,22 +563,39 @@ impl EnvInner {
     fn post_all(&self, event: impl Fn() -> Posted) {
         let mailboxes: Vec<_> = lock(&self.endpoints).values().cloned().collect();
         for mailbox in mailboxes {
-            let _ = mailbox.post(event());
+            mailbox.notify(event());
         }
     }
 
-    fn verify(&self, name: &str, identity: &str) -> Verified {
+    /// Whether endpoint `name` exists and takes `identity`. The mismatch names the
+    /// endpoint's types only for a lookup from this env (`local`): other envs learn only
+    /// that the types differ.
+    fn verify(&self, name: &str, identity: &str, local: bool) -> Verified {
         match lock(&self.endpoints).get(name) {
             None => Verified::NotFound,
             Some(m) if m.identity == identity => Verified::Found,
-            Some(m) => Verified::TypeMismatch(m.identity.clone()),
+            Some(m) if local => Verified::TypeMismatch(m.identity.clone()),
+            Some(_) => Verified::TypeMismatch(String::new()),
         }
     }
 
+    /// Counts a one-way message from another env that was dropped; logs at a bounded rate.
+    fn dropped(&self, client: &TransportClient, endpoint: &str, why: &str) {
+        if let Some(n) = self.stats.dropped.hit() {
+            warn!(
+                peer = %client.peer_addr(), %endpoint,
+                dropped = n, "dropping a one-way message: {why} (logged at a bounded rate)"
+            );
+        }
+    }
+
+    /// Posts a message from another env; `bound` is the env address bound to its
+    /// connection.
     fn deliver(
         &self,
         client: &TransportClient,
         envelope: EnvelopeView<'_>,
+        bound: Option<RpcAddress>,
         payload: Bytes,
         responder: Option<RpcResponder>,
     ) {
@@ -493,7 +604,14 @@ impl EnvInner {
             Some(r) => {
                 let _ = r.fail(&message);
             }
-            None => warn!(peer = %client.peer_addr(), %message, "dropping a message"),
+            None => {
+                if let Some(n) = self.undeliverable.hit() {
+                    warn!(
+                        peer = %client.peer_addr(), %message, undeliverable = n,
+                        "dropping a message (logged at a bounded rate)"
+                    );
+                }
+            }
         };
         let Some(mailbox) = lock(&self.endpoints).get(envelope.receiver).cloned() else {
             return fail(
@@ -501,17 +619,33 @@ impl EnvInner {
                 format!("{}{}", error::NOT_FOUND, envelope.receiver),
             );
         };
-        let identity = &mailbox.identity;
-        if identity != envelope.message_type {
+        if mailbox.identity != envelope.message_type {
+            // The endpoint's own types are not told to other envs.
             return fail(
                 responder,
-                format!(
-                    "{}{} | {identity}",
-                    error::TYPE_MISMATCH,
-                    envelope.message_type
-                ),
+                format!("{}{}", error::TYPE_MISMATCH, envelope.message_type),
             );
         }
+        // An ask takes a permit of the env's budget first (O(1)); beyond it, refused.
+        let (responder, permit) = match responder {
+            Some(r) => {
+                match call::AskPermit::try_acquire(&self.pending_asks, self.config.max_pending_asks)
+                {
+                    Some(permit) => (Some(r), Some(permit)),
+                    None => {
+                        self.refused(client, envelope.receiver);
+                        let _ = r.fail(&format!(
+                            "{}the env is handling {} asks from other envs, its limit \
+                             (RpcEnvConfig::max_pending_asks)",
+                            error::BUSY,
+                            self.config.max_pending_asks
+                        ));
+                        return;
+                    }
+                }
+            }
+            None => (None, None),
+        };
         // Only an ask can be cancelled: its flag is found by connection and request id.
         let cancel = responder.as_ref().map(|r| {
             let cancel = Arc::new(CancelFlag::registered(
@@ -529,27 +663,63 @@ impl EnvInner {
         let deadline = envelope
             .deadline()
             .and_then(|d| crate::runtime::deadline_after(self.rt.now(), d));
-        // Only a call context tells the sender (a one-way message's handler is not told).
-        let sender = responder.as_ref().and_then(|_| envelope.sender());
+        // Only a call context tells the sender (a one-way message's handler is not told):
+        // the address bound to the connection, not what this envelope claims.
+        let sender = responder.as_ref().and(bound);
         let posted = Posted::Message {
             payload: Payload::Remote {
                 bytes: payload,
                 client: Some(client.clone()),
             },
             request: responder.as_ref().map(|r| r.request_id()),
-            reply: responder.map(call::ReplyTo::Remote),
+            reply: responder
+                .zip(permit)
+                .map(|(r, p)| call::ReplyTo::Remote(r, p)),
             sender,
             deadline,
             cancel,
         };
-        if let Err(refused) = mailbox.post(posted) {
-            if let Posted::Message {
-                reply: Some(call::ReplyTo::Remote(r)),
-                ..
-            } = *refused
-            {
+        let (full, refused) = match mailbox.post(posted) {
+            Ok(()) => return,
+            Err(InboxError::Full(refused)) => (true, refused),
+            Err(refused) => (false, refused.into_inner()),
+        };
+        match (*refused, full) {
+            (
+                Posted::Message {
+                    reply: Some(call::ReplyTo::Remote(r, _permit)),
+                    ..
+                },
+                true,
+            ) => {
+                self.refused(client, envelope.receiver);
+                let _ = r.fail(&format!(
+                    "{}its inbox is full ({} messages)",
+                    error::BUSY,
+                    mailbox.capacity()
+                ));
+            }
+            (
+                Posted::Message {
+                    reply: Some(call::ReplyTo::Remote(r, _permit)),
+                    ..
+                },
+                false,
+            ) => {
                 let _ = r.fail(&format!("{}{}", error::STOPPED, envelope.receiver));
             }
+            (_, true) => self.dropped(client, envelope.receiver, "the endpoint's inbox is full"),
+            (_, false) => {}
+        }
+    }
+
+    /// Counts an ask from another env refused as busy; logs at a bounded rate.
+    fn refused(&self, client: &TransportClient, endpoint: &str) {
+        if let Some(n) = self.stats.refused.hit() {
+            warn!(
+                peer = %client.peer_addr(), %endpoint, refused = n,
+                "refusing an ask: the endpoint is busy (logged at a bounded rate)"
+            );
         }
     }
 }
@@ -562,39 +732,60 @@ struct EnvHandler {
 }
 
 impl EnvHandler {
-    /// Decodes an envelope (an undecodable one is logged and counted) and remembers the
-    /// sending env's address for the connection.
+    /// Decodes an envelope (an undecodable one is logged and counted) and binds the
+    /// sending env's address to the connection, the first time one is announced. Returns,
+    /// with the envelope, the address bound to the connection when the envelope names a
+    /// sender (a later, different claim is ignored), for call contexts.
     fn open<'a>(
         env: &EnvInner,
         client: &TransportClient,
         message: &'a Bytes,
-    ) -> Result<(EnvelopeView<'a>, Bytes), rpc_proto::EnvelopeError> {
+    ) -> Result<(EnvelopeView<'a>, Option<RpcAddress>, Bytes), rpc_proto::EnvelopeError> {
         let (envelope, payload) = Envelope::decode_view(message).inspect_err(|error| {
-            warn!(peer = %client.peer_addr(), %error, "undecodable envelope");
+            if let Some(n) = env.undeliverable.hit() {
+                warn!(
+                    peer = %client.peer_addr(), %error, undeliverable = n,
+                    "undecodable envelope (logged at a bounded rate)"
+                );
+            }
             env.stats.failed();
         })?;
-        if let Some((host, port)) = envelope.sender {
-            let announced = {
-                let mut remote_envs = lock(&env.remote_envs);
-                match remote_envs.entry(client.id()) {
-                    std::collections::hash_map::Entry::Occupied(_) => None,
-                    std::collections::hash_map::Entry::Vacant(entry) => Some(
-                        entry
-                            .insert(RpcAddress {
-                                host: host.to_owned(),
-                                port,
-                            })
-                            .clone(),
-                    ),
+        let Some((host, port)) = envelope.sender else {
+            return Ok((envelope, None, payload));
+        };
+        let (bound, announced) = {
+            let mut remote_envs = lock(&env.remote_envs);
+            match remote_envs.entry(client.id()) {
+                std::collections::hash_map::Entry::Occupied(entry) => {
+                    let bound = entry.get();
+                    if (bound.host.as_str(), bound.port) != (host, port) {
+                        if let Some(n) = env.claims_ignored.hit() {
+                            debug!(
+                                peer = %client.peer_addr(), %bound, claimed = %format!("{host}:{port}"),
+                                ignored = n,
+                                "a message claims another sender than its connection's: ignored"
+                            );
+                        }
+                    }
+                    (bound.clone(), false)
                 }
-            };
-            // The first message to name the peer env reports it connected, before the
-            // message itself is delivered (Spark's `RemoteProcessConnected`).
-            if let Some(remote) = announced.filter(|r| *r != RpcAddress::from(client.peer_addr())) {
-                env.peer_up(&remote);
+                std::collections::hash_map::Entry::Vacant(entry) => (
+                    entry
+                        .insert(RpcAddress {
+                            host: host.to_owned(),
+                            port,
+                        })
+                        .clone(),
+                    true,
+                ),
             }
+        };
+        // The first message to name the peer env reports it connected, before the
+        // message itself is delivered (Spark's `RemoteProcessConnected`).
+        if announced && bound != RpcAddress::from(client.peer_addr()) {
+            env.peer_up(&bound);
         }
-        Ok((envelope, payload))
+        Ok((envelope, Some(bound), payload))
     }
 }
 
@@ -604,7 +795,7 @@ impl RpcHandler for EnvHandler {
             let _ = responder.fail("the rpc env is stopped");
             return;
         };
-        let (envelope, payload) = match Self::open(&env, client, &message) {
+        let (envelope, bound, payload) = match Self::open(&env, client, &message) {
             Ok(decoded) => decoded,
             Err(error) => {
                 let _ = responder.fail(&format!(
@@ -616,7 +807,7 @@ impl RpcHandler for EnvHandler {
         };
         match envelope.kind {
             EnvelopeKind::Verify => {
-                let verified = env.verify(envelope.receiver, envelope.message_type);
+                let verified = env.verify(envelope.receiver, envelope.message_type, false);
                 match encode_payload(&verified) {
                     Ok(bytes) => {
                         let _ = responder.reply(bytes.into());
@@ -626,7 +817,7 @@ impl RpcHandler for EnvHandler {
                     }
                 }
             }
-            EnvelopeKind::Ask => env.deliver(client, envelope, payload, Some(responder)),
+            EnvelopeKind::Ask => env.deliver(client, envelope, bound, payload, Some(responder)),
             other => {
                 let _ = responder.fail(&format!("a {other:?} envelope cannot be asked"));
             }
@@ -641,11 +832,11 @@ impl RpcHandler for EnvHandler {
         let Some(env) = self.env.upgrade() else {
             return;
         };
-        let Ok((envelope, payload)) = Self::open(&env, client, &message) else {
+        let Ok((envelope, bound, payload)) = Self::open(&env, client, &message) else {
             return;
         };
         match envelope.kind {
-            EnvelopeKind::Send => env.deliver(client, envelope, payload, None),
+            EnvelopeKind::Send => env.deliver(client, envelope, bound, payload, None),
             EnvelopeKind::Cancel { request } => {
                 if let Some(flag) = env.take_cancel(client.id(), request) {
                     debug!(%request, "ask cancelled by its caller");
@@ -775,6 +966,9 @@ impl RpcEnv {
                 outboxes: Mutex::new(HashMap::new()),
                 stopped: AtomicBool::new(false),
                 remote_envs: Mutex::new(FxHashMap::default()),
+                claims_ignored: LogLimit::default(),
+                undeliverable: LogLimit::default(),
+                pending_asks: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 peers: Mutex::new(HashMap::new()),
                 cancels: Mutex::new(FxHashMap::default()),
                 next_seed: AtomicU64::new(config.outbox_seed()),
@@ -833,12 +1027,14 @@ impl RpcEnv {
         name: &str,
         identity: String,
         concurrent: bool,
+        capacity: Option<usize>,
     ) -> Result<(Arc<Mailbox>, RpcEndpointAddress), SetupError> {
         let address = match &self.inner.address {
             Some(a) => RpcEndpointAddress::new(a.clone(), name),
             None => RpcEndpointAddress::client(name),
         };
-        let mailbox = Arc::new(Mailbox::new(name, identity, concurrent));
+        let capacity = capacity.unwrap_or(self.inner.config.inbox_capacity);
+        let mailbox = Arc::new(Mailbox::new(name, identity, concurrent, capacity));
         {
             let mut endpoints = lock(&self.inner.endpoints);
             // Checked under the lock `shutdown` takes after setting the flag: an endpoint is
@@ -864,7 +1060,7 @@ impl RpcEnv {
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message, E::Reply>, SetupError> {
         let identity = endpoint_identity::<E::Message, E::Reply>();
-        let (mailbox, address) = self.register(name, identity, false)?;
+        let (mailbox, address) = self.register(name, identity, false, endpoint.inbox_capacity())?;
         let self_ref = RpcEndpointRef::new(address, self.inner.weak(), None);
         let ctx = EndpointContext {
             self_ref: self_ref.clone(),
@@ -886,7 +1082,7 @@ impl RpcEnv {
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message, E::Reply>, SetupError> {
         let identity = endpoint_identity::<E::Message, E::Reply>();
-        let (mailbox, address) = self.register(name, identity, true)?;
+        let (mailbox, address) = self.register(name, identity, true, endpoint.inbox_capacity())?;
         let self_ref = RpcEndpointRef::new(address, self.inner.weak(), None);
         let ctx = Arc::new(EndpointContext {
             self_ref: self_ref.clone(),
@@ -920,7 +1116,7 @@ impl RpcEnv {
         let endpoint_ref = RpcEndpointRef::<M, R>::new(target.clone(), self.inner.weak(), None);
         let expected = endpoint_identity::<M, R>();
         let verified = if Some(&target.address) == Some(&self.inner.address) {
-            self.inner.verify(name, &expected)
+            self.inner.verify(name, &expected, true)
         } else {
             endpoint_ref
                 .verify(self.inner.config.lookup_timeout)
@@ -932,7 +1128,8 @@ impl RpcEnv {
             Verified::TypeMismatch(found) => Err(RpcError::TypeMismatch {
                 endpoint: target.to_string(),
                 expected,
-                found,
+                // Empty from another env, which does not say (older peers did).
+                found: (!found.is_empty()).then_some(found),
             }
             .into()),
         }
@@ -1042,6 +1239,13 @@ impl RpcEnv {
             failed: c.failed.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
+            dropped: c.dropped.get(),
+            refused: c.refused.get(),
+            pending_asks: self.inner.pending_asks.load(Ordering::Relaxed) as u64,
+            inboxed: lock(&self.inner.endpoints)
+                .values()
+                .map(|m| m.messages() as u64)
+                .sum(),
         }
     }
 }
