@@ -8,6 +8,7 @@
 //! rpc-bench all [--workload W] [--contender C] [--quick] [--reps N] [--out DIR]
 //! rpc-bench chart [--out DIR]     # redraw the chart and table from DIR/results.json
 //! rpc-bench pending [--asks 10000,100000] [--contender C]   # server CPU per 10k parked asks
+//! rpc-bench flood [--messages N] [--inbox N] [--contender C] # server memory after a flood
 //! ```
 //!
 //! The server listens on P (control plane) and P+1 (data plane). The client prints each
@@ -40,7 +41,9 @@ usage:
   rpc-bench all [--workload W] [--contender C] [--quick] [--reps N] [--out DIR]
   rpc-bench chart [--out DIR]
   rpc-bench pending [--asks 10000,100000] [--contender rpc-tokio|rpc-async-std|rpc-smol]
-      server CPU seconds per 10k asks parked on a serial endpoint, at each N";
+      server CPU seconds per 10k asks parked on a serial endpoint, at each N
+  rpc-bench flood [--messages 1000000] [--inbox N] [--contender C]
+      server memory growth after one-way messages flood a slow endpoint";
 
 /// Tells the harness the server is listening.
 pub(crate) fn ready() {
@@ -172,12 +175,21 @@ fn run() -> Result<(), Error> {
             }
             pending::run(contender, &asks)
         }
+        "flood" => {
+            let contender = args.value("contender").unwrap_or("rpc-tokio");
+            let messages = args.value("messages").map_or(Ok(1_000_000), str::parse)?;
+            let inbox = args.value("inbox").map(str::parse).transpose()?;
+            pending::flood(contender, messages, inbox)
+        }
         "pending-server" => {
             let contender = args.required("contender")?.to_owned();
             let port = args.required("port")?.parse()?;
             let asks = args.required("asks")?.parse()?;
+            let inbox = args.value("inbox").map(str::parse).transpose()?;
+            let slow = args.flag("slow");
             on_runtime(&contender, move |rt| async move {
-                pending::server(rt.expect("our contenders have a runtime"), port, asks).await
+                let rt = rt.expect("our contenders have a runtime");
+                pending::server(rt, port, asks, inbox, slow).await
             })
         }
         "help" | "--help" | "-h" => {

