@@ -7,6 +7,8 @@
 //! rpc-bench client --port P --contender C --workload W [--quick] [--server-pid PID]
 //! rpc-bench all [--workload W] [--contender C] [--quick] [--reps N] [--out DIR]
 //! rpc-bench chart [--out DIR]     # redraw the chart and table from DIR/results.json
+//! rpc-bench pending [--asks 10000,100000] [--contender C]   # server CPU per 10k parked asks
+//! rpc-bench flood [--messages N] [--inbox N] [--contender C] # server memory after a flood
 //! ```
 //!
 //! The server listens on P (control plane) and P+1 (data plane). The client prints each
@@ -20,6 +22,7 @@
 mod common;
 mod harness;
 mod ours;
+mod pending;
 mod raw;
 mod tarpc_side;
 
@@ -30,6 +33,17 @@ use std::sync::Arc;
 use common::{ClientOpts, ServerOpts, Sizes};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const USAGE: &str = "\
+usage:
+  rpc-bench server --port P --contender C [--block-bytes N] [--file PATH] [--quick]
+  rpc-bench client --port P --contender C --workload W [--quick] [--server-pid PID]
+  rpc-bench all [--workload W] [--contender C] [--quick] [--reps N] [--out DIR]
+  rpc-bench chart [--out DIR]
+  rpc-bench pending [--asks 10000,100000] [--contender rpc-tokio|rpc-async-std|rpc-smol]
+      server CPU seconds per 10k asks parked on a serial endpoint, at each N
+  rpc-bench flood [--messages 1000000] [--inbox N] [--contender C]
+      server memory growth after one-way messages flood a slow endpoint";
 
 /// Tells the harness the server is listening.
 pub(crate) fn ready() {
@@ -47,9 +61,7 @@ struct Args {
 impl Args {
     fn parse() -> Result<Self, Error> {
         let mut it = std::env::args().skip(1).peekable();
-        let command = it
-            .next()
-            .ok_or("usage: rpc-bench server|client|all|chart [options]")?;
+        let command = it.next().ok_or(USAGE)?;
         let mut pairs = Vec::new();
         while let Some(flag) = it.next() {
             let name = flag
@@ -149,7 +161,44 @@ fn run() -> Result<(), Error> {
         }
         "all" => harness::all(&args_for_harness(&args, quick)?),
         "chart" => harness::chart(&args_for_harness(&args, quick)?),
-        other => Err(format!("unknown command {other} (server, client, all or chart)").into()),
+        "pending" => {
+            let asks = match args.values("asks") {
+                given if given.is_empty() => vec![10_000, 100_000],
+                given => given
+                    .iter()
+                    .map(|n| n.parse())
+                    .collect::<Result<Vec<usize>, _>>()?,
+            };
+            let contender = args.value("contender").unwrap_or("rpc-tokio");
+            if !matches!(contender, "rpc-tokio" | "rpc-async-std" | "rpc-smol") {
+                return Err(format!("pending runs on our contenders, not {contender}").into());
+            }
+            pending::run(contender, &asks)
+        }
+        "flood" => {
+            let contender = args.value("contender").unwrap_or("rpc-tokio");
+            let messages = args.value("messages").map_or(Ok(1_000_000), str::parse)?;
+            let inbox = args.value("inbox").map(str::parse).transpose()?;
+            pending::flood(contender, messages, inbox)
+        }
+        "pending-server" => {
+            let contender = args.required("contender")?.to_owned();
+            let port = args.required("port")?.parse()?;
+            let asks = args.required("asks")?.parse()?;
+            let inbox = args.value("inbox").map(str::parse).transpose()?;
+            let slow = args.flag("slow");
+            on_runtime(&contender, move |rt| async move {
+                let rt = rt.expect("our contenders have a runtime");
+                pending::server(rt, port, asks, inbox, slow).await
+            })
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            Err(format!("unknown command {other} (server, client, all, chart or pending)").into())
+        }
     }
 }
 

@@ -101,7 +101,10 @@ impl StreamManager for Data {
 pub(crate) async fn server(rt: Arc<dyn Runtime>, opts: ServerOpts) -> Result<(), Error> {
     let env = RpcEnv::create(
         rt.clone(),
-        RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port),
+        // W3 sends 1,000,000 one-way messages as fast as it can and counts them all: an
+        // inbox that holds them all, as Spark's unbounded one does (the default of 10,000
+        // would drop what the endpoint has not caught up with).
+        RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port).with_inbox_capacity(2_000_000),
     )?;
     env.setup_endpoint("bench", Bench { count: 0 })?;
     let data = Arc::new(Data {

@@ -26,13 +26,17 @@ pub enum InboxError<M> {
     /// The inbox was stopped (Spark drops the message and fails its sender).
     #[error("inbox is stopped")]
     Stopped(M),
+    /// The inbox holds as many messages as its capacity (Spark's inbox is unbounded): the
+    /// message is refused so its sender can be told, or the message counted and dropped.
+    #[error("inbox is full")]
+    Full(M),
 }
 
 impl<M> InboxError<M> {
     /// The message that was not posted.
     pub fn into_inner(self) -> M {
         match self {
-            InboxError::Stopped(m) => m,
+            InboxError::Stopped(m) | InboxError::Full(m) => m,
         }
     }
 }
@@ -41,6 +45,7 @@ impl<M> fmt::Debug for InboxError<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InboxError::Stopped(_) => f.write_str("Stopped(..)"),
+            InboxError::Full(_) => f.write_str("Full(..)"),
         }
     }
 }
@@ -61,6 +66,13 @@ impl<M> fmt::Debug for InboxError<M> {
 ///   serial, as Spark does: the remaining messages are still processed, one at a time, then
 ///   `Stop` runs alone, once every active item has finished. Later posts are refused with
 ///   [`InboxError::Stopped`].
+///
+/// Spark's inbox is unbounded, so a sender faster than the endpoint grows it until the
+/// process runs out of memory. This one has a capacity ([`with_capacity`](Inbox::with_capacity);
+/// unbounded with [`new`](Inbox::new)): [`post`](Inbox::post) refuses a message with
+/// [`InboxError::Full`] while the messages queued plus those being processed reach it, so a
+/// concurrent inbox bounds its parallel work too. [`post_unbounded`](Inbox::post_unbounded)
+/// queues past the capacity, for the few notifications a driver must not lose.
 ///
 /// A driver calls `next` until it returns `None` after every `post`, `done` and `stop`, and
 /// processes what it gets (on as many workers as it likes: the inbox says what may run
@@ -96,12 +108,21 @@ pub struct Inbox<M> {
     stopped: bool,
     finished: bool,
     active: usize,
+    /// Messages queued or being processed.
+    messages: usize,
+    capacity: usize,
 }
 
 impl<M> Inbox<M> {
     /// A new inbox with [`InboxItem::Start`] queued. With `concurrent`, messages may be
     /// processed in parallel.
     pub fn new(concurrent: bool) -> Self {
+        Self::with_capacity(concurrent, usize::MAX)
+    }
+
+    /// A new inbox that holds at most `capacity` messages, queued or being processed
+    /// (`Start` and `Stop` do not count); zero is taken as one.
+    pub fn with_capacity(concurrent: bool, capacity: usize) -> Self {
         Self {
             queue: VecDeque::from([InboxItem::Start]),
             concurrent,
@@ -110,16 +131,38 @@ impl<M> Inbox<M> {
             stopped: false,
             finished: false,
             active: 0,
+            messages: 0,
+            capacity: capacity.max(1),
         }
     }
 
-    /// Queues a message, or hands it back if the inbox was stopped.
+    /// Queues a message, or hands it back if the inbox was stopped or is full.
     pub fn post(&mut self, message: M) -> Result<(), InboxError<M>> {
         if self.stopped {
             return Err(InboxError::Stopped(message));
         }
-        self.queue.push_back(InboxItem::Message(message));
+        if self.messages >= self.capacity {
+            return Err(InboxError::Full(message));
+        }
+        self.push(message);
         Ok(())
+    }
+
+    /// Queues a message even past the capacity (for notifications that must not be lost,
+    /// which the driver bounds otherwise), or hands it back if the inbox was stopped. It
+    /// counts in [`messages`](Inbox::messages) like any other, so while it is held, fewer
+    /// [`post`](Inbox::post)s are taken.
+    pub fn post_unbounded(&mut self, message: M) -> Result<(), InboxError<M>> {
+        if self.stopped {
+            return Err(InboxError::Stopped(message));
+        }
+        self.push(message);
+        Ok(())
+    }
+
+    fn push(&mut self, message: M) {
+        self.messages += 1;
+        self.queue.push_back(InboxItem::Message(message));
     }
 
     /// The next item to process, if one may be processed now. Every item handed out must be
@@ -153,6 +196,10 @@ impl<M> Inbox<M> {
     pub fn done(&mut self) {
         assert!(self.active > 0, "Inbox::done called with no active item");
         self.active -= 1;
+        if !self.exclusive {
+            // Items run alone (`Start`, `Stop`) are never counted as messages.
+            self.messages -= 1;
+        }
         if self.exclusive {
             self.exclusive = false;
             if self.started {
@@ -201,6 +248,17 @@ impl<M> Inbox<M> {
     /// Items handed out and not yet reported [`done`](Inbox::done).
     pub fn active(&self) -> usize {
         self.active
+    }
+
+    /// Messages queued or being processed: what the capacity bounds.
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// How many messages [`post`](Inbox::post) accepts before refusing with
+    /// [`InboxError::Full`].
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 }
 
@@ -320,6 +378,36 @@ mod tests {
         assert!(inbox.is_finished());
     }
 
+    /// Regression (issue 11): the inbox grew by one message per post, without bound, so a
+    /// peer sending to a slow endpoint grew the server's memory linearly.
+    #[test]
+    fn a_full_inbox_refuses_posts_until_a_message_is_done() {
+        for concurrent in [false, true] {
+            let mut inbox = Inbox::with_capacity(concurrent, 2);
+            inbox.post(1).unwrap();
+            inbox.post(2).unwrap();
+            let err = inbox.post(3).unwrap_err();
+            assert_eq!(err.to_string(), "inbox is full");
+            assert_eq!(err.into_inner(), 3);
+            assert_eq!(inbox.messages(), 2);
+            // Start does not count, a message being processed does.
+            assert_eq!(inbox.next(), Some(InboxItem::Start));
+            inbox.done();
+            assert_eq!(inbox.next(), Some(InboxItem::Message(1)));
+            assert!(matches!(inbox.post(4), Err(InboxError::Full(4))));
+            inbox.done();
+            inbox.post(4).unwrap();
+            // Notifications go past the capacity; stopping still refuses everything.
+            inbox.post_unbounded(5).unwrap();
+            assert_eq!(inbox.messages(), 3);
+            inbox.stop();
+            assert!(matches!(
+                inbox.post_unbounded(6),
+                Err(InboxError::Stopped(6))
+            ));
+        }
+    }
+
     #[test]
     #[should_panic(expected = "no active item")]
     fn done_without_an_active_item_panics() {
@@ -363,13 +451,18 @@ mod proptests {
         stops: usize,
         items: usize,
         stopped: bool,
+        capacity: usize,
+        /// Messages reported done.
+        finished: usize,
     }
 
     impl Model {
-        fn new(concurrent: bool) -> Self {
+        fn new(concurrent: bool, capacity: usize) -> Self {
             Self {
+                capacity,
+                finished: 0,
                 concurrent,
-                inbox: Inbox::new(concurrent),
+                inbox: Inbox::with_capacity(concurrent, capacity),
                 posted: 0,
                 accepted: Vec::new(),
                 handed_out: Vec::new(),
@@ -390,6 +483,15 @@ mod proptests {
                         Ok(()) => {
                             prop_assert!(!self.stopped, "post accepted after stop");
                             self.accepted.push(m);
+                        }
+                        Err(InboxError::Full(back)) => {
+                            prop_assert!(!self.stopped, "a stopped inbox said full");
+                            prop_assert_eq!(
+                                self.accepted.len() - self.finished,
+                                self.capacity,
+                                "refused below capacity"
+                            );
+                            prop_assert_eq!(back, m);
                         }
                         Err(err) => {
                             prop_assert!(self.stopped, "post refused before stop");
@@ -444,7 +546,9 @@ mod proptests {
                 Op::Done(i) => {
                     if !self.active.is_empty() {
                         let i = i % self.active.len();
-                        let _ = self.active.swap_remove(i);
+                        if let InboxItem::Message(_) = self.active.swap_remove(i) {
+                            self.finished += 1;
+                        }
                         self.inbox.done();
                     }
                 }
@@ -455,6 +559,8 @@ mod proptests {
             }
             prop_assert_eq!(self.inbox.active(), self.active.len());
             prop_assert_eq!(self.inbox.is_stopped(), self.stopped);
+            prop_assert_eq!(self.inbox.messages(), self.accepted.len() - self.finished);
+            prop_assert!(self.inbox.messages() <= self.capacity);
             // Handed out in post order, in both modes.
             prop_assert_eq!(
                 &self.handed_out[..],
@@ -490,9 +596,10 @@ mod proptests {
         #[test]
         fn interleavings_keep_the_inbox_rules(
             concurrent in any::<bool>(),
+            capacity in prop_oneof![1..6usize, Just(usize::MAX)],
             ops in prop::collection::vec(op(), 0..200),
         ) {
-            let mut model = Model::new(concurrent);
+            let mut model = Model::new(concurrent, capacity);
             for op in ops {
                 model.apply(op)?;
             }

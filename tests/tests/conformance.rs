@@ -34,6 +34,7 @@ macro_rules! suite {
         mod files;
         mod hostile_accept;
         mod hostile_conn;
+        mod hostile_env;
         mod merged_meta;
         mod peer_process;
         mod races;

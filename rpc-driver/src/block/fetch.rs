@@ -229,6 +229,11 @@ impl Stream for BlockFetch {
                 },
                 State::Opening { client, call } => match Pin::new(call).poll(cx) {
                     Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(RpcError::Remote(message)))
+                        if message.starts_with(super::server::TOO_MANY_STREAMS) =>
+                    {
+                        this.fail_all(BlockFetchError::TooManyStreams(message))
+                    }
                     Poll::Ready(Err(error)) => this.fail_all(BlockFetchError::Open(error)),
                     Poll::Ready(Ok(body)) => match opened(&body, this.block_ids.len()) {
                         Err(error) => this.fail_all(error),

@@ -4,10 +4,11 @@
 //!
 //! ```text
 //!   client                                          server: BlockServer (RpcHandler + StreamManager)
-//!   fetch_blocks ── RPC OpenBlocks{app, exec, ids} ──►  BlockSource::block(app, exec, id), each id
-//!                ◄── StreamHandle{stream_id, n} ──────  one stream on a OneForOneStreamManager,
-//!                                                       owned by the requesting connection
-//!                ── fetch_chunk(stream_id, i) ───────►  chunk i is block i, served in order
+//!   fetch_blocks ── RPC OpenBlocks{app, exec, ids} ──►  one stream on a OneForOneStreamManager,
+//!                ◄── StreamHandle{stream_id, n} ──────  owned by the requesting connection
+//!                                                       (at most max_streams_per_connection)
+//!                ── fetch_chunk(stream_id, i) ───────►  chunk i is block i, served in order:
+//!                                                       BlockSource::block(app, exec, id) now
 //!                   (at most max_chunks_in_flight)
 //!                ◄── chunk i ─────────────────────────
 //!   yields (block_id, Ok(bytes) | Err(BlockFetchError)), one per block, as chunks arrive
@@ -164,6 +165,11 @@ pub enum BlockFetchError {
     /// block. Fails every block of the fetch.
     #[error("invalid answer to open blocks: {0}")]
     InvalidResponse(Arc<str>),
+    /// The server refused to open another stream on this connection: it has as many open
+    /// as [`BlockServer::with_max_streams_per_connection`] allows. Fails every block of the
+    /// fetch; retryable (streams are released as their last chunk is fetched).
+    #[error("the block server refused the fetch: {0}")]
+    TooManyStreams(Arc<str>),
     /// An attempt of a [`RetryingBlockFetcher`] ended without an outcome for this block (a
     /// fetch function that forgot it).
     #[error("the fetch ended without an outcome for this block")]
@@ -182,6 +188,7 @@ impl BlockFetchError {
                 ConnectError::Io { .. } | ConnectError::TimedOut { .. }
             ),
             Self::Open(error) | Self::Chunk { error, .. } => is_io(error),
+            Self::TooManyStreams(_) => true,
             Self::InvalidResponse(_) | Self::Unanswered => false,
         }
     }

@@ -1,7 +1,7 @@
 //! Serving blocks: the `OpenBlocks` half of Spark's `NettyBlockRpcServer`.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rpc_proto::StreamChunkId;
@@ -14,8 +14,8 @@ use crate::transport::{
 
 /// Where a [`BlockServer`] finds blocks: Spark's `BlockDataManager`, reduced to reading.
 ///
-/// Called on the connection's driver task when an `OpenBlocks` arrives, once per block:
-/// implementations must not block. Serve from memory or from buffers read ahead (`Bytes` are
+/// Called on the connection's driver task when a block's chunk is fetched (not when the
+/// `OpenBlocks` naming it arrives), once per block: implementations must not block. Serve from memory or from buffers read ahead (`Bytes` are
 /// cheap to clone). Closures `Fn(&str, &str, &str) -> Result<Bytes, String>` implement it.
 pub trait BlockSource: Send + Sync + 'static {
     /// The bytes of `block_id`, written by executor `exec_id` of application `app_id`, or why
@@ -35,11 +35,18 @@ where
 /// Serves blocks from a [`BlockSource`]: an [`RpcHandler`] that answers
 /// [`OpenBlocks`](BlockMessage::OpenBlocks) and the [`StreamManager`] that serves the chunks.
 ///
-/// Each `OpenBlocks` reads every block it names from the source, then registers them as one
-/// stream on a [`OneForOneStreamManager`] owned by the requesting connection (released when
-/// its last chunk is served or the connection closes) and answers with its
-/// [`StreamHandle`]. A block the source refuses fails the RPC with a message naming it, and
-/// nothing is registered.
+/// Each `OpenBlocks` registers the blocks it names as one stream on a
+/// [`OneForOneStreamManager`], served only to the requesting connection (released when its
+/// last chunk is served or the connection closes), and answers with its [`StreamHandle`]
+/// (whose id is random). Blocks are read from the source lazily, each when its chunk is
+/// fetched, as Spark's external shuffle service does: opening many blocks holds nothing but
+/// their ids. A block the source refuses fails its chunk with a message naming it (and the
+/// fetcher fails it and the blocks after it).
+///
+/// A connection may have at most
+/// [`max_streams_per_connection`](BlockServer::with_max_streams_per_connection) streams open
+/// (default 256; Spark has no limit); beyond it, `OpenBlocks` fails with a message the
+/// fetcher turns into [`BlockFetchError::TooManyStreams`](super::BlockFetchError).
 ///
 /// ```no_run
 /// # fn demo(rt: std::sync::Arc<dyn rpc_driver::Runtime>) -> std::io::Result<()> {
@@ -61,22 +68,31 @@ where
 /// # let _ = server; Ok(()) }
 /// ```
 pub struct BlockServer {
-    source: Box<dyn BlockSource>,
+    source: Arc<dyn BlockSource>,
     streams: OneForOneStreamManager,
+    max_streams_per_connection: usize,
 }
 
+/// The start of the failure text of an `OpenBlocks` refused because its connection has as
+/// many streams open as it may.
+pub(crate) const TOO_MANY_STREAMS: &str = "too many open streams on this connection";
+
 impl BlockServer {
-    /// A server of `source`'s blocks. Stream ids start at a number taken from the clock, so
-    /// a restarted server does not hand out the ids of its previous life.
+    /// A server of `source`'s blocks. Stream ids are random (Spark starts at a random number
+    /// and counts up, which lets a peer guess other connections' ids).
     pub fn new(source: impl BlockSource) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
         Self {
-            source: Box::new(source),
-            // Spark starts at a random int times 1000.
-            streams: OneForOneStreamManager::new(u64::from(nanos) * 1000),
+            source: Arc::new(source),
+            streams: OneForOneStreamManager::random(),
+            max_streams_per_connection: 256,
         }
+    }
+
+    /// Sets how many streams one connection may have open at once (zero is taken as one);
+    /// default 256.
+    pub fn with_max_streams_per_connection(mut self, streams: usize) -> Self {
+        self.max_streams_per_connection = streams.max(1);
+        self
     }
 
     /// The streams registered and not yet released.
@@ -94,20 +110,28 @@ impl BlockServer {
             let _ = responder.fail(&format!("too many blocks: {}", block_ids.len()));
             return;
         };
-        let mut blocks = Vec::with_capacity(block_ids.len());
-        for block_id in &block_ids {
-            match self.source.block(&app_id, &exec_id, block_id) {
-                Ok(block) => blocks.push(block),
-                Err(error) => {
-                    debug!(%app_id, %exec_id, %block_id, %error, "cannot open block");
-                    let _ = responder.fail(&format!(
-                        "cannot open block {block_id} of app {app_id}, executor {exec_id}: {error}"
-                    ));
-                    return;
-                }
-            }
+        let open = self.streams.registered_for(client);
+        if open >= self.max_streams_per_connection {
+            debug!(%app_id, %exec_id, open, "refusing to open another stream of blocks");
+            let _ = responder.fail(&format!(
+                "{TOO_MANY_STREAMS}: {open} (the limit is {})",
+                self.max_streams_per_connection
+            ));
+            return;
         }
-        let stream_id = self.streams.register_stream(&app_id, blocks, Some(client));
+        let source = self.source.clone();
+        let (app, exec) = (app_id.clone(), exec_id.clone());
+        let stream_id =
+            self.streams
+                .register_lazy_stream(&app_id, num_chunks, Some(client), move |chunk| {
+                    let Some(block_id) = block_ids.get(chunk as usize) else {
+                        return Err(format!("Requested chunk index beyond end {chunk}"));
+                    };
+                    source.block(&app, &exec, block_id).map_err(|error| {
+                    debug!(app_id = %app, exec_id = %exec, %block_id, %error, "cannot open block");
+                    format!("cannot open block {block_id} of app {app}, executor {exec}: {error}")
+                })
+                });
         debug!(%app_id, %exec_id, stream_id, num_chunks, "registered a stream of blocks");
         let handle = BlockMessage::StreamHandle(StreamHandle {
             stream_id,

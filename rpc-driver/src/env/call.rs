@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Weak;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -27,8 +27,36 @@ pub(crate) type LocalReply = Result<Box<dyn Any + Send>, RpcError>;
 pub(crate) enum ReplyTo {
     /// A caller in this process: the value itself.
     Local(Completer<LocalReply>),
-    /// A caller across a connection: the serialized value.
-    Remote(RpcResponder),
+    /// A caller across a connection: the serialized value. The permit counts the ask
+    /// against the env's pending asks until it is answered (or dropped).
+    Remote(RpcResponder, AskPermit),
+}
+
+/// One ask from another env counted against
+/// [`RpcEnvConfig::max_pending_asks`](super::RpcEnvConfig::max_pending_asks); released
+/// when dropped (with the answer, or the unanswered call).
+pub(crate) struct AskPermit {
+    pending: Arc<AtomicUsize>,
+}
+
+impl AskPermit {
+    /// A permit if fewer than `max` asks are pending; O(1).
+    pub(crate) fn try_acquire(pending: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self {
+                pending: pending.clone(),
+            })
+    }
+}
+
+impl Drop for AskPermit {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ReplyTo {
@@ -38,7 +66,7 @@ impl ReplyTo {
                 // The same mapping a remote caller applies, so both see the same error.
                 let _ = c.complete(Err(super::error::from_remote(&message, "")));
             }
-            ReplyTo::Remote(r) => {
+            ReplyTo::Remote(r, _permit) => {
                 let _ = r.fail(&message);
             }
         }
@@ -178,7 +206,7 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
             ReplyTo::Local(c) => {
                 let _ = c.complete(Ok(Box::new(value)));
             }
-            ReplyTo::Remote(r) => match encode_payload(&value) {
+            ReplyTo::Remote(r, _permit) => match encode_payload(&value) {
                 Ok(bytes) => {
                     let _ = r.reply(bytes.into());
                 }

@@ -127,6 +127,13 @@ pub trait RpcEndpoint: Send + 'static {
         EndpointKind::Serial
     }
 
+    /// How many messages its inbox holds, queued or being handled, before refusing more
+    /// (see [`RpcEnvConfig::inbox_capacity`](super::RpcEnvConfig::inbox_capacity));
+    /// `None`, the default, takes the env's.
+    fn inbox_capacity(&self) -> Option<usize> {
+        None
+    }
+
     /// Runs before any message.
     fn on_start(
         &mut self,
@@ -220,6 +227,14 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
     type Message: RpcMessage + Serialize + DeserializeOwned + Send + 'static;
     /// What it answers asks with; peers check it by its [`RpcMessage`] identity.
     type Reply: RpcMessage + Serialize + DeserializeOwned + Send + 'static;
+
+    /// How many messages it holds, queued or being handled (each handled message is a
+    /// task), before refusing more (see
+    /// [`RpcEnvConfig::inbox_capacity`](super::RpcEnvConfig::inbox_capacity)); `None`, the
+    /// default, takes the env's.
+    fn inbox_capacity(&self) -> Option<usize> {
+        None
+    }
 
     /// Runs before any message.
     fn on_start(

@@ -26,18 +26,34 @@ pub enum RpcError {
     #[error("endpoint not found: {0}")]
     EndpointNotFound(String),
     /// The endpoint exists but takes other message or reply types.
-    #[error("endpoint {endpoint} takes {found}, not {expected}")]
+    ///
+    /// An env does not tell other envs which types its endpoints take, so `found` is known
+    /// only for an endpoint in the caller's own env.
+    #[error("endpoint {endpoint} {}", takes(found.as_deref(), expected))]
     TypeMismatch {
         /// The endpoint.
         endpoint: String,
         /// The types the caller uses.
         expected: String,
-        /// The types the endpoint declares.
-        found: String,
+        /// The types the endpoint declares, when it is in the caller's env; `None` for an
+        /// endpoint of another env (which says only that the types differ).
+        found: Option<String>,
     },
     /// The endpoint was stopped before it handled the message.
     #[error("endpoint {0} is stopped")]
     EndpointStopped(String),
+    /// The message was refused, not handled: the endpoint's inbox is full
+    /// ([`RpcEnvConfig::inbox_capacity`](super::RpcEnvConfig::inbox_capacity)), or its env
+    /// is handling as many asks from other envs as it takes
+    /// ([`RpcEnvConfig::max_pending_asks`](super::RpcEnvConfig::max_pending_asks)). Sending
+    /// again later may succeed.
+    #[error("endpoint {endpoint} is busy: {reason}")]
+    EndpointBusy {
+        /// The endpoint.
+        endpoint: String,
+        /// Which limit was reached.
+        reason: Arc<str>,
+    },
     /// The env (ours) is shut down.
     #[error("the rpc env is stopped")]
     EnvStopped,
@@ -69,6 +85,13 @@ pub enum RpcError {
     /// The ref was not made by an env (deserialized outside one) or its env is gone.
     #[error("endpoint ref {0} is not bound to a running rpc env")]
     Unbound(RpcEndpointAddress),
+}
+
+fn takes(found: Option<&str>, expected: &str) -> String {
+    match found {
+        Some(found) => format!("takes {found}, not {expected}"),
+        None => format!("does not take {expected}"),
+    }
 }
 
 /// Setting up an env or an endpoint failed.
@@ -116,17 +139,24 @@ pub(crate) const NOT_FOUND: &str = "[rpc:endpoint-not-found] ";
 pub(crate) const TYPE_MISMATCH: &str = "[rpc:type-mismatch] ";
 pub(crate) const STOPPED: &str = "[rpc:endpoint-stopped] ";
 pub(crate) const BAD_MESSAGE: &str = "[rpc:bad-message] ";
+pub(crate) const BUSY: &str = "[rpc:endpoint-busy] ";
 
 /// Turns a failure string from the peer back into a typed error.
 pub(crate) fn from_remote(message: &str, endpoint: &str) -> RpcError {
     if message.strip_prefix(NOT_FOUND).is_some() {
         RpcError::EndpointNotFound(endpoint.to_owned())
     } else if let Some(rest) = message.strip_prefix(TYPE_MISMATCH) {
+        // Peers before issue 11 also sent the endpoint's types after " | ".
         let (expected, found) = rest.split_once(" | ").unwrap_or((rest, ""));
         RpcError::TypeMismatch {
             endpoint: endpoint.to_owned(),
             expected: expected.to_owned(),
-            found: found.to_owned(),
+            found: (!found.is_empty()).then(|| found.to_owned()),
+        }
+    } else if let Some(reason) = message.strip_prefix(BUSY) {
+        RpcError::EndpointBusy {
+            endpoint: endpoint.to_owned(),
+            reason: reason.into(),
         }
     } else if message.strip_prefix(STOPPED).is_some() {
         RpcError::EndpointStopped(endpoint.to_owned())
@@ -153,7 +183,27 @@ mod tests {
             RpcError::TypeMismatch {
                 endpoint: ep.into(),
                 expected: "A -> B".into(),
-                found: "C -> D".into()
+                found: Some("C -> D".into())
+            }
+        );
+        let mismatch = from_remote(&format!("{TYPE_MISMATCH}A -> B"), ep);
+        assert_eq!(
+            mismatch,
+            RpcError::TypeMismatch {
+                endpoint: ep.into(),
+                expected: "A -> B".into(),
+                found: None
+            }
+        );
+        assert_eq!(
+            mismatch.to_string(),
+            "endpoint rpc://x@h:1 does not take A -> B"
+        );
+        assert_eq!(
+            from_remote(&format!("{BUSY}its inbox is full"), ep),
+            RpcError::EndpointBusy {
+                endpoint: ep.into(),
+                reason: "its inbox is full".into()
             }
         );
         assert_eq!(

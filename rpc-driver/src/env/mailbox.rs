@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
-use rpc_proto::{decode_payload, Inbox, InboxItem, RpcAddress};
+use rpc_proto::{decode_payload, Inbox, InboxError, InboxItem, RpcAddress};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
@@ -64,22 +64,50 @@ struct MailboxState {
 }
 
 impl Mailbox {
-    pub(crate) fn new(name: &str, identity: String, concurrent: bool) -> Self {
+    pub(crate) fn new(name: &str, identity: String, concurrent: bool, capacity: usize) -> Self {
         Self {
             name: name.to_owned(),
             identity,
             state: Mutex::new(MailboxState {
-                inbox: Inbox::new(concurrent),
+                inbox: Inbox::with_capacity(concurrent, capacity),
                 waker: None,
             }),
         }
     }
 
-    /// Posts into the inbox; gives the message back if the endpoint is stopped.
-    pub(crate) fn post(&self, posted: Posted) -> Result<(), Box<Posted>> {
+    /// Posts a message into the inbox; gives it back if the endpoint is stopped or its inbox
+    /// is full.
+    pub(crate) fn post(&self, posted: Posted) -> Result<(), InboxError<Box<Posted>>> {
+        self.post_with(posted, Inbox::post)
+    }
+
+    /// Posts a network event, even past the inbox's capacity: events are bounded by the
+    /// connections, and dropping one would break their alternation (see "Network events").
+    pub(crate) fn notify(&self, posted: Posted) {
+        let _ = self.post_with(posted, Inbox::post_unbounded);
+    }
+
+    /// Messages queued or being handled.
+    pub(crate) fn messages(&self) -> usize {
+        lock(&self.state).inbox.messages()
+    }
+
+    /// How many messages the inbox holds before refusing more.
+    pub(crate) fn capacity(&self) -> usize {
+        lock(&self.state).inbox.capacity()
+    }
+
+    fn post_with(
+        &self,
+        posted: Posted,
+        post: impl FnOnce(&mut Inbox<Posted>, Posted) -> Result<(), InboxError<Posted>>,
+    ) -> Result<(), InboxError<Box<Posted>>> {
         let waker = {
             let mut s = lock(&self.state);
-            s.inbox.post(posted).map_err(|e| Box::new(e.into_inner()))?;
+            post(&mut s.inbox, posted).map_err(|e| match e {
+                InboxError::Full(m) => InboxError::Full(Box::new(m)),
+                other => InboxError::Stopped(Box::new(other.into_inner())),
+            })?;
             s.waker.take()
         };
         if let Some(w) = waker {

@@ -45,6 +45,41 @@
 //! error for its addresses first (whether or not other connections stand for them); a clean
 //! close reports none. An env that is shutting down reports nothing for its own connections.
 //!
+//! # Limits
+//!
+//! Spark's inboxes are unbounded: an endpoint slower than its senders queues messages until
+//! the process runs out of memory, and stays busy long after the senders left. Here each
+//! endpoint's inbox holds at most [`RpcEnvConfig::inbox_capacity`] messages, queued or being
+//! handled (per endpoint with [`RpcEndpoint::inbox_capacity`]). A message that finds it full
+//! is refused, not queued:
+//!
+//! - an ask fails at once with [`RpcError::EndpointBusy`] (the asker, local or remote, can
+//!   match it and try again later);
+//! - a one-way message from another env is dropped, counted in [`EnvStats::dropped`] and
+//!   logged (at a bounded rate: the 1st, 2nd, 4th, 8th… drop);
+//! - a local [`send`](RpcEndpointRef::send) returns [`RpcError::EndpointBusy`].
+//!
+//! Network events are never refused: they take room in the inbox like messages, and are
+//! bounded by the connections opened and closed. A message from another env of up to 64 KiB
+//! is copied out of its connection's read buffer (up to 2 MiB) when queued, so the bound in
+//! messages bounds memory too (a 1,000,000-message flood of a slow endpoint grows a server by
+//! about 10 MiB with the default capacity, against about 180 MiB unbounded). Asks from other
+//! envs are also bounded server-wide: at most [`RpcEnvConfig::max_pending_asks`] are being
+//! handled at once (from their arrival until they are answered or their call context is
+//! dropped, including asks whose contexts a handler keeps to answer later); beyond it, asks
+//! fail with [`RpcError::EndpointBusy`]. Per-call bookkeeping is O(1): no work scans the
+//! pending calls.
+//!
+//! # Identity
+//!
+//! A connection's peer env is the address it announces in its first message that names a
+//! sender (as in Spark, without authentication that first claim is taken on trust). Later
+//! messages on the connection cannot change it: a different claim is ignored (and logged at
+//! debug level, at a bounded rate), network events are reported for the address bound to the
+//! connection, and [`RpcCallContext::sender_address`] is that address too. Lookups from
+//! other envs learn whether an endpoint exists and whether the types match, never which
+//! types it takes.
+//!
 //! # Files
 //!
 //! Like Spark's `RpcEnvFileServer`, a server-mode env serves files, jars and directories to
@@ -87,12 +122,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_proto::{
-    encode_payload, ConnectionError, Envelope, EnvelopeKind, EnvelopeView, Outbox, OutboxConfig,
-    RequestId, RpcAddress, RpcEndpointAddress,
+    encode_payload, ConnectionError, Envelope, EnvelopeKind, EnvelopeView, InboxError, Outbox,
+    OutboxConfig, RequestId, RpcAddress, RpcEndpointAddress,
 };
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use self::call::CancelFlag;
 use self::file_server::BulkHandler;
@@ -107,6 +142,11 @@ use crate::transport::{
     TransportConfig, TransportServer,
 };
 use crate::wait_list::{WaitKey, WaitList};
+
+/// Payloads from other envs up to this size are copied out of the read buffer before they
+/// are queued (see [`EnvInner::deliver`]); a larger one keeps at most 32 times its size
+/// alive.
+const DETACH_MAX: usize = 64 * 1024;
 
 /// The name of every env's built-in lookup endpoint (Spark's `RpcEndpointVerifier`).
 pub const VERIFIER_NAME: &str = "endpoint-verifier";
@@ -138,6 +178,15 @@ pub struct RpcEnvConfig {
     pub transport: TransportConfig,
     /// Each remote env's outbox: queue bounds and connect retries.
     pub outbox: OutboxConfig,
+    /// How many messages each endpoint's inbox holds, queued or being handled, before
+    /// refusing more (see "Limits" in the [module docs](self)); an endpoint may set its own
+    /// with [`RpcEndpoint::inbox_capacity`]. Zero is taken as one. Default 10,000 (Spark's
+    /// inbox is unbounded).
+    pub inbox_capacity: usize,
+    /// How many asks from other envs the env handles at once, across its endpoints: from
+    /// arrival until answered (or their call context is dropped). Beyond it, asks fail with
+    /// [`RpcError::EndpointBusy`]. Default 65,536.
+    pub max_pending_asks: usize,
 }
 
 impl RpcEnvConfig {
@@ -160,7 +209,21 @@ impl RpcEnvConfig {
             lookup_timeout: Duration::from_secs(120),
             transport: env_transport(),
             outbox: OutboxConfig::default(),
+            inbox_capacity: 10_000,
+            max_pending_asks: 65_536,
         }
+    }
+
+    /// Sets [`inbox_capacity`](RpcEnvConfig::inbox_capacity).
+    pub fn with_inbox_capacity(mut self, capacity: usize) -> Self {
+        self.inbox_capacity = capacity;
+        self
+    }
+
+    /// Sets [`max_pending_asks`](RpcEnvConfig::max_pending_asks).
+    pub fn with_max_pending_asks(mut self, asks: usize) -> Self {
+        self.max_pending_asks = asks;
+        self
     }
 
     /// Sets [`advertise`](RpcEnvConfig::advertise).
@@ -218,6 +281,17 @@ pub struct EnvStats {
     pub received: u64,
     /// Connect attempts and asks retried.
     pub retried: u64,
+    /// One-way messages from other envs dropped because their endpoint's inbox was full.
+    pub dropped: u64,
+    /// Asks from other envs refused with [`RpcError::EndpointBusy`] (a full inbox, or
+    /// [`RpcEnvConfig::max_pending_asks`] reached).
+    pub refused: u64,
+    /// Asks from other envs being handled now (bounded by
+    /// [`RpcEnvConfig::max_pending_asks`]).
+    pub pending_asks: u64,
+    /// Messages in this env's endpoints' inboxes, queued or being handled (each inbox is
+    /// bounded by its capacity).
+    pub inboxed: u64,
 }
 
 #[derive(Default)]
@@ -228,6 +302,26 @@ pub(crate) struct Counters {
     failed: AtomicU64,
     received: AtomicU64,
     retried: AtomicU64,
+    dropped: Tally,
+    refused: Tally,
+}
+
+/// A counter whose events are logged at a bounded rate: [`hit`](Tally::hit) says to log the
+/// 1st, 2nd, 4th, 8th… event, so a flood of `n` events logs about `log2(n)` lines. (Per-site
+/// limits in time are `log_limit`'s; this one also counts, for the stats.)
+#[derive(Default)]
+pub(crate) struct Tally(AtomicU64);
+
+impl Tally {
+    /// Counts one event; `Some(count)` when this one should be logged.
+    pub(crate) fn hit(&self) -> Option<u64> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        n.is_power_of_two().then_some(n)
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Counters {
@@ -335,8 +429,14 @@ pub(crate) struct EnvInner {
     terminated: Latch,
     outboxes: Mutex<HashMap<RpcAddress, Arc<OutboxCell>>>,
     stopped: AtomicBool,
-    /// The env address each connection's peer announced, by connection id.
+    /// The env address each connection's peer announced first, by connection id: bound to
+    /// the connection, later claims do not change it.
     remote_envs: Mutex<FxHashMap<u64, RpcAddress>>,
+    /// Claims of another sender address on a connection already bound to one (logged at a
+    /// bounded rate).
+    claims_ignored: Tally,
+    /// Asks from other envs being handled, bounded by `config.max_pending_asks`.
+    pending_asks: Arc<std::sync::atomic::AtomicUsize>,
     /// How many connections stand for each address reported connected (see "Network
     /// events"); events are posted under this lock, so they alternate per address.
     peers: Mutex<HashMap<RpcAddress, usize>>,
@@ -475,22 +575,39 @@ impl EnvInner {
     fn post_all(&self, event: impl Fn() -> Posted) {
         let mailboxes: Vec<_> = lock(&self.endpoints).values().cloned().collect();
         for mailbox in mailboxes {
-            let _ = mailbox.post(event());
+            mailbox.notify(event());
         }
     }
 
-    fn verify(&self, name: &str, identity: &str) -> Verified {
+    /// Whether endpoint `name` exists and takes `identity`. The mismatch names the
+    /// endpoint's types only for a lookup from this env (`local`): other envs learn only
+    /// that the types differ.
+    fn verify(&self, name: &str, identity: &str, local: bool) -> Verified {
         match lock(&self.endpoints).get(name) {
             None => Verified::NotFound,
             Some(m) if m.identity == identity => Verified::Found,
-            Some(m) => Verified::TypeMismatch(m.identity.clone()),
+            Some(m) if local => Verified::TypeMismatch(m.identity.clone()),
+            Some(_) => Verified::TypeMismatch(String::new()),
         }
     }
 
+    /// Counts a one-way message from another env that was dropped; logs at a bounded rate.
+    fn dropped(&self, client: &TransportClient, endpoint: &str, why: &str) {
+        if let Some(n) = self.stats.dropped.hit() {
+            warn!(
+                peer = %client.peer_addr(), %endpoint,
+                dropped = n, "dropping a one-way message: {why} (logged at a bounded rate)"
+            );
+        }
+    }
+
+    /// Posts a message from another env; `bound` is the env address bound to its
+    /// connection.
     fn deliver(
         &self,
         client: &TransportClient,
         envelope: EnvelopeView<'_>,
+        bound: Option<RpcAddress>,
         payload: Bytes,
         responder: Option<RpcResponder>,
     ) {
@@ -507,17 +624,33 @@ impl EnvInner {
                 format!("{}{}", error::NOT_FOUND, envelope.receiver),
             );
         };
-        let identity = &mailbox.identity;
-        if identity != envelope.message_type {
+        if mailbox.identity != envelope.message_type {
+            // The endpoint's own types are not told to other envs.
             return fail(
                 responder,
-                format!(
-                    "{}{} | {identity}",
-                    error::TYPE_MISMATCH,
-                    envelope.message_type
-                ),
+                format!("{}{}", error::TYPE_MISMATCH, envelope.message_type),
             );
         }
+        // An ask takes a permit of the env's budget first (O(1)); beyond it, refused.
+        let (responder, permit) = match responder {
+            Some(r) => {
+                match call::AskPermit::try_acquire(&self.pending_asks, self.config.max_pending_asks)
+                {
+                    Some(permit) => (Some(r), Some(permit)),
+                    None => {
+                        self.refused(client, envelope.receiver);
+                        let _ = r.fail(&format!(
+                            "{}the env is handling {} asks from other envs, its limit \
+                             (RpcEnvConfig::max_pending_asks)",
+                            error::BUSY,
+                            self.config.max_pending_asks
+                        ));
+                        return;
+                    }
+                }
+            }
+            None => (None, None),
+        };
         // Only an ask can be cancelled: its flag is found by connection and request id.
         let cancel = responder.as_ref().map(|r| {
             let cancel = Arc::new(CancelFlag::registered(
@@ -535,27 +668,71 @@ impl EnvInner {
         let deadline = envelope
             .deadline()
             .and_then(|d| crate::runtime::deadline_after(self.rt.now(), d));
-        // Only a call context tells the sender (a one-way message's handler is not told).
-        let sender = responder.as_ref().and_then(|_| envelope.sender());
+        // Only a call context tells the sender (a one-way message's handler is not told):
+        // the address bound to the connection, not what this envelope claims.
+        let sender = responder.as_ref().and(bound);
+        // A payload is a slice of the connection's read buffer (up to 2 MiB): a small one
+        // waiting in an inbox would keep the whole buffer alive, so the inbox's bound in
+        // messages would not bound its memory. Small payloads are copied out.
+        let payload = if payload.len() <= DETACH_MAX {
+            Bytes::copy_from_slice(&payload)
+        } else {
+            payload
+        };
         let posted = Posted::Message {
             payload: Payload::Remote {
                 bytes: payload,
                 client: Some(client.clone()),
             },
             request: responder.as_ref().map(|r| r.request_id()),
-            reply: responder.map(call::ReplyTo::Remote),
+            reply: responder
+                .zip(permit)
+                .map(|(r, p)| call::ReplyTo::Remote(r, p)),
             sender,
             deadline,
             cancel,
         };
-        if let Err(refused) = mailbox.post(posted) {
-            if let Posted::Message {
-                reply: Some(call::ReplyTo::Remote(r)),
-                ..
-            } = *refused
-            {
+        let (full, refused) = match mailbox.post(posted) {
+            Ok(()) => return,
+            Err(InboxError::Full(refused)) => (true, refused),
+            Err(refused) => (false, refused.into_inner()),
+        };
+        match (*refused, full) {
+            (
+                Posted::Message {
+                    reply: Some(call::ReplyTo::Remote(r, _permit)),
+                    ..
+                },
+                true,
+            ) => {
+                self.refused(client, envelope.receiver);
+                let _ = r.fail(&format!(
+                    "{}its inbox is full ({} messages)",
+                    error::BUSY,
+                    mailbox.capacity()
+                ));
+            }
+            (
+                Posted::Message {
+                    reply: Some(call::ReplyTo::Remote(r, _permit)),
+                    ..
+                },
+                false,
+            ) => {
                 let _ = r.fail(&format!("{}{}", error::STOPPED, envelope.receiver));
             }
+            (_, true) => self.dropped(client, envelope.receiver, "the endpoint's inbox is full"),
+            (_, false) => {}
+        }
+    }
+
+    /// Counts an ask from another env refused as busy; logs at a bounded rate.
+    fn refused(&self, client: &TransportClient, endpoint: &str) {
+        if let Some(n) = self.stats.refused.hit() {
+            warn!(
+                peer = %client.peer_addr(), %endpoint, refused = n,
+                "refusing an ask: the endpoint is busy (logged at a bounded rate)"
+            );
         }
     }
 }
@@ -568,39 +745,55 @@ struct EnvHandler {
 }
 
 impl EnvHandler {
-    /// Decodes an envelope (an undecodable one is logged and counted) and remembers the
-    /// sending env's address for the connection.
+    /// Decodes an envelope (an undecodable one is logged and counted) and binds the
+    /// sending env's address to the connection, the first time one is announced. Returns,
+    /// with the envelope, the address bound to the connection when the envelope names a
+    /// sender (a later, different claim is ignored), for call contexts.
     fn open<'a>(
         env: &EnvInner,
         client: &TransportClient,
         message: &'a Bytes,
-    ) -> Result<(EnvelopeView<'a>, Bytes), rpc_proto::EnvelopeError> {
+    ) -> Result<(EnvelopeView<'a>, Option<RpcAddress>, Bytes), rpc_proto::EnvelopeError> {
         let (envelope, payload) = Envelope::decode_view(message).inspect_err(|error| {
             limited!(warn, peer = %client.peer_addr(), %error, "undecodable envelope");
             env.stats.failed();
         })?;
-        if let Some((host, port)) = envelope.sender {
-            let announced = {
-                let mut remote_envs = lock(&env.remote_envs);
-                match remote_envs.entry(client.id()) {
-                    std::collections::hash_map::Entry::Occupied(_) => None,
-                    std::collections::hash_map::Entry::Vacant(entry) => Some(
-                        entry
-                            .insert(RpcAddress {
-                                host: host.to_owned(),
-                                port,
-                            })
-                            .clone(),
-                    ),
+        let Some((host, port)) = envelope.sender else {
+            return Ok((envelope, None, payload));
+        };
+        let (bound, announced) = {
+            let mut remote_envs = lock(&env.remote_envs);
+            match remote_envs.entry(client.id()) {
+                std::collections::hash_map::Entry::Occupied(entry) => {
+                    let bound = entry.get();
+                    if (bound.host.as_str(), bound.port) != (host, port) {
+                        if let Some(n) = env.claims_ignored.hit() {
+                            debug!(
+                                peer = %client.peer_addr(), %bound, claimed = %format!("{host}:{port}"),
+                                ignored = n,
+                                "a message claims another sender than its connection's: ignored"
+                            );
+                        }
+                    }
+                    (bound.clone(), false)
                 }
-            };
-            // The first message to name the peer env reports it connected, before the
-            // message itself is delivered (Spark's `RemoteProcessConnected`).
-            if let Some(remote) = announced.filter(|r| *r != RpcAddress::from(client.peer_addr())) {
-                env.peer_up(&remote);
+                std::collections::hash_map::Entry::Vacant(entry) => (
+                    entry
+                        .insert(RpcAddress {
+                            host: host.to_owned(),
+                            port,
+                        })
+                        .clone(),
+                    true,
+                ),
             }
+        };
+        // The first message to name the peer env reports it connected, before the
+        // message itself is delivered (Spark's `RemoteProcessConnected`).
+        if announced && bound != RpcAddress::from(client.peer_addr()) {
+            env.peer_up(&bound);
         }
-        Ok((envelope, payload))
+        Ok((envelope, Some(bound), payload))
     }
 }
 
@@ -610,7 +803,7 @@ impl RpcHandler for EnvHandler {
             let _ = responder.fail("the rpc env is stopped");
             return;
         };
-        let (envelope, payload) = match Self::open(&env, client, &message) {
+        let (envelope, bound, payload) = match Self::open(&env, client, &message) {
             Ok(decoded) => decoded,
             Err(error) => {
                 let _ = responder.fail(&format!(
@@ -622,7 +815,7 @@ impl RpcHandler for EnvHandler {
         };
         match envelope.kind {
             EnvelopeKind::Verify => {
-                let verified = env.verify(envelope.receiver, envelope.message_type);
+                let verified = env.verify(envelope.receiver, envelope.message_type, false);
                 match encode_payload(&verified) {
                     Ok(bytes) => {
                         let _ = responder.reply(bytes.into());
@@ -632,7 +825,7 @@ impl RpcHandler for EnvHandler {
                     }
                 }
             }
-            EnvelopeKind::Ask => env.deliver(client, envelope, payload, Some(responder)),
+            EnvelopeKind::Ask => env.deliver(client, envelope, bound, payload, Some(responder)),
             other => {
                 let _ = responder.fail(&format!("a {other:?} envelope cannot be asked"));
             }
@@ -647,11 +840,11 @@ impl RpcHandler for EnvHandler {
         let Some(env) = self.env.upgrade() else {
             return;
         };
-        let Ok((envelope, payload)) = Self::open(&env, client, &message) else {
+        let Ok((envelope, bound, payload)) = Self::open(&env, client, &message) else {
             return;
         };
         match envelope.kind {
-            EnvelopeKind::Send => env.deliver(client, envelope, payload, None),
+            EnvelopeKind::Send => env.deliver(client, envelope, bound, payload, None),
             EnvelopeKind::Cancel { request } => {
                 if let Some(flag) = env.take_cancel(client.id(), request) {
                     debug!(%request, "ask cancelled by its caller");
@@ -781,6 +974,8 @@ impl RpcEnv {
                 outboxes: Mutex::new(HashMap::new()),
                 stopped: AtomicBool::new(false),
                 remote_envs: Mutex::new(FxHashMap::default()),
+                claims_ignored: Tally::default(),
+                pending_asks: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 peers: Mutex::new(HashMap::new()),
                 cancels: Mutex::new(FxHashMap::default()),
                 next_seed: AtomicU64::new(config.outbox_seed()),
@@ -839,12 +1034,14 @@ impl RpcEnv {
         name: &str,
         identity: String,
         concurrent: bool,
+        capacity: Option<usize>,
     ) -> Result<(Arc<Mailbox>, RpcEndpointAddress), SetupError> {
         let address = match &self.inner.address {
             Some(a) => RpcEndpointAddress::new(a.clone(), name),
             None => RpcEndpointAddress::client(name),
         };
-        let mailbox = Arc::new(Mailbox::new(name, identity, concurrent));
+        let capacity = capacity.unwrap_or(self.inner.config.inbox_capacity);
+        let mailbox = Arc::new(Mailbox::new(name, identity, concurrent, capacity));
         {
             let mut endpoints = lock(&self.inner.endpoints);
             // Checked under the lock `shutdown` takes after setting the flag: an endpoint is
@@ -870,7 +1067,7 @@ impl RpcEnv {
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message, E::Reply>, SetupError> {
         let identity = endpoint_identity::<E::Message, E::Reply>();
-        let (mailbox, address) = self.register(name, identity, false)?;
+        let (mailbox, address) = self.register(name, identity, false, endpoint.inbox_capacity())?;
         let self_ref = RpcEndpointRef::new(address, self.inner.weak(), None);
         let ctx = EndpointContext {
             self_ref: self_ref.clone(),
@@ -892,7 +1089,7 @@ impl RpcEnv {
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message, E::Reply>, SetupError> {
         let identity = endpoint_identity::<E::Message, E::Reply>();
-        let (mailbox, address) = self.register(name, identity, true)?;
+        let (mailbox, address) = self.register(name, identity, true, endpoint.inbox_capacity())?;
         let self_ref = RpcEndpointRef::new(address, self.inner.weak(), None);
         let ctx = Arc::new(EndpointContext {
             self_ref: self_ref.clone(),
@@ -926,7 +1123,7 @@ impl RpcEnv {
         let endpoint_ref = RpcEndpointRef::<M, R>::new(target.clone(), self.inner.weak(), None);
         let expected = endpoint_identity::<M, R>();
         let verified = if Some(&target.address) == Some(&self.inner.address) {
-            self.inner.verify(name, &expected)
+            self.inner.verify(name, &expected, true)
         } else {
             endpoint_ref
                 .verify(self.inner.config.lookup_timeout)
@@ -938,7 +1135,8 @@ impl RpcEnv {
             Verified::TypeMismatch(found) => Err(RpcError::TypeMismatch {
                 endpoint: target.to_string(),
                 expected,
-                found,
+                // Empty from another env, which does not say (older peers did).
+                found: (!found.is_empty()).then_some(found),
             }
             .into()),
         }
@@ -1048,6 +1246,13 @@ impl RpcEnv {
             failed: c.failed.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
+            dropped: c.dropped.get(),
+            refused: c.refused.get(),
+            pending_asks: self.inner.pending_asks.load(Ordering::Relaxed) as u64,
+            inboxed: lock(&self.inner.endpoints)
+                .values()
+                .map(|m| m.messages() as u64)
+                .sum(),
         }
     }
 

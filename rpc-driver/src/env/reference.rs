@@ -206,7 +206,7 @@ where
                     deadline: None,
                     cancel: None,
                 })
-                .map_err(|_| RpcError::EndpointStopped(self.address.to_string())),
+                .map_err(|e| refusal(&e, &mailbox, &self.shared.endpoint)),
             Route::Remote(outbox) => {
                 let body = self.encode(&message, EnvelopeKind::Send, None)?;
                 outbox.send(body)
@@ -283,7 +283,7 @@ where
                     cancel: Some(cancel),
                 }) {
                     Ok(()) => AskState::Local(waiter),
-                    Err(_) => AskState::Failed(RpcError::EndpointStopped(ask.endpoint.to_string())),
+                    Err(e) => AskState::Failed(refusal(&e, &mailbox, &ask.endpoint)),
                 }
             }
             Route::Remote(outbox) => match self.encode(&message, EnvelopeKind::Ask, deadline_ms) {
@@ -405,6 +405,21 @@ where
             }
         }
         Err(last.expect("at least one attempt"))
+    }
+}
+
+/// The error a local sender gets when an inbox refuses its message.
+fn refusal<M>(
+    error: &rpc_proto::InboxError<M>,
+    mailbox: &super::mailbox::Mailbox,
+    endpoint: &str,
+) -> RpcError {
+    match error {
+        rpc_proto::InboxError::Full(_) => RpcError::EndpointBusy {
+            endpoint: endpoint.to_owned(),
+            reason: format!("its inbox is full ({} messages)", mailbox.capacity()).into(),
+        },
+        _ => RpcError::EndpointStopped(endpoint.to_owned()),
     }
 }
 

@@ -1,7 +1,10 @@
 //! Serving chunks and streams: Spark's `StreamManager` and `OneForOneStreamManager`.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rpc_proto::StreamChunkId;
@@ -83,6 +86,19 @@ pub trait StreamManager: Send + Sync + 'static {
 /// served, or when the connection it was registered for closes. Chunks it cannot serve fail
 /// with Spark's texts; it serves no named streams.
 ///
+/// A stream registered for a connection (an `owner`) is served on that connection only, as
+/// in Spark 4.3 (which checks the channel): on any other, it fails as if it did not exist.
+/// Stream ids from [`random`](OneForOneStreamManager::random) (and `default`) are drawn
+/// from the OS's randomness, so a peer cannot guess another connection's ids from its own;
+/// [`new`](OneForOneStreamManager::new) numbers them in sequence, for tests.
+///
+/// Chunks are either buffers given at registration ([`register_stream`]) or made when they
+/// are fetched ([`register_lazy_stream`]), so a stream of many large blocks holds nothing
+/// until a chunk is asked for.
+///
+/// [`register_stream`]: OneForOneStreamManager::register_stream
+/// [`register_lazy_stream`]: OneForOneStreamManager::register_lazy_stream
+///
 /// ```
 /// use rpc_driver::transport::OneForOneStreamManager;
 ///
@@ -95,48 +111,127 @@ pub struct OneForOneStreamManager {
     state: Mutex<State>,
 }
 
+/// Makes the chunk with the given index, when it is fetched.
+type ChunkSource = Arc<dyn Fn(u32) -> Result<Bytes, String> + Send + Sync>;
+
 struct State {
-    next_stream_id: u64,
+    ids: StreamIds,
     streams: HashMap<u64, Registered>,
+    /// The streams registered for each connection, by connection id: a connection's close
+    /// and its count of streams touch only its own.
+    by_owner: HashMap<u64, HashSet<u64>>,
+}
+
+enum StreamIds {
+    Sequential(u64),
+    /// SipHash of a counter under random keys: unpredictable without the keys.
+    Random {
+        keys: RandomState,
+        counter: u64,
+    },
+}
+
+enum Chunks {
+    Ready(VecDeque<Bytes>),
+    Lazy { count: u32, source: ChunkSource },
 }
 
 struct Registered {
     app_id: String,
-    buffers: std::collections::VecDeque<Bytes>,
+    chunks: Chunks,
     next_chunk: u32,
     owner: Option<u64>,
 }
 
+impl Default for OneForOneStreamManager {
+    fn default() -> Self {
+        Self::random()
+    }
+}
+
 impl OneForOneStreamManager {
-    /// A manager whose stream ids start at `first_stream_id` (Spark starts at a random
-    /// number, so ids from a restarted server do not collide with old ones).
+    /// A manager whose stream ids are `first_stream_id`, then the next numbers in sequence.
+    /// Predictable: for tests; servers use [`random`](OneForOneStreamManager::random).
     pub fn new(first_stream_id: u64) -> Self {
+        Self::with_ids(StreamIds::Sequential(first_stream_id))
+    }
+
+    /// A manager whose stream ids are random (from the OS's randomness, through
+    /// [`RandomState`]) positive 63-bit numbers, never two alike at once.
+    pub fn random() -> Self {
+        Self::with_ids(StreamIds::Random {
+            keys: RandomState::new(),
+            counter: 0,
+        })
+    }
+
+    fn with_ids(ids: StreamIds) -> Self {
         Self {
             state: Mutex::new(State {
-                next_stream_id: first_stream_id,
+                ids,
                 streams: HashMap::new(),
+                by_owner: HashMap::new(),
             }),
         }
     }
 
     /// Registers `buffers` as a stream of chunks for application `app_id`, returning its id.
-    /// With an `owner`, the stream is released when that connection closes.
+    /// With an `owner`, the stream is served only on that connection and released when it
+    /// closes.
     pub fn register_stream(
         &self,
         app_id: &str,
         buffers: Vec<Bytes>,
         owner: Option<&TransportClient>,
     ) -> u64 {
+        self.register(app_id, Chunks::Ready(buffers.into()), owner)
+    }
+
+    /// Registers a stream of `count` chunks for application `app_id` whose chunk `i` is
+    /// made by `source(i)` when it is fetched (in order, each once), returning its id. A
+    /// source's error fails that chunk's fetch with its message. `source` runs on the
+    /// fetching connection's task, outside the manager's lock: it must not block. With an
+    /// `owner`, as for [`register_stream`](OneForOneStreamManager::register_stream).
+    pub fn register_lazy_stream(
+        &self,
+        app_id: &str,
+        count: u32,
+        owner: Option<&TransportClient>,
+        source: impl Fn(u32) -> Result<Bytes, String> + Send + Sync + 'static,
+    ) -> u64 {
+        let source: ChunkSource = Arc::new(source);
+        self.register(app_id, Chunks::Lazy { count, source }, owner)
+    }
+
+    fn register(&self, app_id: &str, chunks: Chunks, owner: Option<&TransportClient>) -> u64 {
         let mut s = lock(&self.state);
-        let id = s.next_stream_id;
-        s.next_stream_id = s.next_stream_id.wrapping_add(1);
+        let id = loop {
+            let id = match &mut s.ids {
+                StreamIds::Sequential(next) => {
+                    let id = *next;
+                    *next = next.wrapping_add(1);
+                    id
+                }
+                StreamIds::Random { keys, counter } => {
+                    *counter = counter.wrapping_add(1);
+                    keys.hash_one(*counter) & (i64::MAX as u64)
+                }
+            };
+            if !s.streams.contains_key(&id) {
+                break id;
+            }
+        };
+        let owner = owner.map(TransportClient::id);
+        if let Some(owner) = owner {
+            s.by_owner.entry(owner).or_default().insert(id);
+        }
         s.streams.insert(
             id,
             Registered {
                 app_id: app_id.to_owned(),
-                buffers: buffers.into(),
+                chunks,
                 next_chunk: 0,
-                owner: owner.map(TransportClient::id),
+                owner,
             },
         );
         id
@@ -145,6 +240,14 @@ impl OneForOneStreamManager {
     /// Streams registered and not yet released.
     pub fn registered(&self) -> usize {
         lock(&self.state).streams.len()
+    }
+
+    /// Streams registered for `client`'s connection and not yet released.
+    pub fn registered_for(&self, client: &TransportClient) -> usize {
+        lock(&self.state)
+            .by_owner
+            .get(&client.id())
+            .map_or(0, HashSet::len)
     }
 
     /// The application a stream was registered for.
@@ -156,10 +259,28 @@ impl OneForOneStreamManager {
     }
 }
 
+impl State {
+    fn release(&mut self, stream_id: u64) {
+        if let Some(owner) = self.streams.remove(&stream_id).and_then(|r| r.owner) {
+            if let Some(ids) = self.by_owner.get_mut(&owner) {
+                ids.remove(&stream_id);
+                if ids.is_empty() {
+                    self.by_owner.remove(&owner);
+                }
+            }
+        }
+    }
+}
+
 impl StreamManager for OneForOneStreamManager {
-    fn chunk(&self, _client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
         let mut s = lock(&self.state);
-        let Some(stream) = s.streams.get_mut(&chunk.stream_id) else {
+        let Some(stream) = s
+            .streams
+            .get_mut(&chunk.stream_id)
+            // Another connection's stream is not there for this one.
+            .filter(|r| r.owner.is_none_or(|owner| owner == client.id()))
+        else {
             return Err(chunk_stream_closed(chunk.stream_id));
         };
         if chunk.chunk_index != stream.next_chunk {
@@ -168,23 +289,37 @@ impl StreamManager for OneForOneStreamManager {
                 chunk.chunk_index, stream.next_chunk
             ));
         }
-        let Some(buffer) = stream.buffers.pop_front() else {
-            return Err(format!(
-                "Requested chunk index beyond end {}",
-                chunk.chunk_index
-            ));
+        let beyond_end = || format!("Requested chunk index beyond end {}", chunk.chunk_index);
+        let (outcome, last) = match &mut stream.chunks {
+            Chunks::Ready(buffers) => {
+                let Some(buffer) = buffers.pop_front() else {
+                    return Err(beyond_end());
+                };
+                (Ok(buffer), buffers.is_empty())
+            }
+            Chunks::Lazy { count, source } => {
+                if chunk.chunk_index >= *count {
+                    return Err(beyond_end());
+                }
+                (Err(source.clone()), chunk.chunk_index + 1 == *count)
+            }
         };
         stream.next_chunk += 1;
-        if stream.buffers.is_empty() {
-            s.streams.remove(&chunk.stream_id);
+        if last {
+            s.release(chunk.stream_id);
         }
-        Ok(buffer)
+        drop(s);
+        // A lazy chunk is made outside the lock.
+        outcome.or_else(|source| source(chunk.chunk_index))
     }
 
     fn connection_closed(&self, client: &TransportClient) {
-        lock(&self.state)
-            .streams
-            .retain(|_, r| r.owner != Some(client.id()));
+        let mut s = lock(&self.state);
+        if let Some(ids) = s.by_owner.remove(&client.id()) {
+            for id in ids {
+                s.streams.remove(&id);
+            }
+        }
     }
 }
 
@@ -193,5 +328,38 @@ impl fmt::Debug for OneForOneStreamManager {
         f.debug_struct("OneForOneStreamManager")
             .field("registered", &self.registered())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 11): ids were sequential, so a peer could guess another
+    /// connection's from its own.
+    #[test]
+    fn random_stream_ids_are_positive_distinct_and_not_in_sequence() {
+        let streams = OneForOneStreamManager::random();
+        let ids: Vec<u64> = (0..1000)
+            .map(|_| streams.register_stream("app", Vec::new(), None))
+            .collect();
+        assert!(ids.iter().all(|id| *id <= i64::MAX as u64));
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+        let in_sequence = ids
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        assert!(
+            in_sequence < 2,
+            "{in_sequence} ids follow their predecessor"
+        );
+        assert_eq!(streams.registered(), 1000);
+        // Two managers draw different ids.
+        let other = OneForOneStreamManager::random().register_stream("app", Vec::new(), None);
+        assert_ne!(other, ids[0]);
+        // Sequential ids stay available for tests.
+        let sequential = OneForOneStreamManager::new(7);
+        assert_eq!(sequential.register_stream("app", Vec::new(), None), 7);
+        assert_eq!(sequential.register_stream("app", Vec::new(), None), 8);
     }
 }

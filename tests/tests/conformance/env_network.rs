@@ -438,7 +438,13 @@ fn looking_up_an_endpoint_with_other_types_fails_with_a_type_mismatch() {
                     assert_eq!(*endpoint, format!("rpc://probe@{}", addr(&a)));
                     // The names the types are known by (their `RpcMessage` identities).
                     assert_eq!(expected, "String -> String");
-                    assert_eq!(found, "Cmd -> String");
+                    // Only a lookup in the endpoint's own env learns which types it takes.
+                    if std::ptr::eq(from, &a) {
+                        assert_eq!(found.as_deref(), Some("Cmd -> String"));
+                    } else {
+                        assert_eq!(*found, None);
+                        assert!(!err.to_string().contains("Cmd"), "{err}");
+                    }
                 }
                 other => panic!("expected a type mismatch, got {other:?}"),
             }
