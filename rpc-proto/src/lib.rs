@@ -65,6 +65,7 @@
 #![forbid(unsafe_code)]
 
 mod address;
+pub mod auth;
 mod config;
 mod connection;
 mod envelope;
@@ -79,6 +80,7 @@ mod serde_probe;
 pub mod fuzzing;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};
+pub use auth::{AuthClient, AuthError, AuthServer, AuthVersion, TransportKeys};
 pub use config::{
     Config, ConfigBuilder, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERROR_LEN,
     DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_ID_LEN, DEFAULT_MAX_PENDING_REQUESTS,

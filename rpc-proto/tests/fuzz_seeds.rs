@@ -184,3 +184,20 @@ fn generated_scripts_hold_the_connection_invariants() {
         fuzzing::connection(base, &script);
     }
 }
+
+#[test]
+fn auth_seeds_hold_the_invariants() {
+    for (path, data) in seeds("auth") {
+        eprintln!("replaying {}", path.display());
+        fuzzing::auth(&data);
+    }
+}
+
+#[test]
+fn generated_auth_inputs_hold_the_invariants() {
+    let mut rng = XorShift(0x6a09_e667_f3bc_c908);
+    for _ in 0..100 {
+        let n = rng.below(300) as usize;
+        fuzzing::auth(&rng.bytes(n));
+    }
+}
