@@ -11,6 +11,10 @@
 //! the ordering rules of an endpoint's [`Inbox`] and the queue and connect policy of an
 //! [`Outbox`]; endpoints, dispatch and connection pooling live in the layers above.
 //!
+//! For security it holds Spark's AES authentication handshake ([`auth`]): the messages, both
+//! key schedules and the client and server roles, taking the secret and randomness as inputs
+//! and giving the [`TransportKeys`] a transport cipher needs.
+//!
 //! ```text
 //!   bytes read, now ──► handle_data / handle_bytes ─┐
 //!   deadline passed ──► handle_timeout ─────────────┤      ┌──► poll_transmit: bytes to write

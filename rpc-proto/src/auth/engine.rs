@@ -58,7 +58,7 @@ impl Secret {
     }
 
     /// The secret's bytes.
-    pub fn expose(&self) -> &[u8] {
+    pub(crate) fn expose(&self) -> &[u8] {
         &self.0
     }
 }
@@ -352,6 +352,16 @@ impl AuthClient {
         })
     }
 
+    /// The engine version the keys will be derived with.
+    pub fn version(&self) -> AuthVersion {
+        self.version
+    }
+
+    /// The app id this client authenticates as.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
     /// The encoded challenge: the body of the handshake `RpcRequest`.
     pub fn challenge(&self) -> &[u8] {
         &self.challenge
@@ -407,6 +417,11 @@ impl AuthServer {
     /// A server deriving keys with `version`.
     pub fn new(version: AuthVersion) -> Self {
         AuthServer { version }
+    }
+
+    /// The engine version the keys are derived with.
+    pub fn version(&self) -> AuthVersion {
+        self.version
     }
 
     /// Checks the challenge (the body of the client's first `RpcRequest`) with the secret that
