@@ -61,10 +61,17 @@
 //! ```
 //!
 //! (The last `poll_event` in the loop above returned [`Event::StreamFinished`].)
+//!
+//! # Encryption
+//!
+//! [`cipher`] holds Spark's transport ciphers (AES-GCM segmented framing and AES-CTR) as pure
+//! byte transforms over keys given as [`CipherKeys`]; they sit between the socket bytes and a
+//! [`Connection`].
 
 #![forbid(unsafe_code)]
 
 mod address;
+pub mod cipher;
 mod config;
 mod connection;
 mod envelope;
@@ -79,6 +86,7 @@ mod serde_probe;
 pub mod fuzzing;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};
+pub use cipher::{CipherError, CipherKeys};
 pub use config::{
     Config, ConfigBuilder, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERROR_LEN,
     DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_ID_LEN, DEFAULT_MAX_PENDING_REQUESTS,
