@@ -325,6 +325,9 @@ enum Phase {
 /// released only after its segment's tag verified. Message boundaries are not reported: the
 /// output is one byte stream for the frame decoder (Spark may split one frame across two
 /// messages). Any error is final: later calls return [`CipherError::Failed`].
+///
+/// A zero-length message (header only, which Spark never sends) carries no tag, so nothing
+/// authenticates its salt and nonce prefix; it also yields no plaintext.
 pub struct GcmDecrypter {
     keys: CipherKeys,
     max_message_len: u64,
