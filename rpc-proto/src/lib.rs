@@ -65,11 +65,18 @@
 //! ```
 //!
 //! (The last `poll_event` in the loop above returned [`Event::StreamFinished`].)
+//!
+//! # Encryption
+//!
+//! [`cipher`] holds Spark's transport ciphers (AES-GCM segmented framing and AES-CTR) as pure
+//! byte transforms over keys given as [`CipherKeys`]; they sit between the socket bytes and a
+//! [`Connection`].
 
 #![forbid(unsafe_code)]
 
 mod address;
 pub mod auth;
+pub mod cipher;
 mod config;
 mod connection;
 mod envelope;
@@ -85,6 +92,7 @@ pub mod fuzzing;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};
 pub use auth::{AuthClient, AuthError, AuthServer, AuthVersion, TransportKeys};
+pub use cipher::{CipherError, CipherKeys};
 pub use config::{
     Config, ConfigBuilder, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ERROR_LEN,
     DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_ID_LEN, DEFAULT_MAX_PENDING_REQUESTS,
