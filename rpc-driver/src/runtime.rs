@@ -109,6 +109,19 @@ pub trait AsyncStream: Send + Unpin + 'static {
         Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
 
+    /// Writes out whatever this stream buffered of what [`poll_write_vectored`] accepted.
+    ///
+    /// A plain socket buffers nothing (the default returns ready at once). A stream that
+    /// transforms bytes on their way out (a cipher, TLS) may accept bytes before the socket
+    /// takes them; the driver calls this until it is ready before it considers a write
+    /// finished, so nothing accepted is left behind.
+    ///
+    /// [`poll_write_vectored`]: Self::poll_write_vectored
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+
     /// Shuts the write half down after everything written is flushed.
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 

@@ -476,6 +476,7 @@ impl TransportClient {
             read_chunk: READ_CHUNK_MIN,
             writing: VecDeque::new(),
             read_done: false,
+            unflushed: false,
         };
         rt.spawn(Box::pin(driver.instrument(span)));
         client
@@ -1222,6 +1223,9 @@ struct Driver {
     read_chunk: usize,
     writing: VecDeque<Bytes>,
     read_done: bool,
+    /// Whether the stream accepted bytes since it was last flushed
+    /// ([`AsyncStream::poll_flush`]).
+    unflushed: bool,
     /// Uploads being received: their sink, or `None` once refused or failed (the rest of the
     /// body is discarded).
     uploads: HashMap<RequestId, Option<Box<dyn UploadSink>>>,
@@ -1287,7 +1291,7 @@ impl Future for Driver {
             st.process_events(&mut inbound);
             st.wake_ready();
             this.count_partial_frame(&mut st, now);
-            let drained = st.conn.is_drained() && this.writing.is_empty();
+            let drained = st.conn.is_drained() && this.writing.is_empty() && !this.unflushed;
             if drained || !progress {
                 st.park_driver(cx.waker());
                 break drained;
@@ -1460,8 +1464,9 @@ impl Driver {
                         progress = true;
                         continue;
                     }
-                    Poll::Ready(false) => return progress,
-                    Poll::Pending => return progress,
+                    Poll::Ready(false) | Poll::Pending => {
+                        return self.flush(cx, st, now) || progress;
+                    }
                 }
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -1479,6 +1484,7 @@ impl Driver {
                 }
                 Poll::Ready(Ok(mut written)) => {
                     progress = true;
+                    self.unflushed = true;
                     st.conn.handle_written(now);
                     while written > 0 {
                         let front = self.writing.front_mut().expect("wrote queued bytes");
@@ -1496,6 +1502,26 @@ impl Driver {
                     st.conn.handle_transport_error(now, error);
                     return true;
                 }
+            }
+        }
+    }
+
+    /// Flushes what the stream buffered of the bytes it accepted (a cipher's or TLS's
+    /// output; a plain socket buffers nothing); returns whether that failed the connection.
+    fn flush(&mut self, cx: &mut Context<'_>, st: &mut ConnState, now: Instant) -> bool {
+        if !self.unflushed {
+            return false;
+        }
+        match self.stream.poll_flush(cx) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                false
+            }
+            Poll::Ready(Err(error)) => {
+                self.unflushed = false;
+                st.conn.handle_transport_error(now, error);
+                true
             }
         }
     }
