@@ -82,6 +82,7 @@ mod connection;
 mod envelope;
 mod error;
 mod frame;
+pub mod handshake;
 mod id;
 mod inbox;
 mod outbox;

@@ -41,9 +41,11 @@
 
 pub mod ctr;
 pub mod gcm;
+mod transport;
 
 pub use self::ctr::{CtrDecrypter, CtrEncrypter};
 pub use self::gcm::{GcmDecrypter, GcmEncrypter, GcmMessageEncrypter, MessageNonce};
+pub use self::transport::{CipherMode, TransportCipher};
 
 use std::fmt;
 
