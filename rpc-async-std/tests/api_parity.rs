@@ -45,6 +45,12 @@ const SHARED: &[&str] = &[
     "OutboxConfig",
     "RpcAddress",
     "RpcEndpointAddress",
+    // Security.
+    "security",
+    "AuthMechanism",
+    "SecretKeyHolder",
+    "Security",
+    "SecurityError",
     // The transport layer.
     "ConnectError",
     "RpcCall",
@@ -174,6 +180,12 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<t::OutboxConfig>, Of::<a::OutboxConfig>);
     same(Of::<t::RpcAddress>, Of::<a::RpcAddress>);
     same(Of::<t::RpcEndpointAddress>, Of::<a::RpcEndpointAddress>);
+
+    same(Of::<t::AuthMechanism>, Of::<a::AuthMechanism>);
+    same(Of::<dyn t::SecretKeyHolder>, Of::<dyn a::SecretKeyHolder>);
+    same(Of::<t::Security>, Of::<a::Security>);
+    same(Of::<t::SecurityError>, Of::<a::SecurityError>);
+    same(Of::<t::security::Secret>, Of::<a::security::Secret>);
 
     same(Of::<t::ConnectError>, Of::<a::ConnectError>);
     same(Of::<t::RpcCall>, Of::<a::RpcCall>);

@@ -28,6 +28,7 @@ mod completion;
 pub mod env;
 mod log_limit;
 mod runtime;
+pub mod security;
 mod sync;
 pub mod transport;
 mod wait_list;

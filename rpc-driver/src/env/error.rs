@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rpc_proto::{AddressError, ConnectionError, RpcEndpointAddress};
 
+use crate::security::SecurityError;
 use crate::transport::ConnectError;
 
 /// Why an `ask` (or a `send` that could be checked) did not succeed.
@@ -73,6 +74,16 @@ pub enum RpcError {
         /// The last connect error.
         cause: Arc<str>,
     },
+    /// The peer could not be reached because the connection's handshake failed: a wrong
+    /// secret, a peer that requires authentication (or another mechanism), a handshake that
+    /// timed out. Retrying does not help until the configuration changes.
+    #[error("could not deliver to {endpoint}: {cause}")]
+    Security {
+        /// The endpoint.
+        endpoint: String,
+        /// Why the handshake failed.
+        cause: SecurityError,
+    },
     /// The endpoint failed the call (`RpcCallContext::send_failure`, or its handler panicked).
     #[error("remote failure: {0}")]
     Remote(Arc<str>),
@@ -126,9 +137,15 @@ pub enum SetupError {
 
 impl From<ConnectError> for RpcError {
     fn from(e: ConnectError) -> Self {
-        RpcError::Unreachable {
-            endpoint: String::new(),
-            cause: e.to_string().into(),
+        match e {
+            ConnectError::Security(cause) => RpcError::Security {
+                endpoint: String::new(),
+                cause,
+            },
+            e => RpcError::Unreachable {
+                endpoint: String::new(),
+                cause: e.to_string().into(),
+            },
         }
     }
 }

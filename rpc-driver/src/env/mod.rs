@@ -261,6 +261,22 @@ impl RpcEnvConfig {
         self.transport = transport;
         self
     }
+
+    /// Sets the security of every connection the env opens or accepts
+    /// ([`TransportConfig::security`]): with a secret, a peer env must hold the same secret
+    /// to reach any endpoint, and (with AES) everything between them is encrypted.
+    ///
+    /// ```
+    /// # use rpc_driver::env::RpcEnvConfig;
+    /// use rpc_driver::security::Security;
+    /// let config = RpcEnvConfig::server("driver", "127.0.0.1", 0)
+    ///     .with_security(Security::secret("s3cret"));
+    /// assert!(config.transport.security.is_enabled());
+    /// ```
+    pub fn with_security(mut self, security: crate::security::Security) -> Self {
+        self.transport.security = security;
+        self
+    }
 }
 
 /// Counters of an env, from [`RpcEnv::stats`].

@@ -15,8 +15,9 @@ use super::reference::CancelOnDrop;
 use super::EnvInner;
 use crate::completion::{self, Completer, Waiter};
 use crate::runtime::{deadline_after, Runtime};
+use crate::security::SecurityError;
 use crate::sync::{lock, Arc, Mutex};
-use crate::transport::{RpcCall, TransportClient};
+use crate::transport::{ConnectError, RpcCall, TransportClient};
 
 /// What an ask becomes once it is written: the transport call and the cancel guard.
 pub(crate) type Sent = Result<(RpcCall, CancelOnDrop), RpcError>;
@@ -54,6 +55,9 @@ struct CellState {
     outbox: Outbox<OutMsg>,
     client: Option<TransportClient>,
     timer: Option<Instant>,
+    /// Why the last connect's handshake failed, if it did: asks that fail for want of a
+    /// connection then fail with it, typed.
+    refused: Option<SecurityError>,
 }
 
 impl OutboxCell {
@@ -65,6 +69,7 @@ impl OutboxCell {
                 outbox,
                 client: None,
                 timer: None,
+                refused: None,
             }),
         }
     }
@@ -217,14 +222,16 @@ impl OutboxCell {
                 OutboxAction::Connect => self.spawn_connect(env),
                 OutboxAction::Deliver(message) => match st.client.clone() {
                     Some(client) => self.deliver(&client, message, now),
-                    None => self.fail(env, message, "not connected".into()),
+                    None => self.fail(env, message, "not connected".into(), None),
                 },
                 OutboxAction::Fail(message, failure) => {
-                    let reason = match failure {
-                        OutboxFailure::ConnectFailed { reason, .. } => reason.to_string(),
-                        other => other.to_string(),
+                    let (reason, refused) = match failure {
+                        OutboxFailure::ConnectFailed { reason, .. } => {
+                            (reason.to_string(), st.refused.clone())
+                        }
+                        other => (other.to_string(), None),
                     };
-                    self.fail(env, message, reason)
+                    self.fail(env, message, reason, refused)
                 }
                 _ => {}
             }
@@ -263,8 +270,11 @@ impl OutboxCell {
         let rt = env.rt.clone();
         env.rt.spawn(Box::pin(async move {
             let result = match resolve(&*rt, &remote).await {
-                Ok(addr) => factory.create_client(addr).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+                Ok(addr) => factory.create_client(addr).await.map_err(|e| match e {
+                    ConnectError::Security(refused) => (refused.to_string(), Some(refused)),
+                    other => (other.to_string(), None),
+                }),
+                Err(e) => Err((e, None)),
             };
             let Some(env) = cell.env.upgrade() else {
                 return;
@@ -274,11 +284,13 @@ impl OutboxCell {
             match result {
                 Ok(client) => {
                     info!(%remote, "connected");
+                    st.refused = None;
                     st.client = Some(client);
                     st.outbox.handle_connected(now);
                 }
-                Err(reason) => {
+                Err((reason, refused)) => {
                     info!(%remote, %reason, "connect failed");
+                    st.refused = refused;
                     env.stats.retried();
                     st.outbox.handle_connect_failed(now, reason.into());
                 }
@@ -314,7 +326,13 @@ impl OutboxCell {
         }
     }
 
-    fn fail(&self, env: &EnvInner, message: OutMsg, reason: String) {
+    fn fail(
+        &self,
+        env: &EnvInner,
+        message: OutMsg,
+        reason: String,
+        refused: Option<SecurityError>,
+    ) {
         match message {
             OutMsg::Send(_) => {
                 warn!(remote = %self.remote, %reason, "one-way message not delivered");
@@ -325,6 +343,11 @@ impl OutboxCell {
             } => {
                 let error = if env.is_stopped() {
                     RpcError::EnvStopped
+                } else if let Some(cause) = refused {
+                    RpcError::Security {
+                        endpoint: endpoint.to_string(),
+                        cause,
+                    }
                 } else {
                     RpcError::Unreachable {
                         endpoint: endpoint.to_string(),

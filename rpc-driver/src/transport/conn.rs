@@ -397,6 +397,8 @@ pub(crate) struct ConnInner {
     pub(crate) rt: StdArc<dyn Runtime>,
     pub(crate) addrs: ConnectionAddrs,
     id: u64,
+    /// The app id the peer authenticated as, on a secured connection.
+    client_id: Option<StdArc<str>>,
     pub(crate) state: Mutex<ConnState>,
 }
 
@@ -434,11 +436,13 @@ impl TransportClient {
         config: Config,
         handler: StdArc<dyn RpcHandler>,
         registry: Option<StdArc<Registry>>,
+        client_id: Option<StdArc<str>>,
     ) -> Self {
         let now = rt.now();
         let inner = Arc::new(ConnInner {
             zero_copy: AtomicU64::new(0),
             addrs,
+            client_id,
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(ConnState::new(Connection::new(
                 if registry.is_some() {
@@ -657,6 +661,13 @@ impl TransportClient {
     /// A number naming this connection in logs, unique in the process.
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// The app id this connection authenticated as (Spark's `getClientId`): on a connection
+    /// with [`Security`](crate::security::Security), the id the client presented and proved
+    /// it holds the secret of; `None` on a connection without authentication.
+    pub fn client_id(&self) -> Option<&str> {
+        self.inner.client_id.as_deref()
     }
 
     /// Whether new calls would be refused with [`CallError::SendBufferFull`] now.

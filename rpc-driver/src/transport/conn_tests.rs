@@ -49,6 +49,7 @@ fn conn_inner(config: Config) -> Arc<ConnInner> {
             peer: addr,
         },
         id: 0,
+        client_id: None,
         state: Mutex::new(ConnState::new(Connection::new(config, Instant::now()))),
     })
 }

@@ -12,6 +12,7 @@ use tracing::{debug, info};
 
 use super::{ConnectionAddrs, RpcHandler, TransportClient, TransportConfig};
 use crate::runtime::{sleep_for, Runtime};
+use crate::security::{secure_client, SecurityError};
 use crate::sync::{lock, Arc, Mutex};
 
 /// Opening a connection failed.
@@ -39,6 +40,10 @@ pub enum ConnectError {
     /// The factory was closed.
     #[error("the client factory is closed")]
     Closed,
+    /// The connection was made, but its handshake failed: a wrong secret, a peer that
+    /// wants another mechanism, a handshake that timed out.
+    #[error("{0}")]
+    Security(#[from] SecurityError),
 }
 
 /// Opens connections to peers and pools them: one (or
@@ -168,13 +173,15 @@ impl TransportClientFactory {
             message: e.to_string().into(),
         })?;
         debug!(%addr, %local, "connected");
+        let secured = secure_client(&*inner.rt, stream, &inner.config.security, addr).await?;
         Ok(TransportClient::open(
             inner.rt.clone(),
-            stream,
+            secured.stream,
             ConnectionAddrs { local, peer: addr },
             inner.config.connection.clone(),
             inner.handler.clone(),
             None,
+            secured.client_id,
         ))
     }
 

@@ -31,6 +31,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rpc_proto::{Config, ConnectionError};
 
+use crate::security::Security;
+
 /// Receives what peers send on a connection: Spark's `RpcHandler`.
 ///
 /// Called on the connection's driver task: implementations must not block. Hand longer work
@@ -128,6 +130,9 @@ pub struct TransportConfig {
     /// [`DEFAULT_MAX_PARTIAL_FRAME_BYTES`] (256 MiB, the default frame limit, so any one
     /// frame fits); a frame larger than this cannot be received by a server.
     pub max_partial_frame_bytes: u64,
+    /// Authentication and encryption of every connection: none by default. See
+    /// [`security`](crate::security).
+    pub security: Security,
 }
 
 /// The default of [`TransportConfig::max_connections`]: half the usual per-process limit of
@@ -146,6 +151,7 @@ impl Default for TransportConfig {
             fast_fail_window: Duration::ZERO,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_partial_frame_bytes: DEFAULT_MAX_PARTIAL_FRAME_BYTES,
+            security: Security::none(),
         }
     }
 }
@@ -189,6 +195,12 @@ impl TransportConfig {
     /// Sets [`fast_fail_window`](TransportConfig::fast_fail_window).
     pub fn with_fast_fail_window(mut self, window: Duration) -> Self {
         self.fast_fail_window = window;
+        self
+    }
+
+    /// Sets [`security`](TransportConfig::security).
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
         self
     }
 

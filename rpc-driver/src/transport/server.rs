@@ -38,7 +38,8 @@ use super::{
     TransportClient, TransportConfig, UploadSink,
 };
 use crate::log_limit::limited;
-use crate::runtime::{AsyncListener, AsyncTimer, Runtime};
+use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer, Runtime};
+use crate::security::secure_server;
 use crate::sync::{lock, Arc, Mutex};
 
 /// Connections one poll of the accept loop takes before it yields to the executor.
@@ -65,6 +66,13 @@ pub struct ServerStats {
     pub open: u64,
     /// Connections closed because the peer sent an invalid frame.
     pub protocol_errors: u64,
+    /// Connections whose handshake failed (a wrong secret, an unknown app, a request before
+    /// authenticating, garbage, a stall past the handshake timeout), cut off before anything
+    /// was served. Counted with [`Security`](crate::security::Security) on.
+    pub auth_failures: u64,
+    /// Connections in their handshake now (counted against
+    /// [`max_connections`](TransportConfig::max_connections)).
+    pub handshaking: u64,
     /// Connections that ended with any other error (timeouts, transport errors, ...).
     pub failed: u64,
     /// Replies that matched no outstanding call, dropped, on every connection the server
@@ -80,6 +88,8 @@ struct Counters {
     refused: AtomicU64,
     accept_errors: AtomicU64,
     protocol_errors: AtomicU64,
+    auth_failures: AtomicU64,
+    handshaking: AtomicU64,
     failed: AtomicU64,
     /// Unmatched replies of connections already closed.
     unmatched_replies: AtomicU64,
@@ -179,6 +189,8 @@ impl TransportServer {
             accept_errors: c.accept_errors.load(Ordering::Relaxed),
             open: open.len() as u64,
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            auth_failures: c.auth_failures.load(Ordering::Relaxed),
+            handshaking: c.handshaking.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             unmatched_replies: c.unmatched_replies.load(Ordering::Relaxed) + unmatched_open,
         }
@@ -233,7 +245,8 @@ impl Accept {
     /// Serves an accepted connection, or closes it at once beyond the cap.
     fn take(&mut self, stream: Box<dyn crate::runtime::AsyncStream>, peer: SocketAddr) {
         let server = &self.server;
-        let open = lock(&server.open).len();
+        let open =
+            lock(&server.open).len() + server.counters.handshaking.load(Ordering::Relaxed) as usize;
         if open >= self.config.max_connections {
             bump(&server.counters.refused);
             limited!(
@@ -248,14 +261,41 @@ impl Accept {
         }
         bump(&server.counters.accepted);
         let local = stream.local_addr().unwrap_or(server.local_addr);
-        TransportClient::open(
-            self.rt.clone(),
-            stream,
-            ConnectionAddrs { local, peer },
-            self.config.connection.clone(),
-            server.handler.clone(),
-            Some(server.open.clone()),
-        );
+        let addrs = ConnectionAddrs { local, peer };
+        if !self.config.security.is_enabled() {
+            open_accepted(&self.rt, server, stream, addrs, &self.config, None);
+            return;
+        }
+        // The handshake runs on a task of its own; the connection exists (and can be
+        // served) only once it succeeded.
+        bump(&server.counters.handshaking);
+        let (rt, server, config) = (self.rt.clone(), server.clone(), self.config.clone());
+        let handshake = async move {
+            let secured = secure_server(&*rt, stream, &config.security, peer).await;
+            server.counters.handshaking.fetch_sub(1, Ordering::Relaxed);
+            match secured {
+                Ok(secured) if !server.closed.load(Ordering::SeqCst) => {
+                    debug!(%peer, client_id = ?secured.client_id, "authenticated");
+                    open_accepted(
+                        &rt,
+                        &server,
+                        secured.stream,
+                        addrs,
+                        &config,
+                        secured.client_id,
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    bump(&server.counters.auth_failures);
+                    // Once per attempt, at a bounded rate; the error names the peer and
+                    // what kind of failure, never which check failed.
+                    limited!(warn, %peer, %error, "connection refused: handshake failed");
+                }
+            }
+        };
+        let span = tracing::debug_span!("handshake", %peer);
+        self.rt.spawn(Box::pin(handshake.instrument(span)));
     }
 
     /// Counts and logs a failed accept; pauses accepting unless it concerned only one
@@ -308,6 +348,26 @@ impl Future for Accept {
             }
         }
     }
+}
+
+/// Starts serving a connection the server accepted (and, with security, authenticated).
+fn open_accepted(
+    rt: &StdArc<dyn Runtime>,
+    server: &Arc<ServerInner>,
+    stream: Box<dyn AsyncStream>,
+    addrs: ConnectionAddrs,
+    config: &TransportConfig,
+    client_id: Option<StdArc<str>>,
+) {
+    TransportClient::open(
+        rt.clone(),
+        stream,
+        addrs,
+        config.connection.clone(),
+        server.handler.clone(),
+        Some(server.open.clone()),
+        client_id,
+    );
 }
 
 /// The server's handler around the user's: counts how connections end.

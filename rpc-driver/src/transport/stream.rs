@@ -283,6 +283,16 @@ impl StreamManager for OneForOneStreamManager {
         else {
             return Err(chunk_stream_closed(chunk.stream_id));
         };
+        // Spark's `checkAuthorization`: an authenticated connection reads only its own
+        // application's streams.
+        if let Some(client_id) = client.client_id() {
+            if client_id != stream.app_id {
+                return Err(format!(
+                    "Client {client_id} not authorized to read stream {}.",
+                    chunk.stream_id
+                ));
+            }
+        }
         if chunk.chunk_index != stream.next_chunk {
             return Err(format!(
                 "Received out-of-order chunk index {} (expected {})",
