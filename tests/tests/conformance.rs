@@ -38,6 +38,7 @@ macro_rules! suite {
         mod merged_meta;
         mod peer_process;
         mod races;
+        mod security;
         mod slow_reader;
         mod spark_transport;
         mod streams;
