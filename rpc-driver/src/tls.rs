@@ -124,6 +124,10 @@ impl From<TlsError> for io::Error {
 /// behaviour); see [`connect_with_server_name`] to check a name for this connection only.
 /// The caller bounds the handshake with its own timeout. The returned stream is ready for
 /// the connection driver.
+///
+/// With TLS 1.3 the client finishes its handshake before the server has checked the
+/// client's certificate: a server that refuses it (mutual TLS) says so with an alert that
+/// the client reads as an error on its first read, not here.
 pub async fn connect(
     stream: Box<dyn AsyncStream>,
     config: &TlsConfig,
@@ -302,10 +306,10 @@ impl TlsStream {
                 Err(error) => return Poll::Ready(Err(error)),
             }
             // Send what the peer's messages called for (a key update, say) and any output
-            // left over, without waiting for the socket to take it.
-            if let Poll::Ready(Err(error)) = self.poll_write_tls(cx) {
-                return Poll::Ready(Err(error));
-            }
+            // left over, without waiting for the socket to take it. A write error is left
+            // for the next write or flush to report: the peer may have sent everything and
+            // gone, and what it sent is still to be read.
+            let _ = self.poll_write_tls(cx);
             // Ok(0), the socket's end, makes the reader report the end or a truncation.
             ready!(self.poll_read_tls(cx))?;
             self.process(cx).map_err(tls_failure)?;

@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_name;
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme, SupportedProtocolVersion,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -115,7 +117,7 @@ enum Trust {
     /// Nothing configured: a client cannot be built.
     Unset,
     /// Certificates that chain to these roots.
-    Roots(Arc<RootCertStore>),
+    Roots(TrustStore),
     /// Any certificate (Spark without a trust store).
     Any,
 }
@@ -183,7 +185,7 @@ pub struct TlsConfig {
     identity: Option<Arc<CertifiedKey>>,
     trust: Trust,
     server_name: Option<ServerName<'static>>,
-    client_roots: Option<Arc<RootCertStore>>,
+    client_roots: Option<TrustStore>,
     versions: Vec<TlsVersion>,
     built: Arc<Built>,
 }
@@ -251,8 +253,13 @@ impl TlsConfig {
     /// as PEM: JKS trust stores are not read; export one with
     /// `keytool -exportcert -rfc -keystore truststore.jks -alias ...`). A self-signed
     /// server certificate can be its own trust root. Replaces an earlier trust setting.
+    ///
+    /// As in a Java trust store, a certificate found as it is in the trust store is trusted
+    /// without further checks, even one rustls would not take as a server certificate (a
+    /// self-signed certificate marked as a CA, as `openssl req -x509` makes them, or an
+    /// expired one); the server must still prove it holds its key.
     pub fn with_trust_pem(mut self, trust_pem: &[u8]) -> Result<Self, TlsConfigError> {
-        self.trust = Trust::Roots(Arc::new(root_store(trust_pem, "trust store")?));
+        self.trust = Trust::Roots(TrustStore::from_pem(trust_pem, "trust store")?);
         Ok(self.rebuilt())
     }
 
@@ -285,10 +292,11 @@ impl TlsConfig {
     }
 
     /// Requires every client to present a certificate that chains to these PEM certificates
-    /// (mutual TLS; Spark has none). Clients configure theirs with
+    /// (mutual TLS; Spark has none), or that is one of them as it is (as for
+    /// [`with_trust_pem`](Self::with_trust_pem)). Clients configure theirs with
     /// [`with_identity_pem`](Self::with_identity_pem).
     pub fn require_client_certificates(mut self, trust_pem: &[u8]) -> Result<Self, TlsConfigError> {
-        self.client_roots = Some(Arc::new(root_store(trust_pem, "client trust store")?));
+        self.client_roots = Some(TrustStore::from_pem(trust_pem, "client trust store")?);
         Ok(self.rebuilt())
     }
 
@@ -359,19 +367,16 @@ impl TlsConfig {
             Trust::Any => Arc::new(AnyServerCertificate {
                 algorithms: provider.signature_verification_algorithms,
             }),
-            Trust::Roots(roots) => {
-                let webpki =
-                    WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-                        .build()
-                        .map_err(|e| {
-                            TlsConfigError::Rustls(rustls::Error::General(e.to_string()))
-                        })?;
-                if named {
-                    webpki
-                } else {
-                    Arc::new(ChainOnly { webpki })
-                }
-            }
+            Trust::Roots(store) => Arc::new(TrustedServer {
+                webpki: WebPkiServerVerifier::builder_with_provider(
+                    store.roots.clone(),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| TlsConfigError::Rustls(rustls::Error::General(e.to_string())))?,
+                pinned: store.certificates.clone(),
+                check_name: named,
+            }),
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&self.versions())
@@ -400,11 +405,12 @@ impl TlsConfig {
             .with_protocol_versions(&self.versions())
             .map_err(TlsConfigError::Rustls)?;
         let builder = match &self.client_roots {
-            Some(roots) => builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+            Some(store) => builder.with_client_cert_verifier(Arc::new(TrustedClient {
+                webpki: WebPkiClientVerifier::builder_with_provider(store.roots.clone(), provider)
                     .build()
                     .map_err(|e| TlsConfigError::Rustls(rustls::Error::General(e.to_string())))?,
-            ),
+                pinned: store.certificates.clone(),
+            })),
             None => builder.with_no_client_auth(),
         };
         let mut config =
@@ -423,11 +429,11 @@ impl fmt::Debug for TlsConfig {
             .map(|id| format!("{} certificate(s) and a private key", id.cert.len()));
         let trust = match &self.trust {
             Trust::Unset => "none".to_owned(),
-            Trust::Roots(roots) => format!("{} root(s)", roots.len()),
+            Trust::Roots(store) => format!("{} root(s)", store.certificates.len()),
             Trust::Any => "any server certificate (insecure)".to_owned(),
         };
         let client_certificates = match &self.client_roots {
-            Some(roots) => format!("required, {} root(s)", roots.len()),
+            Some(store) => format!("required, {} root(s)", store.certificates.len()),
             None => "not requested".to_owned(),
         };
         f.debug_struct("TlsConfig")
@@ -495,29 +501,53 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn root_store(pem: &[u8], what: &'static str) -> Result<RootCertStore, TlsConfigError> {
-    let mut store = RootCertStore::empty();
-    for certificate in parse_certificates(pem, what)? {
-        store
-            .add(certificate)
-            .map_err(|reason| TlsConfigError::TrustRoot { what, reason })?;
+/// A trust store: its certificates as trust roots, and as they are, for the exact matches
+/// that are trusted whatever they are ([`TrustedServer`]).
+#[derive(Clone)]
+struct TrustStore {
+    roots: Arc<RootCertStore>,
+    certificates: Arc<[CertificateDer<'static>]>,
+}
+
+impl TrustStore {
+    fn from_pem(pem: &[u8], what: &'static str) -> Result<TrustStore, TlsConfigError> {
+        let certificates = parse_certificates(pem, what)?;
+        let mut roots = RootCertStore::empty();
+        for certificate in &certificates {
+            roots
+                .add(certificate.clone())
+                .map_err(|reason| TlsConfigError::TrustRoot { what, reason })?;
+        }
+        Ok(TrustStore {
+            roots: Arc::new(roots),
+            certificates: certificates.into(),
+        })
     }
-    Ok(store)
 }
 
-/// Spark's client check: the server's chain must lead to a trust root, whatever names its
-/// certificate carries.
+/// How a client checks a server's certificate against a trust store, as Spark's (Java's)
+/// does:
 ///
-/// Everything is delegated to rustls' own verifier: the chain (signatures, validity dates,
-/// key usage) is checked first, and only the name check that comes after it is forgiven, so
-/// no other failure can be mistaken for a name mismatch. Handshake signatures are verified
-/// as usual.
+/// * A certificate found as it is in the trust store is trusted, even one webpki would not
+///   take as an end-entity certificate (a self-signed certificate marked as a CA, as
+///   `openssl req -x509` makes them, or one past its dates), like an entry of a Java trust
+///   store.
+/// * Otherwise its chain must lead to a trust root (rustls' own verifier: signatures,
+///   validity dates, key usage).
+/// * The name is checked only with `check_name`. Without it, only the name check is
+///   forgiven: rustls checks the chain first and the name after it, so no other failure can
+///   be mistaken for a name mismatch.
+///
+/// Either way the handshake signatures are verified, so the server proves it holds the
+/// certificate's key.
 #[derive(Debug)]
-struct ChainOnly {
+struct TrustedServer {
     webpki: Arc<WebPkiServerVerifier>,
+    pinned: Arc<[CertificateDer<'static>]>,
+    check_name: bool,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for TrustedServer {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -526,6 +556,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.pinned.iter().any(|pinned| pinned == end_entity) {
+            if self.check_name {
+                let parsed = ParsedCertificate::try_from(end_entity)?;
+                verify_server_name(&parsed, server_name)?;
+            }
+            return Ok(ServerCertVerified::assertion());
+        }
         match self.webpki.verify_server_cert(
             end_entity,
             intermediates,
@@ -535,9 +572,58 @@ impl ServerCertVerifier for ChainOnly {
         ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// How a server checks a client's certificate (mutual TLS): as [`TrustedServer`] does,
+/// without names.
+#[derive(Debug)]
+struct TrustedClient {
+    webpki: Arc<dyn ClientCertVerifier>,
+    pinned: Arc<[CertificateDer<'static>]>,
+}
+
+impl ClientCertVerifier for TrustedClient {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.pinned.iter().any(|pinned| pinned == end_entity) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        self.webpki
+            .verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(

@@ -746,6 +746,64 @@ fn a_self_signed_certificate_is_accepted_when_it_is_the_trust_root() {
 }
 
 #[test]
+fn a_certificate_in_the_trust_store_is_trusted_as_it_is() {
+    // What `openssl req -x509` makes: self-signed and marked as a CA, which webpki refuses
+    // as an end-entity certificate.
+    let server = TlsConfig::new()
+        .with_identity_pem(CA_FLAG_CERT, SEC1_KEY)
+        .unwrap();
+    let client = TlsConfig::new().with_trust_pem(CA_FLAG_CERT).unwrap();
+    let (mut c, mut s) = established(&client, &server);
+    transfer(&mut c, &mut s, b"pinned", 10);
+    established(
+        &client.clone().with_server_name("sec1.test").unwrap(),
+        &server,
+    );
+    let wrong = client.clone().with_server_name("other.test").unwrap();
+    let (c, _) = handshakes(&wrong, &server, 1 << 20, 1 << 20);
+    let error = handshake_error(c);
+    assert!(
+        matches!(
+            error,
+            TlsError::Handshake(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ))
+        ),
+        "{error:?}"
+    );
+    // Without the pin, webpki's verdict stands.
+    let elsewhere = trusting(&Ca::new("some ca"));
+    let (c, _) = handshakes(&elsewhere, &server, 1 << 20, 1 << 20);
+    let error = handshake_error(c);
+    assert!(matches!(error, TlsError::Handshake(_)), "{error:?}");
+
+    // An expired self-signed certificate, trusted as it is (a Java trust store entry is).
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["old.test".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let old = Identity {
+        chain: params.self_signed(&key).unwrap().pem(),
+        key: key.serialize_pem(),
+    };
+    let client = TlsConfig::new()
+        .with_trust_pem(old.chain.as_bytes())
+        .unwrap();
+    established(&client, &server_config(&old));
+
+    // The same for client certificates.
+    let server = server_config(&self_signed("server.test"))
+        .require_client_certificates(CA_FLAG_CERT)
+        .unwrap();
+    let client = TlsConfig::new()
+        .trust_any_server_certificate()
+        .with_identity_pem(CA_FLAG_CERT, SEC1_KEY)
+        .unwrap();
+    let (mut c, mut s) = established(&client, &server);
+    transfer(&mut c, &mut s, b"pinned client", 10);
+}
+
+#[test]
 fn trust_any_accepts_any_certificate_but_still_checks_the_handshake_signature() {
     let client = TlsConfig::new().trust_any_server_certificate();
     let server = server_config(&self_signed("whoever.test"));
@@ -1002,6 +1060,7 @@ const SEC1_KEY: &[u8] = include_bytes!("testdata/sec1.key");
 const SEC1_CERT: &[u8] = include_bytes!("testdata/sec1.crt");
 const PKCS1_KEY: &[u8] = include_bytes!("testdata/pkcs1.key");
 const PKCS1_CERT: &[u8] = include_bytes!("testdata/pkcs1.crt");
+const CA_FLAG_CERT: &[u8] = include_bytes!("testdata/ca-flag.crt");
 
 #[test]
 fn pkcs8_pkcs1_and_sec1_keys_all_serve() {
