@@ -11,6 +11,25 @@
 //!                                                (rustls::Connection, driven by hand)
 //! ```
 //!
+//! ```no_run
+//! # async fn demo(
+//! #     rt: std::sync::Arc<dyn rpc_driver::Runtime>,
+//! #     addr: std::net::SocketAddr,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! use rpc_driver::tls::{self, TlsConfig};
+//!
+//! // Once, shared by every connection (the rustls configuration is built once).
+//! let config = TlsConfig::new().with_trust_file("/etc/spark/tls/ca.pem")?;
+//! let socket = rt.connect(addr).await?;
+//! // Under the caller's own timeout.
+//! let stream = tls::connect(socket, &config).await?;
+//! // What the connection driver takes in place of the socket.
+//! let stream: Box<dyn rpc_driver::AsyncStream> = Box::new(stream);
+//! # drop(stream);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Design
 //!
 //! rustls is itself sans-IO: it takes TLS bytes in (`read_tls`, `process_new_packets`) and
@@ -51,7 +70,8 @@
 //!
 //! Spark's RPC TLS (`spark.ssl.rpc.enabled`) reads a PEM private key and certificate chain
 //! (or a JKS/PKCS12 key store), trusts a trust store, sends no SNI, checks no host name, and
-//! trusts every server when no trust store is set; it never asks for client certificates,
+//! trusts every server when no trust store is set (Spark 4.3 on Netty 4.2 would check host
+//! names, but Spark's launcher turns that off); it never asks for client certificates,
 //! and allows TLS 1.2 and 1.3. [`TlsConfig`] maps each of those settings (see its table):
 //! PEM only (no JKS, no encrypted keys), the same defaults for SNI and host names (with
 //! [`TlsConfig::with_server_name`] to check one), trusting everything only when asked
@@ -95,13 +115,13 @@ pub enum TlsError {
     /// TLS failed: the peer's certificate was refused, the peer sent an alert or something
     /// that is not TLS, no common version or cipher suite, ...
     #[error("tls handshake failed: {0}")]
-    Handshake(rustls::Error),
+    Handshake(#[source] rustls::Error),
     /// The peer closed the connection before the handshake finished.
     #[error("the peer closed the connection during the tls handshake")]
     Closed,
     /// Reading or writing the socket failed.
     #[error("i/o error during the tls handshake: {0}")]
-    Io(io::Error),
+    Io(#[source] io::Error),
 }
 
 impl From<TlsError> for io::Error {
@@ -225,7 +245,7 @@ impl TlsStream {
         loop {
             let write_blocked = match self.poll_write_tls(cx) {
                 Poll::Ready(Ok(())) => false,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(TlsError::Io(error))),
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(self.explain(cx, error))),
                 Poll::Pending => true,
             };
             if !self.conn.is_handshaking() {
@@ -249,6 +269,17 @@ impl TlsStream {
                 }
             }
         }
+    }
+
+    /// Why a write failed during the handshake: usually the peer refused the handshake and
+    /// left, and the alert it sent first says why; else the write's error.
+    fn explain(&mut self, cx: &mut Context<'_>, error: io::Error) -> TlsError {
+        while let Poll::Ready(Ok(1..)) = self.poll_read_tls(cx) {
+            if let Err(alert) = self.process(cx) {
+                return TlsError::Handshake(alert);
+            }
+        }
+        TlsError::Io(error)
     }
 
     /// Writes out the TLS records rustls holds; ready once there are none left.

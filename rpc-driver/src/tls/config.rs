@@ -79,13 +79,14 @@ pub enum TlsConfigError {
     /// The certificate chain and private key do not fit together, or the key's type is not
     /// supported.
     #[error("invalid certificate chain or private key: {0}")]
-    Identity(rustls::Error),
+    Identity(#[source] rustls::Error),
     /// A certificate of a trust store could not be used as a trust root.
     #[error("invalid certificate in the {what}: {reason}")]
     TrustRoot {
         /// Which input.
         what: &'static str,
         /// Why it was refused.
+        #[source]
         reason: rustls::Error,
     },
     /// The server name is neither a valid DNS name nor an IP address.
@@ -108,7 +109,7 @@ pub enum TlsConfigError {
     NoTrust,
     /// rustls refused the configuration.
     #[error("invalid tls configuration: {0}")]
-    Rustls(rustls::Error),
+    Rustls(#[source] rustls::Error),
 }
 
 /// Which server certificates a client accepts.

@@ -1021,6 +1021,30 @@ fn a_peer_leaving_mid_handshake_is_an_error() {
 }
 
 #[test]
+fn a_refusing_peer_that_leaves_is_reported_by_its_alert() {
+    // A "server" that answers with a handshake_failure alert and leaves while the client
+    // is still writing its ClientHello (the pipe holds 10 bytes): the write fails, and the
+    // alert says why.
+    let (client, _) = trusted_setup();
+    let (c, mut raw) = pair(1 << 20, 10);
+    let (connected, ()) = run(zip(connect(Box::new(c), &client), async move {
+        write_all(&mut raw, &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
+            .await
+            .unwrap();
+    }));
+    let error = handshake_error(connected);
+    assert!(
+        matches!(
+            error,
+            TlsError::Handshake(rustls::Error::AlertReceived(
+                AlertDescription::HandshakeFailure
+            ))
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
 fn a_failed_stream_keeps_failing() {
     let (client, server) = trusted_setup();
     let (mut c, s) = established(&client, &server);
