@@ -465,6 +465,21 @@ fn bytes_sent_right_after_the_handshake_are_not_lost() {
 }
 
 #[test]
+fn a_key_update_is_answered_by_the_reading_side() {
+    let (client, server) = trusted_setup();
+    let (mut c, mut s) = established(&client, &server);
+    // The client asks for new keys both ways (TLS 1.3 KeyUpdate, update_requested); the
+    // server answers from its read path, and data keeps flowing both ways.
+    c.conn.refresh_traffic_keys().unwrap();
+    let data = pattern(100_000, 9);
+    transfer(&mut c, &mut s, &data, 1 << 16);
+    transfer(&mut s, &mut c, &data, 1 << 16);
+    s.conn.refresh_traffic_keys().unwrap();
+    transfer(&mut s, &mut c, &data, 1 << 16);
+    transfer(&mut c, &mut s, &data, 1 << 16);
+}
+
+#[test]
 fn read_buf_hands_out_at_most_max_and_keeps_the_rest() {
     let (client, server) = trusted_setup();
     let (mut c, mut s) = established(&client, &server);
@@ -1239,4 +1254,14 @@ fn configurations_are_built_once_and_shared_by_clones() {
     // A changed copy builds its own.
     let changed = copy.with_protocol_versions(&[TlsVersion::Tls13]).unwrap();
     assert!(!Arc::ptr_eq(&a, &changed.client_config(false).unwrap()));
+}
+
+#[test]
+fn configs_and_streams_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send + Unpin + 'static>() {}
+    send_sync::<TlsConfig>();
+    send_sync::<TlsError>();
+    send_sync::<TlsConfigError>();
+    send::<TlsStream>();
 }
