@@ -14,7 +14,7 @@
 //!
 //! Layers: [`transport`] (Spark's `TransportServer`, `TransportClient` and
 //! `TransportClientFactory`) and, on it, [`env`](mod@env) (Spark's `RpcEnv`: named endpoints, refs,
-//! `send` and `ask`).
+//! `send` and `ask`). [`tls`] runs TLS (rustls) over any runtime's streams.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +30,8 @@ mod log_limit;
 mod runtime;
 pub mod security;
 mod sync;
+#[cfg(not(loom))]
+pub mod tls;
 pub mod transport;
 mod wait_list;
 
