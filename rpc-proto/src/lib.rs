@@ -85,6 +85,7 @@ mod frame;
 mod id;
 mod inbox;
 mod outbox;
+pub mod sasl;
 mod serde_probe;
 
 #[doc(hidden)]
