@@ -64,12 +64,12 @@ impl SaslCipher {
 }
 
 enum Sealer {
-    TripleDes(cbc::Encryptor<TdesEde3>),
+    TripleDes(Box<cbc::Encryptor<TdesEde3>>),
     Rc4(Box<Rc4<U16>>),
 }
 
 enum Opener {
-    TripleDes(cbc::Decryptor<TdesEde3>),
+    TripleDes(Box<cbc::Decryptor<TdesEde3>>),
     Rc4(Box<Rc4<U16>>),
 }
 
@@ -157,7 +157,10 @@ impl SaslLayer {
                 let sealer = cbc::Encryptor::<TdesEde3>::new(key.as_ref().into(), &iv.into());
                 let (key, iv) = triple_des(&peer_kc);
                 let opener = cbc::Decryptor::<TdesEde3>::new(key.as_ref().into(), &iv.into());
-                (Sealer::TripleDes(sealer), Opener::TripleDes(opener))
+                (
+                    Sealer::TripleDes(Box::new(sealer)),
+                    Opener::TripleDes(Box::new(opener)),
+                )
             }
             SaslCipher::Rc4 => (
                 Sealer::Rc4(Box::new(Rc4::new(my_kc.as_ref().into()))),
@@ -362,5 +365,52 @@ impl SaslLayer {
     /// Whether no partial inbound frame is buffered.
     pub fn is_idle(&self) -> bool {
         self.frame.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn des_keys_spread_seven_bytes_over_eight_with_odd_parity() {
+        assert_eq!(des_key(&[0; 7]), [1; 8]);
+        assert_eq!(des_key(&[0xff; 7]), [0xfe; 8]);
+        // 0x80 00.. : the first 7-bit group is 1000000.
+        assert_eq!(
+            des_key(&[0x80, 0, 0, 0, 0, 0, 0]),
+            [0x80, 1, 1, 1, 1, 1, 1, 1]
+        );
+        let (key, iv) = triple_des(&std::array::from_fn(|i| i as u8));
+        assert_eq!(key[..8], key[16..]);
+        assert_eq!(iv, [8, 9, 10, 11, 12, 13, 14, 15]);
+    }
+
+    #[test]
+    fn a_valid_mac_with_the_wrong_sequence_number_is_refused() {
+        for cipher in [SaslCipher::TripleDes, SaslCipher::Rc4] {
+            let mut c = SaslLayer::new(cipher, &[1; 16], true);
+            let mut s = SaslLayer::new(cipher, &[1; 16], false);
+            c.my_seq = 1;
+            let m = c.wrap(b"skipped one");
+            assert_eq!(
+                s.unwrap(&m),
+                Err(SaslError::SequenceMismatch {
+                    expected: 0,
+                    got: 1
+                })
+            );
+            assert_eq!(s.unwrap(&m), Err(SaslError::LayerFailed));
+        }
+    }
+
+    #[test]
+    fn a_wrong_message_type_is_refused() {
+        let mut c = SaslLayer::new(SaslCipher::Rc4, &[1; 16], true);
+        let mut s = SaslLayer::new(SaslCipher::Rc4, &[1; 16], false);
+        let mut m = c.wrap(b"typed");
+        let at = m.len() - 5;
+        m[at] = 2;
+        assert_eq!(s.unwrap(&m), Err(SaslError::Integrity));
     }
 }
