@@ -7,7 +7,7 @@ use super::digest::{self, DigestInput, NONCE_COUNT, NONCE_RANDOM_LEN};
 use super::directive::{self, Writer};
 use super::layer::{SaslCipher, SaslLayer};
 use super::message::{SaslMessage, MAX_SASL_APP_ID_LEN};
-use super::{Qop, SaslError, DIGEST_URI, MAX_CHALLENGE_LEN, SPARK_SASL_USER};
+use super::{Qop, SaslError, DIGEST_URI, MAX_CHALLENGE_LEN, MAX_RESPONSE_LEN, SPARK_SASL_USER};
 use crate::auth::Secret;
 
 /// The JDK client's receive buffer size, sent as `maxbuf` (`AbstractSaslImpl.recvMaxBufSize`).
@@ -259,12 +259,20 @@ impl SaslClient {
         if let Some(c) = cipher {
             w.quoted("cipher", c.as_str().as_bytes());
         }
+        let response = w.finish();
+        // The JDK's limit on what it sends (and on what its server reads).
+        if response.len() > MAX_RESPONSE_LEN {
+            return Err(SaslError::TokenTooLong {
+                len: response.len(),
+                max: MAX_RESPONSE_LEN,
+            });
+        }
         let state = State::AwaitRspauth {
             expected,
             session_key,
             cipher,
         };
-        Ok((w.finish(), state))
+        Ok((response, state))
     }
 
     /// Whether the server has been authenticated and the handshake is over.
