@@ -236,7 +236,7 @@ fn sasl_seeds_hold_the_invariants() {
 
 #[test]
 fn generated_sasl_inputs_hold_the_invariants() {
-    let mut rng = XorShift(0x5a51_d16e_57);
+    let mut rng = XorShift(0x005a_51d1_6e57);
     for _ in 0..100 {
         let len = rng.below(300) as usize;
         fuzzing::sasl(&rng.bytes(len));
