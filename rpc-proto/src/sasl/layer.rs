@@ -104,8 +104,8 @@ fn triple_des(kc: &[u8; 16]) -> (Zeroizing<[u8; 24]>, [u8; 8]) {
 /// (RFC 2831 §2.4: cipher, HMAC-MD5 MAC, sequence numbers), and frames them as Spark's
 /// `SaslEncryption` does.
 ///
-/// Any error is fatal: the layer refuses everything afterwards, as the connection must close.
-/// Never printed by `Debug`; keys are wiped on drop.
+/// Any inbound error is fatal: the layer refuses all further input, as the connection must
+/// close. Never printed by `Debug`; keys are wiped on drop.
 pub struct SaslLayer {
     cipher: SaslCipher,
     sealer: Sealer,
@@ -196,11 +196,9 @@ impl SaslLayer {
     /// Wraps one message: `CIPHER(msg ‖ padding ‖ MAC) ‖ 0x0001 ‖ seq` with
     /// `MAC = HMAC-MD5(Ki, seq ‖ msg)[..10]`. An empty message wraps to nothing (as in the JDK).
     ///
-    /// # Panics
-    ///
-    /// If the layer has failed (the caller must close the connection on the first error).
+    /// The outbound direction is independent of the inbound one: it keeps working after an
+    /// inbound error (which still ends the connection).
     pub fn wrap(&mut self, plaintext: &[u8]) -> Vec<u8> {
-        assert!(!self.failed, "wrap on a failed sasl layer");
         if plaintext.is_empty() {
             return Vec::new();
         }
@@ -297,10 +295,6 @@ impl SaslLayer {
     /// Encrypts `plaintext` as Spark's `SaslEncryption` sends it: cut into chunks of at most
     /// [`MAX_ENCRYPTED_BLOCK_SIZE`], each wrapped and written as
     /// `i64 BE (8 + wrappedLen) ‖ wrapped`. An empty input writes nothing.
-    ///
-    /// # Panics
-    ///
-    /// If the layer has failed.
     pub fn encrypt(&mut self, plaintext: &[u8], out: &mut BytesMut) {
         for chunk in plaintext.chunks(MAX_ENCRYPTED_BLOCK_SIZE) {
             let wrapped = self.wrap(chunk);
@@ -402,6 +396,17 @@ mod tests {
             );
             assert_eq!(s.unwrap(&m), Err(SaslError::LayerFailed));
         }
+    }
+
+    #[test]
+    fn sending_still_works_after_an_inbound_failure() {
+        let mut c = SaslLayer::new(SaslCipher::TripleDes, &[1; 16], true);
+        let mut s = SaslLayer::new(SaslCipher::TripleDes, &[1; 16], false);
+        assert!(s.unwrap(&[0; 22]).is_err());
+        let mut out = BytesMut::new();
+        assert_eq!(s.decrypt(&[1], &mut out), Err(SaslError::LayerFailed));
+        let m = s.wrap(b"goodbye");
+        assert_eq!(c.unwrap(&m).unwrap(), b"goodbye");
     }
 
     #[test]
