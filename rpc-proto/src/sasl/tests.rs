@@ -188,7 +188,12 @@ fn rust_client_and_server_agree_for_every_qop_and_offer() {
             assert_eq!(c.is_some(), qop == Qop::AuthConf);
             if let (Some(mut c), Some(mut s)) = (c, s) {
                 assert_eq!(c.cipher(), SaslCipher::TripleDes);
-                layers_talk(&mut c, &mut s);
+                // Past a block size only once: 3DES is slow in debug builds.
+                layers_talk(
+                    &mut c,
+                    &mut s,
+                    secret == LONG_SECRET && offer == QopOffer::AuthConf,
+                );
             }
         }
     }
@@ -291,7 +296,7 @@ fn client_picks_rc4_when_3des_is_not_offered() {
     assert_eq!(client.handle_response(&rspauth), Ok(None));
     let (mut c, mut s) = (client.into_layer().unwrap(), server.into_layer().unwrap());
     assert_eq!((c.cipher(), s.cipher()), (SaslCipher::Rc4, SaslCipher::Rc4));
-    layers_talk(&mut c, &mut s);
+    layers_talk(&mut c, &mut s, true);
 
     // Only weak ciphers: refused.
     let mut client = SaslClient::new("app", &Secret::new("s"), Qop::AuthConf, random(1));
@@ -303,8 +308,12 @@ fn client_picks_rc4_when_3des_is_not_offered() {
 }
 
 /// Messages both ways through a client and a server layer, raw and framed.
-fn layers_talk(c: &mut SaslLayer, s: &mut SaslLayer) {
-    for len in [0usize, 1, 6, 7, 8, 9, 100, MAX_ENCRYPTED_BLOCK_SIZE + 3] {
+fn layers_talk(c: &mut SaslLayer, s: &mut SaslLayer, big: bool) {
+    let sizes = [0usize, 1, 6, 7, 8, 9, 100, MAX_ENCRYPTED_BLOCK_SIZE + 3];
+    for len in sizes
+        .into_iter()
+        .filter(|&n| big || n <= MAX_ENCRYPTED_BLOCK_SIZE)
+    {
         let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let w = c.wrap(&plain);
         assert_eq!(s.unwrap(&w).unwrap(), plain);
