@@ -10,8 +10,16 @@
 //! wrap/unwrap both ways over several messages, a wrong secret both ways, Spark's
 //! line-broken password (a 64-character secret), QOP mismatches.
 //!
-//! Needs a JDK (`javac` and `java` from `$JAVA_HOME/bin`, else `PATH`). Without one each test
-//! prints a `SKIPPED` line and passes, unless `RPC_REQUIRE_SPARK=1`: then it fails.
+//! End to end against Spark 4.3.0's own bootstraps (`tests/interop/SparkSaslPeer.java`:
+//! `SaslServerBootstrap`/`SaslClientBootstrap` on a real `TransportServer`/`TransportClient`),
+//! over TCP with our frame codec: the handshake in `RpcRequest`/`RpcResponse` frames, then RPCs
+//! in clear (`auth`) or through `SaslEncryption`'s framing (`auth-conf`), bodies past one
+//! 64 KiB chunk, and a wrong secret.
+//!
+//! Needs a JDK (`javac` and `java` from `$JAVA_HOME/bin`, else `PATH`), and for the end-to-end
+//! tests Spark's jars (`.ci/spark-jars.sh`, at `$SPARK_JARS_CACHE`, default
+//! `~/.cache/spark-rpc-rs/spark-jars`). Without them each test prints a `SKIPPED` line and
+//! passes, unless `RPC_REQUIRE_SPARK=1`: then it fails.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -23,11 +31,15 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+
+use bytes::{Bytes, BytesMut};
 use rpc_proto::auth::Secret;
 use rpc_proto::sasl::{
     Qop, QopOffer, SaslCipher, SaslClient, SaslError, SaslLayer, SaslMessage, SaslServer,
 };
+use rpc_proto::{Decoded, Frame, FrameDecoder, RequestId};
 
 /// The longest any step waits for the JVM.
 const WAIT: Duration = Duration::from_secs(60);
@@ -52,6 +64,8 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 struct Jdk {
     java: PathBuf,
     classes: PathBuf,
+    /// Spark's jars and SparkSaslPeer compiled against them, when the jar cache is there.
+    spark: Result<(PathBuf, PathBuf), String>,
 }
 
 fn jdk() -> Option<&'static Jdk> {
@@ -112,7 +126,74 @@ fn locate() -> Result<Jdk, String> {
             let _ = std::fs::remove_dir_all(&staging);
         }
     }
-    Ok(Jdk { java, classes })
+    let spark = compile_spark_peer(&javac);
+    Ok(Jdk {
+        java,
+        classes,
+        spark,
+    })
+}
+
+/// Compiles SparkSaslPeer.java against the jar cache: (jars, classes), or why not.
+fn compile_spark_peer(javac: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let jars = match std::env::var_os("SPARK_JARS_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let home = std::env::var_os("HOME").ok_or("HOME and SPARK_JARS_CACHE are not set")?;
+            Path::new(&home).join(".cache/spark-rpc-rs/spark-jars")
+        }
+    };
+    let marker = std::fs::read_to_string(jars.join("spark-jars.complete"))
+        .map_err(|_| format!("no Spark jars at {}; run .ci/spark-jars.sh", jars.display()))?;
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/SparkSaslPeer.java");
+    let code =
+        std::fs::read(&source).map_err(|e| format!("cannot read SparkSaslPeer.java: {e}"))?;
+    let mut hasher = DefaultHasher::new();
+    (&code, &marker, &jars).hash(&mut hasher);
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let classes = tmp.join(format!("spark-sasl-peer-{:016x}", hasher.finish()));
+    if !classes.join("SparkSaslPeer.class").is_file() {
+        let staging = tmp.join(format!("spark-sasl-peer-staging-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).expect("create the javac output dir");
+        let output = Command::new(javac)
+            .arg("-d")
+            .arg(&staging)
+            .arg("-cp")
+            .arg(jars.join("*"))
+            .arg(&source)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run javac");
+        assert!(
+            output.status.success(),
+            "javac failed on {}:\n{}{}",
+            source.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if std::fs::rename(&staging, &classes).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+    Ok((jars, classes))
+}
+
+/// Spark's jars and the compiled SparkSaslPeer, or `None` after a loud skip message.
+fn spark() -> Option<(&'static Jdk, &'static Path, &'static Path)> {
+    let jdk = jdk()?;
+    match &jdk.spark {
+        Ok((jars, classes)) => Some((jdk, jars, classes)),
+        Err(why) if required() => panic!("Spark is required (RPC_REQUIRE_SPARK is set) but {why}"),
+        Err(why) => {
+            let test = thread::current().name().unwrap_or("(unnamed)").to_owned();
+            let _ = std::io::stderr().write_all(
+                format!("\nSKIPPED: spark sasl test {test}: {why} (set RPC_REQUIRE_SPARK=1 to make this a failure)\n")
+                    .as_bytes(),
+            );
+            None
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -141,14 +222,24 @@ struct Peer {
 
 impl Peer {
     fn spawn(jdk: &Jdk, args: &[&str]) -> Self {
+        Self::spawn_class(jdk, jdk.classes.as_os_str().to_owned(), "SaslPeer", args)
+    }
+
+    fn spawn_spark(jdk: &Jdk, jars: &Path, classes: &Path, args: &[&str]) -> Self {
+        let classpath =
+            std::env::join_paths([classes.to_path_buf(), jars.join("*")]).expect("classpath");
+        Self::spawn_class(jdk, classpath, "SparkSaslPeer", args)
+    }
+
+    fn spawn_class(jdk: &Jdk, classpath: std::ffi::OsString, class: &str, args: &[&str]) -> Self {
         let mut child = Command::new(&jdk.java)
             .arg("-cp")
-            .arg(&jdk.classes)
-            .arg("SaslPeer")
+            .arg(classpath)
+            .arg(class)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .expect("start java");
         let stdin = child.stdin.take().expect("stdin");
@@ -484,4 +575,273 @@ fn record_vectors() {
         "client wrap #0: {}",
         hex(&peer.wrap(b"hello from the jdk client"))
     );
+}
+
+// -------------------------------------------------------------------------------------------
+// End to end against Spark's bootstraps
+
+/// One TCP connection carrying Spark frames, in clear or through a SASL layer.
+struct Wire {
+    stream: TcpStream,
+    layer: Option<SaslLayer>,
+    /// Decrypted (or clear) bytes not yet decoded.
+    plain: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Wire {
+    fn new(stream: TcpStream) -> Self {
+        stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Wire {
+            stream,
+            layer: None,
+            plain: BytesMut::new(),
+            decoder: FrameDecoder::new(rpc_proto::SPARK_MAX_FRAME_LENGTH),
+        }
+    }
+
+    /// Everything after this goes through `layer`; nothing may be buffered in clear.
+    fn secure(&mut self, layer: SaslLayer) {
+        assert!(
+            self.plain.is_empty(),
+            "clear bytes buffered past the handshake"
+        );
+        self.layer = Some(layer);
+    }
+
+    fn send(&mut self, frame: &Frame) {
+        let bytes = frame.to_bytes();
+        match &mut self.layer {
+            Some(layer) => {
+                let mut wire = BytesMut::new();
+                layer.encrypt(&bytes, &mut wire);
+                self.stream.write_all(&wire).expect("send");
+            }
+            None => self.stream.write_all(&bytes).expect("send"),
+        }
+    }
+
+    /// The next frame, or `None` when the peer closed the connection.
+    fn recv(&mut self) -> Option<Frame> {
+        loop {
+            match self.decoder.decode(&mut self.plain).expect("a valid frame") {
+                Some(Decoded::Frame(frame)) => return Some(frame),
+                Some(Decoded::Body { .. }) => panic!("no out-of-frame bodies here"),
+                None => {}
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .expect("bytes within the time limit");
+            if n == 0 {
+                return None;
+            }
+            match &mut self.layer {
+                Some(layer) => layer
+                    .decrypt(&chunk[..n], &mut self.plain)
+                    .expect("decrypt Spark's frames"),
+                None => self.plain.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn rpc_body(frame: Option<Frame>, id: u64) -> Result<Bytes, String> {
+    match frame {
+        Some(Frame::RpcResponse { request, body }) if request == RequestId(id) => Ok(body),
+        Some(Frame::RpcFailure { request, error }) if request == RequestId(id) => Err(error),
+        other => panic!("expected the reply to request {id}, got {other:?}"),
+    }
+}
+
+/// A body past one 64 KiB SASL chunk, deterministic.
+fn big_body() -> Vec<u8> {
+    (0..200_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// Our client's handshake against Spark's server over `wire`; the client when it completed.
+fn handshake_with_spark(wire: &mut Wire, secret: &str, qop: Qop) -> Result<SaslClient, String> {
+    let mut client = SaslClient::new("app-1", &Secret::new(secret), qop, random(7));
+    let mut request = client.first_message();
+    for id in 1.. {
+        wire.send(&Frame::RpcRequest {
+            request: RequestId(id),
+            body: request.into(),
+        });
+        let token = rpc_body(wire.recv(), id)?;
+        match client.handle_response(&token).map_err(|e| e.to_string())? {
+            Some(next) => request = next,
+            None => break,
+        }
+    }
+    Ok(client)
+}
+
+/// The port a SparkSaslPeer server printed.
+fn port(peer: &mut Peer) -> u16 {
+    let line = peer.line();
+    line.strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("expected PORT, got {line}"))
+}
+
+#[test]
+fn rust_client_talks_to_spark_sasl_server() {
+    let Some((jdk, jars, classes)) = spark() else {
+        return;
+    };
+    for (secret, qop, always_encrypt) in [
+        (LONG_SECRET, Qop::Auth, "false"),
+        (LONG_SECRET, Qop::AuthConf, "false"),
+        ("s3cret", Qop::AuthConf, "true"),
+    ] {
+        let mut peer = Peer::spawn_spark(jdk, jars, classes, &["server", secret, always_encrypt]);
+        let stream = TcpStream::connect(("127.0.0.1", port(&mut peer))).expect("connect");
+        let mut wire = Wire::new(stream);
+        let client = handshake_with_spark(&mut wire, secret, qop)
+            .unwrap_or_else(|e| panic!("{qop:?}, alwaysEncrypt {always_encrypt}: {e}"));
+        assert!(client.is_complete());
+        match client.into_layer() {
+            Some(layer) => {
+                assert_eq!(qop, Qop::AuthConf);
+                assert_eq!(layer.cipher(), SaslCipher::TripleDes);
+                wire.secure(layer);
+            }
+            None => assert_eq!(qop, Qop::Auth),
+        }
+        // RPCs after the handshake, small and past one SASL chunk, each echoed by Spark.
+        for (id, body) in [
+            (10, b"ping".to_vec()),
+            (11, big_body()),
+            (12, b"pong".to_vec()),
+        ] {
+            wire.send(&Frame::RpcRequest {
+                request: RequestId(id),
+                body: body.clone().into(),
+            });
+            let reply = rpc_body(wire.recv(), id).expect("echo");
+            assert_eq!(&reply[..5], b"echo:");
+            assert!(reply[5..] == body[..], "echo of request {id} differs");
+        }
+    }
+}
+
+#[test]
+fn spark_sasl_server_refuses_a_wrong_secret_and_an_unencrypted_client() {
+    let Some((jdk, jars, classes)) = spark() else {
+        return;
+    };
+    let mut peer = Peer::spawn_spark(jdk, jars, classes, &["server", LONG_SECRET, "false"]);
+    let stream = TcpStream::connect(("127.0.0.1", port(&mut peer))).expect("connect");
+    let mut wire = Wire::new(stream);
+    let error = handshake_with_spark(&mut wire, "wrong", Qop::Auth).expect_err("refused");
+    assert!(error.contains("Mismatched response"), "{error}");
+
+    // serverAlwaysEncrypt: an auth-only client finds no common QOP in the challenge.
+    let mut peer = Peer::spawn_spark(jdk, jars, classes, &["server", "s3cret", "true"]);
+    let stream = TcpStream::connect(("127.0.0.1", port(&mut peer))).expect("connect");
+    let mut wire = Wire::new(stream);
+    let error = handshake_with_spark(&mut wire, "s3cret", Qop::Auth).expect_err("refused");
+    assert_eq!(error, SaslError::NoCommonQop.to_string());
+}
+
+/// Serves one Spark client connection with our SASL server, then echoes RPCs. Returns the
+/// server's verdict on the handshake.
+fn serve_spark_client(
+    listener: &TcpListener,
+    secret: &str,
+    offer: QopOffer,
+) -> Result<(), SaslError> {
+    let (stream, _) = listener.accept().expect("Spark connects");
+    let mut wire = Wire::new(stream);
+    // Some while the handshake runs; None once it is over.
+    let mut handshake: Option<Option<SaslServer>> = Some(None);
+    while let Some(frame) = wire.recv() {
+        let Frame::RpcRequest { request, body } = frame else {
+            panic!("expected an RpcRequest, got {frame:?}");
+        };
+        let Some(slot) = handshake.as_mut() else {
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&body);
+            wire.send(&Frame::RpcResponse {
+                request,
+                body: reply.into(),
+            });
+            continue;
+        };
+        // The first message names the app id the secret is looked up by.
+        let message = SaslMessage::decode(&body).expect("a SaslMessage");
+        let server = slot.get_or_insert_with(|| {
+            SaslServer::new(&message.app_id, &Secret::new(secret), offer, random(8))
+        });
+        assert_eq!(server.app_id(), "app-1");
+        match server.handle_message(&message.token) {
+            Ok(token) => wire.send(&Frame::RpcResponse {
+                request,
+                body: token.into(),
+            }),
+            Err(e) => {
+                // Spark answers with an RpcFailure and keeps the connection.
+                wire.send(&Frame::RpcFailure {
+                    request,
+                    error: e.to_string(),
+                });
+                return Err(e);
+            }
+        }
+        if server.is_complete() {
+            // The last response went out in clear; everything after is wrapped.
+            let server = handshake.take().flatten().expect("a server");
+            if let Some(layer) = server.into_layer() {
+                wire.secure(layer);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn spark_client_talks_to_rust_sasl_server() {
+    let Some((jdk, jars, classes)) = spark() else {
+        return;
+    };
+    for (secret, encrypt, offer) in [
+        (LONG_SECRET, "false", QopOffer::AuthConfOrAuth),
+        (LONG_SECRET, "true", QopOffer::AuthConfOrAuth),
+        ("s3cret", "true", QopOffer::AuthConf),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port().to_string();
+        let mut peer = Peer::spawn_spark(jdk, jars, classes, &["client", &port, secret, encrypt]);
+        let server = thread::spawn(move || serve_spark_client(&listener, secret, offer));
+        assert_eq!(peer.line(), "CONNECTED", "encrypt {encrypt}");
+        for body in [b"hello".to_vec(), big_body()] {
+            peer.send("rpc", &body);
+            let reply = peer.expect("OK");
+            assert_eq!(&reply[..5], b"echo:");
+            assert!(reply[5..] == body[..]);
+        }
+        drop(peer);
+        server.join().expect("server thread").expect("handshake");
+    }
+}
+
+#[test]
+fn spark_client_with_a_wrong_secret_is_refused() {
+    let Some((jdk, jars, classes)) = spark() else {
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port().to_string();
+    let mut peer = Peer::spawn_spark(jdk, jars, classes, &["client", &port, "wrong", "false"]);
+    let server =
+        thread::spawn(move || serve_spark_client(&listener, LONG_SECRET, QopOffer::AuthConfOrAuth));
+    let line = peer.line();
+    assert!(
+        line.starts_with("FAILED") && line.contains("authentication failed"),
+        "{line}"
+    );
+    assert_eq!(server.join().unwrap(), Err(SaslError::AuthenticationFailed));
 }
