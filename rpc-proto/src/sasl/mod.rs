@@ -35,6 +35,23 @@
 //! after the client has read it) goes through [`SaslLayer::encrypt`] and
 //! [`SaslLayer::decrypt`].
 //!
+//! # Driving it
+//!
+//! * Client: send [`SaslClient::first_message`] as an `RpcRequest` body; feed each
+//!   `RpcResponse` body to [`SaslClient::handle_response`] and send what it returns as the next
+//!   `RpcRequest`, until it returns `None`. An `RpcFailure` instead of a response means the
+//!   server refused (Spark's text for a wrong secret contains `Mismatched response`).
+//! * Server: decode each `RpcRequest` body with [`SaslMessage::decode`] (a first byte other than
+//!   [`SASL_MESSAGE_TAG`] is not SASL: with Spark's `saslFallback` an AES server sees `0xFB`
+//!   there). On the first message look the secret up by its `app_id` and build the
+//!   [`SaslServer`]; answer every token with [`SaslServer::handle_message`]'s output as the
+//!   `RpcResponse` body, or with an `RpcFailure` on error (Spark keeps the connection open).
+//! * Each side draws [`NONCE_RANDOM_LEN`] (30) fresh random bytes for its nonce.
+//! * With `auth-conf`, the switch happens at a message boundary that leaves nothing in flight:
+//!   the server's last response goes out in clear and everything after it is wrapped; the
+//!   client reads that response in clear and wraps everything after it. Spark's client waits
+//!   for the response before sending, so no buffered bytes straddle the switch.
+//!
 //! # Example
 //!
 //! ```
@@ -125,7 +142,8 @@ impl Qop {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 #[non_exhaustive]
 pub enum QopOffer {
-    /// `auth` only: no server in Spark 4.3.0 offers this, but it refuses encrypting clients.
+    /// `auth` only, refusing clients that insist on encryption (Spark's server never offers
+    /// this: without `serverAlwaysEncrypt` it offers both).
     Auth,
     /// `auth-conf,auth`: what Spark's server always offers; the client chooses.
     #[default]
