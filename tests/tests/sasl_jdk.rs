@@ -692,8 +692,13 @@ fn rust_client_talks_to_spark_sasl_server() {
     let Some((jdk, jars, classes)) = spark() else {
         return;
     };
+    // Spark's own encodePassword: a 64-character secret (one line break), a 130-character
+    // one (two) and a non-ASCII one.
+    let very_long = "s3cr3t-".repeat(19)[..130].to_owned();
     for (secret, qop, always_encrypt) in [
         (LONG_SECRET, Qop::Auth, "false"),
+        (very_long.as_str(), Qop::Auth, "false"),
+        ("pässwörd ✓", Qop::Auth, "false"),
         (LONG_SECRET, Qop::AuthConf, "false"),
         ("s3cret", Qop::AuthConf, "true"),
     ] {
