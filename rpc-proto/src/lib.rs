@@ -13,7 +13,9 @@
 //!
 //! For security it holds Spark's AES authentication handshake ([`auth`]): the messages, both
 //! key schedules and the client and server roles, taking the secret and randomness as inputs
-//! and giving the [`TransportKeys`] a transport cipher needs.
+//! and giving the [`TransportKeys`] a transport cipher needs. [`sasl`] holds Spark's default
+//! authentication, SASL DIGEST-MD5 as the JDK runs it (client, server and the `auth-conf`
+//! confidentiality layer with Spark's framing), likewise pure.
 //!
 //! ```text
 //!   bytes read, now ──► handle_data / handle_bytes ─┐
@@ -86,6 +88,7 @@ pub mod handshake;
 mod id;
 mod inbox;
 mod outbox;
+pub mod sasl;
 mod serde_probe;
 
 #[doc(hidden)]

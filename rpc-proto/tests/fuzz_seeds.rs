@@ -225,3 +225,20 @@ fn generated_inputs_hold_the_gcm_invariants() {
         fuzzing::gcm(&data);
     }
 }
+
+#[test]
+fn sasl_seeds_hold_the_invariants() {
+    for (path, data) in seeds("sasl") {
+        eprintln!("replaying {}", path.display());
+        fuzzing::sasl(&data);
+    }
+}
+
+#[test]
+fn generated_sasl_inputs_hold_the_invariants() {
+    let mut rng = XorShift(0x005a_51d1_6e57);
+    for _ in 0..100 {
+        let len = rng.below(300) as usize;
+        fuzzing::sasl(&rng.bytes(len));
+    }
+}
