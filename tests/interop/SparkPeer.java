@@ -2,8 +2,9 @@
 //
 // Compiled by the test with javac into a temporary directory; the classpath is the jar cache
 // that .ci/spark-jars.sh fills. No dependencies beyond Spark's own jars and the JDK.
+// tests/interop/security-matrix.sh runs it against itself in every security mode.
 //
-//   java SparkPeer server
+//   java SparkPeer server [flags]
 //     A Spark TransportServer on 127.0.0.1 (ephemeral port). Prints "PORT <n>", then one line
 //     per one-way message received: "ONEWAY <hex>". Exits when stdin closes.
 //     RPCs: a body of "fail" fails with FAIL_MESSAGE; any other body is echoed.
@@ -13,20 +14,97 @@
 //     Merged block metadata: app id "fail" fails with FAIL_MESSAGE; any other request is
 //     answered with meta(request): shuffleId + reduceId chunks and the body
 //     "<appId>/<shuffleId>/<shuffleMergeId>/<reduceId>" in UTF-8.
+//     With --auth sasl|aes it also prints, per connection, what Spark's authenticating handler
+//     decided (a connection may print several AUTH_FAILED lines, e.g. a refused AES challenge
+//     before an accepted SASL fallback):
+//       AUTHENTICATED <client id>   the handshake succeeded (the client id is the app id)
+//       AUTH_FAILED <exception chain>
+//                                   a handshake message was refused (wrong secret, unknown app
+//                                   id, the other protocol, ...), or an unauthenticated client
+//                                   sent an RPC
+//     With --report it prints one line per request its handler serves: "SERVED rpc <length>",
+//     "SERVED fetch <stream id> <index>", "SERVED stream <id>", "SERVED upload",
+//     "SERVED meta <app>" (one-way messages print ONEWAY as always). Spark serves chunk fetches
+//     and streams to clients that never authenticated; these lines show it.
 //
-//   java SparkPeer client <port>
+//   java SparkPeer client <port> [flags]
 //     A Spark TransportClient connected to 127.0.0.1:<port>. Prints "CONNECTED", then runs one
 //     command per stdin line and prints one result line per command:
 //       rpc <hex>                   -> OK <hex>      | FAILED <message>
 //       send <hex>                  -> SENT          | FAILED <message>
 //       fetch <stream id> <index>   -> CHUNK <hex>   | FAILED <message>
 //       stream <stream id>          -> STREAM <hex>  | FAILED <message>
+//       streams <id> <id> ...       -> STREAMS | <result> | <result> ...  (all at once)
 //       upload <meta hex> <hex>     -> OK <hex>      | FAILED <message>
 //       meta <app> <shuffle> <merge> <reduce>
 //                                   -> META <chunk count> <hex> | FAILED <message>
 //       quit (or end of input)      -> exits 0
 //     A command without an answer within COMMAND_TIMEOUT_SECONDS prints "TIMEOUT <command>".
 //     Messages are on one line: backslash, CR and LF are escaped as \\, \r and \n.
+//     If connecting fails (TCP, the TLS handshake, or the authentication bootstrap), the client
+//     prints "CONNECT_FAILED <exception chain>" instead of "CONNECTED", answers every command
+//     with "FAILED not connected" and exits 0 when stdin closes (or on "quit"). Spark's
+//     TransportClientFactory returns a client on a dead channel when the TLS handshake failed
+//     (it waits for the handshake to finish, not to succeed); the peer checks the outcome itself
+//     and reports it as CONNECT_FAILED. An exception chain is "Class: message" of each cause,
+//     joined by " <- ", escaped like the messages. Without key confirmation in Spark's AES
+//     protocol, an AES version or cipher mismatch prints CONNECTED and fails every command.
+//
+// Flags (both modes; none given = plain transport, exactly as before). Every setting goes
+// through Spark's own TransportConf keys (MapConfigProvider, module "rpc") and Spark's own
+// bootstraps, as Spark's RpcEnv uses them: AuthServerBootstrap / AuthClientBootstrap, which run
+// the AES protocol when spark.network.crypto.enabled and otherwise hand over to
+// SaslServerBootstrap / SaslClientBootstrap.
+//   --auth none|sasl|aes        spark.network.crypto.enabled = (aes); sasl = DIGEST-MD5.
+//                               Default none: no bootstrap at all.
+//   --secret <string>           the shared secret (default "secret").
+//   --app-id <id>               client: the app id it presents; server: the only app id its
+//                               SecretKeyHolder knows (null secret for any other, so another id
+//                               fails as on Spark's shuffle service). Default "sparkSaslUser",
+//                               the constant Spark's RpcEnv uses. The SASL user is always
+//                               "sparkSaslUser" (SecurityManager.getSaslUser).
+//   --aes-version 1|2           spark.network.crypto.authEngineVersion (Spark's default: 1).
+//   --cipher ctr|gcm            spark.network.crypto.cipher = AES/CTR/NoPadding | AES/GCM/NoPadding
+//                               (Spark's default: CTR).
+//   --sasl-encrypt              spark.authenticate.enableSaslEncryption=true: the client asks
+//                               for auth-conf, the server offers auth-conf,auth.
+//   --server-always-encrypt     spark.network.sasl.serverAlwaysEncrypt=true (server: auth-conf
+//                               only).
+//   --no-sasl-fallback          spark.network.crypto.saslFallback=false.
+//   --tls --tls-key <pem> --tls-cert <pem>
+//                               spark.ssl.rpc.enabled=true with Spark's PEM configuration:
+//                               spark.ssl.rpc.privateKey / certChain, and
+//                               spark.ssl.rpc.openSslEnabled=true, without which TransportConf
+//                               accepts only key stores ("RPC SSL encryption enabled but keys
+//                               not found!"). netty-tcnative is not in the jar cache, so
+//                               SSLFactory falls back to the JDK provider (it logs "OpenSSL
+//                               Provider requested but it is not available"). The key is an
+//                               unencrypted PKCS#8 PEM ("BEGIN PRIVATE KEY"). In this
+//                               configuration Spark's client needs a key and a cert too, and
+//                               trusts exactly the certificate(s) in its own --tls-cert (Spark
+//                               expects one certificate for the whole cluster): give the client
+//                               the server's key and cert.
+//   --tls-keystore [--tls-trust <pem>]
+//                               with --tls: Spark's JDK configuration instead. The peer turns
+//                               --tls-key/--tls-cert into a PKCS12 key store
+//                               (spark.ssl.rpc.keyStore, keyStorePassword, keyPassword) and
+//                               --tls-trust into a PKCS12 trust store (spark.ssl.rpc.trustStore,
+//                               trustStorePassword), in a temporary directory. A client without
+//                               --tls-trust trusts every certificate (Spark's credulous trust
+//                               manager). Spark requires a key store on the client as well
+//                               (any key and cert do; the client never presents it).
+//   --report                    server: print SERVED lines (above).
+// TLS and authentication combine: with --tls and --auth aes Spark stacks its AES cipher under
+// TLS (the TLS records travel encrypted by AES).
+//
+// JVM options: Netty 4.2 makes a client SslContext check the server's host name by default,
+// and Spark creates its TLS engines without a peer host, so with the PEM configuration every
+// handshake fails ("Hostname or IP address is undefined"). Spark's launcher therefore runs
+// every JVM with -Dio.netty.handler.ssl.defaultEndpointVerificationAlgorithm=NONE
+// (org.apache.spark.launcher.JavaModuleOptions). SparkPeer sets that property itself at start
+// when it is not given; pass -Dio.netty.handler.ssl.defaultEndpointVerificationAlgorithm=HTTPS
+// to the JVM to see Netty's default instead. The key store configuration uses the JDK's
+// SSLContext directly and never checks host names.
 //
 // Hex is lowercase; an empty body is an empty hex string ("rpc " and "OK ").
 // The data-plane parts (fetch, stream, upload) are separate methods on each side, so tests for
