@@ -130,11 +130,14 @@ import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicLong;
 
 import io.netty.channel.Channel;
+import io.netty.channel.socket.SocketChannel;
+import io.netty.util.concurrent.Future;
 import io.netty.handler.ssl.SslHandler;
 
 import org.apache.spark.network.TransportContext;
@@ -154,6 +157,7 @@ import org.apache.spark.network.server.AbstractAuthRpcHandler;
 import org.apache.spark.network.server.RpcHandler;
 import org.apache.spark.network.server.StreamManager;
 import org.apache.spark.network.server.TransportServer;
+import org.apache.spark.network.server.TransportChannelHandler;
 import org.apache.spark.network.server.TransportServerBootstrap;
 import org.apache.spark.network.util.MapConfigProvider;
 import org.apache.spark.network.util.TransportConf;
@@ -689,9 +693,30 @@ public final class SparkPeer {
   // ---------------------------------------------------------------------------------------
   // Client mode
 
+  /** Spark's TransportContext, remembering each channel's TLS handshake: by the time
+   *  createClient returns, a failed handshake may have closed the channel and emptied its
+   *  pipeline, SslHandler included. */
+  static final class ClientContext extends TransportContext {
+    final Map<Channel, Future<Channel>> handshakes = new ConcurrentHashMap<>();
+
+    ClientContext(TransportConf conf) {
+      super(conf, new PeerRpcHandler(), false);
+    }
+
+    @Override
+    public TransportChannelHandler initializePipeline(SocketChannel channel, boolean isClient) {
+      TransportChannelHandler handler = super.initializePipeline(channel, isClient);
+      SslHandler tls = channel.pipeline().get(SslHandler.class);
+      if (tls != null) {
+        handshakes.put(channel, tls.handshakeFuture());
+      }
+      return handler;
+    }
+  }
+
   static void client(Options o) throws Exception {
     TransportConf conf = conf(o);
-    TransportContext context = new TransportContext(conf, new PeerRpcHandler(), false);
+    ClientContext context = new ClientContext(conf);
     // As Spark's RpcEnv: AuthClientBootstrap, which runs the AES protocol when
     // spark.network.crypto.enabled (retrying with SASL on failure unless --no-sasl-fallback),
     // and otherwise SASL (SaslClientBootstrap).
@@ -703,9 +728,8 @@ public final class SparkPeer {
       client = factory.createClient("127.0.0.1", o.port);
       // Spark's factory waits for the TLS handshake to finish, not to succeed: it returns a
       // client on a dead channel when the handshake failed. Report that as a failed connect.
-      SslHandler tls = client.getChannel().pipeline().get(SslHandler.class);
-      if (tls != null) {
-        var handshake = tls.handshakeFuture();
+      var handshake = context.handshakes.get(client.getChannel());
+      if (handshake != null) {
         if (!handshake.await(COMMAND_TIMEOUT_SECONDS, TimeUnit.SECONDS)) {
           throw new TimeoutException("the TLS handshake did not finish");
         }
