@@ -93,7 +93,11 @@
 //                               --tls-trust trusts every certificate (Spark's credulous trust
 //                               manager). Spark requires a key store on the client as well
 //                               (any key and cert do; the client never presents it).
-//   --report                    server: print SERVED lines (above).
+//   --report                    server: print SERVED lines (above). Client: print, right
+//                               after CONNECTED, "LAYERS <layer>..." — the protection layers
+//                               Spark installed on the connection, socket side first, from its
+//                               handler names: aes-ctr, aes-gcm, sasl (auth-conf), tls; or
+//                               "LAYERS none". E.g. "LAYERS aes-gcm tls" for TLS + AES.
 // TLS and authentication combine: with --tls and --auth aes Spark stacks its AES cipher under
 // TLS (the TLS records travel encrypted by AES).
 //
@@ -751,6 +755,9 @@ public final class SparkPeer {
       return;
     }
     out("CONNECTED");
+    if (o.report) {
+      out("LAYERS " + layers(client.getChannel()));
+    }
     BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
     String line;
     while ((line = in.readLine()) != null && !line.equals("quit")) {
@@ -783,6 +790,25 @@ public final class SparkPeer {
     factory.close();
     context.close();
     System.exit(0);
+  }
+
+  /** The protection layers on a channel, socket side first, from the handler names Spark
+   *  gives them: aes-ctr, aes-gcm, sasl (auth-conf), tls; "none" if there are none. */
+  static String layers(Channel channel) {
+    List<String> layers = new java.util.ArrayList<>();
+    for (String name : channel.pipeline().names()) {
+      String layer = switch (name) {
+        case "CtrTransportEncryption" -> "aes-ctr";
+        case "GcmTransportEncryption" -> "aes-gcm";
+        case "saslEncryption" -> "sasl";
+        case "NettySslEncryptionHandler" -> "tls";
+        default -> null;
+      };
+      if (layer != null) {
+        layers.add(layer);
+      }
+    }
+    return layers.isEmpty() ? "none" : String.join(" ", layers);
   }
 
   static RpcResponseCallback answer(CompletableFuture<String> result) {

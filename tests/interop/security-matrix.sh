@@ -12,7 +12,9 @@
 #
 # Each row starts a server and a client and runs: rpc with a 2 MiB body, send (one-way), fetch
 # (chunk), stream "bytes/2097152" and an upload of 2 MiB. A row that must succeed checks every
-# answer byte for byte and that the server saw the one-way message; a row that must be refused
+# answer byte for byte, that the server saw the one-way message and authenticated the client,
+# and which protection layers the client reports (LAYERS: aes-ctr, aes-gcm, sasl, tls, from
+# Spark's pipeline handler names), so a silent downgrade shows; a row that must be refused
 # checks that the client printed CONNECT_FAILED or that every command failed, and that the
 # server served nothing (no SERVED or ONEWAY line: the server runs with --report). TLS keys are
 # made with openssl in a temporary directory that is removed afterwards; nothing is written
@@ -86,43 +88,52 @@ def AES(version, cipher):
 ENDPOINT = "io.netty.handler.ssl.defaultEndpointVerificationAlgorithm"
 HOSTNAME_CHECK = ["-D" + ENDPOINT + "=HTTPS"]
 
-def row(name, server, client, expect, notes="", jvm=(), why=None):
+def row(name, server, client, expect, notes="", jvm=(), why=None, layers=None):
     """One matrix row. expect: "ok" (every command answers exactly, the server authenticated
     the client when --auth is on); "refused" (CONNECT_FAILED or every command fails, and the
     server serves nothing; `why`, if given, must appear in the client's or the server's
     lines); or a dict kind -> "ok" | "fail" | "dropped" (what an unauthenticated client gets).
-    jvm: extra JVM options for the client."""
+    jvm: extra JVM options for the client. layers: the protection layers the client must
+    report after CONNECTED (its LAYERS line, socket side first), checked when given."""
     return dict(name=name, server=server, client=client, expect=expect, notes=notes, jvm=jvm,
-                why=why)
+                why=why, layers=layers)
 
 ROWS = [
-    row("plain", [], [], "ok"),
-    row("sasl", SASL, SASL, "ok"),
-    row("sasl + sasl-encrypt", SASL + ["--sasl-encrypt"], SASL + ["--sasl-encrypt"], "ok"),
+    row("plain", [], [], "ok", layers="none"),
+    row("sasl", SASL, SASL, "ok", layers="none"),
+    row("sasl + sasl-encrypt", SASL + ["--sasl-encrypt"], SASL + ["--sasl-encrypt"], "ok",
+        layers="sasl"),
     row("sasl, server always encrypts, client encrypts",
-        SASL + ["--sasl-encrypt", "--server-always-encrypt"], SASL + ["--sasl-encrypt"], "ok"),
+        SASL + ["--sasl-encrypt", "--server-always-encrypt"], SASL + ["--sasl-encrypt"], "ok",
+        layers="sasl"),
     row("sasl, server encrypts, client does not ask", SASL + ["--sasl-encrypt"], SASL, "ok",
-        "negotiates auth (no encryption): the server offers auth-conf,auth"),
-    row("aes v1 ctr", AES(1, "ctr"), AES(1, "ctr"), "ok"),
-    row("aes v2 ctr", AES(2, "ctr"), AES(2, "ctr"), "ok"),
-    row("aes v1 gcm", AES(1, "gcm"), AES(1, "gcm"), "ok"),
-    row("aes v2 gcm", AES(2, "gcm"), AES(2, "gcm"), "ok"),
+        "accepted without encryption: the server offers auth-conf,auth", layers="none"),
+    row("aes v1 ctr", AES(1, "ctr"), AES(1, "ctr"), "ok", layers="aes-ctr"),
+    row("aes v2 ctr", AES(2, "ctr"), AES(2, "ctr"), "ok", layers="aes-ctr"),
+    row("aes v1 gcm", AES(1, "gcm"), AES(1, "gcm"), "ok", layers="aes-gcm"),
+    row("aes v2 gcm", AES(2, "gcm"), AES(2, "gcm"), "ok", layers="aes-gcm"),
     row("aes client -> sasl-only server (fallback)", SASL, AES(2, "gcm"), "ok",
-        "the server first refuses the AES challenge, then accepts SASL"),
+        "the server refuses the AES challenge, then accepts SASL; no cipher afterwards",
+        layers="none"),
+    row("aes client -> sasl server, both with sasl-encrypt (fallback)",
+        SASL + ["--sasl-encrypt"], AES(2, "gcm") + ["--sasl-encrypt"], "ok",
+        "falls back to SASL auth-conf", layers="sasl"),
     row("sasl client -> aes server (fallback)", AES(2, "gcm"), SASL, "ok",
-        "unencrypted afterwards (SASL auth only)"),
-    row("tls pem (client trusts its --tls-cert = the server's)", tls("peer"), tls("peer"), "ok"),
+        "no cipher afterwards (SASL auth only)", layers="none"),
+    row("tls pem (client trusts its --tls-cert = the server's)", tls("peer"), tls("peer"), "ok", layers="tls"),
     row("tls keystore, client with trust store", tls("peer", "keystore"),
-        tls("other", "keystore", "peer"), "ok"),
+        tls("other", "keystore", "peer"), "ok", layers="tls"),
     row("tls keystore, client without trust store (trusts all)", tls("peer", "keystore"),
-        tls("other", "keystore"), "ok"),
+        tls("other", "keystore"), "ok", layers="tls"),
     row("tls pem server, keystore client without trust store", tls("peer"),
-        tls("other", "keystore"), "ok"),
-    row("tls + sasl", tls("peer") + SASL, tls("peer") + SASL, "ok"),
+        tls("other", "keystore"), "ok", layers="tls"),
+    row("tls + sasl", tls("peer") + SASL, tls("peer") + SASL, "ok", layers="tls"),
     row("tls + sasl + sasl-encrypt", tls("peer") + SASL + ["--sasl-encrypt"],
-        tls("peer") + SASL + ["--sasl-encrypt"], "ok"),
-    row("tls + aes v2 gcm", tls("peer") + AES(2, "gcm"), tls("peer") + AES(2, "gcm"), "ok"),
-    row("tls + aes v1 ctr", tls("peer") + AES(1, "ctr"), tls("peer") + AES(1, "ctr"), "ok"),
+        tls("peer") + SASL + ["--sasl-encrypt"], "ok", layers="sasl tls"),
+    row("tls + aes v2 gcm", tls("peer") + AES(2, "gcm"), tls("peer") + AES(2, "gcm"), "ok",
+        layers="aes-gcm tls"),
+    row("tls + aes v1 ctr", tls("peer") + AES(1, "ctr"), tls("peer") + AES(1, "ctr"), "ok",
+        layers="aes-ctr tls"),
     # Must fail.
     row("sasl, wrong secret", SASL, SASL + ["--secret", "wrong"], "refused",
         why="Mismatched response"),
@@ -236,9 +247,10 @@ def run(row):
         if not first.startswith("PORT "):
             return False, ["server: " + first], notes
         port = first[len("PORT "):]
-        client = Peer(["client", port, *client_flags], client_jvm)
+        client = Peer(["client", port, "--report", *client_flags], client_jvm)
         try:
             hello = client.line()
+            layers = client.line() if hello == "CONNECTED" else None
             results = {}
             if hello == "CONNECTED" or hello.startswith("CONNECT_FAILED"):
                 for kind, command, want in COMMANDS:
@@ -265,12 +277,16 @@ def run(row):
     observed = []
     if hello.startswith("CONNECT_FAILED"):
         observed.append(short(hello, 200))
+    if layers:
+        observed.append("client: " + layers)
     if expect == "ok":
         if hello != "CONNECTED":
             problems.append("client: " + short(hello, 300))
         for kind, (got, want) in results.items():
             if got != want:
                 problems.append("%s: %s" % (kind, short(got, 300)))
+        if row["layers"] is not None and layers != "LAYERS " + row["layers"]:
+            problems.append("client: %s, expected LAYERS %s" % (layers, row["layers"]))
         if not got_oneway:
             problems.append("the server did not receive the one-way message")
         if "--auth" in server_flags and not any(l.startswith("AUTHENTICATED") for l in auth_lines):
@@ -315,7 +331,7 @@ def main():
             ok, details, notes = False, ["error: %s" % e], row["notes"]
         failed += not ok
         expect = row["expect"] if isinstance(row["expect"], str) else "partial"
-        print("%-4s %-58s %-8s %5.1fs%s" % ("PASS" if ok else "FAIL", row["name"], expect,
+        print("%-4s %-64s %-8s %5.1fs%s" % ("PASS" if ok else "FAIL", row["name"], expect,
                                            time.time() - t, ("  # " + notes) if notes else ""),
               flush=True)
         for d in details:
