@@ -8,9 +8,10 @@
 # PYSPARK_VERSION    which Spark (default: 4.3.0); the jars come from PyPI's pyspark package
 #
 # pyspark carries Spark's jars: the sdist (about 450 MB) under deps/jars/, a wheel (when there
-# is one) under pyspark/jars/. Only spark-network-common and what it needs at run time for
-# plain (unencrypted, NIO) transport are kept, about 6 MB. The download goes to a temporary
-# directory that is removed afterwards, and not into pip's cache.
+# is one) under pyspark/jars/. Only spark-network-common and what it needs at run time are
+# kept, about 9 MB: plain transport (NIO), SASL, AES authentication with its CTR and GCM ciphers,
+# and TLS. The download goes to a temporary directory that is removed afterwards, and not into
+# pip's cache.
 set -euo pipefail
 
 PYSPARK_VERSION="${PYSPARK_VERSION:-4.3.0}"
@@ -19,10 +20,19 @@ MARKER_NAME="spark-jars.complete"
 
 # The jars to keep, as patterns on the file name (the version follows the name). This is the
 # minimal set found by compiling and running tests/interop/SparkPeer.java (RPC, one-way, chunk
-# fetch, stream, upload and merged block metadata, both ways) until no class was missing.
+# fetch, stream, upload and merged block metadata, both ways) and tests/interop/security-matrix.sh
+# (every security mode, Spark against Spark), dropping one jar at a time until a class was
+# missing:
+#   - SASL DIGEST-MD5 (with or without auth-conf) needs nothing beyond the JDK;
+#   - AES authentication needs tink (X25519, HKDF, AES-GCM; also the GCM transport cipher);
+#   - the AES-CTR transport cipher needs commons-crypto (CryptoOutputStream over its native
+#     OpenSSL binding or the JCE);
+#   - TLS needs netty-transport-native-unix-common (Netty's SslHandler refers to UnixChannel);
+#     netty-tcnative is left out on purpose, so spark.ssl.rpc.openSslEnabled falls back to the
+#     JDK provider (SparkPeer relies on that for its PEM configuration).
 # Merged block metadata needs no RoaringBitmap: its bitmaps travel as an opaque body, which
-# neither side decodes. Encryption would add tink and commons-crypto; epoll mode the native
-# netty jars.
+# neither side decodes. Guava is shaded inside spark-network-common; no Jackson is needed.
+# Epoll mode would add the native netty jars.
 JAR_PATTERNS=(
     '^spark-network-common_2\.13-[0-9].*\.jar$'
     '^spark-common-utils-java_2\.13-[0-9].*\.jar$'
@@ -32,9 +42,12 @@ JAR_PATTERNS=(
     '^netty-handler-[0-9].*\.jar$'
     '^netty-resolver-[0-9].*\.jar$'
     '^netty-transport-[0-9].*\.jar$'
+    '^netty-transport-native-unix-common-[0-9].*\.jar$'
     '^metrics-core-[0-9].*\.jar$'
     '^slf4j-api-[0-9].*\.jar$'
     '^log4j-api-[0-9].*\.jar$'
+    '^tink-[0-9].*\.jar$'
+    '^commons-crypto-[0-9].*\.jar$'
 )
 
 fail() {

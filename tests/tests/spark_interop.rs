@@ -196,11 +196,19 @@ struct JavaPeer {
 
 impl JavaPeer {
     fn spawn(spark: &Spark, args: &[&str]) -> Self {
+        Self::spawn_with(spark, &[], args)
+    }
+
+    /// Like [`JavaPeer::spawn`], with extra JVM options before the class name, e.g. a system
+    /// property: `-Dio.netty.handler.ssl.defaultEndpointVerificationAlgorithm=HTTPS` (SparkPeer
+    /// sets it to `NONE` itself when it is not given, as Spark's launcher does).
+    fn spawn_with(spark: &Spark, jvm: &[&str], args: &[&str]) -> Self {
         let classpath =
             std::env::join_paths([spark.classes.clone(), spark.jars.join("*")]).expect("classpath");
         let mut child = Command::new(&spark.java)
             // Start fast on small machines; the peer needs neither much heap nor the C2 JIT.
             .args(["-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+            .args(jvm)
             .arg("-cp")
             .arg(classpath)
             .arg("SparkPeer")
@@ -339,7 +347,17 @@ impl Drop for JavaPeer {
 
 /// A Spark `TransportServer` and the address it listens on.
 fn spark_server(spark: &Spark) -> (JavaPeer, SocketAddr) {
-    let peer = JavaPeer::spawn(spark, &["server"]);
+    spark_server_with(spark, &[])
+}
+
+/// A Spark `TransportServer` started with SparkPeer's flags (`--auth aes --cipher gcm`, `--tls
+/// ...`; see the header of SparkPeer.java), and the address it listens on.
+fn spark_server_with(spark: &Spark, flags: &[&str]) -> (JavaPeer, SocketAddr) {
+    let args: Vec<&str> = ["server"]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+    let peer = JavaPeer::spawn(spark, &args);
     let port: u16 = peer
         .line_starting("PORT ")
         .parse()
@@ -349,10 +367,33 @@ fn spark_server(spark: &Spark) -> (JavaPeer, SocketAddr) {
 
 /// A Spark `TransportClient` connected to `addr`.
 fn spark_client(spark: &Spark, addr: SocketAddr) -> JavaPeer {
-    let peer = JavaPeer::spawn(spark, &["client", &addr.port().to_string()]);
+    match spark_client_with(spark, addr, &[]) {
+        Ok(peer) => peer,
+        Err((peer, line)) => panic!("SparkPeer: {line}\n{}", peer.diagnostics()),
+    }
+}
+
+/// A Spark `TransportClient` started with SparkPeer's flags: the peer once it printed
+/// `CONNECTED`, or the peer and the whole line it printed instead (`CONNECT_FAILED <exception
+/// chain>`; the peer then answers every command with `FAILED not connected` and exits when its
+/// stdin closes).
+fn spark_client_with(
+    spark: &Spark,
+    addr: SocketAddr,
+    flags: &[&str],
+) -> Result<JavaPeer, (JavaPeer, String)> {
+    let port = addr.port().to_string();
+    let args: Vec<&str> = ["client", port.as_str()]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+    let peer = JavaPeer::spawn(spark, &args);
     let line = peer.line();
-    assert_eq!(line, "CONNECTED", "{}", peer.diagnostics());
-    peer
+    if line == "CONNECTED" {
+        Ok(peer)
+    } else {
+        Err((peer, line))
+    }
 }
 
 // -------------------------------------------------------------------------------------------
