@@ -51,6 +51,7 @@ const SHARED: &[&str] = &[
     "SecretKeyHolder",
     "Security",
     "SecurityError",
+    "TlsConfig",
     // The transport layer.
     "ConnectError",
     "RpcCall",
@@ -185,6 +186,7 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     same(Of::<dyn t::SecretKeyHolder>, Of::<dyn a::SecretKeyHolder>);
     same(Of::<t::Security>, Of::<a::Security>);
     same(Of::<t::SecurityError>, Of::<a::SecurityError>);
+    same(Of::<t::TlsConfig>, Of::<a::TlsConfig>);
     same(Of::<t::security::Secret>, Of::<a::security::Secret>);
 
     same(Of::<t::ConnectError>, Of::<a::ConnectError>);

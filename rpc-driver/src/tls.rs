@@ -225,6 +225,27 @@ impl TlsStream {
         }
     }
 
+    /// Puts `f(stream)` between this TLS connection and the stream it ran on: for a layer
+    /// that starts under TLS after its handshake (Spark places its AES cipher there when both
+    /// are on). Bytes already read from the old stream stay read.
+    pub(crate) fn map_inner(
+        self,
+        f: impl FnOnce(Box<dyn AsyncStream>) -> Box<dyn AsyncStream>,
+    ) -> Self {
+        let TlsStream {
+            inner,
+            conn,
+            failed,
+            close_notify_queued,
+        } = self;
+        TlsStream {
+            inner: f(inner),
+            conn,
+            failed,
+            close_notify_queued,
+        }
+    }
+
     /// The protocol version agreed in the handshake.
     pub fn protocol_version(&self) -> Option<TlsVersion> {
         match self.conn.protocol_version()? {

@@ -78,7 +78,9 @@ pub use rpc_driver::env::{
     RpcEndpointRef, RpcEnvConfig, RpcError, SetupError,
 };
 pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
-pub use rpc_driver::security::{self, AuthMechanism, SecretKeyHolder, Security, SecurityError};
+pub use rpc_driver::security::{
+    self, AuthMechanism, SecretKeyHolder, Security, SecurityError, TlsConfig,
+};
 pub use rpc_driver::transport::{
     ConnectError, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaCall,
     MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,

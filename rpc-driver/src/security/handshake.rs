@@ -15,10 +15,12 @@ use rpc_proto::handshake::{
     ClientHandshake, ClientMechanism, Established, HandshakeError, ServerHandshake,
     ServerMechanisms,
 };
+use rpc_proto::sasl::QopOffer;
 
-use super::stream::CipherStream;
+use super::stream::{CipherStream, Prefixed};
 use super::{Auth, AuthMechanism, Security, SecurityError};
 use crate::runtime::{sleep_for, AsyncStream, Runtime};
+use crate::tls::TlsStream;
 
 /// Bytes read at once during the handshake: a handshake frame is small.
 const READ_CHUNK: usize = 16 * 1024;
@@ -99,19 +101,41 @@ pub(crate) async fn secure_client(
     security: &Security,
     peer: SocketAddr,
 ) -> Result<Secured, SecurityError> {
-    let Some(auth) = &security.auth else {
-        return Ok(Secured::plain(stream));
+    let side = match &security.auth {
+        None => None,
+        Some(auth) => {
+            let secret = auth
+                .secrets
+                .secret(&auth.app_id)
+                .ok_or(SecurityError::AuthenticationFailed { peer, remote: None })?;
+            let mut rng = StdRng::from_os_rng();
+            let mechanism = match auth.mechanism {
+                AuthMechanism::Aes { version, cipher } => ClientMechanism::Aes { version, cipher },
+                AuthMechanism::Sasl { encrypt } => ClientMechanism::Sasl { encrypt },
+            };
+            let handshake = ClientHandshake::new(
+                &auth.app_id,
+                secret,
+                mechanism,
+                auth.sasl_fallback,
+                &mut rng,
+            )
+            .map_err(|e| error(peer, e))?;
+            Some(Client { handshake, rng })
+        }
     };
-    let refused = |remote| SecurityError::AuthenticationFailed { peer, remote };
-    let secret = auth.secrets.secret(&auth.app_id).ok_or(refused(None))?;
-    let mut rng = StdRng::from_os_rng();
-    let mechanism = match auth.mechanism {
-        AuthMechanism::Aes { version, cipher } => ClientMechanism::Aes { version, cipher },
-    };
-    let handshake = ClientHandshake::new(&auth.app_id, secret, mechanism, false, &mut rng)
-        .map_err(|e| error(peer, e))?;
-    let side = Client { handshake, rng };
-    run(rt, stream, side, security, peer).await
+    bounded(rt, security, peer, async {
+        match &security.tls {
+            None => plain_then(stream, side, peer).await,
+            Some(config) => {
+                let tls = crate::tls::connect(stream, config)
+                    .await
+                    .map_err(|e| tls_error(peer, e))?;
+                tls_then(tls, side, peer).await
+            }
+        }
+    })
+    .await
 }
 
 /// Authenticates a connection a server accepted, as `security` says; a stream without
@@ -122,66 +146,123 @@ pub(crate) async fn secure_server(
     security: &Security,
     peer: SocketAddr,
 ) -> Result<Secured, SecurityError> {
-    let Some(auth) = &security.auth else {
-        return Ok(Secured::plain(stream));
-    };
-    let mechanisms = match auth.mechanism {
-        AuthMechanism::Aes { version, cipher } => ServerMechanisms::aes(version, cipher),
-    };
-    let side = Server {
-        handshake: ServerHandshake::new(mechanisms),
-        auth,
-        rng: StdRng::from_os_rng(),
-    };
-    run(rt, stream, side, security, peer).await
+    let side = security.auth.as_ref().map(|auth| {
+        let mechanisms = match auth.mechanism {
+            AuthMechanism::Aes { version, cipher } => {
+                let aes = ServerMechanisms::aes(version, cipher);
+                if auth.sasl_fallback {
+                    aes.with_sasl(QopOffer::AuthConfOrAuth)
+                } else {
+                    aes
+                }
+            }
+            AuthMechanism::Sasl { encrypt: true } => ServerMechanisms::sasl(QopOffer::AuthConf),
+            AuthMechanism::Sasl { encrypt: false } => {
+                ServerMechanisms::sasl(QopOffer::AuthConfOrAuth)
+            }
+        };
+        Server {
+            handshake: ServerHandshake::new(mechanisms),
+            auth,
+            rng: StdRng::from_os_rng(),
+        }
+    });
+    bounded(rt, security, peer, async {
+        match &security.tls {
+            None => plain_then(stream, side, peer).await,
+            Some(config) => {
+                let tls = crate::tls::accept(stream, config)
+                    .await
+                    .map_err(|e| tls_error(peer, e))?;
+                tls_then(tls, side, peer).await
+            }
+        }
+    })
+    .await
 }
 
-/// Runs `side` on `stream` until it ends or the timeout passes; on success, puts the cipher
-/// around the stream.
-async fn run(
+/// Runs `secure` within the handshake timeout.
+async fn bounded(
     rt: &dyn Runtime,
-    mut stream: Box<dyn AsyncStream>,
-    mut side: impl Side,
     security: &Security,
     peer: SocketAddr,
+    secure: impl std::future::Future<Output = Result<Secured, SecurityError>>,
 ) -> Result<Secured, SecurityError> {
     let after = security.handshake_timeout;
-    let exchange = exchange(&mut stream, &mut side, peer);
     let timeout = async {
         sleep_for(rt, after).await;
         Err(SecurityError::TimedOut { peer, after })
     };
-    let outcome = future::or(exchange, timeout).await;
-    let established = match outcome {
-        Ok(established) => established,
-        Err(error) => {
-            // Whatever the refusal said was flushed; close our half cleanly so the peer
-            // reads it before it sees the connection end.
-            let _ = future::or(poll_fn(|cx| stream.poll_shutdown(cx)), async {
-                sleep_for(rt, std::time::Duration::from_secs(1)).await;
-                Ok(())
-            })
-            .await;
-            return Err(error);
-        }
+    future::or(secure, timeout).await
+}
+
+/// Authenticates over the plain stream (if there is a `side`), then puts the cipher around it.
+async fn plain_then(
+    mut stream: Box<dyn AsyncStream>,
+    side: Option<impl Side>,
+    peer: SocketAddr,
+) -> Result<Secured, SecurityError> {
+    let Some(mut side) = side else {
+        return Ok(Secured::plain(stream));
     };
+    let established = authenticate(&mut *stream, &mut side, peer).await?;
     let client_id = Some(Arc::from(established.app_id.as_str()));
     let stream: Box<dyn AsyncStream> = match established.cipher {
         Some(cipher) => Box::new(CipherStream::new(stream, cipher, &established.leftover)),
         None if established.leftover.is_empty() => stream,
-        None => {
-            return Err(SecurityError::Protocol {
-                peer,
-                reason: "bytes after the handshake on a connection without a cipher".into(),
-            })
-        }
+        None => Box::new(Prefixed::new(stream, established.leftover)),
     };
     Ok(Secured { stream, client_id })
 }
 
+/// Authenticates inside TLS (if there is a `side`); a cipher goes under TLS, as Spark puts it.
+async fn tls_then(
+    mut tls: TlsStream,
+    side: Option<impl Side>,
+    peer: SocketAddr,
+) -> Result<Secured, SecurityError> {
+    let Some(mut side) = side else {
+        return Ok(Secured::plain(Box::new(tls)));
+    };
+    let established = authenticate(&mut tls, &mut side, peer).await?;
+    let client_id = Some(Arc::from(established.app_id.as_str()));
+    let stream: Box<dyn AsyncStream> = match established.cipher {
+        // Nothing may follow the handshake's last frame inside TLS: the peer's next bytes are
+        // cipher-wrapped TLS records, which TLS cannot have read.
+        Some(_) if !established.leftover.is_empty() => {
+            return Err(SecurityError::Protocol {
+                peer,
+                reason: "bytes after the handshake, before the cipher".into(),
+            })
+        }
+        Some(cipher) => {
+            Box::new(tls.map_inner(|raw| Box::new(CipherStream::new(raw, cipher, &[]))))
+        }
+        None if established.leftover.is_empty() => Box::new(tls),
+        None => Box::new(Prefixed::new(Box::new(tls), established.leftover)),
+    };
+    Ok(Secured { stream, client_id })
+}
+
+/// Runs `side` on `stream` to its outcome; on failure, closes our half so the peer reads the
+/// refusal before it sees the connection end.
+async fn authenticate<S: AsyncStream + ?Sized>(
+    stream: &mut S,
+    side: &mut impl Side,
+    peer: SocketAddr,
+) -> Result<Established, SecurityError> {
+    match exchange(stream, side, peer).await {
+        Ok(established) => Ok(established),
+        Err(error) => {
+            let _ = poll_fn(|cx| stream.poll_shutdown(cx)).await;
+            Err(error)
+        }
+    }
+}
+
 /// Moves the handshake's bytes until it has an outcome, its last bytes sent.
-async fn exchange(
-    stream: &mut Box<dyn AsyncStream>,
+async fn exchange<S: AsyncStream + ?Sized>(
+    stream: &mut S,
     side: &mut impl Side,
     peer: SocketAddr,
 ) -> Result<Established, SecurityError> {
@@ -219,6 +300,13 @@ async fn exchange(
         }
     })
     .await
+}
+
+fn tls_error(peer: SocketAddr, error: crate::tls::TlsError) -> SecurityError {
+    SecurityError::Tls {
+        peer,
+        reason: error.to_string(),
+    }
 }
 
 fn closed(peer: SocketAddr, reason: impl std::fmt::Display) -> SecurityError {

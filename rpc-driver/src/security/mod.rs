@@ -59,6 +59,8 @@ use std::time::Duration;
 pub use rpc_proto::auth::{AuthVersion, Secret};
 pub use rpc_proto::cipher::CipherMode;
 
+pub use crate::tls::{TlsConfig, TlsConfigError, TlsError, TlsVersion};
+
 /// The app id Spark's `RpcEnv` authenticates as (`SecurityManager.getSaslUser`); the
 /// default of [`Security::with_app_id`].
 pub const SPARK_RPC_APP_ID: &str = "sparkSaslUser";
@@ -98,6 +100,16 @@ pub enum AuthMechanism {
         /// `spark.network.crypto.cipher`.
         cipher: CipherMode,
     },
+    /// SASL DIGEST-MD5: what Spark uses with only `spark.authenticate=true`, and what every
+    /// external shuffle service expects. Without `encrypt`, only the handshake is protected:
+    /// the traffic that follows is **not encrypted** (combine with TLS).
+    Sasl {
+        /// Ask for (as a client) or require (as a server) SASL's `auth-conf` layer
+        /// (`spark.authenticate.enableSaslEncryption`; on a server
+        /// `spark.network.sasl.serverAlwaysEncrypt`): 3DES or RC4 with HMAC-MD5, the ciphers
+        /// the JDK offers. A server without it accepts clients either way.
+        encrypt: bool,
+    },
 }
 
 impl AuthMechanism {
@@ -110,6 +122,12 @@ impl AuthMechanism {
             version: AuthVersion::V2,
             cipher: CipherMode::Gcm,
         }
+    }
+
+    /// What a Spark deployment gets from `spark.authenticate=true` alone: SASL DIGEST-MD5,
+    /// with the traffic after it in clear.
+    pub const fn spark_default() -> Self {
+        AuthMechanism::Sasl { encrypt: false }
     }
 
     /// What a Spark deployment gets from `spark.network.crypto.enabled=true` alone: version 1
@@ -134,6 +152,7 @@ struct Auth {
     app_id: String,
     secrets: Arc<dyn SecretKeyHolder>,
     mechanism: AuthMechanism,
+    sasl_fallback: bool,
 }
 
 /// How a transport's connections prove who they are and protect their traffic. The default
@@ -144,6 +163,7 @@ struct Auth {
 #[derive(Clone)]
 pub struct Security {
     auth: Option<Auth>,
+    tls: Option<TlsConfig>,
     handshake_timeout: Duration,
 }
 
@@ -158,6 +178,7 @@ impl Security {
     pub fn none() -> Self {
         Security {
             auth: None,
+            tls: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
@@ -178,7 +199,9 @@ impl Security {
                 app_id: SPARK_RPC_APP_ID.to_owned(),
                 secrets: holder,
                 mechanism: AuthMechanism::default(),
+                sasl_fallback: false,
             }),
+            tls: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
@@ -201,6 +224,34 @@ impl Security {
         self
     }
 
+    /// Spark's `spark.network.crypto.saslFallback` (on by default in Spark, **off** here): with
+    /// [`AuthMechanism::Aes`], a client whose challenge the server refuses retries with SASL
+    /// (without encryption) on the same connection, and a server accepts SASL clients too.
+    /// Needed to talk to a Spark peer configured for SASL; it lets an active attacker who
+    /// breaks the AES exchange downgrade the connection to an unencrypted one.
+    pub fn with_sasl_fallback(mut self, fallback: bool) -> Self {
+        if let Some(auth) = &mut self.auth {
+            auth.sasl_fallback = fallback;
+        }
+        self
+    }
+
+    /// TLS on every connection (Spark's `spark.ssl.rpc.*`), alone or under authentication:
+    /// the TLS handshake comes first, then the shared-secret handshake inside it. With an
+    /// AES mechanism as well, the AES cipher goes under TLS, as Spark places it (the TLS
+    /// records travel encrypted twice; choose one of the two unless a Spark peer needs both).
+    /// A server needs an identity and a client a trust store (or trust-any); see
+    /// [`TlsConfig`].
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// TLS without authentication: [`Security::none`] [`with_tls`](Self::with_tls).
+    pub fn tls(tls: TlsConfig) -> Self {
+        Self::none().with_tls(tls)
+    }
+
     /// How long a connection's handshake may take, from the connect (or accept) to its end;
     /// past it, the connection is cut off. Default [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
@@ -208,9 +259,24 @@ impl Security {
         self
     }
 
-    /// Whether connections authenticate (or encrypt) at all.
+    /// Whether connections authenticate or use TLS at all.
     pub fn is_enabled(&self) -> bool {
-        self.auth.is_some()
+        self.auth.is_some() || self.tls.is_some()
+    }
+
+    /// The TLS settings, if connections use TLS.
+    pub fn tls_config(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// Whether `sendfile` can carry file bodies: not when a cipher or TLS must see every
+    /// byte. (SASL without its layer leaves the bytes alone.)
+    pub fn allows_sendfile(&self) -> bool {
+        self.tls.is_none()
+            && self
+                .auth
+                .as_ref()
+                .is_none_or(|a| matches!(a.mechanism, AuthMechanism::Sasl { encrypt: false }))
     }
 
     /// The mechanism, if connections authenticate.
@@ -236,10 +302,12 @@ impl fmt::Debug for Security {
             Some(auth) => d
                 .field("app_id", &auth.app_id)
                 .field("mechanism", &auth.mechanism)
+                .field("sasl_fallback", &auth.sasl_fallback)
                 .field("secrets", &"..."),
             None => d.field("auth", &"none"),
         };
-        d.field("handshake_timeout", &self.handshake_timeout)
+        d.field("tls", &self.tls)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish()
     }
 }
@@ -277,6 +345,15 @@ pub enum SecurityError {
         /// The peer.
         peer: SocketAddr,
         /// What it did.
+        reason: String,
+    },
+    /// TLS failed: the reason is rustls' (a certificate refused, an alert from the peer, a
+    /// peer that does not speak TLS, no common version).
+    #[error("tls with {peer} failed: {reason}")]
+    Tls {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why, in rustls' words.
         reason: String,
     },
     /// The connection closed, or failed, during the handshake.

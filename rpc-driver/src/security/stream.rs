@@ -200,3 +200,75 @@ impl AsyncStream for CipherStream {
         self.inner.local_addr()
     }
 }
+
+/// A stream whose first bytes were already read (by the handshake): they are read again
+/// first, then the stream's own.
+pub(crate) struct Prefixed {
+    inner: Box<dyn AsyncStream>,
+    prefix: bytes::Bytes,
+}
+
+impl Prefixed {
+    pub(crate) fn new(inner: Box<dyn AsyncStream>, prefix: bytes::Bytes) -> Self {
+        Prefixed { inner, prefix }
+    }
+}
+
+impl AsyncStream for Prefixed {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.prefix.is_empty() {
+            return self.inner.poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.prefix.split_to(n));
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        if self.prefix.is_empty() {
+            return self.inner.poll_read_buf(cx, buf, max);
+        }
+        let n = self.prefix.len().min(max);
+        buf.extend_from_slice(&self.prefix.split_to(n));
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_send_file(cx, file, offset, len)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_shutdown(cx)
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}

@@ -138,6 +138,11 @@ impl TransportServer {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if let Some(tls) = config.security.tls_config() {
+            // A server without an identity would fail every handshake: say so now.
+            tls.check_server()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        }
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let listener = rt.listen(std_listener)?;

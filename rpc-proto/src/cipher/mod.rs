@@ -223,4 +223,7 @@ pub enum CipherError {
     /// The cipher already failed; the connection must be closed.
     #[error("cipher already failed")]
     Failed,
+    /// SASL's `auth-conf` layer refused its input.
+    #[error("sasl layer: {0}")]
+    Sasl(#[from] crate::sasl::SaslError),
 }

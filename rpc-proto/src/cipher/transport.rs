@@ -4,6 +4,7 @@ use bytes::BytesMut;
 
 use super::MessageNonce;
 use super::{CipherError, CipherKeys, CtrDecrypter, CtrEncrypter, GcmDecrypter, GcmEncrypter};
+use crate::sasl::SaslLayer;
 
 /// Which of Spark's transport ciphers follows AES authentication
 /// (`spark.network.crypto.cipher`).
@@ -42,6 +43,7 @@ pub struct TransportCipher {
 }
 
 enum Inner {
+    Sasl(Box<SaslLayer>),
     Ctr {
         enc: CtrEncrypter,
         dec: CtrDecrypter,
@@ -55,7 +57,7 @@ enum Inner {
 impl std::fmt::Debug for TransportCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransportCipher")
-            .field("mode", &self.mode())
+            .field("cipher", &self.name())
             .finish_non_exhaustive()
     }
 }
@@ -76,11 +78,32 @@ impl TransportCipher {
         TransportCipher { inner }
     }
 
-    /// Which cipher this is.
-    pub fn mode(&self) -> CipherMode {
+    /// SASL's `auth-conf` layer (3DES or RC4 with HMAC-MD5, in Spark's `SaslEncryption`
+    /// framing), after a SASL handshake that negotiated it.
+    pub fn sasl(layer: SaslLayer) -> Self {
+        TransportCipher {
+            inner: Inner::Sasl(Box::new(layer)),
+        }
+    }
+
+    /// Which AES cipher this is; `None` for SASL's layer.
+    pub fn mode(&self) -> Option<CipherMode> {
         match self.inner {
-            Inner::Ctr { .. } => CipherMode::Ctr,
-            Inner::Gcm { .. } => CipherMode::Gcm,
+            Inner::Ctr { .. } => Some(CipherMode::Ctr),
+            Inner::Gcm { .. } => Some(CipherMode::Gcm),
+            Inner::Sasl(_) => None,
+        }
+    }
+
+    /// A name for logs: Spark's name of the cipher, or `SASL auth-conf (3des)`.
+    pub fn name(&self) -> String {
+        match &self.inner {
+            Inner::Sasl(layer) => format!("SASL auth-conf ({})", layer.cipher().as_str()),
+            _ => self
+                .mode()
+                .map(CipherMode::spark_name)
+                .unwrap_or_default()
+                .to_owned(),
         }
     }
 
@@ -96,6 +119,12 @@ impl TransportCipher {
         out: &mut BytesMut,
     ) -> Result<(), CipherError> {
         match &mut self.inner {
+            Inner::Sasl(layer) => {
+                for piece in plaintext {
+                    layer.encrypt(piece, out);
+                }
+                Ok(())
+            }
             Inner::Ctr { enc, .. } => {
                 for piece in plaintext {
                     let start = out.len();
@@ -126,6 +155,7 @@ impl TransportCipher {
                 Ok(())
             }
             Inner::Gcm { dec, .. } => dec.decrypt(input, out),
+            Inner::Sasl(layer) => layer.decrypt(input, out).map_err(CipherError::Sasl),
         }
     }
 
@@ -135,6 +165,8 @@ impl TransportCipher {
         match &self.inner {
             Inner::Ctr { .. } => Ok(()),
             Inner::Gcm { dec, .. } => dec.finish(),
+            Inner::Sasl(layer) if layer.is_idle() => Ok(()),
+            Inner::Sasl(_) => Err(CipherError::Truncated),
         }
     }
 }

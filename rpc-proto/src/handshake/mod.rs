@@ -68,6 +68,10 @@ use crate::auth::{
 use crate::cipher::{CipherKeys, CipherMode, TransportCipher};
 use crate::frame::{Decoded, Frame, FrameDecoder};
 use crate::id::RequestId;
+use crate::sasl::{
+    Qop, QopOffer, SaslClient, SaslError, SaslMessage, SaslServer, MAX_SASL_APP_ID_LEN,
+    NONCE_RANDOM_LEN,
+};
 
 /// The largest frame either side accepts during the handshake: ample for AES messages (a few
 /// hundred bytes), SASL tokens, and a Java stack trace in a refusal.
@@ -76,6 +80,11 @@ pub const MAX_HANDSHAKE_FRAME: u64 = 64 * 1024;
 /// The text Spark's server fails a bad AES challenge with (the client sees it as the
 /// `RpcFailure`'s message); we send the same, and nothing that says what was wrong.
 pub const AUTH_FAILED_TEXT: &str = "java.lang.IllegalArgumentException: Authentication failed.";
+
+/// What a SASL-only server answers an AES challenge with (Spark's text), keeping the
+/// connection open for the client's SASL fallback.
+pub const SASL_EXPECTED_TEXT: &str = "java.lang.IllegalStateException: Expected SaslMessage, \
+     received something else (maybe your client does not have SASL enabled?)";
 
 /// How a client authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +97,12 @@ pub enum ClientMechanism {
         /// `spark.network.crypto.cipher`: both sides must agree.
         cipher: CipherMode,
     },
+    /// SASL DIGEST-MD5 (Spark's default with `spark.authenticate=true`).
+    Sasl {
+        /// Ask for the `auth-conf` layer (`spark.authenticate.enableSaslEncryption`); the
+        /// handshake fails if the server does not offer it.
+        encrypt: bool,
+    },
 }
 
 /// What a server accepts.
@@ -95,6 +110,8 @@ pub enum ClientMechanism {
 pub struct ServerMechanisms {
     /// AES authentication with this version and cipher, if accepted.
     pub aes: Option<(AuthVersion, CipherMode)>,
+    /// SASL DIGEST-MD5 with these qualities of protection, if accepted.
+    pub sasl: Option<QopOffer>,
 }
 
 impl ServerMechanisms {
@@ -102,9 +119,27 @@ impl ServerMechanisms {
     pub fn aes(version: AuthVersion, cipher: CipherMode) -> Self {
         ServerMechanisms {
             aes: Some((version, cipher)),
+            sasl: None,
         }
     }
+
+    /// SASL only, offering `offer`.
+    pub fn sasl(offer: QopOffer) -> Self {
+        ServerMechanisms {
+            aes: None,
+            sasl: Some(offer),
+        }
+    }
+
+    /// These, and SASL too (Spark's `saslFallback` on an AES server).
+    pub fn with_sasl(mut self, offer: QopOffer) -> Self {
+        self.sasl = Some(offer);
+        self
+    }
 }
+
+/// SASL round trips a server allows: DIGEST-MD5 takes two.
+const MAX_SASL_ROUNDS: u32 = 3;
 
 /// Why a handshake did not establish an authenticated connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,6 +241,9 @@ fn cipher(mode: CipherMode, keys: &TransportKeys) -> TransportCipher {
 pub struct ClientHandshake {
     app_id: String,
     state: ClientState,
+    /// The server's refusal of our AES challenge, when we fell back to SASL: reported if
+    /// SASL then fails too.
+    aes_refusal: Option<String>,
     input: Input,
     transmit: VecDeque<Bytes>,
     outcome: Option<Result<Established, HandshakeError>>,
@@ -216,6 +254,12 @@ enum ClientState {
         client: AuthClient,
         cipher: CipherMode,
         request: RequestId,
+        /// With Spark's `saslFallback`: the secret to try SASL with if the server refuses.
+        fallback: Option<Secret>,
+    },
+    Sasl {
+        client: Box<SaslClient>,
+        request: RequestId,
     },
     Done,
 }
@@ -224,8 +268,24 @@ impl std::fmt::Debug for ClientState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ClientState::Aes { .. } => "Aes",
+            ClientState::Sasl { .. } => "Sasl",
             ClientState::Done => "Done",
         })
+    }
+}
+
+fn nonce_random<R: CryptoRng + ?Sized>(rng: &mut R) -> [u8; NONCE_RANDOM_LEN] {
+    let mut random = [0; NONCE_RANDOM_LEN];
+    rng.fill_bytes(&mut random);
+    random
+}
+
+/// A SASL failure as the handshake reports it: a credential failure is one error, anything
+/// else the peer's protocol violation.
+fn sasl_error(error: SaslError) -> HandshakeError {
+    match error {
+        SaslError::AuthenticationFailed => HandshakeError::AuthenticationFailed { remote: None },
+        other => HandshakeError::Protocol(other.to_string()),
     }
 }
 
@@ -234,8 +294,10 @@ impl ClientHandshake {
     /// transmit. `rng` must be a cryptographically secure source: it draws the ephemeral
     /// key, salts and nonces.
     ///
-    /// `sasl_fallback` is Spark's `spark.network.crypto.saslFallback`; it is accepted for
-    /// forward compatibility and has no effect until SASL is offered.
+    /// `sasl_fallback` is Spark's `spark.network.crypto.saslFallback`: with AES, if the server
+    /// refuses the challenge, try SASL (without encryption) on the same connection. It makes a
+    /// downgrade possible: an active attacker who makes AES fail gets an unencrypted
+    /// connection.
     pub fn new<R: CryptoRng + ?Sized>(
         app_id: &str,
         secret: Secret,
@@ -243,16 +305,27 @@ impl ClientHandshake {
         sasl_fallback: bool,
         rng: &mut R,
     ) -> Result<Self, HandshakeError> {
-        let _ = sasl_fallback;
+        if app_id.len() > MAX_SASL_APP_ID_LEN {
+            return Err(HandshakeError::AppIdTooLong {
+                len: app_id.len(),
+                max: MAX_SASL_APP_ID_LEN,
+            });
+        }
         let mut handshake = ClientHandshake {
             app_id: app_id.to_owned(),
             state: ClientState::Done,
+            aes_refusal: None,
             input: Input::new(),
             transmit: VecDeque::new(),
             outcome: None,
         };
         match mechanism {
+            ClientMechanism::Sasl { encrypt } => {
+                let qop = if encrypt { Qop::AuthConf } else { Qop::Auth };
+                handshake.start_sasl(&secret, qop, rng);
+            }
             ClientMechanism::Aes { version, cipher } => {
+                let fallback = sasl_fallback.then(|| secret.clone());
                 let client = AuthClient::new(version, app_id, secret, randomness(rng)).map_err(
                     |e| match e {
                         crate::auth::AuthError::AppIdTooLong { len, max } => {
@@ -267,10 +340,21 @@ impl ClientHandshake {
                     client,
                     cipher,
                     request,
+                    fallback,
                 };
             }
         }
         Ok(handshake)
+    }
+
+    fn start_sasl<R: CryptoRng + ?Sized>(&mut self, secret: &Secret, qop: Qop, rng: &mut R) {
+        let client = SaslClient::new(self.app_id.clone(), secret, qop, nonce_random(rng));
+        let request = request_id(rng);
+        self.send(request, client.first_message().into());
+        self.state = ClientState::Sasl {
+            client: Box::new(client),
+            request,
+        };
     }
 
     fn send(&mut self, request: RequestId, body: Bytes) {
@@ -300,7 +384,6 @@ impl ClientHandshake {
         if self.is_done() {
             return;
         }
-        let _ = rng;
         self.input.buf.extend_from_slice(data);
         loop {
             let frame = match self.input.next() {
@@ -308,7 +391,7 @@ impl ClientHandshake {
                 Ok(None) => return,
                 Err(e) => return self.fail(e),
             };
-            self.handle_frame(frame);
+            self.handle_frame(frame, rng);
             if self.is_done() {
                 return;
             }
@@ -318,7 +401,15 @@ impl ClientHandshake {
     /// The server closed the connection.
     pub fn handle_closed(&mut self) {
         if !self.is_done() {
-            self.fail(HandshakeError::Closed);
+            // After a fallback, the AES refusal explains the close better (Spark's server
+            // closes after refusing a challenge).
+            let error = match self.aes_refusal.take() {
+                Some(remote) => HandshakeError::AuthenticationFailed {
+                    remote: Some(remote),
+                },
+                None => HandshakeError::Closed,
+            };
+            self.fail(error);
         }
     }
 
@@ -327,14 +418,55 @@ impl ClientHandshake {
         self.outcome = Some(Err(error));
     }
 
-    fn handle_frame(&mut self, frame: Frame) {
+    fn handle_frame<R: CryptoRng + ?Sized>(&mut self, frame: Frame, rng: &mut R) {
         let state = std::mem::replace(&mut self.state, ClientState::Done);
         match (state, frame) {
+            (
+                ClientState::Sasl {
+                    mut client,
+                    request,
+                },
+                Frame::RpcResponse { request: r, body },
+            ) if r == request => match client.handle_response(&body) {
+                Ok(Some(next)) => {
+                    let request = request_id(rng);
+                    self.send(request, next.into());
+                    self.state = ClientState::Sasl { client, request };
+                }
+                Ok(None) => {
+                    self.outcome = Some(Ok(Established {
+                        app_id: self.app_id.clone(),
+                        cipher: client.into_layer().map(TransportCipher::sasl),
+                        leftover: self.input.leftover(),
+                    }));
+                }
+                Err(e) => self.fail(sasl_error(e)),
+            },
+            (ClientState::Sasl { request, .. }, Frame::RpcFailure { request: r, error })
+                if r == request =>
+            {
+                self.fail(HandshakeError::AuthenticationFailed {
+                    remote: Some(error),
+                });
+            }
+            (
+                ClientState::Aes {
+                    fallback: Some(secret),
+                    request,
+                    ..
+                },
+                Frame::RpcFailure { request: r, error },
+            ) if r == request => {
+                // Spark's saslFallback: the server may not speak AES; try SASL.
+                self.aes_refusal = Some(error);
+                self.start_sasl(&secret, Qop::Auth, rng);
+            }
             (
                 ClientState::Aes {
                     client,
                     cipher: mode,
                     request,
+                    ..
                 },
                 Frame::RpcResponse { request: r, body },
             ) if r == request => match client.handle_response(&body) {
@@ -367,6 +499,10 @@ impl ClientHandshake {
 pub struct ServerHandshake {
     mechanisms: ServerMechanisms,
     done: bool,
+    /// A SASL exchange in progress, and the rounds it took.
+    sasl: Option<(Box<SaslServer>, u32)>,
+    /// Whether an AES challenge was refused (once) to let the client fall back to SASL.
+    refused_aes: bool,
     input: Input,
     transmit: VecDeque<Bytes>,
     outcome: Option<Result<Established, HandshakeError>>,
@@ -378,6 +514,8 @@ impl ServerHandshake {
         ServerHandshake {
             mechanisms,
             done: false,
+            sasl: None,
+            refused_aes: false,
             input: Input::new(),
             transmit: VecDeque::new(),
             outcome: None,
@@ -421,11 +559,22 @@ impl ServerHandshake {
             return;
         }
         self.input.buf.extend_from_slice(data);
-        let frame = match self.input.next() {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return,
-            Err(e) => return self.fail(e),
-        };
+        while !self.done {
+            let frame = match self.input.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(e) => return self.fail(e),
+            };
+            self.handle_frame(frame, secrets, rng);
+        }
+    }
+
+    fn handle_frame<R: CryptoRng + ?Sized>(
+        &mut self,
+        frame: Frame,
+        secrets: &dyn Fn(&str) -> Option<Secret>,
+        rng: &mut R,
+    ) {
         let (request, body) = match frame {
             Frame::RpcRequest { request, body } => (request, body),
             other => {
@@ -435,18 +584,47 @@ impl ServerHandshake {
                 )))
             }
         };
-        match (body.first(), self.mechanisms.aes) {
-            (Some(&AUTH_MESSAGE_TAG), Some((version, mode))) => {
-                // A client waits for the answer before it sends anything else, and its
-                // next bytes are ciphertext: anything beyond the challenge now is out of
-                // turn. (Kept and handed on as leftover would also be safe, since it would
-                // have to decrypt; refusing is simpler to reason about.)
-                if !self.input.buf.is_empty() {
+        // A client waits for each answer before it sends again: anything beyond this request
+        // now is out of turn.
+        if !self.input.buf.is_empty() {
+            return self.refuse(
+                request,
+                HandshakeError::Protocol("bytes sent out of turn".into()),
+            );
+        }
+        if let Some((server, rounds)) = self.sasl.take() {
+            return self.sasl_step(server, rounds, request, &body);
+        }
+        match (body.first(), self.mechanisms.aes, self.mechanisms.sasl) {
+            (Some(&crate::sasl::SASL_MESSAGE_TAG), _, Some(offer)) => {
+                let message = match SaslMessage::decode(&body) {
+                    Ok(message) => message,
+                    Err(e) => return self.refuse(request, HandshakeError::Protocol(e.to_string())),
+                };
+                let Some(secret) = secrets(&message.app_id) else {
                     return self.refuse(
                         request,
-                        HandshakeError::Protocol("bytes after the challenge".into()),
+                        HandshakeError::AuthenticationFailed { remote: None },
                     );
-                }
+                };
+                let server =
+                    SaslServer::new(message.app_id.clone(), &secret, offer, nonce_random(rng));
+                self.sasl_step(Box::new(server), 0, request, &body);
+            }
+            (Some(&AUTH_MESSAGE_TAG), None, Some(_)) if !self.refused_aes => {
+                // A SASL server, an AES client: as Spark's, refuse the challenge but keep
+                // the connection, so a client with Spark's saslFallback can retry with SASL.
+                // Once: a second challenge ends the handshake.
+                self.refused_aes = true;
+                self.transmit.push_back(
+                    Frame::RpcFailure {
+                        request,
+                        error: SASL_EXPECTED_TEXT.to_owned(),
+                    }
+                    .to_bytes(),
+                );
+            }
+            (Some(&AUTH_MESSAGE_TAG), Some((version, mode)), _) => {
                 let server = AuthServer::new(version);
                 match server.handle_challenge(&body, |app| secrets(app), randomness(rng)) {
                     Ok(accepted) => {
@@ -474,6 +652,56 @@ impl ServerHandshake {
                 request,
                 HandshakeError::AuthenticationFailed { remote: None },
             ),
+        }
+    }
+
+    /// One SASL round: `body` is a `SaslMessage` (the first one already decoded once, which
+    /// is harmless: decoding is pure).
+    fn sasl_step(
+        &mut self,
+        mut server: Box<SaslServer>,
+        rounds: u32,
+        request: RequestId,
+        body: &[u8],
+    ) {
+        if rounds >= MAX_SASL_ROUNDS {
+            return self.refuse(
+                request,
+                HandshakeError::Protocol("too many sasl rounds".into()),
+            );
+        }
+        let message = match SaslMessage::decode(body) {
+            Ok(message) if message.app_id == server.app_id() => message,
+            Ok(_) => {
+                return self.refuse(
+                    request,
+                    HandshakeError::AuthenticationFailed { remote: None },
+                )
+            }
+            Err(e) => return self.refuse(request, HandshakeError::Protocol(e.to_string())),
+        };
+        match server.handle_message(&message.token) {
+            Ok(token) => {
+                self.transmit.push_back(
+                    Frame::RpcResponse {
+                        request,
+                        body: token.into(),
+                    }
+                    .to_bytes(),
+                );
+                if server.is_complete() {
+                    self.done = true;
+                    let app_id = server.app_id().to_owned();
+                    self.outcome = Some(Ok(Established {
+                        app_id,
+                        cipher: server.into_layer().map(TransportCipher::sasl),
+                        leftover: self.input.leftover(),
+                    }));
+                } else {
+                    self.sasl = Some((server, rounds + 1));
+                }
+            }
+            Err(e) => self.refuse(request, sasl_error(e)),
         }
     }
 

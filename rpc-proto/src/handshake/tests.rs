@@ -38,8 +38,12 @@ fn run(
         if server.is_done() && client.is_done() {
             break;
         }
+        // A side that gave up closes the connection.
         if server.is_done() {
             client.handle_closed();
+        }
+        if client.is_done() {
+            server.handle_closed();
         }
     }
     (
@@ -67,7 +71,7 @@ fn every_version_and_cipher_establishes_a_working_cipher_both_ways() {
             assert_eq!((c.app_id.as_str(), s.app_id.as_str()), ("app-1", "app-1"));
             assert!(c.leftover.is_empty() && s.leftover.is_empty());
             let (cc, sc) = (c.cipher.as_mut().unwrap(), s.cipher.as_mut().unwrap());
-            assert_eq!((cc.mode(), sc.mode()), (mode, mode));
+            assert_eq!((cc.mode(), sc.mode()), (Some(mode), Some(mode)));
             for direction in 0..2 {
                 let (from, to) = if direction == 0 {
                     (&mut *cc, &mut *sc)
@@ -378,4 +382,132 @@ proptest! {
         server.handle_closed();
         prop_assert!(!matches!(server.poll_outcome(), Some(Ok(_))));
     }
+}
+
+fn client(
+    mechanism: ClientMechanism,
+    fallback: bool,
+    secret: &str,
+    rng: &mut StdRng,
+) -> ClientHandshake {
+    ClientHandshake::new("app-1", Secret::new(secret), mechanism, fallback, rng).unwrap()
+}
+
+/// Checks that both sides' ciphers (or both sides' lack of one) agree, both ways.
+fn check_layers(c: &mut Established, s: &mut Established, rng: &mut StdRng) {
+    match (c.cipher.as_mut(), s.cipher.as_mut()) {
+        (None, None) => {}
+        (Some(cc), Some(sc)) => {
+            for direction in 0..2 {
+                let (from, to) = if direction == 0 {
+                    (&mut *cc, &mut *sc)
+                } else {
+                    (&mut *sc, &mut *cc)
+                };
+                let mut wire = BytesMut::new();
+                from.encrypt(&[b"over ", b"sasl"], MessageNonce::random(rng), &mut wire)
+                    .unwrap();
+                assert!(!wire.windows(4).any(|w| w == b"sasl"), "sent in clear");
+                let mut plain = BytesMut::new();
+                to.decrypt(&wire, &mut plain).unwrap();
+                assert_eq!(&plain[..], b"over sasl");
+            }
+        }
+        (c, s) => panic!("one side has a cipher: client {c:?}, server {s:?}"),
+    }
+}
+
+#[test]
+fn sasl_authenticates_with_and_without_its_layer() {
+    use crate::sasl::QopOffer;
+    for (encrypt, offer, layered) in [
+        (false, QopOffer::AuthConfOrAuth, false),
+        (true, QopOffer::AuthConfOrAuth, true),
+        (true, QopOffer::AuthConf, true),
+    ] {
+        let mut rng = rng(11);
+        let mut c = client(ClientMechanism::Sasl { encrypt }, false, "s3cret", &mut rng);
+        let mut s = ServerHandshake::new(ServerMechanisms::sasl(offer));
+        let (c, s) = run(&mut c, &mut s, &mut rng);
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        assert_eq!(s.app_id, "app-1");
+        assert_eq!(c.cipher.is_some(), layered, "{encrypt} {offer:?}");
+        check_layers(&mut c, &mut s, &mut rng);
+    }
+}
+
+#[test]
+fn sasl_refuses_a_wrong_secret_and_a_client_that_will_not_encrypt_when_required() {
+    use crate::sasl::QopOffer;
+    for (secret, encrypt, offer) in [
+        ("wrong", false, QopOffer::AuthConfOrAuth),
+        ("s3cret", false, QopOffer::AuthConf),
+        ("s3cret", true, QopOffer::Auth),
+    ] {
+        let mut rng = rng(12);
+        let mut c = client(ClientMechanism::Sasl { encrypt }, false, secret, &mut rng);
+        let mut s = ServerHandshake::new(ServerMechanisms::sasl(offer));
+        let (c, s) = run(&mut c, &mut s, &mut rng);
+        assert!(c.is_err() && s.is_err(), "{secret} {encrypt} {offer:?}");
+    }
+}
+
+#[test]
+fn an_aes_client_falls_back_to_sasl_only_when_told_to() {
+    use crate::sasl::QopOffer;
+    let aes = aes(AuthVersion::V2, CipherMode::Gcm);
+    // A SASL-only server refuses the AES challenge (once) and keeps the connection; with the
+    // fallback the client then authenticates with SASL, unencrypted, as Spark's does.
+    let mut rng = rng(13);
+    let mut c = client(aes, true, "s3cret", &mut rng);
+    let mut s = ServerHandshake::new(ServerMechanisms::sasl(QopOffer::AuthConfOrAuth));
+    let (c, s) = run(&mut c, &mut s, &mut rng);
+    let (c, s) = (c.unwrap(), s.unwrap());
+    assert!(c.cipher.is_none() && s.cipher.is_none());
+
+    // A second AES challenge ends it.
+    let mut s = ServerHandshake::new(ServerMechanisms::sasl(QopOffer::AuthConfOrAuth));
+    for _ in 0..2 {
+        let mut c = client(aes, false, "s3cret", &mut rng);
+        s.handle_bytes(&c.poll_transmit().unwrap(), &secrets, &mut rng);
+    }
+    assert!(matches!(s.poll_outcome(), Some(Err(_))));
+
+    // Without the fallback the refusal is final.
+    let mut c = client(aes, false, "s3cret", &mut rng);
+    let mut s = ServerHandshake::new(ServerMechanisms::sasl(QopOffer::AuthConfOrAuth));
+    let (c, _) = run(&mut c, &mut s, &mut rng);
+    assert!(matches!(
+        c,
+        Err(HandshakeError::AuthenticationFailed { remote: Some(_) })
+    ));
+}
+
+#[test]
+fn an_aes_server_that_accepts_sasl_takes_a_sasl_client() {
+    use crate::sasl::QopOffer;
+    let mut rng = rng(14);
+    let mut c = client(
+        ClientMechanism::Sasl { encrypt: true },
+        false,
+        "s3cret",
+        &mut rng,
+    );
+    let mut s = ServerHandshake::new(
+        ServerMechanisms::aes(AuthVersion::V2, CipherMode::Gcm).with_sasl(QopOffer::AuthConfOrAuth),
+    );
+    let (c, s) = run(&mut c, &mut s, &mut rng);
+    let (mut c, mut s) = (c.unwrap(), s.unwrap());
+    assert!(c.cipher.is_some());
+    check_layers(&mut c, &mut s, &mut rng);
+    // And one that does not, refuses it.
+    let mut c = client(
+        ClientMechanism::Sasl { encrypt: false },
+        false,
+        "s3cret",
+        &mut rng,
+    );
+    let mut s = ServerHandshake::new(ServerMechanisms::aes(AuthVersion::V2, CipherMode::Gcm));
+    let (c, s) = run(&mut c, &mut s, &mut rng);
+    assert!(c.is_err() && s.is_err());
 }

@@ -16,7 +16,7 @@ use rpc::{
     AuthMechanism, ConnectError, FileSegment, ManagedBuffer, MergedBlockMetaReqHandler,
     MergedBlockMetaRequest, MergedBlockMetaResponder, OneForOneStreamManager, RpcHandler,
     RpcResponder, SecretKeyHolder, Security, SecurityError, StreamManager, TransportClient,
-    TransportClientFactory, TransportConfig, TransportServer, UploadSink,
+    TlsConfig, TransportClientFactory, TransportConfig, TransportServer, UploadSink,
 };
 
 use super::files::{contents, temp_file};
@@ -200,7 +200,7 @@ fn every_aes_mechanism_carries_rpcs_one_way_messages_chunks_streams_uploads_and_
                 )
                 .await
                 .unwrap();
-                assert!(&chunk == expected, "{mechanism:?}: chunk {i} differs");
+                assert!(chunk == *expected, "{mechanism:?}: chunk {i} differs");
             }
 
             let file = within("a file stream", client.stream("file", None).read_to_end())
@@ -533,5 +533,187 @@ fn envs_with_the_same_secret_talk_and_a_wrong_secret_is_a_typed_error() {
         );
         assert_eq!(count(&rec.entries(), "ask:"), 1, "only the authenticated ask");
         shutdown(&[&client, &stranger, &server]).await;
+    })
+}
+
+/// A server identity for `server.test` signed by a fresh CA, a client trusting that CA, and
+/// a client trusting another CA.
+fn tls_configs() -> (TlsConfig, TlsConfig, TlsConfig) {
+    fn ca() -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        (params.self_signed(&key).unwrap(), key)
+    }
+    let (ca_cert, ca_key) = ca();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["server.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    let server = TlsConfig::new()
+        .with_identity_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+        .unwrap();
+    let client = TlsConfig::new()
+        .with_trust_pem(ca_cert.pem().as_bytes())
+        .unwrap();
+    let (other_ca, _) = ca();
+    let stranger = TlsConfig::new()
+        .with_trust_pem(other_ca.pem().as_bytes())
+        .unwrap();
+    (server, client, stranger)
+}
+
+/// An RPC, a chunk, a 2 MiB file stream and an upload over `client`; checks each.
+async fn exercise(client: &TransportClient, served: &Served, what: &str) {
+    const MIB: usize = 1024 * 1024;
+    let body = big_body(MIB + 1);
+    let reply = within("an rpc", client.send_rpc(body.clone(), None)).await;
+    assert!(reply.unwrap() == body, "{what}: the rpc's echo differs");
+    let stream = served
+        .streams
+        .register_stream(client.client_id().unwrap_or(SPARK_RPC_APP_ID), vec![big_body(70_000)], None);
+    let chunk = within("a chunk", client.fetch_chunk(StreamChunkId::new(stream, 0), None))
+        .await
+        .unwrap();
+    assert!(chunk == big_body(70_000), "{what}: the chunk differs");
+    let file = within("a file stream", client.stream("file", None).read_to_end())
+        .await
+        .unwrap();
+    assert!(file == contents(2 * MIB), "{what}: the file differs");
+    let upload = client.upload_stream("meta".into(), body.len() as u64, pieces(body), None);
+    assert_eq!(within("an upload", upload).await.unwrap(), (MIB + 1).to_string());
+}
+
+#[test]
+fn sasl_authenticates_in_clear_or_with_its_layer_and_refuses_a_wrong_secret() {
+    block_on(async {
+        for encrypt in [false, true] {
+            let security =
+                Security::secret(SECRET).with_mechanism(AuthMechanism::Sasl { encrypt });
+            let served = Served::new(2 * 1024 * 1024);
+            let server = bind(served.clone(), security.clone());
+            let client = within("a connection", factory(security).create_client(server.local_addr()))
+                .await
+                .unwrap();
+            assert_eq!(client.client_id(), Some(SPARK_RPC_APP_ID));
+            exercise(&client, &served, &format!("sasl encrypt={encrypt}")).await;
+            let accepted = server.connections();
+            // Only SASL without its layer leaves the bytes alone for sendfile.
+            assert_eq!(accepted[0].zero_copy_bytes() > 0, !encrypt && sendfile_here());
+
+            let wrong = Security::secret("wrong").with_mechanism(AuthMechanism::Sasl { encrypt });
+            let error = within("the refusal", factory(wrong).create_client(server.local_addr()))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, ConnectError::Security(SecurityError::AuthenticationFailed { .. })),
+                "{error:?}"
+            );
+            eventually("the failure counted", || server.stats().auth_failures == 1).await;
+            server.close();
+        }
+    })
+}
+
+/// Whether this adapter sends file bodies with `sendfile` on plain connections.
+fn sendfile_here() -> bool {
+    cfg!(target_os = "linux")
+}
+
+#[test]
+fn an_aes_client_with_the_fallback_reaches_a_sasl_server_and_without_it_does_not() {
+    block_on(async {
+        let served = Served::new(2 * 1024 * 1024);
+        let server = bind(
+            served.clone(),
+            Security::secret(SECRET).with_mechanism(AuthMechanism::spark_default()),
+        );
+        let aes = Security::secret(SECRET).with_mechanism(AuthMechanism::aes_gcm());
+        let error = within("the refusal", factory(aes.clone()).create_client(server.local_addr()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ConnectError::Security(SecurityError::AuthenticationFailed { .. })),
+            "{error:?}"
+        );
+        let client = within(
+            "a connection",
+            factory(aes.with_sasl_fallback(true)).create_client(server.local_addr()),
+        )
+        .await
+        .unwrap();
+        exercise(&client, &served, "aes falling back to sasl").await;
+
+        // And an AES server with the fallback takes a SASL client.
+        let served = Served::new(2 * 1024 * 1024);
+        let server = bind(
+            served.clone(),
+            Security::secret(SECRET).with_sasl_fallback(true),
+        );
+        let sasl = Security::secret(SECRET).with_mechanism(AuthMechanism::spark_default());
+        let client = within("a connection", factory(sasl).create_client(server.local_addr()))
+            .await
+            .unwrap();
+        exercise(&client, &served, "sasl to an aes server").await;
+    })
+}
+
+#[test]
+fn tls_carries_everything_alone_and_under_each_mechanism_and_refuses_an_untrusted_server() {
+    block_on(async {
+        let (server_tls, client_tls, stranger_tls) = tls_configs();
+        let cases = [
+            ("tls", Security::tls(server_tls.clone()), Security::tls(client_tls.clone())),
+            (
+                "tls + sasl",
+                Security::secret(SECRET)
+                    .with_mechanism(AuthMechanism::spark_default())
+                    .with_tls(server_tls.clone()),
+                Security::secret(SECRET)
+                    .with_mechanism(AuthMechanism::spark_default())
+                    .with_tls(client_tls.clone()),
+            ),
+            (
+                "tls + aes-gcm",
+                Security::secret(SECRET).with_tls(server_tls.clone()),
+                Security::secret(SECRET).with_tls(client_tls.clone()),
+            ),
+        ];
+        for (what, at_server, at_client) in cases {
+            let served = Served::new(2 * 1024 * 1024);
+            let server = bind(served.clone(), at_server);
+            let client = within("a connection", factory(at_client).create_client(server.local_addr()))
+                .await
+                .unwrap();
+            exercise(&client, &served, what).await;
+            assert_eq!(server.connections()[0].zero_copy_bytes(), 0, "{what}");
+            server.close();
+        }
+
+        let served = Served::new(10);
+        let server = bind(served.clone(), Security::tls(server_tls));
+        let error = within(
+            "the refusal",
+            factory(Security::tls(stranger_tls)).create_client(server.local_addr()),
+        )
+        .await
+        .unwrap_err();
+        let ConnectError::Security(SecurityError::Tls { reason, .. }) = &error else {
+            panic!("{error:?}");
+        };
+        // rustls' reason (both CAs have rcgen's default name, so it finds the wrong issuer
+        // and reports the signature).
+        assert!(
+            reason.contains("invalid peer certificate"),
+            "rustls' reason is shown: {reason}"
+        );
+        // A client without TLS gets nothing from a TLS server.
+        let plain = within("a plain connection", factory(Security::none()).create_client(server.local_addr()))
+            .await
+            .unwrap();
+        assert!(within("the refusal", plain.send_rpc("hi".into(), None)).await.is_err());
+        eventually("both failures counted", || server.stats().auth_failures == 2).await;
+        assert_eq!(served.count(), 0);
     })
 }
