@@ -190,6 +190,11 @@ pub enum RpcError {
     /// The call was never sent.
     #[error("call not sent: {0}")]
     NotSent(CallError),
+    /// The peer refused the call because this connection did not authenticate: it requires
+    /// authentication (or another mechanism) that this side is not configured for. The text
+    /// is the peer's refusal.
+    #[error("the peer requires authentication: {0}")]
+    AuthenticationRequired(Arc<str>),
     /// The peer answered with a message of the wrong kind for this call.
     #[error("expected a reply to {expected}, got a {got:?} frame")]
     UnexpectedReply {

@@ -22,6 +22,7 @@ use super::mailbox::{Payload, Posted};
 use super::message::{endpoint_identity, RpcMessage};
 use super::outbox::{Asked, OutboxCell};
 use super::{EnvInner, Route};
+use crate::security::SecurityError;
 use crate::completion::{self, Waiter};
 use crate::runtime::{deadline_after, AsyncTimer};
 use crate::sync::Arc;
@@ -629,6 +630,12 @@ fn reply<R: DeserializeOwned>(
         Ok(bytes) => with_binding(env, client, || decode_payload::<R>(&bytes))
             .map_err(|e| RpcError::Serialization(e.to_string().into())),
         Err(rpc_proto::RpcError::Remote(message)) => Err(from_remote(&message, endpoint)),
+        Err(rpc_proto::RpcError::AuthenticationRequired(remote)) => Err(RpcError::Security {
+            endpoint: endpoint.to_owned(),
+            cause: SecurityError::AuthenticationRequired {
+                remote: remote.to_string(),
+            },
+        }),
         Err(rpc_proto::RpcError::TimedOut { .. }) => Err(RpcError::TimedOut {
             after: timeout,
             endpoint: endpoint.to_owned(),

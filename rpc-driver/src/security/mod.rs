@@ -330,6 +330,13 @@ pub enum SecurityError {
         /// The server's refusal text, on a client.
         remote: Option<String>,
     },
+    /// The peer requires authentication that this side is not configured for: it refused a
+    /// request on a connection without any. `remote` is its refusal.
+    #[error("the peer requires authentication (configure a matching Security): {remote}")]
+    AuthenticationRequired {
+        /// The peer's refusal text.
+        remote: String,
+    },
     /// The handshake did not finish within [`Security::handshake_timeout`].
     #[error("the handshake with {peer} did not finish within {after:?}")]
     TimedOut {

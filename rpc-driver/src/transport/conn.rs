@@ -1006,12 +1006,19 @@ impl<T> Pending<T> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
                 self.waiter = None;
-                self.client = None;
-                Poll::Ready(result.unwrap_or_else(|| {
-                    Err(RpcError::Disconnected(ConnectionError::Transport(
+                let unauthenticated = self.client.take().is_some_and(|c| c.client_id.is_none());
+                Poll::Ready(match result {
+                    // A server that wants authentication this connection did not do.
+                    Some(Err(RpcError::Remote(text)))
+                        if unauthenticated && rpc_proto::handshake::is_refusal(&text) =>
+                    {
+                        Err(RpcError::AuthenticationRequired(text))
+                    }
+                    Some(result) => result,
+                    None => Err(RpcError::Disconnected(ConnectionError::Transport(
                         "connection driver stopped".into(),
-                    )))
-                }))
+                    ))),
+                })
             }
         }
     }

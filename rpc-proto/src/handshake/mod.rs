@@ -86,6 +86,15 @@ pub const AUTH_FAILED_TEXT: &str = "java.lang.IllegalArgumentException: Authenti
 pub const SASL_EXPECTED_TEXT: &str = "java.lang.IllegalStateException: Expected SaslMessage, \
      received something else (maybe your client does not have SASL enabled?)";
 
+/// Whether `failure` (an `RpcFailure`'s text) is how a server that requires authentication
+/// refuses a request from a connection that did not authenticate: ours and Spark's AES and
+/// SASL servers.
+pub fn is_refusal(failure: &str) -> bool {
+    failure.starts_with(AUTH_FAILED_TEXT)
+        || failure.contains("Expected SaslMessage, received something else")
+        || failure.contains("Unknown challenge message")
+}
+
 /// How a client authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

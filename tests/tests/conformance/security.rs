@@ -274,7 +274,7 @@ fn a_client_without_security_is_refused_and_served_nothing() {
         let error = within("the refusal", client.send_rpc("hello".into(), None))
             .await
             .unwrap_err();
-        assert_eq!(error, RpcError::Remote(AUTH_FAILED_TEXT.into()));
+        assert_eq!(error, RpcError::AuthenticationRequired(AUTH_FAILED_TEXT.into()));
         eventually("the connection closed", || !client.is_active()).await;
         // Counted once the server's handshake task has closed its side.
         eventually("the failure counted", || server.stats().auth_failures == 1).await;
@@ -531,8 +531,26 @@ fn envs_with_the_same_secret_talk_and_a_wrong_secret_is_a_typed_error() {
             ),
             "{error:?}"
         );
+        // An env without security is told the peer requires it.
+        let plain = rpc::RpcEnv::create(rt(), client_config("plain")).unwrap();
+        let error = within(
+            "the refusal",
+            plain.setup_endpoint_ref::<Cmd, String>(addr(&server), "probe"),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                rpc::SetupError::Lookup(rpc::RpcError::Security {
+                    cause: SecurityError::AuthenticationRequired { .. },
+                    ..
+                })
+            ),
+            "{error:?}"
+        );
         assert_eq!(count(&rec.entries(), "ask:"), 1, "only the authenticated ask");
-        shutdown(&[&client, &stranger, &server]).await;
+        shutdown(&[&client, &stranger, &plain, &server]).await;
     })
 }
 
