@@ -66,10 +66,18 @@ macro_rules! suite {
 /// - `hostile_accept.rs`, `hostile_conn.rs`, `hostile_env.rs`.
 ///
 /// Kept, with the tests that drive a raw plaintext peer skipped under security
-/// (`util::skip_raw_plaintext`, which says so on stderr) and the rest run: `wire.rs` (all
-/// five of its tests are raw; its frame helpers serve `chunks.rs`), `chunks.rs` (two),
-/// `slow_reader.rs` (all four: the slow reader is a raw socket), `env_network.rs` (one),
-/// `spark_transport.rs` (one: a server that never answers, so never finishes a handshake).
+/// (`util::skip_raw_plaintext` / `util::skip_with_security`, which say so on stderr) and the
+/// rest run:
+///
+/// - `wire.rs`: all five of its tests are raw (its frame helpers serve `chunks.rs`);
+/// - `chunks.rs`: two raw peers (a raw server holding a fetch, a raw fetcher never reading);
+/// - `slow_reader.rs`: all four (the slow reader is a raw socket);
+/// - `env_network.rs`: one (raw garbage must surface as a network error);
+/// - `spark_transport.rs`: two raw listeners that never answer (so never finish a
+///   handshake: the idle-timeout and fast-fail tests), and the upload over 4 GiB;
+/// - `files.rs`: the stream over 4 GiB. Both 4 GiB tests test framing (lengths past `u32`),
+///   not the cipher, and would push 8 GiB through AES-GCM in a debug build.
+///
 /// `peer_process.rs` hands the secret to `rpc-peer` (`RPC_PEER_SECRET`).
 macro_rules! secure_suite {
     () => {
