@@ -123,15 +123,19 @@ impl Chunks {
         }
     }
 
-    /// The first outstanding fetch that has finished, by chunk index, taken out.
+    /// The earliest outstanding fetch, taken out once it has finished: outcomes go out in
+    /// chunk order. (Taking whichever had finished first, scanning in order, let a later
+    /// chunk overtake an earlier one whose reply the connection's task completed between
+    /// the two polls.)
     fn poll_finished(&mut self, cx: &mut Context<'_>) -> Option<(u32, Result<Bytes, RpcError>)> {
-        for position in 0..self.in_flight.len() {
-            if let Poll::Ready(result) = Pin::new(&mut self.in_flight[position].1).poll(cx) {
-                let (index, _finished) = self.in_flight.remove(position)?;
-                return Some((index, result));
+        let (_, call) = self.in_flight.front_mut()?;
+        match Pin::new(call).poll(cx) {
+            Poll::Ready(result) => {
+                let (index, _finished) = self.in_flight.pop_front()?;
+                Some((index, result))
             }
+            Poll::Pending => None,
         }
-        None
     }
 }
 

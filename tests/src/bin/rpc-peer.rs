@@ -14,6 +14,9 @@
 //!   `<ms>` milliseconds (the endpoint goes on serving meanwhile).
 //!
 //! The process exits when its stdin closes, so a peer never outlives the test that started it.
+//!
+//! With the environment variable `RPC_PEER_SECRET` set, the env authenticates with that secret
+//! and encrypts (`Security::secret`: AES, version 2, AES-GCM).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -65,8 +68,11 @@ fn say(line: &str) {
 }
 
 async fn serve(runtime: Arc<dyn Runtime>, port: u16) {
-    let env = RpcEnv::create(runtime, RpcEnvConfig::server("peer", "127.0.0.1", port))
-        .expect("binding the port");
+    let mut config = RpcEnvConfig::server("peer", "127.0.0.1", port);
+    if let Ok(secret) = std::env::var("RPC_PEER_SECRET") {
+        config = config.with_security(rpc_tokio::Security::secret(secret));
+    }
+    let env = RpcEnv::create(runtime, config).expect("binding the port");
     env.setup_endpoint("peer", Peer).expect("the endpoint");
     let port = env.address().expect("a server-mode env").port;
     say(&format!("port {port}"));

@@ -12,7 +12,7 @@ use std::time::Instant;
 use rpc::rpc_proto::StreamChunkId;
 use rpc::{
     AsyncListener, AsyncStream, AsyncTimer, BoxFuture, RpcAddress, RpcEnv, Runtime,
-    TransportClientFactory, TransportConfig, TransportServer,
+    TransportClientFactory, TransportServer,
 };
 
 use super::files::{contents, temp_file, FileStreams, Plain, PlainListener};
@@ -135,14 +135,14 @@ fn file_reads_held_on_the_blocking_pool_stall_no_other_connection() {
             }),
             localhost(),
             Arc::new(FileStreams { path: path.clone() }),
-            TransportConfig::default(),
+            transport_config(),
         )
         .unwrap();
         let connect = || async {
             let factory = TransportClientFactory::new(
                 rt(),
                 Arc::new(Echo::default()),
-                TransportConfig::default(),
+                transport_config(),
             );
             let client = within("a connection", factory.create_client(server.local_addr()))
                 .await

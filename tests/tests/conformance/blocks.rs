@@ -12,7 +12,7 @@ use rpc::rpc_proto::{RpcError, StreamChunkId};
 use rpc::{
     fetch_blocks, BlockFetchConfig, BlockFetchError, BlockFetchingListener, BlockMessage,
     BlockServer, ConnectError, RetryingBlockFetcher, RpcHandler, RpcResponder, StreamManager,
-    TransportClient, TransportClientFactory, TransportConfig, TransportServer,
+    TransportClient, TransportClientFactory, TransportServer,
 };
 
 use super::transport::{localhost, Echo};
@@ -125,14 +125,14 @@ fn serve(blocks: HashMap<String, Bytes>, faults: Faults) -> (TransportServer, Ar
         rt(),
         localhost(),
         watched.clone(),
-        TransportConfig::default(),
+        transport_config(),
     )
     .unwrap();
     (server, watched)
 }
 
 fn factory() -> TransportClientFactory {
-    TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default())
+    TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config())
 }
 
 /// Retries after 10 ms, up to 3 times.

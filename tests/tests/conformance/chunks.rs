@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rpc::rpc_proto::{CallError, Frame, RpcError, StreamChunkId};
 use rpc::{
     OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
-    TransportClientFactory, TransportConfig, TransportServer,
+    TransportClientFactory, TransportServer,
 };
 
 use super::transport::{localhost, Echo};
@@ -62,11 +62,11 @@ async fn serve() -> (TransportServer, Arc<Blocks>, TransportClient) {
         rt(),
         localhost(),
         blocks.clone(),
-        TransportConfig::default(),
+        transport_config(),
     )
     .unwrap();
     let factory =
-        TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+        TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
     let client = within("a connection", factory.create_client(server.local_addr()))
         .await
         .unwrap();
@@ -159,6 +159,9 @@ fn out_of_order_missing_and_past_the_end_chunks_fail_and_the_connection_stays_us
 /// first could complete before the second was made, and the second then reached the server).
 #[test]
 fn fetching_a_chunk_already_being_fetched_is_refused() {
+    if skip_raw_plaintext("fetching_a_chunk_already_being_fetched_is_refused") {
+        return;
+    }
     block_on(async {
         let chunk = StreamChunkId::new(7, 0);
         let listener = std::net::TcpListener::bind(localhost()).unwrap();
@@ -182,7 +185,7 @@ fn fetching_a_chunk_already_being_fetched_is_refused() {
             rest
         });
         let factory =
-            TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+            TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
         let client = within("a connection", factory.create_client(addr))
             .await
             .unwrap();
@@ -232,11 +235,11 @@ fn a_server_without_a_stream_manager_fails_chunk_fetches_cleanly() {
     block_on(async {
         let echo = Arc::new(Echo::default());
         let server =
-            TransportServer::bind(rt(), localhost(), echo, TransportConfig::default()).unwrap();
+            TransportServer::bind(rt(), localhost(), echo, transport_config()).unwrap();
         let factory = TransportClientFactory::new(
             rt(),
             Arc::new(Echo::default()),
-            TransportConfig::default(),
+            transport_config(),
         );
         let client = factory.create_client(server.local_addr()).await.unwrap();
         let err = within(
@@ -261,6 +264,9 @@ fn a_server_without_a_stream_manager_fails_chunk_fetches_cleanly() {
 
 #[test]
 fn a_peer_that_fetches_without_reading_is_refused_rather_than_buffered_without_bound() {
+    if skip_raw_plaintext("a_peer_that_fetches_without_reading_is_refused_rather_than_buffered_without_bound") {
+        return;
+    }
     block_on(async {
         use rpc::rpc_proto::{Config, Decoded, Frame, FrameDecoder};
         use std::io::{Read, Write};
@@ -269,7 +275,7 @@ fn a_peer_that_fetches_without_reading_is_refused_rather_than_buffered_without_b
             streams: OneForOneStreamManager::new(1),
         });
         let limit = 4 * 1024 * 1024;
-        let config = TransportConfig::default().with_connection(
+        let config = transport_config().with_connection(
             Config::builder()
                 .with_max_send_buffer(limit)
                 .build()
@@ -390,17 +396,17 @@ fn unknown_streams_and_chunks_fail_with_sparks_exact_texts() {
             streams: OneForOneStreamManager::new(100),
         });
         let server =
-            TransportServer::bind(rt(), localhost(), bare.clone(), TransportConfig::default())
+            TransportServer::bind(rt(), localhost(), bare.clone(), transport_config())
                 .unwrap();
         let bare_without_streams = TransportServer::bind(
             rt(),
             localhost(),
             Arc::new(Echo::default()),
-            TransportConfig::default(),
+            transport_config(),
         )
         .unwrap();
         let factory =
-            TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+            TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
         let remote = |text: String| RpcError::Remote(text.into());
         for addr in [server.local_addr(), bare_without_streams.local_addr()] {
             let client = within("a connection", factory.create_client(addr))

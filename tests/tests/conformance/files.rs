@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rpc::rpc_proto::StreamChunkId;
 use rpc::{
     AsyncListener, AsyncStream, AsyncTimer, BoxFuture, FileSegment, ManagedBuffer, RpcHandler,
-    RpcResponder, Runtime, StreamManager, TransportClient, TransportClientFactory, TransportConfig,
+    RpcResponder, Runtime, StreamManager, TransportClient, TransportClientFactory,
     TransportServer,
 };
 
@@ -85,7 +85,7 @@ fn rand_suffix() -> u64 {
 
 async fn fetch_all(server: &TransportServer) -> (TransportClient, Vec<(String, Bytes)>) {
     let factory =
-        TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+        TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
     let client = within("a connection", factory.create_client(server.local_addr()))
         .await
         .unwrap();
@@ -141,13 +141,15 @@ fn file_segments_stream_zero_copy_where_the_adapter_can() {
             rt(),
             localhost(),
             Arc::new(FileStreams { path: path.clone() }),
-            TransportConfig::default(),
+            transport_config(),
         )
         .unwrap();
         let (_client, got) = fetch_all(&server).await;
         check(&got, n);
         let served = server.connections().pop().unwrap();
-        let expected = if cfg!(target_os = "linux") {
+        // With a cipher, every byte of a file must be encrypted: none may go out with
+        // `sendfile`.
+        let expected = if cfg!(target_os = "linux") && !security().is_enabled() {
             (n + n - 2000) as u64
         } else {
             0
@@ -171,7 +173,7 @@ fn file_segments_are_read_and_written_where_sendfile_is_unsupported() {
             Arc::new(NoSendfile(rt())),
             localhost(),
             Arc::new(FileStreams { path: path.clone() }),
-            TransportConfig::default(),
+            transport_config(),
         )
         .unwrap();
         let (_client, got) = fetch_all(&server).await;
@@ -288,6 +290,11 @@ impl StreamManager for Sparse {
 
 #[test]
 fn a_stream_over_4_gib_arrives_whole_from_a_sparse_file() {
+    // What it tests is framing (a body length past `u32`), not the cipher; and 4 GiB through
+    // an unoptimized (debug) AES-GCM in both directions takes many minutes.
+    if skip_with_security("a_stream_over_4_gib_arrives_whole_from_a_sparse_file", "4 GiB through a debug-build cipher") {
+        return;
+    }
     block_on(async {
         use futures_lite::StreamExt;
         let n: u64 = (4 << 30) + (1 << 20) + 7;
@@ -309,13 +316,13 @@ fn a_stream_over_4_gib_arrives_whole_from_a_sparse_file() {
             rt(),
             localhost(),
             Arc::new(Sparse { path: path.clone() }),
-            TransportConfig::default(),
+            transport_config(),
         )
         .unwrap();
         let factory = TransportClientFactory::new(
             rt(),
             Arc::new(Echo::default()),
-            TransportConfig::default(),
+            transport_config(),
         );
         let client = factory.create_client(server.local_addr()).await.unwrap();
         let mut call = client.stream("big", None);

@@ -79,13 +79,13 @@ fn serve(config: TransportConfig) -> (TransportServer, Arc<Hostile>) {
 }
 
 fn with_connection(config: Config) -> TransportConfig {
-    TransportConfig::default().with_connection(config)
+    transport_config().with_connection(config)
 }
 
 /// A well-behaved client on a connection of its own is answered.
 async fn still_answers(server: &TransportServer) {
     let factory =
-        TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+        TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
     let client = within("a connection", factory.create_client(server.local_addr()))
         .await
         .unwrap();
@@ -303,7 +303,7 @@ fn a_huge_stream_id_is_refused_before_it_is_copied() {
     // large to send. Now the id's length field is enough: the peer sends only the start of
     // the frame, and the server closes the connection without waiting for the rest.
     block_on(async {
-        let (server, handler) = serve(TransportConfig::default());
+        let (server, handler) = serve(transport_config());
         let mut peer = raw_connect(server.local_addr());
         let id_len: usize = 250 << 20;
         let frame_len = (9 + 4 + id_len) as u64;

@@ -23,7 +23,7 @@ use rpc::{
     fetch_blocks, BlockFetchConfig, BlockFetchError, BlockMessage, BlockServer, BoxError,
     EndpointContext, OneForOneStreamManager, OpenBlocks, RpcCallContext, RpcEndpoint, RpcEnv,
     RpcError, RpcHandler, RpcResponder, SetupError, StreamManager, TransportClient,
-    TransportClientFactory, TransportConfig, TransportServer,
+    TransportClientFactory, TransportServer,
 };
 
 use super::transport::{localhost, Echo};
@@ -343,7 +343,7 @@ impl RpcHandler for Streams {
 }
 
 fn factory() -> TransportClientFactory {
-    TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default())
+    TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config())
 }
 
 /// Regression (issue 11): a peer fetched another connection's stream (ids were
@@ -353,7 +353,7 @@ fn a_stream_registered_for_a_connection_is_served_on_that_connection_only() {
     block_on(async {
         let streams = Arc::new(Streams(OneForOneStreamManager::random()));
         let server =
-            TransportServer::bind(rt(), localhost(), streams.clone(), TransportConfig::default())
+            TransportServer::bind(rt(), localhost(), streams.clone(), transport_config())
                 .unwrap();
         let (owner_factory, thief_factory) = (factory(), factory());
         let owner = owner_factory.create_client(server.local_addr()).await.unwrap();
@@ -404,7 +404,7 @@ fn a_block_server_reads_blocks_when_fetched_and_limits_streams_per_connection() 
         };
         let blocks = Arc::new(BlockServer::new(source).with_max_streams_per_connection(2));
         let server =
-            TransportServer::bind(rt(), localhost(), blocks.clone(), TransportConfig::default())
+            TransportServer::bind(rt(), localhost(), blocks.clone(), transport_config())
                 .unwrap();
         let first = factory();
         let client = first.create_client(server.local_addr()).await.unwrap();

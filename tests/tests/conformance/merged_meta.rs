@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rpc::rpc_proto::RpcError;
 use rpc::{
     MergedBlockMeta, MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConfig,
+    RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
     TransportServer,
 };
 
@@ -89,10 +89,10 @@ fn request(app_id: &str, shuffle_id: i32, shuffle_merge_id: i32, reduce_id: i32)
 async fn serve() -> (TransportServer, Arc<Merged>, TransportClient) {
     let merged = Arc::new(Merged::default());
     let server =
-        TransportServer::bind(rt(), localhost(), merged.clone(), TransportConfig::default())
+        TransportServer::bind(rt(), localhost(), merged.clone(), transport_config())
             .unwrap();
     let factory =
-        TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+        TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
     let client = within("a connection", factory.create_client(server.local_addr()))
         .await
         .unwrap();
@@ -173,13 +173,13 @@ fn a_server_without_a_merged_block_meta_handler_refuses_the_request() {
             rt(),
             localhost(),
             Arc::new(Echo::default()),
-            TransportConfig::default(),
+            transport_config(),
         )
         .unwrap();
         let factory = TransportClientFactory::new(
             rt(),
             Arc::new(Echo::default()),
-            TransportConfig::default(),
+            transport_config(),
         );
         let client = within("a connection", factory.create_client(server.local_addr()))
             .await

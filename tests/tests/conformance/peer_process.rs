@@ -22,7 +22,12 @@ impl PeerProcess {
     /// Starts a peer on the suite's adapter, bound to `port` (0: any), and waits until it
     /// listens.
     async fn start(port: u16) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rpc-peer"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rpc-peer"));
+        if security().is_enabled() {
+            // The secure modules' security: `Security::secret(SECRET)`.
+            command.env("RPC_PEER_SECRET", super::super::SECRET);
+        }
+        let mut child = command
             .args([ADAPTER, &port.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

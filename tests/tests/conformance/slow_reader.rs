@@ -20,7 +20,7 @@ use super::util::*;
 
 /// Connections whose send buffer holds at most `limit` bytes.
 fn limited(limit: u64) -> TransportConfig {
-    TransportConfig::default().with_connection(
+    transport_config().with_connection(
         Config::builder()
             .with_max_send_buffer(limit)
             .build()
@@ -100,6 +100,9 @@ async fn send_until_refused(client: &TransportClient, body: &Bytes, limit: u64) 
 
 #[test]
 fn sends_to_a_peer_that_never_reads_are_refused_at_the_buffer_limit_and_none_is_lost() {
+    if skip_raw_plaintext("sends_to_a_peer_that_never_reads_are_refused_at_the_buffer_limit_and_none_is_lost") {
+        return;
+    }
     block_on(async {
         let (addr, go, reader) = slow_reader();
         let limit = 256 * 1024;
@@ -129,6 +132,9 @@ fn sends_to_a_peer_that_never_reads_are_refused_at_the_buffer_limit_and_none_is_
 
 #[test]
 fn a_writer_waiting_for_room_is_released_with_an_error_when_the_connection_closes() {
+    if skip_raw_plaintext("a_writer_waiting_for_room_is_released_with_an_error_when_the_connection_closes") {
+        return;
+    }
     block_on(async {
         let (addr, _go, _reader) = slow_reader();
         let limit = 128 * 1024;
@@ -146,6 +152,9 @@ fn a_writer_waiting_for_room_is_released_with_an_error_when_the_connection_close
 
 #[test]
 fn ready_resolves_once_a_reading_peer_drains_the_buffer() {
+    if skip_raw_plaintext("ready_resolves_once_a_reading_peer_drains_the_buffer") {
+        return;
+    }
     block_on(async {
         let (server, handler, _, _) = setup().await;
         let factory =
@@ -168,6 +177,9 @@ fn ready_resolves_once_a_reading_peer_drains_the_buffer() {
 
 #[test]
 fn env_sends_to_a_peer_that_never_reads_are_refused_not_buffered_without_bound() {
+    if skip_raw_plaintext("env_sends_to_a_peer_that_never_reads_are_refused_not_buffered_without_bound") {
+        return;
+    }
     block_on(async {
         let (addr, _go, _reader) = slow_reader();
         let limit = 256 * 1024;

@@ -200,7 +200,7 @@ fn serve_with(config: TransportConfig) -> (TransportServer, Arc<Spark>) {
 
 /// A [`Spark`] server with the default config.
 fn serve() -> (TransportServer, Arc<Spark>) {
-    serve_with(TransportConfig::default())
+    serve_with(transport_config())
 }
 
 /// A factory with `config` whose connections' handler is a [`Spark`].
@@ -216,7 +216,7 @@ fn idle_config(idle: Duration, close_idle_connections: bool) -> TransportConfig 
         .with_close_idle_connections(close_idle_connections)
         .build()
         .unwrap();
-    TransportConfig::default().with_connection(connection)
+    transport_config().with_connection(connection)
 }
 
 async fn connect(factory: &TransportClientFactory, addr: SocketAddr) -> TransportClient {
@@ -249,7 +249,7 @@ fn never_answering_server() -> SocketAddr {
 fn concurrent_create_client_calls_share_one_pooled_connection() {
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let addr = server.local_addr();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
@@ -282,7 +282,7 @@ fn different_peers_get_different_connections() {
     block_on(async {
         let (one, _) = serve();
         let (two, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let a = connect(&factory, one.local_addr()).await;
         let b = connect(&factory, two.local_addr()).await;
         assert_ne!(a, b);
@@ -302,7 +302,7 @@ fn different_peers_get_different_connections() {
 fn connections_per_peer_opens_that_many_connections_used_round_robin() {
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default().with_connections_per_peer(3));
+        let factory = factory_with(transport_config().with_connections_per_peer(3));
         let addr = server.local_addr();
         let mut clients = Vec::new();
         for _ in 0..9 {
@@ -342,7 +342,7 @@ fn connections_per_peer_opens_that_many_connections_used_round_robin() {
 fn a_closed_factory_closes_its_connections_and_refuses_new_ones() {
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         echo(&client, "before").await;
         factory.close();
@@ -391,13 +391,16 @@ fn idle_connections_are_closed_and_the_next_create_client_reconnects() {
 
 #[test]
 fn fast_fail_returns_the_cached_error_without_connecting() {
+    if skip_with_security("fast_fail_returns_the_cached_error_without_connecting", "its listener is a raw socket that never accepts, so never answers a handshake") {
+        return;
+    }
     block_on(async {
         let addr = {
             let l = std::net::TcpListener::bind(localhost()).unwrap();
             l.local_addr().unwrap()
         };
         let window = Duration::from_secs(3);
-        let factory = factory_with(TransportConfig::default().with_fast_fail_window(window));
+        let factory = factory_with(transport_config().with_fast_fail_window(window));
         let started = Instant::now();
         let first = within("the failed connect", factory.create_client(addr))
             .await
@@ -423,7 +426,7 @@ fn fast_fail_returns_the_cached_error_without_connecting() {
         );
 
         // A factory without fast-fail connects at once, and this one after the window.
-        let plain = factory_with(TransportConfig::default());
+        let plain = factory_with(transport_config());
         let client = connect(&plain, addr).await;
         assert!(client.is_active());
         sleep(window + Duration::from_millis(200)).await;
@@ -477,7 +480,7 @@ fn a_connect_that_hangs_fails_with_the_connect_timeout() {
         };
         let addr = listener.local_addr().unwrap();
         let after = Duration::from_millis(500);
-        let factory = factory_with(TransportConfig::default().with_connect_timeout(after));
+        let factory = factory_with(transport_config().with_connect_timeout(after));
         let err = within("the connect timeout", factory.create_client(addr))
             .await
             .unwrap_err();
@@ -544,6 +547,9 @@ fn a_connection_with_traffic_keeps_an_old_request_waiting_past_the_idle_timeout(
 
 #[test]
 fn the_idle_timeout_counts_from_the_last_request_sent() {
+    if skip_raw_plaintext("the_idle_timeout_counts_from_the_last_request_sent") {
+        return;
+    }
     // Spark's `furtherRequestsDelay`: two chunk fetches the server never answers both fail
     // when the connection has been quiet for the timeout since the second was sent.
     block_on(async {
@@ -582,7 +588,7 @@ fn the_idle_timeout_counts_from_the_last_request_sent() {
 fn a_slow_request_does_not_hold_up_chunk_fetches_or_rpcs_behind_it() {
     block_on(async {
         let (server, handler) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         let mut slow = Box::pin(client.send_rpc("keep".into(), None));
         let responder = handler.next_kept().await;
@@ -606,7 +612,7 @@ fn a_slow_request_does_not_hold_up_chunk_fetches_or_rpcs_behind_it() {
 fn many_streams_requested_at_once_on_one_connection_each_get_their_own_bytes() {
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         let sizes = [0usize, 1, 10_000, MIB, 5 * MIB];
         let tasks: Vec<_> = (0..30)
@@ -649,7 +655,7 @@ fn many_streams_requested_at_once_on_one_connection_each_get_their_own_bytes() {
 fn a_consumer_that_gives_up_midway_does_not_disturb_the_streams_behind_it() {
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         let mut failing = client.stream(&format!("bytes/{}/1", 20 * MIB), None);
         let behind: Vec<_> = [(MIB, 2usize), (0, 3), (3 * MIB + 5, 4)]
@@ -680,7 +686,7 @@ fn a_consumer_that_gives_up_midway_does_not_disturb_the_streams_behind_it() {
 fn many_chunks_fetched_at_once_arrive_whole_and_failures_stay_with_their_chunk() {
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         let tasks: Vec<_> = (0..200u32)
             .map(|i| {
@@ -720,7 +726,7 @@ fn many_chunks_fetched_at_once_arrive_whole_and_failures_stay_with_their_chunk()
 fn successes_and_failures_of_many_concurrent_rpcs_reach_their_own_callers() {
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         let tasks: Vec<_> = (0..200)
             .map(|i| {
@@ -754,7 +760,7 @@ fn a_handler_that_panics_fails_the_call_and_the_server_keeps_serving() {
     // Spark's `throwErrorRPC`: the handler throws, the caller receives the failure.
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         let outcome = within(
             "the panicking call",
@@ -767,7 +773,7 @@ fn a_handler_that_panics_fails_the_call_and_the_server_keeps_serving() {
             "{err}"
         );
         echo(&client, "after the panic").await;
-        let other = factory_with(TransportConfig::default());
+        let other = factory_with(transport_config());
         echo(
             &connect(&other, server.local_addr()).await,
             "another connection",
@@ -783,7 +789,7 @@ fn a_handler_that_panics_fails_the_call_and_the_server_keeps_serving() {
 fn one_way_messages_and_rpcs_interleaved_arrive_in_the_order_sent() {
     block_on(async {
         let (server, handler) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         let mut calls = Vec::new();
         let mut expected = Vec::new();
@@ -814,7 +820,7 @@ fn an_rpc_at_the_frame_limit_crosses_and_one_byte_more_is_refused_locally() {
     block_on(async {
         let max = MIB as u64;
         let connection = Config::builder().with_max_frame_size(max).build().unwrap();
-        let config = TransportConfig::default().with_connection(connection);
+        let config = transport_config().with_connection(connection);
         let (server, _) = serve_with(config.clone());
         let factory = factory_with(config);
         let client = connect(&factory, server.local_addr()).await;
@@ -859,9 +865,12 @@ fn an_rpc_at_the_frame_limit_crosses_and_one_byte_more_is_refused_locally() {
 
 #[test]
 fn an_upload_over_4_gib_arrives_whole_without_a_4_gib_allocation() {
+    if skip_with_security("an_upload_over_4_gib_arrives_whole_without_a_4_gib_allocation", "4 GiB through a debug-build cipher") {
+        return;
+    }
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(TransportConfig::default());
+        let factory = factory_with(transport_config());
         let client = connect(&factory, server.local_addr()).await;
         let pieces = 4 * 1024 + 1; // 4 GiB + 1 MiB
         let total = pieces as u64 * MIB as u64;

@@ -8,7 +8,7 @@ use futures_lite::StreamExt;
 use rpc::rpc_proto::{ConnectionError, RpcError, StreamChunkId};
 use rpc::{
     RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
-    TransportConfig, TransportServer, UploadSink, STREAM_BUFFER_LIMIT,
+    TransportServer, UploadSink, STREAM_BUFFER_LIMIT,
 };
 
 use super::transport::{localhost, Echo};
@@ -108,10 +108,10 @@ impl UploadSink for Sink {
 async fn serve() -> (TransportServer, Arc<Files>, TransportClient) {
     let files = Arc::new(Files::default());
     let server =
-        TransportServer::bind(rt(), localhost(), files.clone(), TransportConfig::default())
+        TransportServer::bind(rt(), localhost(), files.clone(), transport_config())
             .unwrap();
     let factory =
-        TransportClientFactory::new(rt(), Arc::new(Echo::default()), TransportConfig::default());
+        TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
     let client = within("a connection", factory.create_client(server.local_addr()))
         .await
         .unwrap();

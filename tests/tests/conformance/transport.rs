@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rpc::rpc_proto::{ConnectionError, RpcError};
 use rpc::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConfig,
+    RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
     TransportServer,
 };
 
@@ -81,12 +81,12 @@ pub(crate) async fn setup() -> (
         rt(),
         localhost(),
         server_handler.clone(),
-        TransportConfig::default(),
+        transport_config(),
     )
     .unwrap();
     let client_handler = Arc::new(Echo::default());
     let factory =
-        TransportClientFactory::new(rt(), client_handler.clone(), TransportConfig::default());
+        TransportClientFactory::new(rt(), client_handler.clone(), transport_config());
     (server, server_handler, factory, client_handler)
 }
 

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 use serde::{Deserialize, Serialize};
 
-pub(super) use super::{block_on, rpc, ADAPTER};
+pub(super) use super::{block_on, rpc, security, ADAPTER};
 use rpc::{
     BoxError, EndpointContext, EndpointFailure, RpcAddress, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcMessage,
+    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcMessage, TransportConfig,
 };
 
 /// How long any single wait may take before the test is declared hung. Generous: the three
@@ -191,6 +191,31 @@ impl Rendezvous {
     }
 }
 
+// ---- security ----
+
+/// The transport config every transport of the suite starts from: the defaults, with the
+/// module's [`security`].
+pub(crate) fn transport_config() -> TransportConfig {
+    TransportConfig::default().with_security(security())
+}
+
+/// Whether a test that talks the plaintext protocol on a raw socket (frames written and read
+/// by hand, with no handshake or cipher) must be skipped: with security on, our side
+/// refuses such a peer before anything else happens (the handshake's own tests cover that).
+/// Says so on stderr when it does.
+pub(crate) fn skip_raw_plaintext(test: &str) -> bool {
+    skip_with_security(test, "a raw plaintext peer")
+}
+
+/// Whether a test must be skipped with security on, for the reason given, said on stderr.
+pub(crate) fn skip_with_security(test: &str, why: &str) -> bool {
+    let skip = security().is_enabled();
+    if skip {
+        eprintln!("{test}: skipped with security on ({why})");
+    }
+    skip
+}
+
 // ---- envs ----
 
 /// A server-mode env on a free port of 127.0.0.1.
@@ -200,7 +225,9 @@ pub(crate) fn server_env(name: &str) -> RpcEnv {
 
 /// The config of [`server_env`], to adjust.
 pub(crate) fn server_config(name: &str) -> RpcEnvConfig {
-    RpcEnvConfig::server(name, "127.0.0.1", 0).with_ask_timeout(LONG)
+    RpcEnvConfig::server(name, "127.0.0.1", 0)
+        .with_ask_timeout(LONG)
+        .with_security(security())
 }
 
 /// A client-mode env.
@@ -210,7 +237,9 @@ pub(crate) fn client_env(name: &str) -> RpcEnv {
 
 /// The config of [`client_env`], to adjust.
 pub(crate) fn client_config(name: &str) -> RpcEnvConfig {
-    RpcEnvConfig::client(name).with_ask_timeout(LONG)
+    RpcEnvConfig::client(name)
+        .with_ask_timeout(LONG)
+        .with_security(security())
 }
 
 /// The address of a server-mode env.

@@ -95,6 +95,9 @@ fn response(request: u64, body: impl Into<Bytes>) -> Frame {
 
 #[test]
 fn frames_written_one_byte_at_a_time_are_served_and_replies_read_byte_by_byte_are_whole() {
+    if skip_raw_plaintext("frames_written_one_byte_at_a_time_are_served_and_replies_read_byte_by_byte_are_whole") {
+        return;
+    }
     block_on(async {
         let (server, handler, _, _) = setup().await;
         let addr = server.local_addr();
@@ -142,6 +145,9 @@ fn frames_written_one_byte_at_a_time_are_served_and_replies_read_byte_by_byte_ar
 
 #[test]
 fn large_replies_to_a_peer_reading_in_small_pieces_arrive_whole() {
+    if skip_raw_plaintext("large_replies_to_a_peer_reading_in_small_pieces_arrive_whole") {
+        return;
+    }
     block_on(async {
         let (server, handler, _, _) = setup().await;
         let addr = server.local_addr();
@@ -181,6 +187,9 @@ fn large_replies_to_a_peer_reading_in_small_pieces_arrive_whole() {
 #[test]
 fn a_large_request_to_a_peer_reading_slowly_is_written_whole_and_a_reply_split_at_every_byte_is_read()
 {
+    if skip_raw_plaintext("a_large_request_to_a_peer_reading_slowly_is_written_whole_and_a_reply_split_at_every_byte_is_read") {
+        return;
+    }
     block_on(async {
         let listener = TcpListener::bind(localhost()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -216,6 +225,9 @@ fn a_large_request_to_a_peer_reading_slowly_is_written_whole_and_a_reply_split_a
 
 #[test]
 fn a_reply_cut_off_by_end_of_file_fails_the_pending_call_with_a_disconnect() {
+    if skip_raw_plaintext("a_reply_cut_off_by_end_of_file_fails_the_pending_call_with_a_disconnect") {
+        return;
+    }
     block_on(async {
         let listener = TcpListener::bind(localhost()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -253,6 +265,9 @@ fn a_reply_cut_off_by_end_of_file_fails_the_pending_call_with_a_disconnect() {
 
 #[test]
 fn a_peer_that_ends_mid_frame_fails_the_calls_pending_on_it_and_the_server_serves_others() {
+    if skip_raw_plaintext("a_peer_that_ends_mid_frame_fails_the_calls_pending_on_it_and_the_server_serves_others") {
+        return;
+    }
     block_on(async {
         let (server, handler, factory, _) = setup().await;
         let addr = server.local_addr();
