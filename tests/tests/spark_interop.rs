@@ -49,8 +49,6 @@ const SPARK_FAIL_MESSAGE: &str = "SparkPeer refused the request: you asked for i
 /// The message our handler fails an RPC with.
 const OUR_FAIL_MESSAGE: &str = "the rust peer refused the request";
 
-
-
 // -------------------------------------------------------------------------------------------
 // Our side
 
@@ -74,7 +72,6 @@ impl RpcHandler for Echo {
         self.one_way.lock().unwrap().push(message);
     }
 }
-
 
 /// Our transport server on a free port of 127.0.0.1, serving `handler`, on `rt`.
 fn bind_ours(rt: &tokio::runtime::Runtime, handler: Arc<dyn RpcHandler>) -> TransportServer {
@@ -120,7 +117,6 @@ fn rpc(
 // -------------------------------------------------------------------------------------------
 // Data
 
-
 /// SparkPeer's merged block metadata for a request (`SparkPeer.meta`): `shuffle + reduce`
 /// chunks and the request's fields as text. Our [`Patterns`] answers the same.
 fn spark_meta(request: &MergedBlockMetaRequest) -> MergedBlockMeta {
@@ -156,7 +152,6 @@ fn meta_requests() -> [MergedBlockMetaRequest; 3] {
         meta_request("a", i32::MAX, -7, 0),
     ]
 }
-
 
 fn bodies() -> [(&'static str, Bytes); 3] {
     [
