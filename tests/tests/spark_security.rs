@@ -17,8 +17,8 @@
 //!
 //! Rows: AES (v1, v2) × (CTR, GCM); SASL auth and auth-conf; Spark's SASL fallback both ways;
 //! TLS alone, under SASL, and under AES v2 GCM (Spark stacks the AES cipher under TLS, and so
-//! do we); wrong secrets both ways; a Spark client without authentication against our AES
-//! server. One Spark JVM per direction per row: the refused wrong-secret attempts of our
+//! do we); wrong secrets both ways; a Spark client without authentication against our AES and
+//! SASL servers. One Spark JVM per direction per row: the refused wrong-secret attempts of our
 //! client go to the row's Spark server before the row's real client does.
 //!
 //! Needs Spark's jars and a JDK, as `spark_interop.rs` (see `common/mod.rs`): without them
@@ -874,11 +874,16 @@ fn wrong_secrets_and_unauthenticated_spark_clients_get_nothing_from_our_server()
             ours(AuthMechanism::Sasl { encrypt: true }),
             wrong(spark_sasl(true)),
         ),
-        // Spark's own AES server serves chunk fetches and streams to such a client; ours
-        // must not.
+        // Spark's own SASL and AES servers serve chunk fetches and streams to such a client;
+        // ours must not.
         (
             "spark client without authentication → our aes server",
             ours(gcm),
+            Vec::new(),
+        ),
+        (
+            "spark client without authentication → our sasl server",
+            ours(AuthMechanism::spark_default()),
             Vec::new(),
         ),
     ];
