@@ -804,26 +804,37 @@ fn tls_alone_and_under_sasl_and_aes_v2_gcm_both_ways() {
     let spark = spark_or_skip!();
     let rt = tokio_runtime();
     let rows = [
-        ("tls", Vec::new(), Security::tls(our_tls()), false, "tls"),
+        ("tls", Vec::new(), None, false, "tls"),
         (
             "tls + sasl",
             spark_sasl(false),
-            ours(AuthMechanism::spark_default()).with_tls(our_tls()),
+            Some(AuthMechanism::spark_default()),
             true,
             "tls",
         ),
         (
             "tls + aes v2 gcm",
             spark_aes(2, "gcm"),
-            ours(aes(AuthVersion::V2, CipherMode::Gcm)).with_tls(our_tls()),
+            Some(aes(AuthVersion::V2, CipherMode::Gcm)),
             true,
             // Spark's AES cipher under its TLS handler, socket side first.
             "aes-gcm tls",
         ),
     ];
-    for (what, auth, security, authenticates, layers) in rows {
+    for (what, auth, mechanism, authenticates, layers) in rows {
         let spark_flags = with(spark_tls(), &auth);
+        let security = match mechanism {
+            None => Security::tls(our_tls()),
+            Some(mechanism) => ours(mechanism).with_tls(our_tls()),
+        };
         let mut server = SparkServer::start(spark, &spark_flags);
+        if let Some(mechanism) = mechanism {
+            // Inside TLS, a wrong secret is refused all the same.
+            let wrong = Security::secret("wrong")
+                .with_mechanism(mechanism)
+                .with_tls(our_tls());
+            ours_refused(&rt, what, &mut server, wrong);
+        }
         ours_to_spark(&rt, what, &mut server, security.clone(), authenticates);
         let lines = server.finish();
         if authenticates {
