@@ -242,3 +242,20 @@ fn generated_sasl_inputs_hold_the_invariants() {
         fuzzing::sasl(&rng.bytes(len));
     }
 }
+
+#[test]
+fn handshake_seeds_hold_the_invariants() {
+    for (path, data) in seeds("handshake") {
+        eprintln!("replaying {}", path.display());
+        fuzzing::handshake(&data);
+    }
+}
+
+#[test]
+fn generated_inputs_hold_the_handshake_invariants() {
+    let mut rng = XorShift(0x1f83_d9ab_fb41_bd6b);
+    for _ in 0..100 {
+        let n = rng.below(200) as usize;
+        fuzzing::handshake(&rng.bytes(n));
+    }
+}

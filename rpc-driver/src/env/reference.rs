@@ -22,9 +22,9 @@ use super::mailbox::{Payload, Posted};
 use super::message::{endpoint_identity, RpcMessage};
 use super::outbox::{Asked, OutboxCell};
 use super::{EnvInner, Route};
-use crate::security::SecurityError;
 use crate::completion::{self, Waiter};
 use crate::runtime::{deadline_after, AsyncTimer};
+use crate::security::SecurityError;
 use crate::sync::Arc;
 use crate::transport::{RpcCall, TransportClient};
 
