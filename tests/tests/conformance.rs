@@ -23,6 +23,12 @@
 //!   with_tokio_aes_gcm::*       with_async_std_aes_gcm::*       with_smol_aes_gcm::*
 //! ```
 //!
+//! and the same files but `peer_process.rs` with TLS (rustls) on every connection instead:
+//!
+//! ```text
+//!   with_tokio_tls::*           with_async_std_tls::*           with_smol_tls::*
+//! ```
+//!
 //! Run one adapter alone: `cargo test -p rpc-tests --test conformance with_smol::`.
 
 // Loading the suite's files once per adapter is the point (rustls does the same).
@@ -101,6 +107,54 @@ macro_rules! secure_suite {
         mod transport;
         mod wire;
     };
+}
+
+/// The files of [`secure_suite`] but `peer_process.rs` (its `rpc-peer` speaks AES, not TLS),
+/// declared in each TLS module.
+macro_rules! tls_suite {
+    () => {
+        mod util;
+
+        mod blocking;
+        mod blocks;
+        mod chunks;
+        mod edges;
+        mod env;
+        mod env_network;
+        mod file_server;
+        mod files;
+        mod merged_meta;
+        mod races;
+        mod slow_reader;
+        mod spark_transport;
+        mod streams;
+        mod transport;
+        mod wire;
+    };
+}
+
+/// One TLS configuration for every role of the TLS modules: a certificate for
+/// `localhost` signed by a CA made for this test process, and that CA as the trust store
+/// (a server uses the identity, a client the trust store).
+fn tls() -> rpc_tokio::TlsConfig {
+    static TLS: std::sync::OnceLock<rpc_tokio::TlsConfig> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        rpc_tokio::TlsConfig::new()
+            .with_identity_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .unwrap()
+            .with_trust_pem(ca.pem().as_bytes())
+            .unwrap()
+    })
+    .clone()
 }
 
 /// The secret of the secure modules' transports and envs (and of their `rpc-peer`s).
@@ -242,4 +296,69 @@ mod with_smol_aes_gcm {
     }
 
     secure_suite!();
+}
+
+#[path = "conformance"]
+mod with_tokio_tls {
+    use rpc_tokio as rpc;
+
+    /// The `rpc-peer` argument naming this adapter.
+    const ADAPTER: &str = "tokio";
+
+    /// Runs a test's future on a fresh multi-thread tokio runtime (two workers).
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(future)
+    }
+
+    /// TLS on every connection, without authentication.
+    fn security() -> rpc::Security {
+        rpc::Security::tls(super::tls())
+    }
+
+    tls_suite!();
+}
+
+#[path = "conformance"]
+mod with_async_std_tls {
+    use rpc_async_std as rpc;
+
+    /// The `rpc-peer` argument naming this adapter.
+    const ADAPTER: &str = "async-std";
+
+    /// Runs a test's future under async-std's executor.
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        async_std::task::block_on(future)
+    }
+
+    /// TLS on every connection, without authentication.
+    fn security() -> rpc::Security {
+        rpc::Security::tls(super::tls())
+    }
+
+    tls_suite!();
+}
+
+#[path = "conformance"]
+mod with_smol_tls {
+    use rpc_async_std as rpc;
+
+    /// The `rpc-peer` argument naming this adapter.
+    const ADAPTER: &str = "async-std";
+
+    /// Runs a test's future under smol's executor.
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        smol::block_on(future)
+    }
+
+    /// TLS on every connection, without authentication.
+    fn security() -> rpc::Security {
+        rpc::Security::tls(super::tls())
+    }
+
+    tls_suite!();
 }

@@ -173,7 +173,15 @@ impl TransportClientFactory {
             message: e.to_string().into(),
         })?;
         debug!(%addr, %local, "connected");
-        let secured = secure_client(&*inner.rt, stream, &inner.config.security, addr).await?;
+        // Boxed: the handshake's state (a TLS connection among it) is large, and would
+        // otherwise sit inline in every future that awaits a connection.
+        let secured = Box::pin(secure_client(
+            &*inner.rt,
+            stream,
+            &inner.config.security,
+            addr,
+        ))
+        .await?;
         Ok(TransportClient::open(
             inner.rt.clone(),
             secured.stream,

@@ -735,3 +735,17 @@ fn tls_carries_everything_alone_and_under_each_mechanism_and_refuses_an_untruste
         assert_eq!(served.count(), 0);
     })
 }
+
+/// Regression: the handshake's state (a TLS connection among it) sat inline in
+/// `create_client`'s future, and so in every future awaiting a connection; async-std's
+/// `block_on` copies such a future several times on its thread's stack, which overflowed.
+#[test]
+fn awaiting_a_connection_stays_small_whatever_the_security() {
+    block_on(async {
+        let (_, client_tls, _) = tls_configs();
+        let factory = factory(Security::secret(SECRET).with_tls(client_tls));
+        let connect = factory.create_client(localhost());
+        let size = std::mem::size_of_val(&connect);
+        assert!(size < 4096, "create_client's future is {size} bytes");
+    })
+}
