@@ -75,6 +75,7 @@ fn run_pair(
             port,
             block,
             crypto,
+            plan.quick,
             &logs.join(format!("{name}-server.log")),
         )?;
         let client_log = logs.join(format!("{name}-client.log"));
@@ -355,6 +356,11 @@ fn markdown(cx: &Context<'_>, m: &Medians, failures: &[String]) -> String {
         cx.load_after,
         cx.minutes,
     );
+    if cx.quick {
+        s += "**A --quick run**: small sizes, one repetition, and Spark's JVMs start fast (C1 \
+              only, serial GC) rather than run fast: it checks the pairs work; its figures and \
+              targets mean nothing.\n\n";
+    }
     s += "## Targets (issue 12)\n\n| ratio | target | value | met |\n|---|---|---|---|\n";
     for t in targets(m, cx.contenders) {
         s += &format!(

@@ -91,9 +91,19 @@ pub(crate) fn locate() -> Result<Spark, String> {
 }
 
 impl Spark {
-    fn command(&self, mode: &str, port: u16, crypto: &Crypto) -> Result<Command, String> {
+    fn command(
+        &self,
+        mode: &str,
+        port: u16,
+        crypto: &Crypto,
+        quick: bool,
+    ) -> Result<Command, String> {
         let mut c = Command::new(&self.java);
-        // The server holds the 256 MiB block in a direct buffer; C2 is left on (a long run).
+        if quick {
+            // A smoke run checks that the pair works: start fast, as the interop tests do.
+            c.args(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]);
+        }
+        // The server holds the 256 MiB block in a direct buffer; in a full run C2 is on.
         c.args([
             "-Xmx1g",
             "-Dio.netty.handler.ssl.defaultEndpointVerificationAlgorithm=NONE",
@@ -114,15 +124,17 @@ impl Spark {
         Ok(c)
     }
 
-    /// The server of a pair, serving `block`-byte streams; its stderr goes to `log`.
+    /// The server of a pair, serving `block`-byte streams; its stderr goes to `log`. With
+    /// `quick`, the JVMs start fast (C1 only, serial GC) rather than run fast.
     pub(crate) fn server(
         &self,
         port: u16,
         block: usize,
         crypto: &Crypto,
+        quick: bool,
         log: &Path,
     ) -> Result<Command, String> {
-        let mut c = self.command("server", port, crypto)?;
+        let mut c = self.command("server", port, crypto, quick)?;
         c.args(["--block-bytes", &block.to_string()]);
         c.stderr(std::fs::File::create(log).map_err(|e| e.to_string())?);
         Ok(c)
@@ -138,7 +150,7 @@ impl Spark {
         crypto: &Crypto,
         log: &Path,
     ) -> Result<Command, String> {
-        let mut c = self.command("client", port, crypto)?;
+        let mut c = self.command("client", port, crypto, quick)?;
         c.args([
             "--workload",
             workload,
