@@ -79,6 +79,115 @@ pub(crate) struct ServerOpts {
     pub(crate) port: u16,
     pub(crate) block: usize,
     pub(crate) file: Option<PathBuf>,
+    pub(crate) crypto: Crypto,
+}
+
+/// The connection security of a pair (`--security`, `--tls-dir`): plain unless given.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Crypto {
+    pub(crate) mode: SecurityMode,
+    /// Holds `cert.pem` and `key.pem` (the certificate is its own trust root) for TLS.
+    pub(crate) tls_dir: Option<PathBuf>,
+}
+
+/// What `--security` names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum SecurityMode {
+    /// No authentication, no encryption: exactly the pairs of `rpc-bench all`.
+    #[default]
+    Plain,
+    /// Spark's AES authentication v2 and AES-GCM (`Security::secret`).
+    AesGcm,
+    /// Spark's AES authentication v1 and AES-CTR (`AuthMechanism::spark_aes_default`).
+    AesCtr,
+    /// TLS (rustls here, the JDK's for Spark), no authentication.
+    Tls,
+}
+
+/// Every `--security` mode, in table order.
+pub(crate) const SECURITY_MODES: [&str; 4] = ["plain", "aes-gcm", "aes-ctr", "tls"];
+
+/// The shared secret of the AES modes.
+pub(crate) const SECRET: &str = "rpc-bench-secret";
+
+impl SecurityMode {
+    pub(crate) fn parse(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "plain" => Self::Plain,
+            "aes-gcm" => Self::AesGcm,
+            "aes-ctr" => Self::AesCtr,
+            "tls" => Self::Tls,
+            other => {
+                return Err(format!(
+                    "unknown --security {other} (one of {})",
+                    SECURITY_MODES.join(", ")
+                ))
+            }
+        })
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::AesGcm => "aes-gcm",
+            Self::AesCtr => "aes-ctr",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+impl Crypto {
+    fn tls_files(&self) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let dir = self
+            .tls_dir
+            .as_ref()
+            .ok_or("--security tls needs --tls-dir (holding cert.pem and key.pem)")?;
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+        };
+        Ok((read("cert.pem")?, read("key.pem")?))
+    }
+
+    /// Our `Security` for a server (`server`) or a client.
+    pub(crate) fn security(&self, server: bool) -> Result<rpc_tokio::Security, String> {
+        use rpc_tokio::{AuthMechanism, Security, TlsConfig};
+        Ok(match self.mode {
+            SecurityMode::Plain => Security::none(),
+            SecurityMode::AesGcm => {
+                Security::secret(SECRET).with_mechanism(AuthMechanism::aes_gcm())
+            }
+            SecurityMode::AesCtr => {
+                Security::secret(SECRET).with_mechanism(AuthMechanism::spark_aes_default())
+            }
+            SecurityMode::Tls => {
+                let (cert, key) = self.tls_files()?;
+                let tls = if server {
+                    TlsConfig::new().with_identity_pem(&cert, &key)
+                } else {
+                    TlsConfig::new().with_trust_pem(&cert)
+                };
+                Security::tls(tls.map_err(|e| e.to_string())?)
+            }
+        })
+    }
+}
+
+/// Writes a self-signed certificate (for `localhost` and 127.0.0.1, ECDSA P-256) and its
+/// PKCS#8 key as `cert.pem` and `key.pem` in `dir`.
+pub(crate) fn write_tls_identity(
+    dir: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rpc-bench");
+    let cert = params.self_signed(&key)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("cert.pem"), cert.pem())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+    Ok(())
 }
 
 /// The client's options.
@@ -89,6 +198,7 @@ pub(crate) struct ClientOpts {
     pub(crate) workload: String,
     pub(crate) sizes: Sizes,
     pub(crate) server_pid: Option<u32>,
+    pub(crate) crypto: Crypto,
 }
 
 impl ClientOpts {

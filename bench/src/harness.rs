@@ -27,7 +27,7 @@ pub(crate) struct Plan {
 type Figures = BTreeMap<(String, String, String), Vec<f64>>;
 
 /// Kills the server when the pair is done, however it ends.
-struct Server(Child);
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -37,7 +37,7 @@ impl Drop for Server {
 }
 
 /// Two free adjacent ports: control and data.
-fn free_ports() -> Result<u16, Error> {
+pub(crate) fn free_ports() -> Result<u16, Error> {
     for _ in 0..100 {
         let a = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = a.local_addr()?.port();
@@ -73,35 +73,54 @@ fn run_pair(
     if plan.quick {
         server.arg("--quick");
     }
+    let client_args = move |pid: u32| {
+        let mut client = Command::new(&exe);
+        client.args([
+            "client",
+            "--port",
+            &port,
+            "--contender",
+            contender,
+            "--workload",
+            workload,
+            "--server-pid",
+            &pid.to_string(),
+        ]);
+        if plan.quick {
+            client.arg("--quick");
+        }
+        client
+    };
+    let limit = Duration::from_secs(if plan.quick { 60 } else { 600 });
+    run_commands(
+        server,
+        client_args,
+        limit,
+        &format!("{contender} {workload}"),
+    )
+}
+
+/// Spawns `server`, waits for its `READY` line, runs the client `client(server pid)` makes
+/// (killed past `limit`), kills the server, and returns the client's `RESULT` figures.
+pub(crate) fn run_commands(
+    mut server: Command,
+    client: impl FnOnce(u32) -> Command,
+    limit: Duration,
+    what: &str,
+) -> Result<Vec<(String, f64)>, Error> {
     let mut server = Server(server.stdout(Stdio::piped()).spawn()?);
     let mut lines = BufReader::new(server.0.stdout.take().ok_or("no server stdout")?);
     let mut line = String::new();
     loop {
         line.clear();
         if lines.read_line(&mut line)? == 0 {
-            return Err(format!("{contender} server exited before it was ready").into());
+            return Err(format!("{what}: the server exited before it was ready").into());
         }
         if line.trim() == "READY" {
             break;
         }
     }
-    let pid = server.0.id().to_string();
-    let mut client = Command::new(&exe);
-    client.args([
-        "client",
-        "--port",
-        &port,
-        "--contender",
-        contender,
-        "--workload",
-        workload,
-        "--server-pid",
-        &pid,
-    ]);
-    if plan.quick {
-        client.arg("--quick");
-    }
-    let mut client = client.stdout(Stdio::piped()).spawn()?;
+    let mut client = client(server.0.id()).stdout(Stdio::piped()).spawn()?;
     let stdout = client.stdout.take().ok_or("no client stdout")?;
     let reader = std::thread::spawn(move || {
         BufReader::new(stdout)
@@ -109,7 +128,6 @@ fn run_pair(
             .map_while(Result::ok)
             .collect::<Vec<_>>()
     });
-    let limit = Duration::from_secs(if plan.quick { 60 } else { 600 });
     let start = Instant::now();
     let status = loop {
         if let Some(status) = client.try_wait()? {
@@ -118,14 +136,14 @@ fn run_pair(
         if start.elapsed() > limit {
             let _ = client.kill();
             let _ = client.wait();
-            return Err(format!("{contender} {workload} timed out after {limit:?}").into());
+            return Err(format!("{what} timed out after {limit:?}").into());
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let lines = reader.join().map_err(|_| "reading the client's output")?;
     drop(server);
     if !status.success() {
-        return Err(format!("{contender} {workload} client failed: {status}").into());
+        return Err(format!("{what} client failed: {status}").into());
     }
     let mut figures = Vec::new();
     for line in lines {
@@ -139,7 +157,7 @@ fn run_pair(
     Ok(figures)
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -321,7 +339,7 @@ fn markdown(plan: &Plan, medians: &Medians) -> String {
     s
 }
 
-fn number(v: f64) -> String {
+pub(crate) fn number(v: f64) -> String {
     if v.abs() >= 1000.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {

@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! rpc-bench server --port P --contender C [--block-bytes N] [--file PATH] [--quick]
+//!     [--security plain|aes-gcm|aes-ctr|tls [--tls-dir DIR]]
 //! rpc-bench client --port P --contender C --workload W [--quick] [--server-pid PID]
+//!     [--security plain|aes-gcm|aes-ctr|tls [--tls-dir DIR]]
 //! rpc-bench all [--workload W] [--contender C] [--quick] [--reps N] [--out DIR]
+//! rpc-bench security [--workload W1,W2,W4] [--contender rpc-tokio,...,spark]
+//!     [--security plain,aes-gcm,tls] [--quick] [--reps N] [--out DIR]
 //! rpc-bench chart [--out DIR]     # redraw the chart and table from DIR/results.json
 //! rpc-bench pending [--asks 10000,100000] [--contender C]   # server CPU per 10k parked asks
 //! rpc-bench flood [--messages N] [--inbox N] [--contender C] # server memory after a flood
@@ -24,21 +28,28 @@ mod harness;
 mod ours;
 mod pending;
 mod raw;
+mod secbench;
+mod spark;
 mod tarpc_side;
 
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 
-use common::{ClientOpts, ServerOpts, Sizes};
+use common::{ClientOpts, Crypto, SecurityMode, ServerOpts, Sizes};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "\
 usage:
   rpc-bench server --port P --contender C [--block-bytes N] [--file PATH] [--quick]
+      [--security plain|aes-gcm|aes-ctr|tls [--tls-dir DIR]]
   rpc-bench client --port P --contender C --workload W [--quick] [--server-pid PID]
+      [--security plain|aes-gcm|aes-ctr|tls [--tls-dir DIR]]
   rpc-bench all [--workload W] [--contender C] [--quick] [--reps N] [--out DIR]
+  rpc-bench security [--workload W1,W2,W4] [--contender rpc-tokio,rpc-async-std,rpc-smol,spark]
+      [--security plain,aes-gcm,tls] [--quick] [--reps N] [--out DIR]
+      W1, W2, W4 with each connection security, beside Spark's transport (security.md)
   rpc-bench chart [--out DIR]
   rpc-bench pending [--asks 10000,100000] [--contender rpc-tokio|rpc-async-std|rpc-smol]
       server CPU seconds per 10k asks parked on a serial endpoint, at each N
@@ -134,6 +145,7 @@ fn run() -> Result<(), Error> {
                     None => sizes.block,
                 },
                 file,
+                crypto: crypto(&args, &contender)?,
             };
             on_runtime(&contender.clone(), move |rt| async move {
                 match contender.as_str() {
@@ -150,6 +162,7 @@ fn run() -> Result<(), Error> {
                 workload: args.required("workload")?.to_owned(),
                 sizes,
                 server_pid: args.value("server-pid").map(str::parse).transpose()?,
+                crypto: crypto(&args, args.required("contender")?)?,
             };
             on_runtime(&opts.contender.clone(), move |rt| async move {
                 match opts.contender.as_str() {
@@ -161,6 +174,7 @@ fn run() -> Result<(), Error> {
         }
         "all" => harness::all(&args_for_harness(&args, quick)?),
         "chart" => harness::chart(&args_for_harness(&args, quick)?),
+        "security" => secbench::run(&args_for_security(&args, quick)?),
         "pending" => {
             let asks = match args.values("asks") {
                 given if given.is_empty() => vec![10_000, 100_000],
@@ -196,24 +210,73 @@ fn run() -> Result<(), Error> {
             println!("{USAGE}");
             Ok(())
         }
-        other => {
-            Err(format!("unknown command {other} (server, client, all, chart or pending)").into())
-        }
+        other => Err(format!(
+            "unknown command {other} (server, client, all, chart, security, pending or flood)"
+        )
+        .into()),
     }
 }
 
-fn args_for_harness(args: &Args, quick: bool) -> Result<harness::Plan, Error> {
-    let pick = |given: Vec<String>, all: &[&str]| -> Result<Vec<String>, Error> {
-        if given.is_empty() {
-            return Ok(all.iter().map(|s| (*s).to_owned()).collect());
+/// `--security` and `--tls-dir` of a server or client: plain unless given, and only for our
+/// contenders.
+fn crypto(args: &Args, contender: &str) -> Result<Crypto, Error> {
+    let mode = args
+        .value("security")
+        .map_or(Ok(SecurityMode::Plain), SecurityMode::parse)?;
+    if mode != SecurityMode::Plain && matches!(contender, "tarpc" | "raw") {
+        return Err(format!(
+            "--security {} runs on our contenders, not {contender}",
+            mode.name()
+        )
+        .into());
+    }
+    Ok(Crypto {
+        mode,
+        tls_dir: args.value("tls-dir").map(Into::into),
+    })
+}
+
+fn pick(given: Vec<String>, all: &[&str]) -> Result<Vec<String>, Error> {
+    if given.is_empty() {
+        return Ok(all.iter().map(|s| (*s).to_owned()).collect());
+    }
+    for g in &given {
+        if !all.contains(&g.as_str()) {
+            return Err(format!("unknown {g} (one of {})", all.join(", ")).into());
         }
-        for g in &given {
-            if !all.contains(&g.as_str()) {
-                return Err(format!("unknown {g} (one of {})", all.join(", ")).into());
-            }
-        }
-        Ok(given)
+    }
+    Ok(given)
+}
+
+fn args_for_security(args: &Args, quick: bool) -> Result<secbench::Plan, Error> {
+    let modes = match args.values("security") {
+        given if given.is_empty() => secbench::DEFAULT_MODES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        given => given,
     };
+    Ok(secbench::Plan {
+        workloads: pick(args.values("workload"), &secbench::WORKLOADS)?,
+        contenders: pick(args.values("contender"), &secbench::CONTENDERS)?,
+        modes: modes
+            .iter()
+            .map(|m| SecurityMode::parse(m))
+            .collect::<Result<_, _>>()?,
+        quick,
+        reps: match args.value("reps") {
+            Some(n) => n.parse()?,
+            None if quick => 1,
+            None => 3,
+        },
+        out: args
+            .value("out")
+            .map(Into::into)
+            .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/results").into()),
+    })
+}
+
+fn args_for_harness(args: &Args, quick: bool) -> Result<harness::Plan, Error> {
     Ok(harness::Plan {
         workloads: pick(args.values("workload"), &common::WORKLOADS)?,
         contenders: pick(args.values("contender"), &common::CONTENDERS)?,

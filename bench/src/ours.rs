@@ -99,24 +99,25 @@ impl StreamManager for Data {
 
 /// Runs the server until the process is killed.
 pub(crate) async fn server(rt: Arc<dyn Runtime>, opts: ServerOpts) -> Result<(), Error> {
-    let env = RpcEnv::create(
-        rt.clone(),
-        // W3 sends 1,000,000 one-way messages as fast as it can and counts them all: an
-        // inbox that holds them all, as Spark's unbounded one does (the default of 10,000
-        // would drop what the endpoint has not caught up with).
-        RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port).with_inbox_capacity(2_000_000),
-    )?;
+    let security = opts.crypto.security(true)?;
+    // W3 sends 1,000,000 one-way messages as fast as it can and counts them all: an inbox
+    // that holds them all, as Spark's unbounded one does (the default of 10,000 would drop
+    // what the endpoint has not caught up with).
+    let mut config =
+        RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port).with_inbox_capacity(2_000_000);
+    let mut transport = TransportConfig::default();
+    if security.is_enabled() {
+        config = config.with_security(security.clone());
+        transport = transport.with_security(security);
+    }
+    let env = RpcEnv::create(rt.clone(), config)?;
     env.setup_endpoint("bench", Bench { count: 0 })?;
     let data = Arc::new(Data {
         block: block(opts.block),
         file: opts.file,
     });
-    let _transport = TransportServer::bind(
-        rt,
-        ([127, 0, 0, 1], opts.port + 1).into(),
-        data,
-        TransportConfig::default(),
-    )?;
+    let _transport =
+        TransportServer::bind(rt, ([127, 0, 0, 1], opts.port + 1).into(), data, transport)?;
     crate::ready();
     futures::future::pending::<()>().await;
     Ok(())
@@ -126,7 +127,12 @@ async fn connect(
     rt: &Arc<dyn Runtime>,
     opts: &ClientOpts,
 ) -> Result<(RpcEnv, RpcEndpointRef<Msg, Bytes>), Error> {
-    let env = RpcEnv::create(rt.clone(), RpcEnvConfig::client("bench-client"))?;
+    let security = opts.crypto.security(false)?;
+    let mut config = RpcEnvConfig::client("bench-client");
+    if security.is_enabled() {
+        config = config.with_security(security);
+    }
+    let env = RpcEnv::create(rt.clone(), config)?;
     let address = rpc_tokio::RpcAddress::new("127.0.0.1", opts.port);
     let bench = env
         .setup_endpoint_ref::<Msg, Bytes>(address, "bench")
@@ -272,13 +278,18 @@ pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(),
 }
 
 async fn data_client(rt: &Arc<dyn Runtime>, opts: &ClientOpts) -> Result<TransportClient, Error> {
+    let security = opts.crypto.security(false)?;
+    let mut transport = TransportConfig::default();
+    if security.is_enabled() {
+        transport = transport.with_security(security);
+    }
     let factory = TransportClientFactory::new(
         rt.clone(),
         Arc::new(Data {
             block: Bytes::new(),
             file: None,
         }),
-        TransportConfig::default(),
+        transport,
     );
     Ok(factory.create_client(opts.data()).await?)
 }

@@ -1,0 +1,166 @@
+//! The Spark contender of `rpc-bench security`: `bench/java/SparkBench.java`, Spark's own
+//! network-common transport, compiled with `javac` against the jar cache that
+//! `.ci/spark-jars.sh` fills (`$SPARK_JARS_CACHE`, default `~/.cache/spark-rpc-rs/spark-jars`),
+//! as the interop tests compile `SparkPeer.java`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::OsString;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::common::{Crypto, SecurityMode};
+
+/// The program's source, built into the binary so it runs from anywhere.
+const SOURCE: &str = include_str!("../java/SparkBench.java");
+
+/// A compiled SparkBench and the JVM to run it.
+pub(crate) struct Spark {
+    java: PathBuf,
+    classpath: OsString,
+    /// Spark's version, from the jar cache's marker.
+    pub(crate) version: String,
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let java_home = std::env::var_os("JAVA_HOME").map(|home| PathBuf::from(home).join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    java_home
+        .into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Finds java, javac and the jars and compiles SparkBench (once per source and jar set, into
+/// the temp directory); why not, if something is missing.
+pub(crate) fn locate() -> Result<Spark, String> {
+    let jars = match std::env::var_os("SPARK_JARS_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(&std::env::var_os("HOME").ok_or("HOME is not set")?)
+            .join(".cache/spark-rpc-rs/spark-jars"),
+    };
+    let marker = jars.join("spark-jars.complete");
+    let marker_text = std::fs::read_to_string(&marker).map_err(|_| {
+        format!(
+            "no Spark jars at {} (no {}); run .ci/spark-jars.sh",
+            jars.display(),
+            marker.display()
+        )
+    })?;
+    let javac = find_tool("javac").ok_or("no javac (a JDK 17+) in $JAVA_HOME/bin or PATH")?;
+    let java = find_tool("java").ok_or("no java in $JAVA_HOME/bin or PATH")?;
+    let mut hasher = DefaultHasher::new();
+    (SOURCE, &marker_text, &jars).hash(&mut hasher);
+    let classes = std::env::temp_dir().join(format!("rpc-bench-spark-{:016x}", hasher.finish()));
+    if !classes.join("SparkBench.class").is_file() {
+        let staging =
+            std::env::temp_dir().join(format!("rpc-bench-spark-staging-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
+        let source = staging.join("SparkBench.java");
+        std::fs::write(&source, SOURCE).map_err(|e| e.to_string())?;
+        let output = Command::new(&javac)
+            .arg("-d")
+            .arg(&staging)
+            .arg("-cp")
+            .arg(jars.join("*"))
+            .arg(&source)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {}: {e}", javac.display()))?;
+        if !output.status.success() {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(format!(
+                "javac failed on SparkBench.java against {}:\n{}{}",
+                jars.display(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        if std::fs::rename(&staging, &classes).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+    let classpath = std::env::join_paths([classes, jars.join("*")]).map_err(|e| e.to_string())?;
+    Ok(Spark {
+        java,
+        classpath,
+        version: marker_text.lines().next().unwrap_or("unknown").to_owned(),
+    })
+}
+
+impl Spark {
+    fn command(
+        &self,
+        mode: &str,
+        port: u16,
+        crypto: &Crypto,
+        quick: bool,
+    ) -> Result<Command, String> {
+        let mut c = Command::new(&self.java);
+        if quick {
+            // A smoke run checks that the pair works: start fast, as the interop tests do.
+            c.args(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]);
+        }
+        // The server holds the 256 MiB block in a direct buffer; in a full run C2 is on.
+        c.args([
+            "-Xmx1g",
+            "-Dio.netty.handler.ssl.defaultEndpointVerificationAlgorithm=NONE",
+        ])
+        .arg("-cp")
+        .arg(&self.classpath)
+        .args(["SparkBench", mode, "--port", &port.to_string()])
+        .args(["--security", crypto.mode.name()]);
+        if crypto.mode == SecurityMode::Tls {
+            // Spark's PEM configuration: both sides get the key and the certificate, and
+            // trust exactly that certificate.
+            let dir = crypto.tls_dir.as_ref().ok_or("tls needs a certificate")?;
+            c.arg("--tls-key")
+                .arg(dir.join("key.pem"))
+                .arg("--tls-cert")
+                .arg(dir.join("cert.pem"));
+        }
+        Ok(c)
+    }
+
+    /// The server of a pair, serving `block`-byte streams; its stderr goes to `log`. With
+    /// `quick`, the JVMs start fast (C1 only, serial GC) rather than run fast.
+    pub(crate) fn server(
+        &self,
+        port: u16,
+        block: usize,
+        crypto: &Crypto,
+        quick: bool,
+        log: &Path,
+    ) -> Result<Command, String> {
+        let mut c = self.command("server", port, crypto, quick)?;
+        c.args(["--block-bytes", &block.to_string()]);
+        c.stderr(std::fs::File::create(log).map_err(|e| e.to_string())?);
+        Ok(c)
+    }
+
+    /// The client of a pair; its stderr goes to `log`.
+    pub(crate) fn client(
+        &self,
+        port: u16,
+        workload: &str,
+        quick: bool,
+        server_pid: u32,
+        crypto: &Crypto,
+        log: &Path,
+    ) -> Result<Command, String> {
+        let mut c = self.command("client", port, crypto, quick)?;
+        c.args([
+            "--workload",
+            workload,
+            "--server-pid",
+            &server_pid.to_string(),
+        ]);
+        if quick {
+            c.arg("--quick");
+        }
+        c.stderr(std::fs::File::create(log).map_err(|e| e.to_string())?);
+        Ok(c)
+    }
+}
