@@ -114,7 +114,7 @@ impl std::fmt::Debug for MessageNonce {
 /// times faster than a portable implementation (AES-NI/VAES with carry-less multiplication,
 /// in assembly), which is what the transport's throughput comes down to. *ring* does not
 /// promise to wipe key schedules; the session key and segment keys we hold are wiped.
-struct SegmentCipher(LessSafeKey);
+struct SegmentCipher(Box<LessSafeKey>);
 
 impl SegmentCipher {
     /// `HKDF-SHA256(ikm = session key, salt, info = BE64(L))`, as Tink's `AesGcmHkdfStreaming`.
@@ -130,7 +130,7 @@ impl SegmentCipher {
         }
         .expect("a 16- or 32-byte key");
         seg_key.zeroize();
-        SegmentCipher(LessSafeKey::new(key))
+        SegmentCipher(Box::new(LessSafeKey::new(key)))
     }
 
     fn nonce(prefix: &[u8; NONCE_PREFIX_LEN], index: u32, last: bool) -> [u8; 12] {

@@ -45,12 +45,12 @@ pub struct TransportCipher {
 enum Inner {
     Sasl(Box<SaslLayer>),
     Ctr {
-        enc: CtrEncrypter,
-        dec: CtrDecrypter,
+        enc: Box<CtrEncrypter>,
+        dec: Box<CtrDecrypter>,
     },
     Gcm {
-        enc: GcmEncrypter,
-        dec: GcmDecrypter,
+        enc: Box<GcmEncrypter>,
+        dec: Box<GcmDecrypter>,
     },
 }
 
@@ -67,12 +67,12 @@ impl TransportCipher {
     pub fn new(mode: CipherMode, keys: &CipherKeys) -> Self {
         let inner = match mode {
             CipherMode::Ctr => Inner::Ctr {
-                enc: CtrEncrypter::new(keys),
-                dec: CtrDecrypter::new(keys),
+                enc: Box::new(CtrEncrypter::new(keys)),
+                dec: Box::new(CtrDecrypter::new(keys)),
             },
             CipherMode::Gcm => Inner::Gcm {
-                enc: GcmEncrypter::new(keys),
-                dec: GcmDecrypter::new(keys),
+                enc: Box::new(GcmEncrypter::new(keys)),
+                dec: Box::new(GcmDecrypter::new(keys)),
             },
         };
         TransportCipher { inner }

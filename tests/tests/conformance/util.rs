@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 use serde::{Deserialize, Serialize};
 
+// `ADAPTER` serves `peer_process.rs`, which the TLS modules leave out.
+#[allow(unused_imports)]
 pub(super) use super::{block_on, rpc, security, ADAPTER};
 use rpc::{
     BoxError, EndpointContext, EndpointFailure, RpcAddress, RpcCallContext, RpcEndpoint,
