@@ -21,8 +21,8 @@
 //! `~/.cache/spark-rpc-rs/spark-jars`). Without them each test prints a `SKIPPED` line and
 //! passes, unless `RPC_REQUIRE_SPARK=1`: then it fails.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -41,6 +41,8 @@ use rpc_proto::sasl::{
 };
 use rpc_proto::{Decoded, Frame, FrameDecoder, RequestId};
 
+use common::{compile_java, find_tool, jar_cache_dir};
+
 /// The longest any step waits for the JVM.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -48,17 +50,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const LONG_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn required() -> bool {
-    std::env::var("RPC_REQUIRE_SPARK").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let java_home = std::env::var_os("JAVA_HOME").map(|home| PathBuf::from(home).join("bin"));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    java_home
-        .into_iter()
-        .chain(std::env::split_paths(&path))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+    common::spark_required()
 }
 
 struct Jdk {
@@ -98,34 +90,7 @@ macro_rules! jdk_or_skip {
 fn locate() -> Result<Jdk, String> {
     let javac = find_tool("javac").ok_or("no javac (a JDK 17+) in $JAVA_HOME/bin or PATH")?;
     let java = find_tool("java").ok_or("no java in $JAVA_HOME/bin or PATH")?;
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/SaslPeer.java");
-    let code = std::fs::read(&source).map_err(|e| format!("cannot read SaslPeer.java: {e}"))?;
-    let mut hasher = DefaultHasher::new();
-    code.hash(&mut hasher);
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let classes = tmp.join(format!("sasl-peer-{:016x}", hasher.finish()));
-    if !classes.join("SaslPeer.class").is_file() {
-        let staging = tmp.join(format!("sasl-peer-staging-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).expect("create the javac output dir");
-        let output = Command::new(&javac)
-            .arg("-d")
-            .arg(&staging)
-            .arg(&source)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run javac");
-        assert!(
-            output.status.success(),
-            "javac failed on {}:\n{}{}",
-            source.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if std::fs::rename(&staging, &classes).is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-    }
+    let classes = compile_java(&javac, "SaslPeer", None, "");
     let spark = compile_spark_peer(&javac);
     Ok(Jdk {
         java,
@@ -136,46 +101,10 @@ fn locate() -> Result<Jdk, String> {
 
 /// Compiles SparkSaslPeer.java against the jar cache: (jars, classes), or why not.
 fn compile_spark_peer(javac: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let jars = match std::env::var_os("SPARK_JARS_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => {
-            let home = std::env::var_os("HOME").ok_or("HOME and SPARK_JARS_CACHE are not set")?;
-            Path::new(&home).join(".cache/spark-rpc-rs/spark-jars")
-        }
-    };
+    let jars = jar_cache_dir()?;
     let marker = std::fs::read_to_string(jars.join("spark-jars.complete"))
         .map_err(|_| format!("no Spark jars at {}; run .ci/spark-jars.sh", jars.display()))?;
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/SparkSaslPeer.java");
-    let code =
-        std::fs::read(&source).map_err(|e| format!("cannot read SparkSaslPeer.java: {e}"))?;
-    let mut hasher = DefaultHasher::new();
-    (&code, &marker, &jars).hash(&mut hasher);
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let classes = tmp.join(format!("spark-sasl-peer-{:016x}", hasher.finish()));
-    if !classes.join("SparkSaslPeer.class").is_file() {
-        let staging = tmp.join(format!("spark-sasl-peer-staging-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).expect("create the javac output dir");
-        let output = Command::new(javac)
-            .arg("-d")
-            .arg(&staging)
-            .arg("-cp")
-            .arg(jars.join("*"))
-            .arg(&source)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run javac");
-        assert!(
-            output.status.success(),
-            "javac failed on {}:\n{}{}",
-            source.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if std::fs::rename(&staging, &classes).is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-    }
+    let classes = compile_java(javac, "SparkSaslPeer", Some(&jars), &marker);
     Ok((jars, classes))
 }
 

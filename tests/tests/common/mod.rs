@@ -1,4 +1,5 @@
-//! Shared by the Spark interop test files (`spark_interop.rs`, `spark_security.rs`): finding
+//! Shared by the Java interop test files (`spark_interop.rs`, `spark_security.rs`,
+//! `sasl_jdk.rs`): finding
 //! Spark's jars and a JDK (skipping loudly, or failing under `RPC_REQUIRE_SPARK=1`), compiling
 //! `tests/interop/SparkPeer.java`, running it as a child process, and the test data both sides
 //! agree on.
@@ -67,6 +68,7 @@ pub(crate) fn spark() -> Option<&'static Spark> {
 }
 
 /// Binds `let spark = ...;` or returns from the test after the skip message.
+#[allow(unused_macros)] // sasl_jdk.rs has its own skips
 macro_rules! spark_or_skip {
     () => {
         match spark() {
@@ -77,14 +79,7 @@ macro_rules! spark_or_skip {
 }
 
 pub(crate) fn locate_spark() -> Result<Spark, String> {
-    let jars = match std::env::var_os("SPARK_JARS_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => {
-            let home = std::env::var_os("HOME")
-                .ok_or("HOME is not set and SPARK_JARS_CACHE is not set")?;
-            Path::new(&home).join(".cache/spark-rpc-rs/spark-jars")
-        }
-    };
+    let jars = jar_cache_dir()?;
     let marker = jars.join("spark-jars.complete");
     let marker_text = std::fs::read_to_string(&marker).map_err(|_| {
         format!(
@@ -117,32 +112,39 @@ pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
 
 /// Compiles SparkPeer.java once per source and jar set, into the target's temp dir.
 pub(crate) fn compile_spark_peer(javac: &Path, jars: &Path, marker_text: &str) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/SparkPeer.java");
-    let code = std::fs::read(&source).expect("read tests/interop/SparkPeer.java");
+    compile_java(javac, "SparkPeer", Some(jars), marker_text)
+}
+
+/// Compiles `tests/interop/<class>.java` (against the jars in `jars`, if given) into a
+/// directory of the target's temp dir named after the source, the jars and `key`, once: a
+/// later call (or test process) finds the classes there. Panics if javac fails.
+pub(crate) fn compile_java(javac: &Path, class: &str, jars: Option<&Path>, key: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("interop/{class}.java"));
+    let code = std::fs::read(&source).unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
     let mut hasher = DefaultHasher::new();
-    (&code, marker_text, jars).hash(&mut hasher);
+    (&code, key, jars).hash(&mut hasher);
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let classes = tmp.join(format!("spark-peer-{:016x}", hasher.finish()));
-    if classes.join("SparkPeer.class").is_file() {
+    let classes = tmp.join(format!("{class}-{:016x}", hasher.finish()));
+    if classes.join(format!("{class}.class")).is_file() {
         return classes;
     }
-    let staging = tmp.join(format!("spark-peer-staging-{}", std::process::id()));
+    let staging = tmp.join(format!("{class}-staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).expect("create the javac output dir");
-    let output = Command::new(javac)
-        .arg("-d")
-        .arg(&staging)
-        .arg("-cp")
-        .arg(jars.join("*"))
+    let mut javac = Command::new(javac);
+    javac.arg("-d").arg(&staging);
+    if let Some(jars) = jars {
+        javac.arg("-cp").arg(jars.join("*"));
+    }
+    let output = javac
         .arg(&source)
         .stdin(Stdio::null())
         .output()
         .expect("run javac");
     assert!(
         output.status.success(),
-        "javac failed on {} against the jars at {}:\n{}{}",
+        "javac failed on {} (jars: {jars:?}):\n{}{}",
         source.display(),
-        jars.display(),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -151,6 +153,18 @@ pub(crate) fn compile_spark_peer(javac: &Path, jars: &Path, marker_text: &str) -
         let _ = std::fs::remove_dir_all(&staging);
     }
     classes
+}
+
+/// Where `.ci/spark-jars.sh` caches Spark's jars: `SPARK_JARS_CACHE`, or its default.
+pub(crate) fn jar_cache_dir() -> Result<PathBuf, String> {
+    match std::env::var_os("SPARK_JARS_CACHE") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+        _ => {
+            let home = std::env::var_os("HOME")
+                .ok_or("HOME is not set and SPARK_JARS_CACHE is not set")?;
+            Ok(Path::new(&home).join(".cache/spark-rpc-rs/spark-jars"))
+        }
+    }
 }
 
 // -------------------------------------------------------------------------------------------
