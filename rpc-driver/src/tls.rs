@@ -88,7 +88,7 @@ use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rustls::{ClientConnection, Connection, ServerConnection};
 use rustls_pki_types::ServerName;
 
@@ -212,7 +212,16 @@ pub struct TlsStream {
     failed: Option<rustls::Error>,
     /// `close_notify` was queued by `poll_shutdown`.
     close_notify_queued: bool,
+    /// TLS bytes read from the inner stream and not yet taken by rustls: the socket is read
+    /// [`READ_CHUNK`] at a time (rustls alone reads at most a record per call), and the
+    /// records of one read are handed out in one [`poll_read_buf`](AsyncStream::poll_read_buf).
+    incoming: BytesMut,
+    /// The inner stream reached its end.
+    incoming_eof: bool,
 }
+
+/// TLS bytes read from the socket at once.
+const READ_CHUNK: usize = 256 * 1024;
 
 impl TlsStream {
     fn new(inner: Box<dyn AsyncStream>, mut conn: Connection) -> Self {
@@ -222,27 +231,34 @@ impl TlsStream {
             conn,
             failed: None,
             close_notify_queued: false,
+            incoming: BytesMut::new(),
+            incoming_eof: false,
         }
     }
 
-    /// Puts `f(stream)` between this TLS connection and the stream it ran on: for a layer
-    /// that starts under TLS after its handshake (Spark places its AES cipher there when both
-    /// are on). Bytes already read from the old stream stay read.
+    /// Puts `f(stream, bytes)` between this TLS connection and the stream it ran on: for a
+    /// layer that starts under TLS after its handshake (Spark places its AES cipher there
+    /// when both are on). `bytes` are those already read from the old stream and not yet
+    /// taken by TLS: they belong to the new layer.
     pub(crate) fn map_inner(
         self,
-        f: impl FnOnce(Box<dyn AsyncStream>) -> Box<dyn AsyncStream>,
+        f: impl FnOnce(Box<dyn AsyncStream>, bytes::Bytes) -> Box<dyn AsyncStream>,
     ) -> Self {
         let TlsStream {
             inner,
             conn,
             failed,
             close_notify_queued,
+            mut incoming,
+            incoming_eof,
         } = self;
         TlsStream {
-            inner: f(inner),
+            inner: f(inner, incoming.split().freeze()),
             conn,
             failed,
             close_notify_queued,
+            incoming,
+            incoming_eof,
         }
     }
 
@@ -317,14 +333,27 @@ impl TlsStream {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads TLS bytes from the inner stream into rustls (without processing them).
+    /// Reads TLS bytes from the inner stream into rustls (without processing them): from
+    /// what an earlier read left, else from a new read of up to [`READ_CHUNK`] bytes. `Ok(0)`
+    /// is the inner stream's end (rustls then knows it).
     fn poll_read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut io = Io::new(&mut *self.inner, cx);
-        match self.conn.read_tls(&mut io) {
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(_) if io.pending => Poll::Pending,
-            Err(error) => Poll::Ready(Err(error)),
+        if self.incoming.is_empty() && !self.incoming_eof {
+            match self.inner.poll_read_buf(cx, &mut self.incoming, READ_CHUNK) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => self.incoming_eof = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            }
         }
+        Poll::Ready(self.read_incoming())
+    }
+
+    /// Hands rustls what it takes of the bytes read; at the end, tells it so.
+    fn read_incoming(&mut self) -> io::Result<usize> {
+        let mut bytes: &[u8] = &self.incoming;
+        let n = self.conn.read_tls(&mut bytes)?;
+        self.incoming.advance(n);
+        Ok(n)
     }
 
     /// Processes the TLS bytes read. On failure, remembers the error and sends the alert
@@ -403,18 +432,29 @@ impl AsyncStream for TlsStream {
         max: usize,
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_fill(cx))?;
-        // Copy out of rustls' buffers, no zeroing; what is past `max` stays for later.
-        let mut reader = self.conn.reader();
+        // Copy out of rustls' buffers, no zeroing; what is past `max` stays for later. The
+        // records already read from the socket are decrypted and handed out too, up to `max`.
         let mut read = 0;
-        while read < max {
-            let chunk = match reader.fill_buf() {
-                Ok(chunk) if !chunk.is_empty() => chunk,
+        loop {
+            let mut reader = self.conn.reader();
+            while read < max {
+                let chunk = match reader.fill_buf() {
+                    Ok(chunk) if !chunk.is_empty() => chunk,
+                    _ => break,
+                };
+                let n = chunk.len().min(max - read);
+                buf.extend_from_slice(&chunk[..n]);
+                reader.consume(n);
+                read += n;
+            }
+            if read >= max || self.incoming.is_empty() || self.failed.is_some() {
+                break;
+            }
+            // A failure here is reported by the next read, after what was read already.
+            match self.read_incoming() {
+                Ok(n) if n > 0 && self.process(cx).is_ok() => {}
                 _ => break,
-            };
-            let n = chunk.len().min(max - read);
-            buf.extend_from_slice(&chunk[..n]);
-            reader.consume(n);
-            read += n;
+            }
         }
         Poll::Ready(Ok(read))
     }

@@ -236,7 +236,7 @@ async fn tls_then(
             })
         }
         Some(cipher) => {
-            Box::new(tls.map_inner(|raw| Box::new(CipherStream::new(raw, cipher, &[]))))
+            Box::new(tls.map_inner(|raw, read| Box::new(CipherStream::new(raw, cipher, &read))))
         }
         None if established.leftover.is_empty() => Box::new(tls),
         None => Box::new(Prefixed::new(Box::new(tls), established.leftover)),
