@@ -22,8 +22,8 @@
 //! on failure, send what is left to transmit (the server's refusal) and close.
 //!
 //! The server accepts nothing but the handshake: any other frame, a frame larger than a
-//! handshake needs ([`MAX_HANDSHAKE_FRAME`]), bytes sent before the server answered, or more
-//! round trips than the protocol has, fail the handshake. A failed attempt is one
+//! handshake needs ([`MAX_HANDSHAKE_FRAME`]), or more round trips than the protocol has, fail
+//! the handshake. Its outcome does not depend on how the input was split. A failed attempt is one
 //! [`HandshakeError::AuthenticationFailed`] whatever was wrong, and the client is told only
 //! Spark's `Authentication failed.`.
 //!
@@ -593,14 +593,10 @@ impl ServerHandshake {
                 )))
             }
         };
-        // A client waits for each answer before it sends again: anything beyond this request
-        // now is out of turn.
-        if !self.input.buf.is_empty() {
-            return self.refuse(
-                request,
-                HandshakeError::Protocol("bytes sent out of turn".into()),
-            );
-        }
+        // Frames are taken in order however they arrive (a client waits for each answer,
+        // but when it does not, the outcome must not depend on how its bytes were cut): SASL
+        // rounds are bounded, and what follows the last frame is the encrypted stream's,
+        // which a stranger cannot produce.
         if let Some((server, rounds)) = self.sasl.take() {
             return self.sasl_step(server, rounds, request, &body);
         }

@@ -241,7 +241,7 @@ fn the_server_serves_no_other_request_before_authentication() {
 }
 
 #[test]
-fn oversized_garbage_and_out_of_turn_bytes_end_the_handshake() {
+fn oversized_and_garbage_handshakes_end_and_bytes_after_the_challenge_are_the_ciphers() {
     // A length far beyond a handshake's needs is refused from its 8 bytes alone.
     let mut huge = BytesMut::new();
     huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
@@ -259,7 +259,8 @@ fn oversized_garbage_and_out_of_turn_bytes_end_the_handshake() {
         Some(Err(HandshakeError::Protocol(_)))
     ));
 
-    // The challenge followed by more bytes before the answer.
+    // The challenge followed by more bytes before the answer: they are the encrypted
+    // stream's, handed on as leftover, and a stranger's do not decrypt.
     let mut rng = rng(6);
     let mut client = ClientHandshake::new(
         "app-1",
@@ -272,11 +273,14 @@ fn oversized_garbage_and_out_of_turn_bytes_end_the_handshake() {
     let mut bytes = client.poll_transmit().unwrap().to_vec();
     bytes.extend_from_slice(&Frame::OneWayMessage { body: "x".into() }.to_bytes());
     let (mut server, sent) = server_after(&bytes);
-    assert_eq!(sent.len(), 1, "the refusal");
-    assert!(matches!(
-        server.poll_outcome(),
-        Some(Err(HandshakeError::Protocol(_)))
-    ));
+    assert_eq!(sent.len(), 1, "the answer");
+    let mut accepted = server.poll_outcome().unwrap().unwrap();
+    let extra = Frame::OneWayMessage { body: "x".into() }.to_bytes();
+    assert_eq!(accepted.leftover, extra);
+    let mut plain = BytesMut::new();
+    let cipher = accepted.cipher.as_mut().unwrap();
+    let decrypted = cipher.decrypt(&accepted.leftover, &mut plain);
+    assert!(plain.is_empty(), "a stranger's bytes decrypted: {decrypted:?}");
 }
 
 #[test]
