@@ -280,7 +280,10 @@ fn oversized_and_garbage_handshakes_end_and_bytes_after_the_challenge_are_the_ci
     let mut plain = BytesMut::new();
     let cipher = accepted.cipher.as_mut().unwrap();
     let decrypted = cipher.decrypt(&accepted.leftover, &mut plain);
-    assert!(plain.is_empty(), "a stranger's bytes decrypted: {decrypted:?}");
+    assert!(
+        plain.is_empty(),
+        "a stranger's bytes decrypted: {decrypted:?}"
+    );
 }
 
 #[test]
