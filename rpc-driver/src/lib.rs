@@ -30,7 +30,6 @@ mod log_limit;
 mod runtime;
 pub mod security;
 mod sync;
-#[cfg(not(loom))]
 pub mod tls;
 pub mod transport;
 mod wait_list;
