@@ -698,6 +698,7 @@ struct Tracker {
 }
 
 /// The ledger's verdict, as an oracle gives it: a broken promise is a panic.
+#[track_caller]
 fn held<T>(verdict: Result<T, LedgerError>) -> T {
     verdict.unwrap_or_else(|e| panic!("{e}"))
 }
