@@ -6,5 +6,5 @@ use std::time::Instant;
 static BASE: OnceLock<Instant> = OnceLock::new();
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    rpc_proto::fuzzing::connection(*BASE.get_or_init(Instant::now), data)
+    rpc_oracle::connection(*BASE.get_or_init(Instant::now), data)
 });

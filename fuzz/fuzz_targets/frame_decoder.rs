@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rpc_proto::fuzzing::decode_frames(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rpc_oracle::decode_frames(data));

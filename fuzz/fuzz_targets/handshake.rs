@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rpc_proto::fuzzing::handshake(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rpc_oracle::handshake(data));

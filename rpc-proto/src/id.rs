@@ -49,7 +49,8 @@ impl fmt::Display for StreamChunkId {
 /// Stream replies carry no request id on the wire; they are matched to requests in FIFO
 /// order, so this id is local: it never leaves the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamCallId(pub(crate) u64);
+// Hidden but public (as quinn-proto's `StreamId`): `rpc-oracle` names ids never issued.
+pub struct StreamCallId(#[doc(hidden)] pub u64);
 
 impl fmt::Display for StreamCallId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -61,7 +62,8 @@ impl fmt::Display for StreamCallId {
 ///
 /// Local, like [`StreamCallId`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InboundStreamId(pub(crate) u64);
+// Hidden but public (as quinn-proto's `StreamId`): `rpc-oracle` names ids never issued.
+pub struct InboundStreamId(#[doc(hidden)] pub u64);
 
 impl fmt::Display for InboundStreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,7 +74,8 @@ impl fmt::Display for InboundStreamId {
 /// An outgoing out-of-frame body (of an `UploadStream` or a `StreamResponse`) whose bytes the
 /// caller feeds with [`Connection::send_body`](crate::Connection::send_body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BodyId(pub(crate) u64);
+// Hidden but public (as quinn-proto's `StreamId`): `rpc-oracle` names ids never issued.
+pub struct BodyId(#[doc(hidden)] pub u64);
 
 impl fmt::Display for BodyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

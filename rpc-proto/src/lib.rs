@@ -91,9 +91,6 @@ mod outbox;
 pub mod sasl;
 mod serde_probe;
 
-#[doc(hidden)]
-pub mod fuzzing;
-
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};
 pub use auth::{AuthClient, AuthError, AuthServer, AuthVersion, TransportKeys};
 pub use cipher::{CipherError, CipherKeys};

@@ -5,7 +5,8 @@
 //! Properties, per case:
 //!
 //! - every call that was not cancelled ends exactly once (one `ReplyReceived`,
-//!   `ChunkReceived`, `MergedBlockMetaReceived`, `StreamFinished` or `CallFailed`);
+//!   `ChunkReceived`, `MergedBlockMetaReceived`, `StreamFinished` or `CallFailed`), and a
+//!   stream opens once, before its data;
 //! - a success carries the payload the server derived from that very request, and only
 //!   follows a success answer; a remote failure carries that call's failure message;
 //! - a timeout names the call's own timeout and fires exactly at its deadline; a
@@ -13,12 +14,17 @@
 //! - a cancelled call reports nothing after the cancel, and `cancel` returns whether the call
 //!   was still pending;
 //! - `Closed` comes exactly once, last.
+//!
+//! The client's calls are kept in an [`rpc_oracle::CallLedger`], the bookkeeping the fuzz
+//! oracle keeps its calls in too: it checks the ends, cancels and `Closed` as they happen,
+//! and says which call each event belongs to; this test checks what each call ended with.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use rpc_oracle::{CallLedger, Observed};
 use rpc_proto::{
     Call, CallError, Config, Event, InboundStreamId, RequestId, RpcError, StreamChunkId,
 };
@@ -191,8 +197,14 @@ struct CallModel {
     expected: Bytes,
     /// How the server answered, if it did: `true` for success.
     answered: Option<bool>,
-    /// The client's event count when the call was cancelled.
-    cancelled_at: Option<usize>,
+    /// Whether `cancel` took the call back.
+    cancelled: bool,
+    /// The event that ended the call, and when it was drained.
+    end: Option<(Instant, Event)>,
+    /// The bytes a stream call announced when it opened.
+    opened: Option<u64>,
+    /// The data a stream call delivered.
+    data: BytesMut,
 }
 
 /// A request the server owes an answer to.
@@ -210,6 +222,10 @@ struct Model {
     server: Side,
     calls: Vec<CallModel>,
     by_call: HashMap<Call, usize>,
+    /// The client's calls: each ends exactly once, nothing follows a cancel or `Closed`.
+    ledger: CallLedger,
+    /// How many of the client's events the ledger has seen.
+    client_seen: usize,
     /// What the server owes, with the index of the client call it answers.
     owed: Vec<(Owed, usize)>,
 }
@@ -263,6 +279,8 @@ impl Model {
             server,
             calls: Vec::new(),
             by_call: HashMap::new(),
+            ledger: CallLedger::new(),
+            client_seen: 0,
             owed: Vec::new(),
         }
     }
@@ -287,13 +305,19 @@ impl Model {
             Ok(call) => {
                 let index = self.calls.len();
                 prop_assert!(self.by_call.insert(call, index).is_none());
+                self.ledger
+                    .issued(call)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 self.calls.push(CallModel {
                     call,
                     issued: self.sim.now(),
                     timeout,
                     expected,
                     answered: None,
-                    cancelled_at: None,
+                    cancelled: false,
+                    end: None,
+                    opened: None,
+                    data: BytesMut::new(),
                 });
             }
             Err(err) => {
@@ -301,6 +325,37 @@ impl Model {
                 prop_assert!(!self.client_open());
             }
         }
+        Ok(())
+    }
+
+    /// Hands the client's new events to the ledger, and notes what each call ended with.
+    fn absorb_client_events(&mut self) -> Result<(), TestCaseError> {
+        let history = self.sim.history(self.client);
+        for recorded in &history[self.client_seen..] {
+            let event = &recorded.event;
+            let observed = self
+                .ledger
+                .observe(event)
+                .map_err(|e| TestCaseError::fail(format!("client: {e}")))?;
+            let call = match observed {
+                Observed::Ended(call) | Observed::Progressed(call) => call,
+                Observed::Closed => continue,
+                Observed::Unrelated => {
+                    return Err(TestCaseError::fail(format!("unexpected {event:?}")))
+                }
+            };
+            let index = *self
+                .by_call
+                .get(&call)
+                .ok_or_else(|| TestCaseError::fail(format!("{event:?} for an unknown call")))?;
+            let model = &mut self.calls[index];
+            match event {
+                Event::StreamOpened { byte_count, .. } => model.opened = Some(*byte_count),
+                Event::StreamData { data, .. } => model.data.extend_from_slice(data),
+                _ => model.end = Some((recorded.at, event.clone())),
+            }
+        }
+        self.client_seen = history.len();
         Ok(())
     }
 
@@ -372,6 +427,8 @@ impl Model {
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        // The ledger is up to date before a call is issued or cancelled.
+        self.absorb_client_events()?;
         let (client, server) = (self.client, self.server);
         let index = self.calls.len();
         match op {
@@ -440,12 +497,13 @@ impl Model {
                 }
                 let index = pick % self.calls.len();
                 let call = self.calls[index].call;
-                let pending = self.calls[index].cancelled_at.is_none()
-                    && !self.sim.events(client).iter().any(|e| ends(e, call));
                 let cancelled = self.sim.command(client, |c, _| c.cancel(call));
-                prop_assert_eq!(cancelled, pending, "cancel({:?})", call);
+                // `cancel` returns whether the call was pending.
+                self.ledger
+                    .cancelled(call, cancelled)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 if cancelled {
-                    self.calls[index].cancelled_at = Some(self.sim.history(client).len());
+                    self.calls[index].cancelled = true;
                 }
             }
             Op::Cut {
@@ -467,7 +525,7 @@ impl Model {
             }
         }
         self.absorb_server_events();
-        Ok(())
+        self.absorb_client_events()
     }
 
     /// Lets every call end: answers what is owed (or not), runs out every timer, closes.
@@ -489,79 +547,26 @@ impl Model {
         self.sim.run_until_quiet();
     }
 
-    fn check(&self) -> Result<(), TestCaseError> {
-        let client = self.sim.history(self.client);
-        let Some(last) = client.last() else {
+    fn check(&mut self) -> Result<(), TestCaseError> {
+        // The ledger sees every event: each call ended at most once, nothing after a cancel,
+        // `Closed` only with no call pending, and nothing after it.
+        self.absorb_client_events()?;
+        let Some((closed_at, close_reason)) = self.sim.closed_at(self.client) else {
             return Err(TestCaseError::fail("the client never closed"));
         };
-        let Event::Closed {
-            error: close_reason,
-        } = &last.event
-        else {
-            return Err(TestCaseError::fail(format!(
-                "last client event is {:?}",
-                last.event
-            )));
-        };
-        let closed_at = last.at;
-
-        let mut ends: Vec<Vec<(usize, Instant, &Event)>> = vec![Vec::new(); self.calls.len()];
-        let mut opened: Vec<Vec<(usize, u64)>> = vec![Vec::new(); self.calls.len()];
-        let mut data: Vec<BytesMut> = vec![BytesMut::new(); self.calls.len()];
-        let mut last_seen: Vec<Option<usize>> = vec![None; self.calls.len()];
-        for (position, recorded) in client.iter().enumerate() {
-            let event = &recorded.event;
-            if let Event::Closed { .. } = event {
-                prop_assert_eq!(position, client.len() - 1, "Closed is not last");
-                continue;
-            }
-            let candidates = match event {
-                Event::StreamOpened { stream, .. }
-                | Event::StreamData { stream, .. }
-                | Event::StreamFinished { stream } => vec![Call::Stream(*stream)],
-                Event::ReplyReceived { request, .. } => {
-                    vec![Call::Rpc(*request), Call::Upload(*request)]
-                }
-                Event::MergedBlockMetaReceived { request, .. } => {
-                    vec![Call::MergedBlockMeta(*request)]
-                }
-                Event::ChunkReceived { chunk, .. } => vec![Call::ChunkFetch(*chunk)],
-                Event::CallFailed { call, .. } => vec![*call],
-                other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
-            };
-            let index = *candidates
-                .iter()
-                .find_map(|call| self.by_call.get(call))
-                .ok_or_else(|| TestCaseError::fail(format!("{event:?} for an unknown call")))?;
-            last_seen[index] = Some(position);
-            match event {
-                Event::StreamOpened { byte_count, .. } => {
-                    prop_assert!(ends[index].is_empty(), "StreamOpened after the end");
-                    opened[index].push((position, *byte_count));
-                }
-                Event::StreamData { data: piece, .. } => {
-                    prop_assert!(ends[index].is_empty(), "StreamData after the end");
-                    prop_assert_eq!(opened[index].len(), 1, "StreamData before StreamOpened");
-                    data[index].extend_from_slice(piece);
-                }
-                _ => ends[index].push((position, recorded.at, event)),
-            }
-        }
+        prop_assert_eq!(self.ledger.closed(), Some(&close_reason));
 
         for (index, model) in self.calls.iter().enumerate() {
-            let ctx = format!("call {index}: {model:?}, events {:?}", ends[index]);
-            if let Some(cancelled_at) = model.cancelled_at {
-                prop_assert!(ends[index].is_empty(), "cancelled call ended: {}", ctx);
-                prop_assert!(
-                    last_seen[index].is_none_or(|p| p < cancelled_at),
-                    "cancelled call reported after the cancel: {}",
-                    ctx
-                );
+            let ctx = format!("call {index}: {model:?}");
+            if model.cancelled {
+                prop_assert!(model.end.is_none(), "cancelled call ended: {}", ctx);
                 continue;
             }
-            prop_assert_eq!(ends[index].len(), 1, "{}", ctx);
-            prop_assert!(opened[index].len() <= 1, "{}", ctx);
-            let (_, at, event) = ends[index][0];
+            // Closed came with no call pending: every call that was not cancelled ended.
+            let Some((at, event)) = &model.end else {
+                return Err(TestCaseError::fail(format!("never ended: {ctx}")));
+            };
+            let at = *at;
             match event {
                 Event::ReplyReceived { body, .. }
                 | Event::ChunkReceived { body, .. }
@@ -574,13 +579,8 @@ impl Model {
                 }
                 Event::StreamFinished { .. } => {
                     prop_assert_eq!(model.answered, Some(true), "{}", ctx);
-                    prop_assert_eq!(
-                        opened[index].first().map(|o| o.1),
-                        Some(model.expected.len() as u64),
-                        "{}",
-                        ctx
-                    );
-                    prop_assert_eq!(&data[index][..], &model.expected[..], "{}", ctx);
+                    prop_assert_eq!(model.opened, Some(model.expected.len() as u64), "{}", ctx);
+                    prop_assert_eq!(&model.data[..], &model.expected[..], "{}", ctx);
                 }
                 Event::CallFailed { error, .. } => match error {
                     RpcError::Remote(message) => {
@@ -592,7 +592,7 @@ impl Model {
                         prop_assert_eq!(at, model.issued + *after, "{}", ctx);
                     }
                     RpcError::Disconnected(reason) => {
-                        prop_assert_eq!(reason, close_reason, "{}", ctx);
+                        prop_assert_eq!(reason, &close_reason, "{}", ctx);
                         prop_assert_eq!(at, closed_at, "{}", ctx);
                     }
                     other => prop_assert!(false, "unexpected failure {:?}: {}", other, ctx),
@@ -601,7 +601,7 @@ impl Model {
             }
             // A stream's data is a prefix of what the server sent, whatever the outcome.
             if let Call::Stream(_) = model.call {
-                prop_assert!(model.expected.starts_with(&data[index]), "{}", ctx);
+                prop_assert!(model.expected.starts_with(&model.data), "{}", ctx);
             }
         }
 
@@ -621,20 +621,6 @@ impl Model {
             prop_assert!(last_is_closed, "server events: {:?}", server);
         }
         Ok(())
-    }
-}
-
-/// Whether `event` is a terminal event of `call`.
-fn ends(event: &Event, call: Call) -> bool {
-    match (event, call) {
-        (Event::ReplyReceived { request, .. }, Call::Rpc(id) | Call::Upload(id)) => *request == id,
-        (Event::MergedBlockMetaReceived { request, .. }, Call::MergedBlockMeta(id)) => {
-            *request == id
-        }
-        (Event::ChunkReceived { chunk, .. }, Call::ChunkFetch(id)) => *chunk == id,
-        (Event::StreamFinished { stream }, Call::Stream(id)) => *stream == id,
-        (Event::CallFailed { call: c, .. }, _) => *c == call,
-        _ => false,
     }
 }
 

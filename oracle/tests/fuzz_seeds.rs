@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use rpc_proto::fuzzing;
 use rpc_proto::{Frame, RequestId, StreamChunkId};
 
 /// The origin of the connection scripts' virtual time. `rpc-proto` never reads the clock;
@@ -147,7 +146,7 @@ fn frames(rng: &mut XorShift) -> Vec<u8> {
 fn frame_decoder_seeds_hold_the_invariants() {
     for (path, data) in seeds("frame_decoder") {
         eprintln!("replaying {}", path.display());
-        fuzzing::decode_frames(&data);
+        rpc_oracle::decode_frames(&data);
     }
 }
 
@@ -156,7 +155,7 @@ fn connection_seeds_hold_the_invariants() {
     let base = base();
     for (path, data) in seeds("connection") {
         eprintln!("replaying {}", path.display());
-        fuzzing::connection(base, &data);
+        rpc_oracle::connection(base, &data);
     }
 }
 
@@ -170,7 +169,7 @@ fn generated_byte_streams_hold_the_decoder_invariants() {
             let n = rng.below(512) as usize;
             rng.bytes(n)
         };
-        fuzzing::decode_frames(&data);
+        rpc_oracle::decode_frames(&data);
     }
 }
 
@@ -181,7 +180,7 @@ fn generated_scripts_hold_the_connection_invariants() {
     for _ in 0..300 {
         let n = rng.below(1024) as usize;
         let script = rng.bytes(n);
-        fuzzing::connection(base, &script);
+        rpc_oracle::connection(base, &script);
     }
 }
 
@@ -189,7 +188,7 @@ fn generated_scripts_hold_the_connection_invariants() {
 fn auth_seeds_hold_the_invariants() {
     for (path, data) in seeds("auth") {
         eprintln!("replaying {}", path.display());
-        fuzzing::auth(&data);
+        rpc_oracle::auth(&data);
     }
 }
 
@@ -198,7 +197,7 @@ fn generated_auth_inputs_hold_the_invariants() {
     let mut rng = XorShift(0x6a09_e667_f3bc_c908);
     for _ in 0..100 {
         let n = rng.below(300) as usize;
-        fuzzing::auth(&rng.bytes(n));
+        rpc_oracle::auth(&rng.bytes(n));
     }
 }
 
@@ -206,7 +205,7 @@ fn generated_auth_inputs_hold_the_invariants() {
 fn gcm_seeds_hold_the_invariants() {
     for (path, data) in seeds("gcm") {
         eprintln!("replaying {}", path.display());
-        fuzzing::gcm(&data);
+        rpc_oracle::gcm(&data);
     }
 }
 
@@ -222,7 +221,7 @@ fn generated_inputs_hold_the_gcm_invariants() {
                 *b &= 0xfe;
             }
         }
-        fuzzing::gcm(&data);
+        rpc_oracle::gcm(&data);
     }
 }
 
@@ -230,7 +229,7 @@ fn generated_inputs_hold_the_gcm_invariants() {
 fn sasl_seeds_hold_the_invariants() {
     for (path, data) in seeds("sasl") {
         eprintln!("replaying {}", path.display());
-        fuzzing::sasl(&data);
+        rpc_oracle::sasl(&data);
     }
 }
 
@@ -239,7 +238,7 @@ fn generated_sasl_inputs_hold_the_invariants() {
     let mut rng = XorShift(0x005a_51d1_6e57);
     for _ in 0..100 {
         let len = rng.below(300) as usize;
-        fuzzing::sasl(&rng.bytes(len));
+        rpc_oracle::sasl(&rng.bytes(len));
     }
 }
 
@@ -247,7 +246,7 @@ fn generated_sasl_inputs_hold_the_invariants() {
 fn handshake_seeds_hold_the_invariants() {
     for (path, data) in seeds("handshake") {
         eprintln!("replaying {}", path.display());
-        fuzzing::handshake(&data);
+        rpc_oracle::handshake(&data);
     }
 }
 
@@ -256,6 +255,6 @@ fn generated_inputs_hold_the_handshake_invariants() {
     let mut rng = XorShift(0x1f83_d9ab_fb41_bd6b);
     for _ in 0..100 {
         let n = rng.below(200) as usize;
-        fuzzing::handshake(&rng.bytes(n));
+        rpc_oracle::handshake(&rng.bytes(n));
     }
 }
