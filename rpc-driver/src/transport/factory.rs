@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use tracing::{debug, info};
 
-use super::{ConnectionAddrs, RpcHandler, TransportClient, TransportConfig};
+use super::addrs::ConnectionAddrs;
+use super::client::TransportClient;
+use super::config::TransportConfig;
+use super::driver;
+use super::handler::RpcHandler;
 use crate::runtime::{sleep_for, Runtime};
 use crate::security::{secure_client, SecurityError};
 use crate::sync::{lock, Arc, Mutex};
@@ -182,7 +186,7 @@ impl TransportClientFactory {
             addr,
         ))
         .await?;
-        Ok(TransportClient::open(
+        Ok(driver::open(
             inner.rt.clone(),
             secured.stream,
             ConnectionAddrs { local, peer: addr },
