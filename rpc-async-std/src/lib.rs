@@ -89,11 +89,11 @@ pub use rpc_driver::security::{
     self, AuthMechanism, SecretKeyHolder, Security, SecurityError, TlsConfig,
 };
 pub use rpc_driver::transport::{
-    ConnectError, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaCall,
-    MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
+    ConnectError, ConnectionId, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaCall,
+    MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder, NoopRpcHandler,
     OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, ServerStats, StreamCall,
     StreamManager, TransportClient, TransportClientFactory, TransportConfig, TransportServer,
-    UploadSink, DEFAULT_MAX_CONNECTIONS, STREAM_BUFFER_LIMIT,
+    UnmanagedClient, UploadSink, DEFAULT_MAX_CONNECTIONS, STREAM_BUFFER_LIMIT,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 

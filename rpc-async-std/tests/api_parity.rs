@@ -71,6 +71,9 @@ const SHARED: &[&str] = &[
     "MergedBlockMetaRequest",
     "MergedBlockMetaResponder",
     "TransportClient",
+    "ConnectionId",
+    "NoopRpcHandler",
+    "UnmanagedClient",
     "TransportClientFactory",
     "TransportConfig",
     "TransportServer",
@@ -219,6 +222,9 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
         Of::<a::MergedBlockMetaResponder>,
     );
     same(Of::<t::TransportClient>, Of::<a::TransportClient>);
+    same(Of::<t::ConnectionId>, Of::<a::ConnectionId>);
+    same(Of::<t::NoopRpcHandler>, Of::<a::NoopRpcHandler>);
+    same(Of::<t::UnmanagedClient>, Of::<a::UnmanagedClient>);
     same(
         Of::<t::TransportClientFactory>,
         Of::<a::TransportClientFactory>,

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_tokio::{
-    BlockFetchConfig, BlockServer, RetryingBlockFetcher, RpcHandler, RpcResponder, TransportClient,
-    TransportClientFactory, TransportConfig, TransportServer,
+    BlockFetchConfig, BlockServer, NoopRpcHandler, RetryingBlockFetcher, TransportClientFactory,
+    TransportConfig, TransportServer,
 };
 
 /// Reads every file of `dir` into memory, by name: a block server must not block on I/O.
@@ -24,15 +24,6 @@ fn read_blocks(dir: &Path) -> std::io::Result<HashMap<String, Bytes>> {
         blocks.insert(name, Bytes::from(std::fs::read(entry.path())?));
     }
     Ok(blocks)
-}
-
-/// The client side's handler: the server sends it nothing.
-struct NoRequests;
-
-impl RpcHandler for NoRequests {
-    fn receive(&self, _: &TransportClient, _: Bytes, responder: RpcResponder) {
-        let _ = responder.fail("this client serves no requests");
-    }
 }
 
 #[tokio::main]
@@ -76,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The client: fetch every block, two chunks in flight, retrying I/O failures.
     let factory = TransportClientFactory::new(
         rpc_tokio::runtime(),
-        Arc::new(NoRequests),
+        Arc::new(NoopRpcHandler),
         TransportConfig::default(),
     );
     let config = BlockFetchConfig::default()

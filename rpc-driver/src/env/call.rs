@@ -17,7 +17,7 @@ use super::error::RpcError;
 use super::EnvInner;
 use crate::completion::Completer;
 use crate::sync::{lock, Arc, Mutex};
-use crate::transport::RpcResponder;
+use crate::transport::{ConnectionId, RpcResponder};
 use crate::wait_list::{WaitKey, WaitList};
 
 /// A local reply, not serialized.
@@ -82,7 +82,7 @@ pub(crate) struct CancelFlag {
     waiters: Mutex<WaitList>,
     /// Where the env finds it by connection and request id; removed from there when the
     /// flag goes (when the call context does), so the env holds only live calls' flags.
-    registration: Option<(Weak<EnvInner>, u64, RequestId)>,
+    registration: Option<(Weak<EnvInner>, ConnectionId, RequestId)>,
 }
 
 impl Drop for CancelFlag {
@@ -97,7 +97,11 @@ impl Drop for CancelFlag {
 
 impl CancelFlag {
     /// A flag the env finds by the `connection` and `request` id the ask came with.
-    pub(crate) fn registered(env: Weak<EnvInner>, connection: u64, request: RequestId) -> Self {
+    pub(crate) fn registered(
+        env: Weak<EnvInner>,
+        connection: ConnectionId,
+        request: RequestId,
+    ) -> Self {
         Self {
             cancelled: AtomicBool::new(false),
             waiters: Mutex::default(),

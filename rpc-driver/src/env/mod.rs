@@ -138,8 +138,8 @@ use crate::log_limit::limited;
 use crate::runtime::Runtime;
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{
-    RpcHandler, RpcResponder, ServerStats, StreamManager, TransportClient, TransportClientFactory,
-    TransportConfig, TransportServer,
+    ConnectionId, RpcHandler, RpcResponder, ServerStats, StreamManager, TransportClient,
+    TransportClientFactory, TransportConfig, TransportServer,
 };
 use crate::wait_list::{WaitKey, WaitList};
 
@@ -447,7 +447,7 @@ pub(crate) struct EnvInner {
     stopped: AtomicBool,
     /// The env address each connection's peer announced first, by connection id: bound to
     /// the connection, later claims do not change it.
-    remote_envs: Mutex<FxHashMap<u64, RpcAddress>>,
+    remote_envs: Mutex<FxHashMap<ConnectionId, RpcAddress>>,
     /// Claims of another sender address on a connection already bound to one (logged at a
     /// bounded rate).
     claims_ignored: Tally,
@@ -459,7 +459,7 @@ pub(crate) struct EnvInner {
     /// The cancel flags of asks being handled, by connection, then by the peer's request id
     /// (SipHash: the peer chooses those). A flag leaves when its call context goes, and a
     /// connection's flags are raised when it closes.
-    cancels: Mutex<FxHashMap<u64, HashMap<RequestId, Weak<CancelFlag>>>>,
+    cancels: Mutex<FxHashMap<ConnectionId, HashMap<RequestId, Weak<CancelFlag>>>>,
     next_seed: AtomicU64,
     pub(crate) stats: Counters,
 }
@@ -569,7 +569,7 @@ impl EnvInner {
     }
 
     /// The flag of ask `request` on `connection` is gone (its call context was dropped).
-    pub(crate) fn forget_cancel(&self, connection: u64, request: RequestId) {
+    pub(crate) fn forget_cancel(&self, connection: ConnectionId, request: RequestId) {
         let mut cancels = lock(&self.cancels);
         if let Some(calls) = cancels.get_mut(&connection) {
             calls.remove(&request);
@@ -580,7 +580,7 @@ impl EnvInner {
     }
 
     /// Takes the cancel flag of ask `request` on `connection`, if its call is still live.
-    fn take_cancel(&self, connection: u64, request: RequestId) -> Option<Arc<CancelFlag>> {
+    fn take_cancel(&self, connection: ConnectionId, request: RequestId) -> Option<Arc<CancelFlag>> {
         let flag = lock(&self.cancels)
             .get_mut(&connection)
             .and_then(|calls| calls.remove(&request));

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use tracing::{debug, info};
 
-use super::{ConnectionAddrs, RpcHandler, TransportClient, TransportConfig};
+use super::addrs::ConnectionAddrs;
+use super::client::TransportClient;
+use super::config::TransportConfig;
+use super::driver;
+use super::handler::RpcHandler;
 use crate::runtime::{sleep_for, Runtime};
 use crate::security::{secure_client, SecurityError};
 use crate::sync::{lock, Arc, Mutex};
@@ -51,7 +55,23 @@ pub enum ConnectError {
 /// every caller. Cheap to clone.
 ///
 /// The connections it opens are full duplex: requests the peer sends on them go to the
-/// factory's handler.
+/// factory's handler. A pure client, which serves nothing, gives it a [`NoopRpcHandler`]:
+///
+/// ```no_run
+/// # async fn demo(rt: std::sync::Arc<dyn rpc_driver::Runtime>) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+///
+/// use rpc_driver::transport::{NoopRpcHandler, TransportClientFactory, TransportConfig};
+///
+/// let factory =
+///     TransportClientFactory::new(rt, Arc::new(NoopRpcHandler), TransportConfig::default());
+/// let client = factory.create_client("127.0.0.1:7077".parse()?).await?;
+/// let reply = client.send_rpc("ping".into(), None).await?;
+/// # let _ = reply;
+/// # Ok(()) }
+/// ```
+///
+/// [`NoopRpcHandler`]: super::handler::NoopRpcHandler
 #[derive(Clone)]
 pub struct TransportClientFactory {
     inner: Arc<FactoryInner>,
@@ -152,6 +172,28 @@ impl TransportClientFactory {
         Ok(client)
     }
 
+    /// A new connection to `addr` that is not pooled (Spark's `createUnmanagedClient`):
+    /// never taken from the pool nor put in it, so no other caller shares it and
+    /// [`close`](Self::close) does not reach it. It is opened as pooled ones are (the connect
+    /// timeout, the factory's [`Security`](crate::security::Security) and handler), but
+    /// without the fast-fail window: an earlier failure to `addr` is not repeated.
+    ///
+    /// The connection closes when the returned [`UnmanagedClient`] is dropped or
+    /// [closed](TransportClient::close), whatever clones of its [`TransportClient`] remain.
+    /// Fails with [`ConnectError::Closed`] once the factory is closed.
+    pub async fn create_unmanaged_client(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<UnmanagedClient, ConnectError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(ConnectError::Closed);
+        }
+        let client = self.connect(addr).await.inspect_err(|error| {
+            info!(%addr, %error, "connect failed");
+        })?;
+        Ok(UnmanagedClient { client })
+    }
+
     async fn connect(&self, addr: SocketAddr) -> Result<TransportClient, ConnectError> {
         let inner = &self.inner;
         let after = inner.config.connect_timeout;
@@ -182,7 +224,7 @@ impl TransportClientFactory {
             addr,
         ))
         .await?;
-        Ok(TransportClient::open(
+        Ok(driver::open(
             inner.rt.clone(),
             secured.stream,
             ConnectionAddrs { local, peer: addr },
@@ -210,5 +252,35 @@ impl fmt::Debug for TransportClientFactory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransportClientFactory")
             .finish_non_exhaustive()
+    }
+}
+
+/// A connection of its own from [`TransportClientFactory::create_unmanaged_client`], outside
+/// the factory's pool: closed when this is dropped. Derefs to its [`TransportClient`].
+#[must_use = "the connection closes when this is dropped"]
+#[derive(Debug)]
+pub struct UnmanagedClient {
+    client: TransportClient,
+}
+
+impl UnmanagedClient {
+    /// The handle on the connection. A clone of it does not keep the connection open: the
+    /// connection closes when this `UnmanagedClient` is dropped.
+    pub fn client(&self) -> &TransportClient {
+        &self.client
+    }
+}
+
+impl std::ops::Deref for UnmanagedClient {
+    type Target = TransportClient;
+
+    fn deref(&self) -> &TransportClient {
+        &self.client
+    }
+}
+
+impl Drop for UnmanagedClient {
+    fn drop(&mut self) {
+        self.client.close();
     }
 }

@@ -32,11 +32,14 @@ use bytes::Bytes;
 use rpc_proto::ConnectionError;
 use tracing::{debug, Instrument};
 
-use super::conn::Registry;
-use super::{
-    ConnectionAddrs, MergedBlockMetaReqHandler, RpcHandler, RpcResponder, StreamManager,
-    TransportClient, TransportConfig, UploadSink,
-};
+use super::addrs::ConnectionAddrs;
+use super::client::TransportClient;
+use super::config::TransportConfig;
+use super::driver;
+use super::handler::{MergedBlockMetaReqHandler, RpcHandler, UploadSink};
+use super::registry::Registry;
+use super::responder::RpcResponder;
+use super::stream::StreamManager;
 use crate::log_limit::limited;
 use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer, Runtime};
 use crate::security::secure_server;
@@ -364,7 +367,7 @@ fn open_accepted(
     config: &TransportConfig,
     client_id: Option<StdArc<str>>,
 ) {
-    TransportClient::open(
+    driver::open(
         rt.clone(),
         stream,
         addrs,

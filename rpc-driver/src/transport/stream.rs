@@ -9,7 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rpc_proto::StreamChunkId;
 
-use super::{ManagedBuffer, TransportClient};
+use super::buffer::ManagedBuffer;
+use super::client::TransportClient;
+use super::id::ConnectionId;
 use crate::sync::{lock, Mutex};
 
 /// Spark's text for a stream that does not exist, `Stream '<id>' was not found.`, as Spark's
@@ -27,7 +29,7 @@ pub(crate) fn chunk_stream_closed(stream_id: u64) -> String {
 }
 
 /// Where a transport server finds the chunks and streams peers ask for (Spark's
-/// `StreamManager`); returned by [`RpcHandler::stream_manager`](super::RpcHandler).
+/// `StreamManager`); returned by [`RpcHandler::stream_manager`](super::handler::RpcHandler).
 ///
 /// Called on the connection's driver task: implementations must not block. Errors are
 /// sent to the peer as `ChunkFetchFailure` / `StreamFailure` with the given message; Spark
@@ -119,7 +121,7 @@ struct State {
     streams: HashMap<u64, Registered>,
     /// The streams registered for each connection, by connection id: a connection's close
     /// and its count of streams touch only its own.
-    by_owner: HashMap<u64, HashSet<u64>>,
+    by_owner: HashMap<ConnectionId, HashSet<u64>>,
 }
 
 enum StreamIds {
@@ -140,7 +142,7 @@ struct Registered {
     app_id: String,
     chunks: Chunks,
     next_chunk: u32,
-    owner: Option<u64>,
+    owner: Option<ConnectionId>,
 }
 
 impl Default for OneForOneStreamManager {

@@ -958,14 +958,10 @@ fn messages_waiting_for_an_unreachable_env_count_as_queued_then_fail() {
 #[test]
 fn an_undecodable_envelope_fails_the_call_and_a_bad_one_way_is_counted() {
     block_on(async {
-        struct Nothing;
-        impl rpc::RpcHandler for Nothing {
-            fn receive(&self, _: &rpc::TransportClient, _: bytes::Bytes, _: rpc::RpcResponder) {}
-        }
         let server = server_env("server");
         let factory = rpc::TransportClientFactory::new(
             rpc::runtime(),
-            Arc::new(Nothing),
+            Arc::new(rpc::NoopRpcHandler),
             transport_config(),
         );
         let port = server.address().unwrap().port;

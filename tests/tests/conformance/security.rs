@@ -263,6 +263,37 @@ fn a_wrong_secret_is_a_typed_error_and_nothing_is_served() {
 }
 
 #[test]
+fn an_unmanaged_client_authenticates_with_the_factorys_security() {
+    block_on(async {
+        let served = Served::new(10);
+        let server = bind(served.clone(), Security::secret(SECRET));
+        let client = within(
+            "a connection",
+            factory(Security::secret(SECRET)).create_unmanaged_client(server.local_addr()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(client.client_id(), Some(SPARK_RPC_APP_ID));
+        let reply = within("the reply", client.send_rpc("hello".into(), None))
+            .await
+            .unwrap();
+        assert_eq!(reply, "hello");
+        assert_eq!(served.count(), 1);
+
+        let wrong = factory(Security::secret("not-the-secret"));
+        let error = within("the refusal", wrong.create_unmanaged_client(server.local_addr()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ConnectError::Security(SecurityError::AuthenticationFailed { .. })),
+            "{error:?}"
+        );
+        eventually("the failure counted", || server.stats().auth_failures == 1).await;
+        assert_eq!(served.count(), 1);
+    })
+}
+
+#[test]
 fn a_client_without_security_is_refused_and_served_nothing() {
     block_on(async {
         let served = Served::new(10);

@@ -261,7 +261,7 @@ fn concurrent_create_client_calls_share_one_pooled_connection() {
         for task in tasks {
             clients.push(within("every caller", task).await);
         }
-        let ids: HashSet<u64> = clients.iter().map(TransportClient::id).collect();
+        let ids: HashSet<_> = clients.iter().map(TransportClient::id).collect();
         assert_eq!(ids.len(), 1, "every caller got the same connection");
         assert!(clients[0].is_active());
         // Callers that lost the race closed their own connections.
@@ -308,7 +308,7 @@ fn connections_per_peer_opens_that_many_connections_used_round_robin() {
         for _ in 0..9 {
             clients.push(connect(&factory, addr).await);
         }
-        let ids: HashSet<u64> = clients.iter().map(TransportClient::id).collect();
+        let ids: HashSet<_> = clients.iter().map(TransportClient::id).collect();
         assert_eq!(ids.len(), 3, "three distinct connections");
         for i in 3..9 {
             assert_eq!(clients[i], clients[i - 3], "call {i} is round robin");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rpc::rpc_proto::{ConnectionError, RpcError};
 use rpc::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
-    TransportServer,
+    ConnectError, NoopRpcHandler, RpcHandler, RpcResponder, TransportClient,
+    TransportClientFactory, TransportServer,
 };
 
 use super::util::*;
@@ -177,6 +177,88 @@ fn the_factory_pools_one_connection_per_peer() {
             handler.opened.load(Ordering::SeqCst) == 2
         })
         .await;
+    })
+}
+
+#[test]
+fn unmanaged_client_is_not_pooled() {
+    block_on(async {
+        let (server, _, factory, _) = setup().await;
+        let addr = server.local_addr();
+        let pooled = within("a connection", factory.create_client(addr))
+            .await
+            .unwrap();
+        let unmanaged = within("a connection", factory.create_unmanaged_client(addr))
+            .await
+            .unwrap();
+        assert_ne!(*unmanaged, pooled, "not taken from the pool");
+        assert_ne!(unmanaged.id(), pooled.id());
+        // Opened with the factory's settings (its security among them): the server serves it.
+        let reply = within("the reply", unmanaged.send_rpc("hello".into(), None))
+            .await
+            .unwrap();
+        assert_eq!(reply, "hello");
+        assert_eq!(unmanaged.client_id(), pooled.client_id());
+        let again = within("a connection", factory.create_client(addr))
+            .await
+            .unwrap();
+        assert_eq!(again, pooled, "not put in the pool");
+        let other = within("a connection", factory.create_unmanaged_client(addr))
+            .await
+            .unwrap();
+        assert_ne!(*other, *unmanaged, "each is a connection of its own");
+        eventually("three connections", || server.connections().len() == 3).await;
+
+        // Closing the factory closes its pool only.
+        let handle = unmanaged.client().clone();
+        factory.close();
+        eventually("the pool closed", || !pooled.is_active()).await;
+        assert!(handle.is_active() && other.is_active());
+        // Dropping it closes it, whatever clones of its handle remain.
+        drop(unmanaged);
+        eventually("the drop to close it", || !handle.is_active()).await;
+        assert_eq!(handle.close_reason(), Some(ConnectionError::LocallyClosed));
+        other.close();
+        eventually("the explicit close", || !other.is_active()).await;
+        eventually("the server to see every close", || {
+            server.connections().is_empty()
+        })
+        .await;
+        let refused = factory.create_unmanaged_client(addr).await.unwrap_err();
+        assert_eq!(refused, ConnectError::Closed);
+    })
+}
+
+#[test]
+fn a_noop_handler_fails_the_peers_rpcs_at_once() {
+    block_on(async {
+        let server = TransportServer::bind(
+            rt(),
+            localhost(),
+            Arc::new(Echo::default()),
+            transport_config(),
+        )
+        .unwrap();
+        let factory =
+            TransportClientFactory::new(rt(), Arc::new(NoopRpcHandler), transport_config());
+        let client = within("a connection", factory.create_client(server.local_addr()))
+            .await
+            .unwrap();
+        client.send("hello".into()).unwrap();
+        eventually("the server to see the connection", || {
+            server.connections().len() == 1
+        })
+        .await;
+        let back = server.connections().pop().unwrap();
+        let error = within("the refusal", back.send_rpc("anyone there?".into(), None))
+            .await
+            .unwrap_err();
+        assert_eq!(error, RpcError::Remote(NoopRpcHandler::REFUSAL.into()));
+        assert!(client.is_active(), "the connection stays usable");
+        let reply = within("the reply", client.send_rpc("hello".into(), None))
+            .await
+            .unwrap();
+        assert_eq!(reply, "hello");
     })
 }
 

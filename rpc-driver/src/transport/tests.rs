@@ -1,12 +1,25 @@
 //! Unit tests of the connection's shared state and the futures waiting on it, without a
 //! driver task or a socket.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::task::Wake;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
 
-use super::*;
-use crate::runtime::{AsyncListener, BoxFuture};
+use bytes::Bytes;
+use rpc_proto::{CallError, Config, Connection};
+
+use super::addrs::ConnectionAddrs;
+use super::client::TransportClient;
+use super::feeder::feed_body;
+use super::id::ConnectionId;
+use super::state::{ConnInner, ConnState, BODY_HIGH_WATER};
+use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
+use crate::sync::{lock, Arc, Mutex};
 
 /// A runtime that must not be used: the tests poll by hand.
 #[derive(Debug)]
@@ -48,7 +61,7 @@ fn conn_inner(config: Config) -> Arc<ConnInner> {
             local: addr,
             peer: addr,
         },
-        id: 0,
+        id: ConnectionId::next(),
         client_id: None,
         state: Mutex::new(ConnState::new(Connection::new(config, Instant::now()))),
     })

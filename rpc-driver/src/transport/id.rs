@@ -1,0 +1,33 @@
+//! The connection id: [`ConnectionId`], a number naming one connection, unique in the
+//! process.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A number naming one connection in logs and stats, unique in the process:
+/// [`TransportClient::id`](super::client::TransportClient::id). Displayed as the bare number.
+///
+/// Ids are handed out in the order connections open, from 1; two handles on one connection
+/// have the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(u64);
+
+impl ConnectionId {
+    /// A fresh id, never handed out before in this process.
+    pub(super) fn next() -> Self {
+        Self(NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
