@@ -10,6 +10,8 @@
 //! holds only pure state: addresses ([`RpcEndpointAddress`]), our versioned [`Envelope`],
 //! the ordering rules of an endpoint's [`Inbox`] and the queue and connect policy of an
 //! [`Outbox`]; endpoints, dispatch and connection pooling live in the layers above.
+//! What our peers put inside Spark's frames beyond the envelope (failure kinds, the lookup,
+//! message identities, the block messages) is specified in [`wire`], with golden vectors.
 //!
 //! For security it holds Spark's AES authentication handshake ([`auth`]): the messages, both
 //! key schedules and the client and server roles, taking the secret and randomness as inputs
@@ -90,6 +92,7 @@ mod inbox;
 mod outbox;
 pub mod sasl;
 mod serde_probe;
+pub mod wire;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};
 pub use auth::{AuthClient, AuthError, AuthServer, AuthVersion, TransportKeys};
@@ -114,4 +117,7 @@ pub use outbox::{
     OutboxFailure, OutboxState, DEFAULT_BACKOFF_JITTER, DEFAULT_INITIAL_BACKOFF,
     DEFAULT_MAX_BACKOFF, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_OUTBOX_MAX_BYTES,
     DEFAULT_OUTBOX_MAX_MESSAGES,
+};
+pub use wire::{
+    BlockMessage, LookupReply, OpenBlocks, RemoteFailure, StreamHandle, TooManyStreams,
 };

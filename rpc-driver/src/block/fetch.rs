@@ -234,7 +234,7 @@ impl Stream for BlockFetch {
                 State::Opening { client, call } => match Pin::new(call).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(RpcError::Remote(message)))
-                        if message.starts_with(super::server::TOO_MANY_STREAMS) =>
+                        if rpc_proto::TooManyStreams::matches(&message) =>
                     {
                         this.fail_all(BlockFetchError::TooManyStreams(message))
                     }

@@ -73,10 +73,6 @@ pub struct BlockServer {
     max_streams_per_connection: usize,
 }
 
-/// The start of the failure text of an `OpenBlocks` refused because its connection has as
-/// many streams open as it may.
-pub(crate) const TOO_MANY_STREAMS: &str = "too many open streams on this connection";
-
 impl BlockServer {
     /// A server of `source`'s blocks. Stream ids are random (Spark starts at a random number
     /// and counts up, which lets a peer guess other connections' ids).
@@ -113,10 +109,13 @@ impl BlockServer {
         let open = self.streams.registered_for(client);
         if open >= self.max_streams_per_connection {
             debug!(%app_id, %exec_id, open, "refusing to open another stream of blocks");
-            let _ = responder.fail(&format!(
-                "{TOO_MANY_STREAMS}: {open} (the limit is {})",
-                self.max_streams_per_connection
-            ));
+            let _ = responder.fail(
+                &rpc_proto::TooManyStreams {
+                    open,
+                    limit: self.max_streams_per_connection,
+                }
+                .to_string(),
+            );
             return;
         }
         let source = self.source.clone();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_proto::{AddressError, ConnectionError, RpcEndpointAddress};
+use rpc_proto::{AddressError, ConnectionError, RemoteFailure, RpcEndpointAddress};
 
 use crate::security::SecurityError;
 use crate::transport::ConnectError;
@@ -150,37 +150,24 @@ impl From<ConnectError> for RpcError {
     }
 }
 
-/// Prefixes of failure strings our own peers send for system errors, so the caller can give
-/// back a typed error. A Spark peer's failures carry none and arrive as [`RpcError::Remote`].
-pub(crate) const NOT_FOUND: &str = "[rpc:endpoint-not-found] ";
-pub(crate) const TYPE_MISMATCH: &str = "[rpc:type-mismatch] ";
-pub(crate) const STOPPED: &str = "[rpc:endpoint-stopped] ";
-pub(crate) const BAD_MESSAGE: &str = "[rpc:bad-message] ";
-pub(crate) const BUSY: &str = "[rpc:endpoint-busy] ";
-
-/// Turns a failure string from the peer back into a typed error.
+/// Turns a failure string from the peer back into a typed error (see
+/// [`RemoteFailure`] for the kinds). A Spark peer's failures carry no kind and arrive as
+/// [`RpcError::Remote`].
 pub(crate) fn from_remote(message: &str, endpoint: &str) -> RpcError {
-    if message.strip_prefix(NOT_FOUND).is_some() {
-        RpcError::EndpointNotFound(endpoint.to_owned())
-    } else if let Some(rest) = message.strip_prefix(TYPE_MISMATCH) {
-        // Peers before issue 11 also sent the endpoint's types after " | ".
-        let (expected, found) = rest.split_once(" | ").unwrap_or((rest, ""));
-        RpcError::TypeMismatch {
+    match RemoteFailure::parse(message) {
+        RemoteFailure::EndpointNotFound(_) => RpcError::EndpointNotFound(endpoint.to_owned()),
+        RemoteFailure::TypeMismatch { expected, found } => RpcError::TypeMismatch {
             endpoint: endpoint.to_owned(),
-            expected: expected.to_owned(),
-            found: (!found.is_empty()).then(|| found.to_owned()),
-        }
-    } else if let Some(reason) = message.strip_prefix(BUSY) {
-        RpcError::EndpointBusy {
+            expected,
+            found,
+        },
+        RemoteFailure::EndpointBusy(reason) => RpcError::EndpointBusy {
             endpoint: endpoint.to_owned(),
             reason: reason.into(),
-        }
-    } else if message.strip_prefix(STOPPED).is_some() {
-        RpcError::EndpointStopped(endpoint.to_owned())
-    } else if let Some(rest) = message.strip_prefix(BAD_MESSAGE) {
-        RpcError::Serialization(rest.into())
-    } else {
-        RpcError::Remote(message.into())
+        },
+        RemoteFailure::EndpointStopped(_) => RpcError::EndpointStopped(endpoint.to_owned()),
+        RemoteFailure::BadMessage(reason) => RpcError::Serialization(reason.into()),
+        _ => RpcError::Remote(message.into()),
     }
 }
 
@@ -192,18 +179,18 @@ mod tests {
     fn failure_strings_of_our_peers_become_typed_errors() {
         let ep = "rpc://x@h:1";
         assert_eq!(
-            from_remote(&format!("{NOT_FOUND}x"), ep),
+            from_remote("[rpc:endpoint-not-found] x", ep),
             RpcError::EndpointNotFound(ep.into())
         );
         assert_eq!(
-            from_remote(&format!("{TYPE_MISMATCH}A -> B | C -> D"), ep),
+            from_remote("[rpc:type-mismatch] A -> B | C -> D", ep),
             RpcError::TypeMismatch {
                 endpoint: ep.into(),
                 expected: "A -> B".into(),
                 found: Some("C -> D".into())
             }
         );
-        let mismatch = from_remote(&format!("{TYPE_MISMATCH}A -> B"), ep);
+        let mismatch = from_remote("[rpc:type-mismatch] A -> B", ep);
         assert_eq!(
             mismatch,
             RpcError::TypeMismatch {
@@ -217,21 +204,18 @@ mod tests {
             "endpoint rpc://x@h:1 does not take A -> B"
         );
         assert_eq!(
-            from_remote(&format!("{BUSY}its inbox is full"), ep),
+            from_remote("[rpc:endpoint-busy] its inbox is full", ep),
             RpcError::EndpointBusy {
                 endpoint: ep.into(),
                 reason: "its inbox is full".into()
             }
         );
         assert_eq!(
-            from_remote(&format!("{STOPPED}x"), ep),
+            from_remote("[rpc:endpoint-stopped] x", ep),
             RpcError::EndpointStopped(ep.into())
         );
         assert_eq!(
-            from_remote(
-                &format!("{BAD_MESSAGE}undecodable envelope: empty body"),
-                ep
-            ),
+            from_remote("[rpc:bad-message] undecodable envelope: empty body", ep),
             RpcError::Serialization("undecodable envelope: empty body".into())
         );
         // A Spark peer's failure (a Java stack trace) has no prefix.

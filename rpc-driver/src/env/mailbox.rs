@@ -223,10 +223,12 @@ where
                 let call =
                     reply.map(|r| RpcCallContext::<R>::new(r, sender, deadline, cancel, name, env));
                 if let Some(call) = call {
-                    call.send_failure(format!(
-                        "{}the message could not be decoded: {e}",
-                        super::error::BAD_MESSAGE
-                    ));
+                    call.send_failure(
+                        rpc_proto::RemoteFailure::BadMessage(format!(
+                            "the message could not be decoded: {e}"
+                        ))
+                        .to_string(),
+                    );
                 }
                 Work::Undecodable(e)
             }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rpc_proto::wire::{write_array, write_generic, write_tuple};
 use rpc_proto::{RpcAddress, RpcEndpointAddress};
 
 use super::reference::RpcEndpointRef;
@@ -85,13 +86,10 @@ pub trait RpcMessage {
     }
 }
 
-/// The identity an endpoint taking `M` and answering `R` is known by, carried in envelopes.
+/// The identity an endpoint taking `M` and answering `R` is known by, carried in envelopes
+/// (its grammar: [`rpc_proto::wire`]).
 pub(crate) fn endpoint_identity<M: RpcMessage, R: RpcMessage>() -> String {
-    let mut out = String::new();
-    M::write_identity(&mut out);
-    out.push_str(" -> ");
-    R::write_identity(&mut out);
-    out
+    rpc_proto::wire::endpoint_identity(M::write_identity, R::write_identity)
 }
 
 /// Plain types, named as Rust writes them.
@@ -115,23 +113,6 @@ named! {
     Duration => "Duration",
     RpcAddress => "RpcAddress",
     RpcEndpointAddress => "RpcEndpointAddress",
-}
-
-fn write_list(out: &mut String, parts: &[fn(&mut String)]) {
-    for (i, write) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        write(out);
-    }
-}
-
-/// A generic type's identity: `NAME<P1, P2, ..>`.
-fn write_generic(out: &mut String, name: &str, parameters: &[fn(&mut String)]) {
-    out.push_str(name);
-    out.push('<');
-    write_list(out, parameters);
-    out.push('>');
 }
 
 impl<T: RpcMessage> RpcMessage for Vec<T> {
@@ -209,11 +190,7 @@ impl<M: RpcMessage, R: RpcMessage> RpcMessage for RpcEndpointRef<M, R> {
 impl<T: RpcMessage, const N: usize> RpcMessage for [T; N] {
     const NAME: &'static str = "[]";
     fn write_identity(out: &mut String) {
-        out.push('[');
-        T::write_identity(out);
-        out.push_str("; ");
-        out.push_str(&N.to_string());
-        out.push(']');
+        write_array(out, T::write_identity, N);
     }
 }
 
@@ -223,13 +200,7 @@ macro_rules! tuple {
         impl<$($p: RpcMessage),+> RpcMessage for ($($p,)+) {
             const NAME: &'static str = "()";
             fn write_identity(out: &mut String) {
-                let parts: &[fn(&mut String)] = &[$($p::write_identity),+];
-                out.push('(');
-                write_list(out, parts);
-                if parts.len() == 1 {
-                    out.push(',');
-                }
-                out.push(')');
+                write_tuple(out, &[$($p::write_identity),+]);
             }
         }
     };
@@ -369,5 +340,24 @@ mod tests {
             std::any::type_name::<after::moved::Heartbeat>()
         );
         assert_ne!(moved, std::any::type_name::<after::moved::Heartbeat>());
+    }
+
+    /// The derive writes identities itself; they follow rpc-proto's grammar like the rest.
+    #[test]
+    fn identities_follow_the_wire_grammar() {
+        use rpc_proto::wire::TypeIdentity;
+        for identity in [
+            Keyed::<'static, String, Batch<Hello>, 4>::identity(),
+            Batch::<(u32,)>::identity(),
+            Batch::<[Option<u8>; 3]>::identity(),
+            <(Hello, Register, ())>::identity(),
+        ] {
+            let parsed = TypeIdentity::parse(&identity).unwrap();
+            assert_eq!(parsed.to_string(), identity);
+        }
+        let endpoint = endpoint_identity::<Batch<Register>, Result<(), String>>();
+        let (message, reply) = TypeIdentity::parse_endpoint(&endpoint).unwrap();
+        assert_eq!(message.to_string(), Batch::<Register>::identity());
+        assert_eq!(reply.to_string(), "Result<(), String>");
     }
 }

@@ -122,11 +122,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_proto::{
-    encode_payload, ConnectionError, Envelope, EnvelopeKind, EnvelopeView, InboxError, Outbox,
-    OutboxConfig, RequestId, RpcAddress, RpcEndpointAddress,
+    ConnectionError, Envelope, EnvelopeKind, EnvelopeView, InboxError, Outbox, OutboxConfig,
+    RemoteFailure, RequestId, RpcAddress, RpcEndpointAddress,
 };
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use self::call::CancelFlag;
@@ -148,8 +148,7 @@ use crate::wait_list::{WaitKey, WaitList};
 /// alive.
 const DETACH_MAX: usize = 64 * 1024;
 
-/// The name of every env's built-in lookup endpoint (Spark's `RpcEndpointVerifier`).
-pub const VERIFIER_NAME: &str = "endpoint-verifier";
+pub use rpc_proto::wire::VERIFIER_NAME;
 
 /// Settings of an [`RpcEnv`].
 #[derive(Debug, Clone)]
@@ -365,12 +364,7 @@ impl Counters {
 }
 
 /// The answer of a lookup.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Verified {
-    Found,
-    NotFound,
-    TypeMismatch(String),
-}
+pub(crate) use rpc_proto::LookupReply as Verified;
 
 pub(crate) enum Route {
     Local(Arc<Mailbox>),
@@ -637,14 +631,18 @@ impl EnvInner {
         let Some(mailbox) = lock(&self.endpoints).get(envelope.receiver).cloned() else {
             return fail(
                 responder,
-                format!("{}{}", error::NOT_FOUND, envelope.receiver),
+                RemoteFailure::EndpointNotFound(envelope.receiver.to_owned()).to_string(),
             );
         };
         if mailbox.identity != envelope.message_type {
             // The endpoint's own types are not told to other envs.
             return fail(
                 responder,
-                format!("{}{}", error::TYPE_MISMATCH, envelope.message_type),
+                RemoteFailure::TypeMismatch {
+                    expected: envelope.message_type.to_owned(),
+                    found: None,
+                }
+                .to_string(),
             );
         }
         // An ask takes a permit of the env's budget first (O(1)); beyond it, refused.
@@ -655,12 +653,14 @@ impl EnvInner {
                     Some(permit) => (Some(r), Some(permit)),
                     None => {
                         self.refused(client, envelope.receiver);
-                        let _ = r.fail(&format!(
-                            "{}the env is handling {} asks from other envs, its limit \
-                             (RpcEnvConfig::max_pending_asks)",
-                            error::BUSY,
-                            self.config.max_pending_asks
-                        ));
+                        let _ = r.fail(
+                            &RemoteFailure::EndpointBusy(format!(
+                                "the env is handling {} asks from other envs, its limit \
+                                 (RpcEnvConfig::max_pending_asks)",
+                                self.config.max_pending_asks
+                            ))
+                            .to_string(),
+                        );
                         return;
                     }
                 }
@@ -722,11 +722,13 @@ impl EnvInner {
                 true,
             ) => {
                 self.refused(client, envelope.receiver);
-                let _ = r.fail(&format!(
-                    "{}its inbox is full ({} messages)",
-                    error::BUSY,
-                    mailbox.capacity()
-                ));
+                let _ = r.fail(
+                    &RemoteFailure::EndpointBusy(format!(
+                        "its inbox is full ({} messages)",
+                        mailbox.capacity()
+                    ))
+                    .to_string(),
+                );
             }
             (
                 Posted::Message {
@@ -735,7 +737,9 @@ impl EnvInner {
                 },
                 false,
             ) => {
-                let _ = r.fail(&format!("{}{}", error::STOPPED, envelope.receiver));
+                let _ = r.fail(
+                    &RemoteFailure::EndpointStopped(envelope.receiver.to_owned()).to_string(),
+                );
             }
             (_, true) => self.dropped(client, envelope.receiver, "the endpoint's inbox is full"),
             (_, false) => {}
@@ -822,24 +826,17 @@ impl RpcHandler for EnvHandler {
         let (envelope, bound, payload) = match Self::open(&env, client, &message) {
             Ok(decoded) => decoded,
             Err(error) => {
-                let _ = responder.fail(&format!(
-                    "{}undecodable envelope: {error}",
-                    error::BAD_MESSAGE
-                ));
+                let _ = responder.fail(
+                    &RemoteFailure::BadMessage(format!("undecodable envelope: {error}"))
+                        .to_string(),
+                );
                 return;
             }
         };
         match envelope.kind {
             EnvelopeKind::Verify => {
                 let verified = env.verify(envelope.receiver, envelope.message_type, false);
-                match encode_payload(&verified) {
-                    Ok(bytes) => {
-                        let _ = responder.reply(bytes.into());
-                    }
-                    Err(e) => {
-                        let _ = responder.fail(&e.to_string());
-                    }
-                }
+                let _ = responder.reply(verified.encode());
             }
             EnvelopeKind::Ask => env.deliver(client, envelope, bound, payload, Some(responder)),
             other => {

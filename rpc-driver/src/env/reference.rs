@@ -343,10 +343,7 @@ where
             counted: false,
             _reply: PhantomData,
         };
-        let body = self
-            .shared
-            .prefix
-            .encode_raw(None, EnvelopeKind::Verify, &[]);
+        let body = rpc_proto::wire::lookup_request(&self.shared.prefix);
         ask.state = match env.route(&self.address, &self.client, None) {
             Ok(Route::Remote(outbox)) => {
                 match outbox.ask(body, &ask.endpoint, &self.shared.prefix, timeout) {
