@@ -1121,11 +1121,11 @@ impl Tracker {
                 assert!(got < count, "a complete upload aborted");
                 self.aborted = Some(error);
             }
-            Event::ReplyReceived { request, .. } => {
-                let call = [Call::Rpc(request), Call::Upload(request)]
-                    .into_iter()
-                    .find(|&c| self.is_pending(c))
-                    .unwrap_or(Call::Rpc(request));
+            Event::ReplyReceived { call, .. } => {
+                assert!(
+                    matches!(call, Call::Rpc(_) | Call::Upload(_)),
+                    "a reply to {call}"
+                );
                 self.resolve(call);
             }
             Event::ChunkReceived { chunk, .. } => self.resolve(Call::ChunkFetch(chunk)),

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::config::ConfigBuilder;
 use crate::error::DecodeError;
-use crate::frame::Frame;
+use crate::frame::{Decoded, Frame, MessageType};
 
 /// The base of each test's virtual timeline: the one clock read a test makes.
 #[allow(clippy::disallowed_methods)]
