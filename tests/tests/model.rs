@@ -519,9 +519,7 @@ impl Model {
                 Event::StreamOpened { stream, .. }
                 | Event::StreamData { stream, .. }
                 | Event::StreamFinished { stream } => vec![Call::Stream(*stream)],
-                Event::ReplyReceived { request, .. } => {
-                    vec![Call::Rpc(*request), Call::Upload(*request)]
-                }
+                Event::ReplyReceived { call, .. } => vec![*call],
                 Event::MergedBlockMetaReceived { request, .. } => {
                     vec![Call::MergedBlockMeta(*request)]
                 }
@@ -627,7 +625,7 @@ impl Model {
 /// Whether `event` is a terminal event of `call`.
 fn ends(event: &Event, call: Call) -> bool {
     match (event, call) {
-        (Event::ReplyReceived { request, .. }, Call::Rpc(id) | Call::Upload(id)) => *request == id,
+        (Event::ReplyReceived { call: c, .. }, _) => *c == call,
         (Event::MergedBlockMetaReceived { request, .. }, Call::MergedBlockMeta(id)) => {
             *request == id
         }
