@@ -524,10 +524,11 @@ impl Connection {
         timeout: Option<Duration>,
     ) -> Result<(), CallError> {
         self.check_open()?;
+        self.check_room()?;
         if self.outbound.has_chunk_fetch(chunk) {
             return Err(CallError::DuplicateChunkFetch(chunk));
         }
-        self.start(now, &Frame::ChunkFetchRequest { chunk })?;
+        self.queue(now, &Frame::ChunkFetchRequest { chunk })?;
         self.outbound.add_chunk_fetch(now, chunk, timeout);
         Ok(())
     }
@@ -700,8 +701,6 @@ impl Connection {
         request: RequestId,
         error: &str,
     ) -> Result<(), CallError> {
-        self.check_open()?;
-        self.owed.check_request(request)?;
         let error = fit_error(&self.config, error, FAILURE_HEAD_LEN);
         self.answer(now, request, &Frame::RpcFailure { request, error })
     }
@@ -739,8 +738,6 @@ impl Connection {
         chunk: StreamChunkId,
         error: &str,
     ) -> Result<(), CallError> {
-        self.check_open()?;
-        self.owed.check_chunk(chunk)?;
         let error = fit_error(&self.config, error, CHUNK_FAILURE_HEAD_LEN);
         self.answer_chunk(now, chunk, &Frame::ChunkFetchFailure { chunk, error })
     }

@@ -299,3 +299,71 @@ impl SendQueue {
         self.buffered = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &mut SendQueue) -> Vec<u8> {
+        std::iter::from_fn(|| q.pop())
+            .flat_map(|b| b.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn the_body_feeder_refuses_unknown_bodies_and_overruns() {
+        let mut q = SendQueue::default();
+        let body = BodyId(0);
+        assert_eq!(
+            q.feed(body, Piece::Data("x".into())),
+            Err(CallError::UnknownBody(body))
+        );
+        q.new_body(body, 4);
+        q.enqueue_body(body);
+        assert_eq!(
+            q.feed(body, Piece::External(5)),
+            Err(CallError::BodyOverrun {
+                body,
+                remaining: 4,
+                offered: 5
+            })
+        );
+        q.feed(body, Piece::Data("ab".into())).unwrap();
+        assert_eq!(
+            q.feed(body, Piece::Data("cde".into())),
+            Err(CallError::BodyOverrun {
+                body,
+                remaining: 2,
+                offered: 3
+            })
+        );
+        q.feed(body, Piece::External(2)).unwrap();
+        // Fed in full: more is refused, as for an unknown body.
+        assert_eq!(
+            q.feed(body, Piece::Data(Bytes::new())),
+            Err(CallError::UnknownBody(body))
+        );
+        assert_eq!(q.buffered_bytes(), 4);
+        assert_eq!(drain(&mut q), b"ab");
+        assert_eq!(q.external(), Some((body, 2)));
+        q.external_written(2);
+        assert_eq!(q.buffered_bytes(), 0);
+        assert_eq!(drain(&mut q), b"");
+        assert!(q.is_empty());
+        assert!(!q.has_body(body));
+    }
+
+    #[test]
+    fn a_body_fed_in_full_before_its_turn_waits_for_it() {
+        let mut q = SendQueue::default();
+        let body = BodyId(3);
+        q.new_body(body, 3);
+        q.feed(body, Piece::Data("abc".into())).unwrap();
+        assert!(q.has_body(body));
+        assert_eq!(q.ready_bytes(), 0);
+        q.enqueue_body(body);
+        assert_eq!(q.ready_bytes(), 3);
+        assert_eq!(drain(&mut q), b"abc");
+        assert!(!q.has_body(body));
+    }
+}
