@@ -84,6 +84,9 @@ pub enum LedgerError {
         /// The event.
         event: Box<Event>,
     },
+    /// A reply (`ReplyReceived`) named a call that is neither an RPC nor an upload.
+    #[error("a reply names {0}, which is neither an rpc nor an upload")]
+    WrongReplyKind(Call),
     /// A stream call opened twice.
     #[error("{stream} opened twice")]
     OpenedTwice {
@@ -248,8 +251,8 @@ impl CallLedger {
 
     /// Checks one event the connection reported, and says what it meant.
     ///
-    /// A `ReplyReceived` ends the pending RPC or upload with its request id (an RPC if
-    /// neither is pending, which is then an error).
+    /// A `ReplyReceived` ends the RPC or upload it names; naming any other kind of call is
+    /// an error.
     ///
     /// # Errors
     ///
@@ -270,13 +273,10 @@ impl CallLedger {
             | Event::UploadData { .. }
             | Event::UploadFinished { .. }
             | Event::UploadAborted { .. } => Observed::Unrelated,
-            Event::ReplyReceived { request, .. } => {
-                let call = [Call::Rpc(*request), Call::Upload(*request)]
-                    .into_iter()
-                    .find(|&c| self.is_pending(c))
-                    .unwrap_or(Call::Rpc(*request));
-                self.resolve(call, event)?
-            }
+            Event::ReplyReceived { call, .. } => match call {
+                Call::Rpc(_) | Call::Upload(_) => self.resolve(*call, event)?,
+                other => return Err(LedgerError::WrongReplyKind(*other)),
+            },
             Event::ChunkReceived { chunk, .. } => self.resolve(Call::ChunkFetch(*chunk), event)?,
             Event::MergedBlockMetaReceived { request, .. } => {
                 self.resolve(Call::MergedBlockMeta(*request), event)?
@@ -417,7 +417,7 @@ mod tests {
 
     fn reply(id: u64) -> Event {
         Event::ReplyReceived {
-            request: RequestId(id),
+            call: Call::Rpc(RequestId(id)),
             body: Bytes::from_static(b"ok"),
         }
     }

@@ -88,7 +88,7 @@ struct Link {
 /// reads end of file after the last bytes.
 ///
 /// ```
-/// use rpc_proto::{Config, Event};
+/// use rpc_proto::{Call, Config, Event};
 /// use rpc_tests::{echo_server, reply_to, Netem, Sim};
 ///
 /// let (mut sim, client, server) = Sim::pair(1, Config::default(), Config::default(), Netem::ideal());
@@ -97,7 +97,7 @@ struct Link {
 /// sim.run_until_quiet();
 /// assert_eq!(
 ///     sim.events(client),
-///     [Event::ReplyReceived { request: id, body: reply_to(b"ping") }]
+///     [Event::ReplyReceived { call: Call::Rpc(id), body: reply_to(b"ping") }]
 /// );
 /// ```
 pub struct Sim {

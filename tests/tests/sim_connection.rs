@@ -32,7 +32,7 @@ fn lan() -> Netem {
 /// Whether `event` ends `call`.
 fn ends(event: &Event, call: Call) -> bool {
     match (event, call) {
-        (Event::ReplyReceived { request, .. }, Call::Rpc(id) | Call::Upload(id)) => *request == id,
+        (Event::ReplyReceived { call: c, .. }, _) => *c == call,
         (Event::MergedBlockMetaReceived { request, .. }, Call::MergedBlockMeta(id)) => {
             *request == id
         }
@@ -116,7 +116,11 @@ fn rpc_round_trip_survives_random_byte_splitting() {
 
         let mut replies = 0;
         for event in sim.events(client) {
-            let Event::ReplyReceived { request, body } = event else {
+            let Event::ReplyReceived {
+                call: Call::Rpc(request),
+                body,
+            } = event
+            else {
                 panic!("seed {seed}: unexpected {event:?}");
             };
             assert_eq!(body, reply_to(&sent[&request]), "seed {seed}");
@@ -185,7 +189,11 @@ fn many_concurrent_rpcs_each_get_their_own_reply() {
     let events = sim.events(client);
     assert_eq!(events.len(), 200);
     for event in events {
-        let Event::ReplyReceived { request, body } = event else {
+        let Event::ReplyReceived {
+            call: Call::Rpc(request),
+            body,
+        } = event
+        else {
             panic!("unexpected {event:?}");
         };
         assert_eq!(body, reply_to(&sent.remove(&request).unwrap()));
@@ -914,7 +922,7 @@ fn upload_body_fed_in_pieces_arrives_in_order_and_the_reply_resolves_the_upload(
     assert_eq!(
         sim.events(client),
         [Event::ReplyReceived {
-            request: upload,
+            call: Call::Upload(upload),
             body: upload_reply(b"meta", &content),
         }]
     );
@@ -985,11 +993,11 @@ fn frames_queued_while_an_upload_body_is_incomplete_are_sent_after_it() {
         sim.events(client),
         [
             Event::ReplyReceived {
-                request: upload,
+                call: Call::Upload(upload),
                 body: upload_reply(b"m", &all)
             },
             Event::ReplyReceived {
-                request: rpc,
+                call: Call::Rpc(rpc),
                 body: reply_to(b"behind")
             },
         ]
@@ -1048,7 +1056,10 @@ fn both_ends_can_call_each_other_over_one_connection() {
             .events(side)
             .into_iter()
             .filter_map(|e| match e {
-                Event::ReplyReceived { request, body } => Some((request, body)),
+                Event::ReplyReceived {
+                    call: Call::Rpc(request),
+                    body,
+                } => Some((request, body)),
                 _ => None,
             })
             .collect();
@@ -1094,7 +1105,7 @@ fn a_crash_on_one_link_leaves_other_connections_untouched() {
     assert_eq!(
         sim.events(client_2),
         [Event::ReplyReceived {
-            request: kept,
+            call: Call::Rpc(kept),
             body: reply_to(b"two")
         }]
     );

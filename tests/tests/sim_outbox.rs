@@ -369,12 +369,12 @@ impl OutboxSim {
                 .sim
                 .events(*ours)
                 .into_iter()
-                .filter(|e| matches!(e, Event::ReplyReceived { request: r, .. } if r == request))
+                .filter(|e| matches!(e, Event::ReplyReceived { call: Call::Rpc(r), .. } if r == request))
                 .collect();
             assert_eq!(
                 replies,
                 [Event::ReplyReceived {
-                    request: *request,
+                    call: Call::Rpc(*request),
                     body: reply_to(&body)
                 }],
                 "ask {id}"

@@ -163,15 +163,7 @@ impl ConnState {
     pub(crate) fn process_events(&mut self, inbound: &mut Vec<Event>) {
         while let Some(event) = self.conn.poll_event() {
             match event {
-                Event::ReplyReceived { request, body } => {
-                    // An RPC's or an upload's: they share the request id space.
-                    let call = if self.calls.contains_key(&Call::Upload(request)) {
-                        Call::Upload(request)
-                    } else {
-                        Call::Rpc(request)
-                    };
-                    self.complete(call, Ok(body))
-                }
+                Event::ReplyReceived { call, body } => self.complete(call, Ok(body)),
                 Event::ChunkReceived { chunk, body } => {
                     self.complete(Call::ChunkFetch(chunk), Ok(body))
                 }

@@ -98,8 +98,9 @@ pub enum Event {
     /// The reply to an [`rpc`](crate::Connection::rpc) or
     /// [`upload_stream`](crate::Connection::upload_stream) call.
     ReplyReceived {
-        /// The call's request id.
-        request: RequestId,
+        /// The call it answers: [`Call::Rpc`] or [`Call::Upload`] (the two share the request
+        /// id space; the connection knows which one it sent).
+        call: Call,
         /// The reply body.
         body: Bytes,
     },

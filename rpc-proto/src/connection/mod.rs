@@ -1,27 +1,44 @@
 //! The connection state machine: one per TCP connection, the same on both ends.
+//!
+//! This file holds the [`Connection`] type and its public methods; the state they act on
+//! lives in submodules with one job each:
+//!
+//! - `outbound`: the calls this side made and waits on, with their deadlines (`timer`);
+//! - `owed`: the requests of the peer this side still owes an answer to;
+//! - `receive`: what the peer sent, routed to those tables and turned into events;
+//! - `send`: the ordered queue of bytes for the peer, out-of-frame bodies included;
+//! - `failure`: failure answers cut to fit the limits;
+//! - `event`: what the connection reports.
 
 mod event;
+mod failure;
+mod outbound;
+mod owed;
+mod receive;
 mod send;
 #[cfg(test)]
 mod tests;
+mod timer;
 
 pub use event::Event;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rustc_hash::FxHashMap;
 use tracing::debug;
 
 use crate::config::Config;
 use crate::error::{CallError, ConnectionError, RpcError};
-use crate::frame::{truncate_str, Decoded, Frame, FrameDecoder, MessageType};
+use crate::frame::{Frame, FrameDecoder};
 use crate::id::{BodyId, Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
-use send::SendQueue;
+use failure::{fit_error, stream_failure, CHUNK_FAILURE_HEAD_LEN, FAILURE_HEAD_LEN};
+use outbound::{Outbound, RequestKind};
+use owed::Owed;
+use send::{Piece, SendQueue};
 
 /// Counters of one connection, read with [`Connection::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,7 +130,7 @@ pub struct ConnectionStats {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use rpc_proto::{Config, Connection, Event};
+/// use rpc_proto::{Call, Config, Connection, Event};
 ///
 /// let now = Instant::now();
 /// let mut client = Connection::new(Config::default(), now);
@@ -131,7 +148,7 @@ pub struct ConnectionStats {
 /// }
 /// assert_eq!(
 ///     client.poll_event(),
-///     Some(Event::ReplyReceived { request: id, body: "pong".into() })
+///     Some(Event::ReplyReceived { call: Call::Rpc(id), body: "pong".into() })
 /// );
 /// ```
 ///
@@ -142,26 +159,14 @@ pub struct Connection {
     config: Config,
     decoder: FrameDecoder,
     recv: BytesMut,
-    next_request: u64,
-    next_stream_call: u64,
-    next_inbound_stream: u64,
     next_body: u64,
-    next_timer: u64,
 
-    // Keyed by ids this side chose (not the peer), so a fast non-keyed hash is safe here.
-    requests: FxHashMap<RequestId, Pending<RequestKind>>,
-    chunk_fetches: FxHashMap<StreamChunkId, Pending<()>>,
-    stream_calls: VecDeque<StreamSlot>,
+    /// Calls this side made and waits on.
+    outbound: Outbound,
+    /// Answers this side owes the peer.
+    owed: Owed,
+    /// Whose out-of-frame body is arriving, if any.
     receiving: Option<Receiving>,
-    timers: BTreeMap<TimerAt, TimerKey>,
-
-    owed_requests: HashSet<RequestId>,
-    owed_chunks: HashMap<StreamChunkId, u32>,
-    /// The sum of `owed_chunks`' counts.
-    owed_chunk_count: usize,
-    owed_streams: VecDeque<OwedStream>,
-    /// Bodies of stream answers given, while the send queue still holds them.
-    answer_bodies: Vec<BodyId>,
     /// When the first byte of the frame now arriving was received.
     frame_started: Option<Instant>,
     /// Whether `poll_transmit` handed out bytes since the last input: counted as traffic by
@@ -175,62 +180,15 @@ pub struct Connection {
     stats: ConnectionStats,
 }
 
-type TimerAt = (Instant, u64);
-
+/// Whose out-of-frame body is arriving.
 #[derive(Debug, Clone, Copy)]
-struct Timer {
-    after: Duration,
-    at: TimerAt,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TimerKey {
-    Request(RequestId),
-    Chunk(StreamChunkId),
-    Stream(StreamCallId),
-}
-
-struct Pending<K> {
-    kind: K,
-    timer: Option<Timer>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RequestKind {
-    Rpc,
-    Upload,
-    MergedBlockMeta,
-}
-
-impl RequestKind {
-    fn call(self, id: RequestId) -> Call {
-        match self {
-            RequestKind::Rpc => Call::Rpc(id),
-            RequestKind::Upload => Call::Upload(id),
-            RequestKind::MergedBlockMeta => Call::MergedBlockMeta(id),
-        }
-    }
-}
-
-struct StreamSlot {
-    id: StreamCallId,
-    /// `None` once the call timed out or was cancelled: the slot stays so that later replies
-    /// still line up, and its reply is discarded.
-    live: Option<Option<Timer>>,
-}
-
-/// The out-of-frame body currently arriving.
 enum Receiving {
-    /// A stream reply; `None` when its call is gone and the bytes are discarded.
-    Stream(Option<(StreamCallId, Option<Timer>)>),
+    /// A stream reply's; its call, if still live, is [`Outbound::stream_body`].
+    Stream,
+    /// An upload of the peer's.
     Upload(RequestId),
     /// The body of a request refused at once: discarded.
     Discard,
-}
-
-struct OwedStream {
-    id: InboundStreamId,
-    answer: Option<(Frame, Option<BodyId>)>,
 }
 
 impl Connection {
@@ -238,27 +196,16 @@ impl Connection {
     pub fn new(config: Config, now: Instant) -> Self {
         let mut rng = SmallRng::seed_from_u64(config.seed());
         // Spark's request ids are random non-negative longs; ours start at a random one.
-        let next_request = rng.random::<u64>() & i64::MAX as u64;
+        let first_request = rng.random::<u64>();
         Self {
             decoder: FrameDecoder::new(config.max_frame_size())
                 .with_string_limits(config.max_id_len(), config.max_error_len()),
             config,
             recv: BytesMut::new(),
-            next_request,
-            next_stream_call: 0,
-            next_inbound_stream: 0,
             next_body: 0,
-            next_timer: 0,
-            requests: FxHashMap::default(),
-            chunk_fetches: FxHashMap::default(),
-            stream_calls: VecDeque::new(),
+            outbound: Outbound::new(first_request),
+            owed: Owed::default(),
             receiving: None,
-            timers: BTreeMap::new(),
-            owed_requests: HashSet::new(),
-            owed_chunks: HashMap::new(),
-            owed_chunk_count: 0,
-            owed_streams: VecDeque::new(),
-            answer_bodies: Vec::new(),
             frame_started: None,
             transmitted: false,
             send: SendQueue::default(),
@@ -370,12 +317,9 @@ impl Connection {
         if std::mem::take(&mut self.transmitted) {
             self.last_activity = now;
         }
-        while let Some((&at, &key)) = self.timers.first_key_value() {
-            if at.0 > now {
-                break;
-            }
-            self.timers.remove(&at);
-            self.expire(key);
+        while let Some((call, after)) = self.outbound.pop_expired(now) {
+            debug!(%call, ?after, "call timed out");
+            self.fail(call, RpcError::TimedOut { after });
         }
         if let Some(deadline) = self.frame_deadline() {
             if now >= deadline {
@@ -441,7 +385,7 @@ impl Connection {
             return None;
         }
         [
-            self.timers.keys().next().map(|at| at.0),
+            self.outbound.next_deadline(),
             self.idle_deadline(),
             self.frame_deadline(),
         ]
@@ -499,18 +443,13 @@ impl Connection {
     /// Requests of the peer this side has not answered yet: RPCs, uploads, merged-block-meta
     /// requests and chunk fetches, limited by [`Config::max_pending_requests`].
     pub fn pending_requests(&self) -> usize {
-        self.owed_requests.len() + self.owed_chunk_count
+        self.owed.pending_requests()
     }
 
     /// Stream requests of the peer not answered yet, or answered with a body still in the
     /// send queue: limited by [`Config::max_pending_streams`].
     pub fn pending_streams(&self) -> usize {
-        self.owed_streams.len()
-            + self
-                .answer_bodies
-                .iter()
-                .filter(|&&b| self.send.has_body(b))
-                .count()
+        self.owed.pending_streams(|b| self.send.has_body(b))
     }
 
     /// Closes the connection because a budget the driver keeps was exceeded (bytes of partial
@@ -539,10 +478,7 @@ impl Connection {
     /// Calls of this side still waiting for the peer, as Spark counts them (RPCs, uploads,
     /// merged-block-meta requests, chunk fetches, stream requests, a stream being received).
     pub fn outstanding_calls(&self) -> usize {
-        self.requests.len()
-            + self.chunk_fetches.len()
-            + self.stream_calls.len()
-            + usize::from(matches!(self.receiving, Some(Receiving::Stream(_))))
+        self.outbound.len()
     }
 
     /// The connection's counters.
@@ -569,26 +505,14 @@ impl Connection {
         body: Bytes,
         timeout: Option<Duration>,
     ) -> Result<RequestId, CallError> {
-        self.check_open()?;
-        self.check_room()?;
-        let request = self.next_request_id();
-        self.queue(now, &Frame::RpcRequest { request, body })?;
-        let timer = self.arm(now, timeout, TimerKey::Request(request));
-        self.requests.insert(
-            request,
-            Pending {
-                kind: RequestKind::Rpc,
-                timer,
-            },
-        );
-        Ok(request)
+        self.start_request(now, RequestKind::Rpc, timeout, |request| {
+            Frame::RpcRequest { request, body }
+        })
     }
 
     /// Sends a one-way message.
     pub fn send_one_way(&mut self, now: Instant, body: Bytes) -> Result<(), CallError> {
-        self.check_open()?;
-        self.check_room()?;
-        self.queue(now, &Frame::OneWayMessage { body })
+        self.start(now, &Frame::OneWayMessage { body })
     }
 
     /// Asks for one chunk of a stream registered on the peer; it arrives as
@@ -601,13 +525,11 @@ impl Connection {
     ) -> Result<(), CallError> {
         self.check_open()?;
         self.check_room()?;
-        if self.chunk_fetches.contains_key(&chunk) {
+        if self.outbound.has_chunk_fetch(chunk) {
             return Err(CallError::DuplicateChunkFetch(chunk));
         }
         self.queue(now, &Frame::ChunkFetchRequest { chunk })?;
-        let timer = self.arm(now, timeout, TimerKey::Chunk(chunk));
-        self.chunk_fetches
-            .insert(chunk, Pending { kind: (), timer });
+        self.outbound.add_chunk_fetch(now, chunk, timeout);
         Ok(())
     }
 
@@ -621,22 +543,11 @@ impl Connection {
         stream_id: &str,
         timeout: Option<Duration>,
     ) -> Result<StreamCallId, CallError> {
-        self.check_open()?;
-        self.check_room()?;
-        let id = StreamCallId(self.next_stream_call);
-        self.queue(
-            now,
-            &Frame::StreamRequest {
-                stream_id: stream_id.to_owned(),
-            },
-        )?;
-        self.next_stream_call += 1;
-        let timer = self.arm(now, timeout, TimerKey::Stream(id));
-        self.stream_calls.push_back(StreamSlot {
-            id,
-            live: Some(timer),
-        });
-        Ok(id)
+        let frame = Frame::StreamRequest {
+            stream_id: stream_id.to_owned(),
+        };
+        self.start(now, &frame)?;
+        Ok(self.outbound.add_stream(now, timeout))
     }
 
     /// Starts an upload: `meta` in the frame, then `byte_count` body bytes fed with
@@ -655,25 +566,15 @@ impl Connection {
         self.check_open()?;
         self.check_room()?;
         check_byte_count(byte_count)?;
-        let request = self.next_request_id();
-        self.queue(
-            now,
-            &Frame::UploadStream {
+        let request = self.start_request(now, RequestKind::Upload, timeout, |request| {
+            Frame::UploadStream {
                 request,
                 meta,
                 byte_count,
-            },
-        )?;
+            }
+        })?;
         let body = self.start_body(byte_count);
         self.send.enqueue_body(body);
-        let timer = self.arm(now, timeout, TimerKey::Request(request));
-        self.requests.insert(
-            request,
-            Pending {
-                kind: RequestKind::Upload,
-                timer,
-            },
-        );
         Ok((request, body))
     }
 
@@ -688,26 +589,15 @@ impl Connection {
         reduce_id: i32,
         timeout: Option<Duration>,
     ) -> Result<RequestId, CallError> {
-        self.check_open()?;
-        self.check_room()?;
-        let request = self.next_request_id();
-        let frame = Frame::MergedBlockMetaRequest {
-            request,
-            app_id: app_id.to_owned(),
-            shuffle_id,
-            shuffle_merge_id,
-            reduce_id,
-        };
-        self.queue(now, &frame)?;
-        let timer = self.arm(now, timeout, TimerKey::Request(request));
-        self.requests.insert(
-            request,
-            Pending {
-                kind: RequestKind::MergedBlockMeta,
-                timer,
-            },
-        );
-        Ok(request)
+        self.start_request(now, RequestKind::MergedBlockMeta, timeout, |request| {
+            Frame::MergedBlockMetaRequest {
+                request,
+                app_id: app_id.to_owned(),
+                shuffle_id,
+                shuffle_merge_id,
+                reduce_id,
+            }
+        })
     }
 
     /// Feeds the next bytes of an out-of-frame body (an upload's, or a stream response's).
@@ -715,24 +605,7 @@ impl Connection {
     /// Bytes are sent in the order fed; the body ends when its announced byte count has been
     /// fed. Offering more than that is refused with [`CallError::BodyOverrun`].
     pub fn send_body(&mut self, now: Instant, body: BodyId, data: Bytes) -> Result<(), CallError> {
-        self.check_open()?;
-        let out = self
-            .send
-            .body_mut(body)
-            .ok_or(CallError::UnknownBody(body))?;
-        if out.unfed == 0 {
-            return Err(CallError::UnknownBody(body));
-        }
-        if data.len() as u64 > out.unfed {
-            return Err(CallError::BodyOverrun {
-                body,
-                remaining: out.unfed,
-                offered: data.len() as u64,
-            });
-        }
-        self.last_activity = now;
-        self.send.feed(body, data);
-        Ok(())
+        self.feed(now, body, Piece::Data(data))
     }
 
     /// Feeds the next `len` bytes of a body as bytes the driver writes to the socket itself
@@ -746,24 +619,7 @@ impl Connection {
         body: BodyId,
         len: u64,
     ) -> Result<(), CallError> {
-        self.check_open()?;
-        let out = self
-            .send
-            .body_mut(body)
-            .ok_or(CallError::UnknownBody(body))?;
-        if out.unfed == 0 {
-            return Err(CallError::UnknownBody(body));
-        }
-        if len > out.unfed {
-            return Err(CallError::BodyOverrun {
-                body,
-                remaining: out.unfed,
-                offered: len,
-            });
-        }
-        self.last_activity = now;
-        self.send.feed_external(body, len);
-        Ok(())
+        self.feed(now, body, Piece::External(len))
     }
 
     /// Body bytes the driver must write itself before anything else: `(body, len)`. See
@@ -810,26 +666,7 @@ impl Connection {
     /// (a late stream reply's bytes are read and discarded). Returns whether the call was
     /// pending.
     pub fn cancel(&mut self, call: Call) -> bool {
-        match call {
-            Call::Rpc(id) | Call::Upload(id) | Call::MergedBlockMeta(id) => {
-                match self.requests.get(&id) {
-                    Some(p) if p.kind.call(id) == call => {
-                        let p = self.requests.remove(&id).expect("just seen");
-                        self.disarm(p.timer);
-                        true
-                    }
-                    _ => false,
-                }
-            }
-            Call::ChunkFetch(chunk) => match self.chunk_fetches.remove(&chunk) {
-                Some(p) => {
-                    self.disarm(p.timer);
-                    true
-                }
-                None => false,
-            },
-            Call::Stream(id) => self.abandon_stream(id).is_some(),
-        }
+        self.outbound.cancel(call)
     }
 
     /// Closes the connection: every pending call fails with
@@ -854,10 +691,7 @@ impl Connection {
         request: RequestId,
         body: Bytes,
     ) -> Result<(), CallError> {
-        self.check_owed(request)?;
-        self.queue(now, &Frame::RpcResponse { request, body })?;
-        self.owed_requests.remove(&request);
-        Ok(())
+        self.answer(now, request, &Frame::RpcResponse { request, body })
     }
 
     /// Answers the peer's RPC, upload or merged-block-meta request with a failure.
@@ -867,11 +701,8 @@ impl Connection {
         request: RequestId,
         error: &str,
     ) -> Result<(), CallError> {
-        self.check_owed(request)?;
-        let error = self.fit_error(error, FAILURE_HEAD_LEN);
-        self.queue(now, &Frame::RpcFailure { request, error })?;
-        self.owed_requests.remove(&request);
-        Ok(())
+        let error = fit_error(&self.config, error, FAILURE_HEAD_LEN);
+        self.answer(now, request, &Frame::RpcFailure { request, error })
     }
 
     /// Answers the peer's merged-block-meta request.
@@ -882,17 +713,12 @@ impl Connection {
         chunk_count: i32,
         body: Bytes,
     ) -> Result<(), CallError> {
-        self.check_owed(request)?;
-        self.queue(
-            now,
-            &Frame::MergedBlockMetaSuccess {
-                request,
-                chunk_count,
-                body,
-            },
-        )?;
-        self.owed_requests.remove(&request);
-        Ok(())
+        let frame = Frame::MergedBlockMetaSuccess {
+            request,
+            chunk_count,
+            body,
+        };
+        self.answer(now, request, &frame)
     }
 
     /// Answers the peer's chunk fetch with the chunk.
@@ -902,10 +728,7 @@ impl Connection {
         chunk: StreamChunkId,
         body: Bytes,
     ) -> Result<(), CallError> {
-        self.check_owed_chunk(chunk)?;
-        self.queue(now, &Frame::ChunkFetchSuccess { chunk, body })?;
-        self.settle_chunk(chunk);
-        Ok(())
+        self.answer_chunk(now, chunk, &Frame::ChunkFetchSuccess { chunk, body })
     }
 
     /// Answers the peer's chunk fetch with a failure.
@@ -915,11 +738,8 @@ impl Connection {
         chunk: StreamChunkId,
         error: &str,
     ) -> Result<(), CallError> {
-        self.check_owed_chunk(chunk)?;
-        let error = self.fit_error(error, CHUNK_FAILURE_HEAD_LEN);
-        self.queue(now, &Frame::ChunkFetchFailure { chunk, error })?;
-        self.settle_chunk(chunk);
-        Ok(())
+        let error = fit_error(&self.config, error, CHUNK_FAILURE_HEAD_LEN);
+        self.answer_chunk(now, chunk, &Frame::ChunkFetchFailure { chunk, error })
     }
 
     /// Answers the peer's stream request: the stream has `byte_count` bytes, fed with
@@ -942,13 +762,13 @@ impl Connection {
             byte_count,
         };
         self.check_size(&frame)?;
-        let slot = self.owed_stream(request)?;
+        self.owed.check_stream(request)?;
         let body = self.start_body(byte_count);
-        if byte_count > 0 {
-            self.answer_bodies.retain(|&b| self.send.has_body(b));
-            self.answer_bodies.push(body);
-        }
-        self.owed_streams[slot].answer = Some((frame, (byte_count > 0).then_some(body)));
+        let send = &self.send;
+        self.owed
+            .answer_stream(request, frame, (byte_count > 0).then_some(body), |b| {
+                send.has_body(b)
+            })?;
         self.flush_stream_answers(now);
         Ok(body)
     }
@@ -966,53 +786,16 @@ impl Connection {
         error: &str,
     ) -> Result<(), CallError> {
         self.check_open()?;
-        let slot = self.owed_stream(request)?;
-        let frame = self.stream_failure(stream_id, error);
-        self.owed_streams[slot].answer = Some((frame, None));
+        self.owed.check_stream(request)?;
+        let frame = stream_failure(&self.config, stream_id, error);
+        let send = &self.send;
+        self.owed
+            .answer_stream(request, frame, None, |b| send.has_body(b))?;
         self.flush_stream_answers(now);
         Ok(())
     }
 
     // ---------------------------------------------------------------- internals
-
-    /// `error` cut to [`Config::max_error_len`] and to what fits a frame after a header of
-    /// `head` bytes (length field and type byte included).
-    fn fit_error(&self, error: &str, head: u64) -> String {
-        let room = self.config.max_frame_size().saturating_sub(head);
-        let max = room.min(u64::from(self.config.max_error_len()));
-        truncate_str(error, usize::try_from(max).unwrap_or(usize::MAX)).to_owned()
-    }
-
-    /// A `StreamFailure` that fits the limits: the id cut to [`Config::max_id_len`] and to
-    /// half a frame, the error to what is left.
-    fn stream_failure(&self, stream_id: &str, error: &str) -> Frame {
-        let half = self
-            .config
-            .max_frame_size()
-            .saturating_sub(STREAM_FAILURE_HEAD_LEN)
-            / 2;
-        let id_max = half.min(u64::from(self.config.max_id_len()));
-        let stream_id = truncate_str(stream_id, usize::try_from(id_max).unwrap_or(usize::MAX));
-        let error = self.fit_error(error, STREAM_FAILURE_HEAD_LEN + stream_id.len() as u64);
-        Frame::StreamFailure {
-            stream_id: stream_id.to_owned(),
-            error,
-        }
-    }
-
-    /// Refuses a request of the peer at once (too many pending): queued without an event.
-    fn refuse(&mut self, frame: Frame) {
-        self.stats.refused_requests += 1;
-        debug!(message_type = ?frame.message_type(), "refusing a request: too many pending");
-        self.send.push_frame(&frame);
-    }
-
-    fn too_many_requests(&self) -> String {
-        format!(
-            "too many requests pending on this connection (limit {})",
-            self.config.max_pending_requests()
-        )
-    }
 
     fn check_open(&self) -> Result<(), CallError> {
         match self.closed {
@@ -1049,58 +832,66 @@ impl Connection {
         Ok(())
     }
 
-    fn check_owed(&self, request: RequestId) -> Result<(), CallError> {
+    /// Sends the frame that starts an outbound call (or a one-way message): refused when the
+    /// connection has ended, the send buffer is full or the frame too large.
+    fn start(&mut self, now: Instant, frame: &Frame) -> Result<(), CallError> {
         self.check_open()?;
-        if !self.owed_requests.contains(&request) {
-            return Err(CallError::UnknownRequest(request));
-        }
+        self.check_room()?;
+        self.queue(now, frame)
+    }
+
+    /// Starts a call matched by request id: picks the id, sends the frame `frame` builds with
+    /// it and records the call, with its timer, in the outbound table.
+    fn start_request(
+        &mut self,
+        now: Instant,
+        kind: RequestKind,
+        timeout: Option<Duration>,
+        frame: impl FnOnce(RequestId) -> Frame,
+    ) -> Result<RequestId, CallError> {
+        self.check_open()?;
+        self.check_room()?;
+        let request = self.outbound.next_request_id();
+        self.queue(now, &frame(request))?;
+        self.outbound.add_request(now, request, kind, timeout);
+        Ok(request)
+    }
+
+    /// Feeds the next piece of an out-of-frame body, refusing an unknown or complete body and
+    /// more bytes than are left to feed.
+    fn feed(&mut self, now: Instant, body: BodyId, piece: Piece) -> Result<(), CallError> {
+        self.check_open()?;
+        self.send.feed(body, piece)?;
+        self.last_activity = now;
         Ok(())
     }
 
-    fn check_owed_chunk(&self, chunk: StreamChunkId) -> Result<(), CallError> {
+    /// Sends the answer to an owed request, then settles it.
+    fn answer(&mut self, now: Instant, request: RequestId, frame: &Frame) -> Result<(), CallError> {
         self.check_open()?;
-        if !self.owed_chunks.contains_key(&chunk) {
-            return Err(CallError::UnknownChunkFetch(chunk));
-        }
+        self.owed.check_request(request)?;
+        self.queue(now, frame)?;
+        self.owed.settle_request(request);
         Ok(())
     }
 
-    fn settle_chunk(&mut self, chunk: StreamChunkId) {
-        if let Some(n) = self.owed_chunks.get_mut(&chunk) {
-            *n -= 1;
-            self.owed_chunk_count -= 1;
-            if *n == 0 {
-                self.owed_chunks.remove(&chunk);
-            }
-        }
+    /// Sends the answer to an owed chunk fetch, then settles it.
+    fn answer_chunk(
+        &mut self,
+        now: Instant,
+        chunk: StreamChunkId,
+        frame: &Frame,
+    ) -> Result<(), CallError> {
+        self.check_open()?;
+        self.owed.check_chunk(chunk)?;
+        self.queue(now, frame)?;
+        self.owed.settle_chunk(chunk);
+        Ok(())
     }
 
-    /// The index of an unanswered inbound stream request.
-    fn owed_stream(&self, request: InboundStreamId) -> Result<usize, CallError> {
-        let front = self
-            .owed_streams
-            .front()
-            .ok_or(CallError::UnknownStreamRequest(request))?;
-        let index = request
-            .0
-            .checked_sub(front.id.0)
-            .and_then(|i| usize::try_from(i).ok())
-            .filter(|&i| i < self.owed_streams.len())
-            .ok_or(CallError::UnknownStreamRequest(request))?;
-        if self.owed_streams[index].answer.is_some() {
-            return Err(CallError::UnknownStreamRequest(request));
-        }
-        Ok(index)
-    }
-
+    /// Queues the stream answers whose turn has come.
     fn flush_stream_answers(&mut self, now: Instant) {
-        while self
-            .owed_streams
-            .front()
-            .is_some_and(|s| s.answer.is_some())
-        {
-            let owed = self.owed_streams.pop_front().expect("front exists");
-            let (frame, body) = owed.answer.expect("answer exists");
+        while let Some((frame, body)) = self.owed.pop_stream_answer() {
             self.send.push_frame(&frame);
             if let Some(body) = body {
                 self.send.enqueue_body(body);
@@ -1118,32 +909,6 @@ impl Connection {
         id
     }
 
-    fn next_request_id(&mut self) -> RequestId {
-        loop {
-            let id = RequestId(self.next_request);
-            self.next_request = (self.next_request + 1) & i64::MAX as u64;
-            if !self.requests.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
-    fn arm(&mut self, now: Instant, timeout: Option<Duration>, key: TimerKey) -> Option<Timer> {
-        let after = timeout?;
-        // A deadline past what `Instant` can hold never fires.
-        let deadline = now.checked_add(after)?;
-        let at = (deadline, self.next_timer);
-        self.next_timer += 1;
-        self.timers.insert(at, key);
-        Some(Timer { after, at })
-    }
-
-    fn disarm(&mut self, timer: Option<Timer>) {
-        if let Some(timer) = timer {
-            self.timers.remove(&timer.at);
-        }
-    }
-
     /// The idle policy's deadline: with calls of this side outstanding (Spark's rule), while
     /// an out-of-frame body arrives, or, with [`Config::close_idle_connections`], when
     /// nothing is outstanding on either side (this side owes the peer no answer).
@@ -1151,10 +916,7 @@ impl Connection {
         let timeout = self.config.idle_timeout()?;
         let applies = self.outstanding_calls() > 0
             || self.decoder.body_remaining() > 0
-            || (self.config.close_idle_connections()
-                && self.owed_requests.is_empty()
-                && self.owed_chunks.is_empty()
-                && self.owed_streams.is_empty());
+            || (self.config.close_idle_connections() && self.owed.is_empty());
         if !applies {
             return None;
         }
@@ -1167,338 +929,6 @@ impl Connection {
             .checked_add(self.config.frame_timeout()?)
     }
 
-    fn expire(&mut self, key: TimerKey) {
-        let (call, after) = match key {
-            TimerKey::Request(id) => {
-                let Some(p) = self.requests.remove(&id) else {
-                    return;
-                };
-                (p.kind.call(id), p.timer.map(|t| t.after))
-            }
-            TimerKey::Chunk(chunk) => {
-                let Some(p) = self.chunk_fetches.remove(&chunk) else {
-                    return;
-                };
-                (Call::ChunkFetch(chunk), p.timer.map(|t| t.after))
-            }
-            TimerKey::Stream(id) => {
-                let Some(timer) = self.abandon_stream(id) else {
-                    return;
-                };
-                (Call::Stream(id), timer.map(|t| t.after))
-            }
-        };
-        let after = after.unwrap_or_default();
-        debug!(%call, ?after, "call timed out");
-        self.events.push_back(Event::CallFailed {
-            call,
-            error: RpcError::TimedOut { after },
-        });
-    }
-
-    /// Marks a live stream call as gone, keeping its place in the reply order. Returns its
-    /// timer (already disarmed) if it was live.
-    fn abandon_stream(&mut self, id: StreamCallId) -> Option<Option<Timer>> {
-        let timer = if let Some(Receiving::Stream(call)) = &mut self.receiving {
-            match call {
-                Some((live, _)) if *live == id => call.take().map(|(_, t)| t),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        let timer = match timer {
-            Some(t) => Some(t),
-            None => self
-                .stream_calls
-                .iter_mut()
-                .find(|s| s.id == id)
-                .and_then(|s| s.live.take()),
-        };
-        if let Some(t) = timer {
-            self.disarm(t);
-        }
-        timer
-    }
-
-    fn on_decoded(&mut self, item: Decoded) {
-        match item {
-            Decoded::Frame(frame) => {
-                self.stats.frames_received += 1;
-                self.on_frame(frame);
-            }
-            Decoded::Body { data, remaining } => self.on_body(data, remaining),
-        }
-    }
-
-    fn on_body(&mut self, data: Bytes, remaining: u64) {
-        match &self.receiving {
-            Some(Receiving::Stream(Some((stream, timer)))) => {
-                let (stream, timer) = (*stream, *timer);
-                if !data.is_empty() {
-                    self.events.push_back(Event::StreamData { stream, data });
-                }
-                if remaining == 0 {
-                    self.disarm(timer);
-                    self.receiving = None;
-                    self.events.push_back(Event::StreamFinished { stream });
-                }
-            }
-            Some(Receiving::Upload(request)) => {
-                let request = *request;
-                if !data.is_empty() {
-                    self.events.push_back(Event::UploadData { request, data });
-                }
-                if remaining == 0 {
-                    self.receiving = None;
-                    self.events.push_back(Event::UploadFinished { request });
-                }
-            }
-            Some(Receiving::Stream(None) | Receiving::Discard) | None => {
-                // The bytes of a stream nobody waits for any more, or of a refused upload:
-                // discarded.
-                if remaining == 0 {
-                    self.receiving = None;
-                }
-            }
-        }
-    }
-
-    fn on_frame(&mut self, frame: Frame) {
-        let ty = frame.message_type();
-        match frame {
-            Frame::RpcRequest { request, .. } | Frame::MergedBlockMetaRequest { request, .. }
-                if self.pending_requests() >= self.config.max_pending_requests() =>
-            {
-                let error = self.too_many_requests();
-                self.refuse(Frame::RpcFailure { request, error });
-            }
-            Frame::UploadStream {
-                request,
-                byte_count,
-                ..
-            } if self.pending_requests() >= self.config.max_pending_requests() => {
-                let error = self.too_many_requests();
-                self.refuse(Frame::RpcFailure { request, error });
-                if byte_count > 0 {
-                    self.receiving = Some(Receiving::Discard);
-                }
-            }
-            Frame::ChunkFetchRequest { chunk }
-                if self.pending_requests() >= self.config.max_pending_requests() =>
-            {
-                let error = self.too_many_requests();
-                self.refuse(Frame::ChunkFetchFailure { chunk, error });
-            }
-            Frame::StreamRequest { .. }
-                if self.owed_streams.len() >= 2 * self.config.max_pending_streams() =>
-            {
-                // Refusals wait in line behind an answer that does not come: the peer keeps
-                // asking regardless, and holding its refusals would grow without bound.
-                let limit = 2 * self.config.max_pending_streams() as u64;
-                self.recv = BytesMut::new();
-                self.send.clear();
-                self.fail_all(ConnectionError::OverBudget {
-                    budget: "stream requests waiting for an answer",
-                    used: limit + 1,
-                    limit,
-                });
-            }
-            Frame::StreamRequest { stream_id }
-                if self.pending_streams() >= self.config.max_pending_streams() =>
-            {
-                // Answered in its place in the order, like any stream answer.
-                let request = InboundStreamId(self.next_inbound_stream);
-                self.next_inbound_stream += 1;
-                let error = format!(
-                    "too many streams pending on this connection (limit {})",
-                    self.config.max_pending_streams()
-                );
-                let frame = self.stream_failure(&stream_id, &error);
-                self.stats.refused_requests += 1;
-                debug!("refusing a stream request: too many pending");
-                self.owed_streams.push_back(OwedStream {
-                    id: request,
-                    answer: Some((frame, None)),
-                });
-                self.flush_stream_answers(self.last_activity);
-            }
-            Frame::RpcRequest { request, body } => {
-                self.owed_requests.insert(request);
-                self.events.push_back(Event::RpcReceived { request, body });
-            }
-            Frame::OneWayMessage { body } => {
-                self.events.push_back(Event::OneWayReceived { body });
-            }
-            Frame::ChunkFetchRequest { chunk } => {
-                *self.owed_chunks.entry(chunk).or_default() += 1;
-                self.owed_chunk_count += 1;
-                self.events.push_back(Event::ChunkFetchReceived { chunk });
-            }
-            Frame::StreamRequest { stream_id } => {
-                let request = InboundStreamId(self.next_inbound_stream);
-                self.next_inbound_stream += 1;
-                self.owed_streams.push_back(OwedStream {
-                    id: request,
-                    answer: None,
-                });
-                self.events
-                    .push_back(Event::StreamRequested { request, stream_id });
-            }
-            Frame::UploadStream {
-                request,
-                meta,
-                byte_count,
-            } => {
-                self.owed_requests.insert(request);
-                self.events.push_back(Event::UploadReceived {
-                    request,
-                    meta,
-                    byte_count,
-                });
-                if byte_count > 0 {
-                    self.receiving = Some(Receiving::Upload(request));
-                } else {
-                    self.events.push_back(Event::UploadFinished { request });
-                }
-            }
-            Frame::MergedBlockMetaRequest {
-                request,
-                app_id,
-                shuffle_id,
-                shuffle_merge_id,
-                reduce_id,
-            } => {
-                self.owed_requests.insert(request);
-                self.events.push_back(Event::MergedBlockMetaRequested {
-                    request,
-                    app_id,
-                    shuffle_id,
-                    shuffle_merge_id,
-                    reduce_id,
-                });
-            }
-            Frame::RpcResponse { request, body } => match self.take_request(request, ty) {
-                Some(RequestKind::Rpc | RequestKind::Upload) => {
-                    self.events
-                        .push_back(Event::ReplyReceived { request, body });
-                }
-                Some(kind) => {
-                    self.unexpected(kind.call(request), "a merged block meta request", ty)
-                }
-                None => {}
-            },
-            Frame::MergedBlockMetaSuccess {
-                request,
-                chunk_count,
-                body,
-            } => match self.take_request(request, ty) {
-                Some(RequestKind::MergedBlockMeta) => {
-                    self.events.push_back(Event::MergedBlockMetaReceived {
-                        request,
-                        chunk_count,
-                        body,
-                    });
-                }
-                Some(kind) => self.unexpected(kind.call(request), "an rpc or upload", ty),
-                None => {}
-            },
-            Frame::RpcFailure { request, error } => {
-                if let Some(kind) = self.take_request(request, ty) {
-                    self.fail(kind.call(request), RpcError::Remote(Arc::from(error)));
-                }
-            }
-            Frame::ChunkFetchSuccess { chunk, body } => {
-                if self.take_chunk(chunk, ty) {
-                    self.events.push_back(Event::ChunkReceived { chunk, body });
-                }
-            }
-            Frame::ChunkFetchFailure { chunk, error } => {
-                if self.take_chunk(chunk, ty) {
-                    self.fail(Call::ChunkFetch(chunk), RpcError::Remote(Arc::from(error)));
-                }
-            }
-            Frame::StreamResponse {
-                stream_id,
-                byte_count,
-            } => {
-                let live = self.take_stream(&stream_id, ty);
-                if let Some((stream, _)) = live {
-                    self.events
-                        .push_back(Event::StreamOpened { stream, byte_count });
-                }
-                if byte_count > 0 {
-                    self.receiving = Some(Receiving::Stream(live));
-                } else if let Some((stream, timer)) = live {
-                    self.disarm(timer);
-                    self.events.push_back(Event::StreamFinished { stream });
-                }
-            }
-            Frame::StreamFailure { stream_id, error } => {
-                if let Some((stream, timer)) = self.take_stream(&stream_id, ty) {
-                    self.disarm(timer);
-                    self.fail(Call::Stream(stream), RpcError::Remote(Arc::from(error)));
-                }
-            }
-        }
-    }
-
-    fn take_request(&mut self, request: RequestId, ty: MessageType) -> Option<RequestKind> {
-        match self.requests.remove(&request) {
-            Some(p) => {
-                self.disarm(p.timer);
-                Some(p.kind)
-            }
-            None => {
-                self.unmatched(ty, &request);
-                None
-            }
-        }
-    }
-
-    fn take_chunk(&mut self, chunk: StreamChunkId, ty: MessageType) -> bool {
-        match self.chunk_fetches.remove(&chunk) {
-            Some(p) => {
-                self.disarm(p.timer);
-                true
-            }
-            None => {
-                self.unmatched(ty, &chunk);
-                false
-            }
-        }
-    }
-
-    /// The stream call a stream reply answers (the oldest), if it is still live.
-    fn take_stream(
-        &mut self,
-        stream_id: &str,
-        ty: MessageType,
-    ) -> Option<(StreamCallId, Option<Timer>)> {
-        let Some(slot) = self.stream_calls.pop_front() else {
-            self.unmatched(ty, &stream_id);
-            return None;
-        };
-        match slot.live {
-            Some(timer) => Some((slot.id, timer)),
-            None => {
-                self.stats.unmatched_replies += 1;
-                None
-            }
-        }
-    }
-
-    fn unmatched(&mut self, ty: MessageType, id: &dyn std::fmt::Debug) {
-        self.stats.unmatched_replies += 1;
-        // A peer can send these on purpose, as many as it likes: counted, logged at debug
-        // level only, so they cannot flood the log.
-        debug!(message_type = ?ty, id = ?id, "dropping a reply that matches no outstanding call");
-    }
-
-    fn unexpected(&mut self, call: Call, expected: &'static str, got: MessageType) {
-        self.fail(call, RpcError::UnexpectedReply { expected, got });
-    }
-
     fn fail(&mut self, call: Call, error: RpcError) {
         self.events.push_back(Event::CallFailed { call, error });
     }
@@ -1509,49 +939,30 @@ impl Connection {
         self.closed = Some(error.clone());
         let lost = RpcError::Disconnected(error.clone());
 
-        let mut requests: Vec<_> = self.requests.drain().collect();
-        requests.sort_by_key(|(id, _)| *id);
-        for (id, p) in requests {
-            self.fail(p.kind.call(id), lost.clone());
+        let calls = self.outbound.drain();
+        // Requests and chunk fetches fail first, then an upload arriving is aborted, then the
+        // streams fail, in reply order.
+        let streams_from = calls
+            .iter()
+            .position(|c| matches!(c, Call::Stream(_)))
+            .unwrap_or(calls.len());
+        let (calls, streams) = calls.split_at(streams_from);
+        for &call in calls {
+            self.fail(call, lost.clone());
         }
-        let mut chunks: Vec<_> = self.chunk_fetches.drain().map(|(c, _)| c).collect();
-        chunks.sort();
-        for chunk in chunks {
-            self.fail(Call::ChunkFetch(chunk), lost.clone());
+        if let Some(Receiving::Upload(request)) = self.receiving.take() {
+            self.events.push_back(Event::UploadAborted {
+                request,
+                error: error.clone(),
+            });
         }
-        match self.receiving.take() {
-            Some(Receiving::Stream(Some((stream, _)))) => {
-                self.fail(Call::Stream(stream), lost.clone())
-            }
-            Some(Receiving::Upload(request)) => {
-                self.events.push_back(Event::UploadAborted {
-                    request,
-                    error: error.clone(),
-                });
-            }
-            Some(Receiving::Stream(None) | Receiving::Discard) | None => {}
+        for &call in streams {
+            self.fail(call, lost.clone());
         }
-        for slot in std::mem::take(&mut self.stream_calls) {
-            if slot.live.is_some() {
-                self.fail(Call::Stream(slot.id), lost.clone());
-            }
-        }
-        self.timers.clear();
-        self.owed_requests.clear();
-        self.owed_chunks.clear();
-        self.owed_chunk_count = 0;
-        self.owed_streams.clear();
+        self.owed.clear();
         self.events.push_back(Event::Closed { error });
     }
 }
-
-/// Header bytes of an `RpcFailure` before its error text: length, type, request id, string
-/// length.
-const FAILURE_HEAD_LEN: u64 = 9 + 8 + 4;
-/// Header bytes of a `ChunkFetchFailure` before its error text.
-const CHUNK_FAILURE_HEAD_LEN: u64 = 9 + 12 + 4;
-/// Header bytes of a `StreamFailure` besides its two strings.
-const STREAM_FAILURE_HEAD_LEN: u64 = 9 + 4 + 4;
 
 fn check_byte_count(byte_count: u64) -> Result<(), CallError> {
     if byte_count > i64::MAX as u64 {

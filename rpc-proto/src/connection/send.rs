@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::error::CallError;
 use crate::frame::Frame;
 use crate::id::BodyId;
 
@@ -25,7 +26,7 @@ enum Item {
 
 /// A piece of an out-of-frame body.
 #[derive(Debug)]
-enum Piece {
+pub(crate) enum Piece {
     /// Bytes to hand out with `poll_transmit`.
     Data(Bytes),
     /// This many bytes the driver writes itself (from a file, zero-copy).
@@ -33,6 +34,14 @@ enum Piece {
 }
 
 impl Piece {
+    /// Bytes of the body it stands for.
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Data(b) => b.len() as u64,
+            Piece::External(n) => *n,
+        }
+    }
+
     /// Bytes held in memory.
     fn held(&self) -> u64 {
         match self {
@@ -52,9 +61,9 @@ impl Piece {
 
 /// An out-of-frame body being fed by the caller.
 #[derive(Debug)]
-pub(crate) struct OutBody {
+struct OutBody {
     /// Bytes the caller has still to feed.
-    pub(crate) unfed: u64,
+    unfed: u64,
     pieces: VecDeque<Piece>,
     /// Whether its place in the send queue has been taken (stream responses wait for earlier
     /// answers).
@@ -130,38 +139,31 @@ impl SendQueue {
         self.bodies.contains_key(&id)
     }
 
-    pub(crate) fn body_mut(&mut self, id: BodyId) -> Option<&mut OutBody> {
-        self.bodies.get_mut(&id)
-    }
-
-    /// Adds a piece to a body; the caller has checked it fits.
-    pub(crate) fn feed(&mut self, id: BodyId, data: Bytes) {
-        let body = self
-            .bodies
-            .get_mut(&id)
-            .expect("caller checked the body exists");
-        body.unfed -= data.len() as u64;
-        self.buffered += data.len() as u64;
-        if !data.is_empty() {
-            body.pieces.push_back(Piece::Data(data));
+    /// Adds the next piece of a body: refused if the body is unknown or fed in full
+    /// already, or if the piece is longer than what is left to feed.
+    pub(crate) fn feed(&mut self, id: BodyId, piece: Piece) -> Result<(), CallError> {
+        let body = match self.bodies.get_mut(&id) {
+            Some(body) if body.unfed > 0 => body,
+            _ => return Err(CallError::UnknownBody(id)),
+        };
+        let len = piece.len();
+        if len > body.unfed {
+            return Err(CallError::BodyOverrun {
+                body: id,
+                remaining: body.unfed,
+                offered: len,
+            });
+        }
+        body.unfed -= len;
+        self.buffered += len;
+        if len > 0 {
+            body.pieces.push_back(piece);
         }
         if body.unfed == 0 && body.pieces.is_empty() && !body.queued {
             // Complete before it was queued and nothing to send: it is done.
             self.bodies.remove(&id);
         }
-    }
-
-    /// Adds `len` bytes the driver will write itself; the caller has checked they fit.
-    pub(crate) fn feed_external(&mut self, id: BodyId, len: u64) {
-        let body = self
-            .bodies
-            .get_mut(&id)
-            .expect("caller checked the body exists");
-        body.unfed -= len;
-        self.buffered += len;
-        if len > 0 {
-            body.pieces.push_back(Piece::External(len));
-        }
+        Ok(())
     }
 
     /// The body bytes the driver must write itself next, if the wire is at them.
@@ -295,5 +297,73 @@ impl SendQueue {
         self.items.clear();
         self.bodies.clear();
         self.buffered = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &mut SendQueue) -> Vec<u8> {
+        std::iter::from_fn(|| q.pop())
+            .flat_map(|b| b.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn the_body_feeder_refuses_unknown_bodies_and_overruns() {
+        let mut q = SendQueue::default();
+        let body = BodyId(0);
+        assert_eq!(
+            q.feed(body, Piece::Data("x".into())),
+            Err(CallError::UnknownBody(body))
+        );
+        q.new_body(body, 4);
+        q.enqueue_body(body);
+        assert_eq!(
+            q.feed(body, Piece::External(5)),
+            Err(CallError::BodyOverrun {
+                body,
+                remaining: 4,
+                offered: 5
+            })
+        );
+        q.feed(body, Piece::Data("ab".into())).unwrap();
+        assert_eq!(
+            q.feed(body, Piece::Data("cde".into())),
+            Err(CallError::BodyOverrun {
+                body,
+                remaining: 2,
+                offered: 3
+            })
+        );
+        q.feed(body, Piece::External(2)).unwrap();
+        // Fed in full: more is refused, as for an unknown body.
+        assert_eq!(
+            q.feed(body, Piece::Data(Bytes::new())),
+            Err(CallError::UnknownBody(body))
+        );
+        assert_eq!(q.buffered_bytes(), 4);
+        assert_eq!(drain(&mut q), b"ab");
+        assert_eq!(q.external(), Some((body, 2)));
+        q.external_written(2);
+        assert_eq!(q.buffered_bytes(), 0);
+        assert_eq!(drain(&mut q), b"");
+        assert!(q.is_empty());
+        assert!(!q.has_body(body));
+    }
+
+    #[test]
+    fn a_body_fed_in_full_before_its_turn_waits_for_it() {
+        let mut q = SendQueue::default();
+        let body = BodyId(3);
+        q.new_body(body, 3);
+        q.feed(body, Piece::Data("abc".into())).unwrap();
+        assert!(q.has_body(body));
+        assert_eq!(q.ready_bytes(), 0);
+        q.enqueue_body(body);
+        assert_eq!(q.ready_bytes(), 3);
+        assert_eq!(drain(&mut q), b"abc");
+        assert!(!q.has_body(body));
     }
 }

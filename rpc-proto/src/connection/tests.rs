@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::config::ConfigBuilder;
 use crate::error::DecodeError;
-use crate::frame::Frame;
+use crate::frame::{Decoded, Frame, MessageType};
 
 /// The base of each test's virtual timeline: the one clock read a test makes.
 #[allow(clippy::disallowed_methods)]
@@ -542,6 +542,42 @@ fn aborting_a_body_keeps_what_was_queued_before_it() {
         matches!(&got[2], Event::UploadAborted { request, error: ConnectionError::PeerClosedMidBody { remaining: 10 } } if *request == up),
         "{:?}",
         got[2]
+    );
+}
+
+#[test]
+fn closing_fails_requests_and_fetches_then_aborts_the_arriving_upload_then_fails_streams() {
+    let (now, mut a, mut b) = pair();
+    // b's calls, of every kind, wait on a; a's upload to b is half sent.
+    let rpc = b.rpc(now, "r".into(), None).unwrap();
+    let chunk = StreamChunkId::new(4, 0);
+    b.fetch_chunk(now, chunk, None).unwrap();
+    let stream = b.stream(now, "s", None).unwrap();
+    pump(now, &mut b, &mut a);
+    let (up, body) = a.upload_stream(now, "m".into(), 10, None).unwrap();
+    a.send_body(now, body, "12345".into()).unwrap();
+    pump(now, &mut a, &mut b);
+    let _ = events(&mut b);
+    b.handle_closed(now);
+    let lost = ConnectionError::PeerClosedMidBody { remaining: 5 };
+    let failed = |call| Event::CallFailed {
+        call,
+        error: RpcError::Disconnected(lost.clone()),
+    };
+    assert_eq!(
+        events(&mut b),
+        [
+            failed(Call::Rpc(rpc)),
+            failed(Call::ChunkFetch(chunk)),
+            Event::UploadAborted {
+                request: up,
+                error: lost.clone()
+            },
+            failed(Call::Stream(stream)),
+            Event::Closed {
+                error: lost.clone()
+            },
+        ]
     );
 }
 
