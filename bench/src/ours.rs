@@ -105,12 +105,13 @@ pub(crate) async fn server(rt: Arc<dyn Runtime>, opts: ServerOpts) -> Result<(),
     // what the endpoint has not caught up with).
     let mut config =
         RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port).with_inbox_capacity(2_000_000);
-    let mut transport = TransportConfig::default();
+    let mut transport = TransportConfig::builder();
     if security.is_enabled() {
         config = config.with_security(security.clone());
         transport = transport.with_security(security);
     }
-    let env = RpcEnv::create(rt.clone(), config)?;
+    let transport = transport.build()?;
+    let env = RpcEnv::create(rt.clone(), config.build()?)?;
     env.setup_endpoint("bench", Bench { count: 0 })?;
     let data = Arc::new(Data {
         block: block(opts.block),
@@ -132,7 +133,7 @@ async fn connect(
     if security.is_enabled() {
         config = config.with_security(security);
     }
-    let env = RpcEnv::create(rt.clone(), config)?;
+    let env = RpcEnv::create(rt.clone(), config.build()?)?;
     let address = rpc_tokio::RpcAddress::new("127.0.0.1", opts.port);
     let bench = env
         .setup_endpoint_ref::<Msg, Bytes>(address, "bench")
@@ -279,10 +280,11 @@ pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(),
 
 async fn data_client(rt: &Arc<dyn Runtime>, opts: &ClientOpts) -> Result<TransportClient, Error> {
     let security = opts.crypto.security(false)?;
-    let mut transport = TransportConfig::default();
+    let mut transport = TransportConfig::builder();
     if security.is_enabled() {
         transport = transport.with_security(security);
     }
+    let transport = transport.build()?;
     let factory = TransportClientFactory::new(
         rt.clone(),
         Arc::new(Data {

@@ -104,13 +104,15 @@ pub(crate) async fn server(
     inbox: Option<usize>,
     slow: bool,
 ) -> Result<(), Error> {
+    // Zero asks still take one: what the env's inbox did with a zero capacity before it
+    // was refused as an error.
     let mut config = RpcEnvConfig::server("pending-server", "127.0.0.1", port)
-        .with_inbox_capacity(asks)
+        .with_inbox_capacity(asks.max(1))
         .with_max_pending_asks(asks.max(1));
     if let Some(inbox) = inbox {
         config = config.with_inbox_capacity(inbox);
     } else if slow {
-        config.inbox_capacity = RpcEnvConfig::client("defaults").inbox_capacity;
+        config = config.with_inbox_capacity(rpc_tokio::rpc_driver::env::DEFAULT_INBOX_CAPACITY);
     }
     // The asks all arrive on one connection: let it hold that many unanswered (an env keeps
     // its idle accepted connections, as its default transport settings do).
@@ -118,8 +120,13 @@ pub(crate) async fn server(
         .with_close_idle_accepted(false)
         .with_max_pending_requests(asks.max(1))
         .build()?;
-    config.transport = config.transport.clone().with_connection(connection);
-    let env = RpcEnv::create(rt, config)?;
+    let transport = RpcEnvConfig::client("defaults")
+        .build()?
+        .transport()
+        .to_builder()
+        .with_connection(connection)
+        .build()?;
+    let env = RpcEnv::create(rt, config.with_transport(transport).build()?)?;
     if slow {
         env.setup_endpoint("slow", Slow)?;
         env.setup_endpoint("count", Counter)?;
@@ -198,7 +205,7 @@ pub(crate) fn flood(contender: &str, messages: usize, inbox: Option<usize>) -> R
     let slot = measured.clone();
     crate::on_runtime(contender, move |rt| async move {
         let rt = rt.ok_or("our contenders have a runtime")?;
-        let env = RpcEnv::create(rt.clone(), RpcEnvConfig::client("flood-client"))?;
+        let env = RpcEnv::create(rt.clone(), RpcEnvConfig::client("flood-client").build()?)?;
         let address: rpc_tokio::RpcAddress = format!("127.0.0.1:{port}").parse()?;
         let slow = env
             .setup_endpoint_ref::<Park, u32>(address.clone(), "slow")
@@ -289,7 +296,8 @@ async fn client(
         rt,
         RpcEnvConfig::client("pending-client")
             .with_ask_timeout(timeout)
-            .with_lookup_timeout(timeout),
+            .with_lookup_timeout(timeout)
+            .build()?,
     )?;
     let address = format!("127.0.0.1:{port}").parse()?;
     let park = env.setup_endpoint_ref::<Park, u32>(address, "park").await?;

@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The server: an env listening on a free port, with the endpoint registered.
     let server = RpcEnv::create(
         rpc_async_std::runtime(),
-        RpcEnvConfig::server("hello-server", "127.0.0.1", 0),
+        RpcEnvConfig::server("hello-server", "127.0.0.1", 0).build()?,
     )?;
     server.setup_endpoint("hello-service", HelloEndpoint)?;
     let address = server
@@ -68,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // takes our types) and asks it.
     let client = RpcEnv::create(
         rpc_async_std::runtime(),
-        RpcEnvConfig::client("hello-client"),
+        RpcEnvConfig::client("hello-client").build()?,
     )?;
     let hello = client
         .setup_endpoint_ref::<Hello, String>(address, "hello-service")

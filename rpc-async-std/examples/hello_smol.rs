@@ -31,10 +31,13 @@ impl RpcEndpoint for Greeter {
 
 /// A server env and a client env, one ask between them: no executor named anywhere.
 async fn hello(rt: Arc<dyn Runtime>) -> Result<String, Box<dyn std::error::Error>> {
-    let server = RpcEnv::create(rt.clone(), RpcEnvConfig::server("server", "127.0.0.1", 0))?;
+    let server = RpcEnv::create(
+        rt.clone(),
+        RpcEnvConfig::server("server", "127.0.0.1", 0).build()?,
+    )?;
     server.setup_endpoint("greeter", Greeter)?;
     let address = server.address().expect("server env").clone();
-    let client = RpcEnv::create(rt, RpcEnvConfig::client("client"))?;
+    let client = RpcEnv::create(rt, RpcEnvConfig::client("client").build()?)?;
     let greeter = client
         .setup_endpoint_ref::<String, String>(address, "greeter")
         .await?;

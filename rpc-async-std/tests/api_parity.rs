@@ -38,11 +38,14 @@ const SHARED: &[&str] = &[
     "RpcEndpointRef",
     "RpcEnv",
     "RpcEnvConfig",
+    "RpcEnvConfigBuilder",
     "RpcError",
     "RpcMessage",
     "SetupError",
     // Addresses and outbox settings, from rpc-proto.
+    "ConfigError",
     "OutboxConfig",
+    "OutboxConfigBuilder",
     "RpcAddress",
     "RpcEndpointAddress",
     // Security.
@@ -76,6 +79,7 @@ const SHARED: &[&str] = &[
     "UnmanagedClient",
     "TransportClientFactory",
     "TransportConfig",
+    "TransportConfigBuilder",
     "TransportServer",
     "ServerStats",
     "DEFAULT_MAX_CONNECTIONS",
@@ -83,10 +87,12 @@ const SHARED: &[&str] = &[
     "fetch_blocks",
     "BlockFetch",
     "BlockFetchConfig",
+    "BlockFetchConfigBuilder",
     "BlockFetchError",
     "BlockFetchingListener",
     "BlockMessage",
     "BlockServer",
+    "BlockServerBuilder",
     "BlockSource",
     "OpenBlocks",
     "RetryingBlockFetcher",
@@ -174,6 +180,7 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     );
     same(Of::<t::RpcEnv>, Of::<a::RpcEnv>);
     same(Of::<t::RpcEnvConfig>, Of::<a::RpcEnvConfig>);
+    same(Of::<t::RpcEnvConfigBuilder>, Of::<a::RpcEnvConfigBuilder>);
     same(Of::<t::RpcError>, Of::<a::RpcError>);
     same(Of::<t::SetupError>, Of::<a::SetupError>);
     tokio_endpoint::<Nop>();
@@ -181,7 +188,9 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     assert_eq!(message::<Ping<u8>>(), ["Ping<u8>", "Ping<u8>"]);
     assert_eq!(message::<TokioPing<u8>>(), ["Ping<u8>", "Ping<u8>"]);
 
+    same(Of::<t::ConfigError>, Of::<a::ConfigError>);
     same(Of::<t::OutboxConfig>, Of::<a::OutboxConfig>);
+    same(Of::<t::OutboxConfigBuilder>, Of::<a::OutboxConfigBuilder>);
     same(Of::<t::RpcAddress>, Of::<a::RpcAddress>);
     same(Of::<t::RpcEndpointAddress>, Of::<a::RpcEndpointAddress>);
 
@@ -230,12 +239,20 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
         Of::<a::TransportClientFactory>,
     );
     same(Of::<t::TransportConfig>, Of::<a::TransportConfig>);
+    same(
+        Of::<t::TransportConfigBuilder>,
+        Of::<a::TransportConfigBuilder>,
+    );
     same(Of::<t::TransportServer>, Of::<a::TransportServer>);
     same(Of::<t::ServerStats>, Of::<a::ServerStats>);
     assert_eq!(t::DEFAULT_MAX_CONNECTIONS, a::DEFAULT_MAX_CONNECTIONS);
 
     same(Of::<t::BlockFetch>, Of::<a::BlockFetch>);
     same(Of::<t::BlockFetchConfig>, Of::<a::BlockFetchConfig>);
+    same(
+        Of::<t::BlockFetchConfigBuilder>,
+        Of::<a::BlockFetchConfigBuilder>,
+    );
     same(Of::<t::BlockFetchError>, Of::<a::BlockFetchError>);
     same(
         Of::<dyn t::BlockFetchingListener>,
@@ -243,6 +260,7 @@ fn every_shared_name_is_the_same_item_in_both_crates() {
     );
     same(Of::<t::BlockMessage>, Of::<a::BlockMessage>);
     same(Of::<t::BlockServer>, Of::<a::BlockServer>);
+    same(Of::<t::BlockServerBuilder>, Of::<a::BlockServerBuilder>);
     same(Of::<dyn t::BlockSource>, Of::<dyn a::BlockSource>);
     same(Of::<t::OpenBlocks>, Of::<a::OpenBlocks>);
     same(Of::<t::RetryingBlockFetcher>, Of::<a::RetryingBlockFetcher>);

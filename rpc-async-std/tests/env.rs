@@ -97,7 +97,11 @@ impl RpcEndpoint for Probe {
 }
 
 fn server(rt: &Arc<dyn Runtime>, name: &str) -> RpcEnv {
-    RpcEnv::create(rt.clone(), RpcEnvConfig::server(name, "127.0.0.1", 0)).expect("server env")
+    RpcEnv::create(
+        rt.clone(),
+        RpcEnvConfig::server(name, "127.0.0.1", 0).build().unwrap(),
+    )
+    .expect("server env")
 }
 
 fn client(rt: &Arc<dyn Runtime>, config: RpcEnvConfig) -> RpcEnv {
@@ -122,7 +126,7 @@ async fn shutdown(envs: &[&RpcEnv]) {
 
 async fn ask_is_answered_across_envs(rt: Arc<dyn Runtime>) {
     let (a, b) = (server(&rt, "a"), server(&rt, "b"));
-    let c = client(&rt, RpcEnvConfig::client("c"));
+    let c = client(&rt, RpcEnvConfig::client("c").build().unwrap());
     a.setup_endpoint("probe", Probe::default()).unwrap();
     for from in [&b, &c] {
         let probe = lookup(from, &a, "probe").await;
@@ -166,7 +170,10 @@ async fn asks_time_out_locally_and_remotely(rt: Arc<dyn Runtime>) {
     let default_timeout = Duration::from_millis(150);
     let c = client(
         &rt,
-        RpcEnvConfig::client("c").with_ask_timeout(default_timeout),
+        RpcEnvConfig::client("c")
+            .with_ask_timeout(default_timeout)
+            .build()
+            .unwrap(),
     );
     let remote = lookup(&c, &env, "probe").await;
 
@@ -202,7 +209,7 @@ async fn shutdown_stops_endpoints_fails_pending_asks_and_terminates(rt: Arc<dyn 
         ..Probe::default()
     };
     env.setup_endpoint("probe", probe).unwrap();
-    let c = client(&rt, RpcEnvConfig::client("c"));
+    let c = client(&rt, RpcEnvConfig::client("c").build().unwrap());
     let remote = lookup(&c, &env, "probe").await;
     let pending = remote.ask_with_timeout(Cmd::Hold, WAIT * 2);
     // The ask is on its way; the server stops with it held.

@@ -15,6 +15,39 @@
 //! Layers: [`transport`] (Spark's `TransportServer`, `TransportClient` and
 //! `TransportClientFactory`) and, on it, [`env`](mod@env) (Spark's `RpcEnv`: named endpoints, refs,
 //! `send` and `ask`). [`tls`] runs TLS (rustls) over any runtime's streams.
+//!
+//! # Configuration
+//!
+//! Every group of settings is built one way: `X::builder()` (for an env,
+//! [`RpcEnvConfig::server`](env::RpcEnvConfig::server) or
+//! [`RpcEnvConfig::client`](env::RpcEnvConfig::client)) returns a builder whose `with_*`
+//! setters start from the defaults; `build()` returns the config, or a
+//! [`ConfigError`](rpc_proto::ConfigError) naming the setting that is out of range. A zero
+//! where zero makes no sense (a limit that would refuse everything, a timeout that would fire
+//! at once) is such an error, never silently taken as one. A built config is immutable, read
+//! through getters, and nests built configs: [`rpc_proto::Config`] (one connection) in
+//! [`TransportConfig`](transport::TransportConfig), that and
+//! [`OutboxConfig`](rpc_proto::OutboxConfig) in [`RpcEnvConfig`](env::RpcEnvConfig);
+//! [`BlockFetchConfig`](block::BlockFetchConfig) and
+//! [`BlockServer::builder`](block::BlockServer::builder) for blocks. `to_builder()` starts a
+//! builder from a built config.
+//!
+//! ```
+//! use std::time::Duration;
+//! use rpc_driver::transport::TransportConfig;
+//! use rpc_proto::ConfigError;
+//!
+//! # fn main() -> Result<(), ConfigError> {
+//! let config = TransportConfig::builder()
+//!     .with_connect_timeout(Duration::from_secs(5))
+//!     .build()?;
+//! assert_eq!(config.connect_timeout(), Duration::from_secs(5));
+//!
+//! let error = TransportConfig::builder().with_connections_per_peer(0).build().unwrap_err();
+//! assert_eq!(error, ConfigError::ZeroLimit("connections per peer"));
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 

@@ -447,7 +447,12 @@ fn ready_waiting_as_the_driver_drains_is_never_lost() {
     static SEEN: Outcomes = Outcomes::new();
     loom::model(|| {
         let config = Config::builder().with_max_send_buffer(64).build().unwrap();
-        let harness = Harness::open_with(TransportConfig::default().with_connection(config));
+        let harness = Harness::open_with(
+            TransportConfig::builder()
+                .with_connection(config)
+                .build()
+                .unwrap(),
+        );
         while !harness.client.is_send_buffer_full() {
             harness.client.send(Bytes::from_static(&[7; 40])).unwrap();
         }

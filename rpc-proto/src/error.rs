@@ -262,8 +262,10 @@ pub enum CallError {
     },
 }
 
-/// A configuration value is out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A configuration value is out of range: what every config builder's `build` returns
+/// ([`Config`](crate::Config), [`OutboxConfig`](crate::OutboxConfig), and the driver's
+/// transport, env and block fetch settings). Each variant names the setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The maximum frame size is outside the range the protocol allows.
@@ -279,7 +281,18 @@ pub enum ConfigError {
     /// A limit of zero would refuse everything.
     #[error("{0} must be greater than zero")]
     ZeroLimit(&'static str),
-    /// A timeout of zero would fire at once.
+    /// A timeout or wait of zero would fire at once.
     #[error("{0} must be greater than zero")]
     ZeroTimeout(&'static str),
+    /// The initial backoff exceeds the max backoff.
+    #[error("initial backoff {initial:?} exceeds max backoff {max:?}")]
+    BackoffRange {
+        /// The initial backoff given.
+        initial: Duration,
+        /// The max backoff given.
+        max: Duration,
+    },
+    /// The jitter is not in `0.0..1.0`.
+    #[error("jitter {0} is outside 0..1")]
+    Jitter(f64),
 }

@@ -113,10 +113,9 @@ pub use frame::{Decoded, Frame, FrameDecoder, MessageType, FRAME_PREFIX_LEN};
 pub use id::{BodyId, Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
 pub use inbox::{Inbox, InboxError, InboxItem};
 pub use outbox::{
-    Outbox, OutboxAction, OutboxConfig, OutboxConfigBuilder, OutboxConfigError, OutboxError,
-    OutboxFailure, OutboxState, DEFAULT_BACKOFF_JITTER, DEFAULT_INITIAL_BACKOFF,
-    DEFAULT_MAX_BACKOFF, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_OUTBOX_MAX_BYTES,
-    DEFAULT_OUTBOX_MAX_MESSAGES,
+    Outbox, OutboxAction, OutboxConfig, OutboxConfigBuilder, OutboxError, OutboxFailure,
+    OutboxState, DEFAULT_BACKOFF_JITTER, DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_OUTBOX_MAX_BYTES, DEFAULT_OUTBOX_MAX_MESSAGES,
 };
 pub use wire::{
     BlockMessage, LookupReply, OpenBlocks, RemoteFailure, StreamHandle, TooManyStreams,

@@ -10,6 +10,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tracing::debug;
 
+use crate::error::ConfigError;
+
 /// Default [`OutboxConfig::max_messages`]: 10 000.
 pub const DEFAULT_OUTBOX_MAX_MESSAGES: usize = 10_000;
 
@@ -157,51 +159,31 @@ impl OutboxConfigBuilder {
     }
 
     /// Validates and returns the configuration.
-    pub fn build(self) -> Result<OutboxConfig, OutboxConfigError> {
+    pub fn build(self) -> Result<OutboxConfig, ConfigError> {
         let c = self.config;
         if c.max_messages == 0 {
-            return Err(OutboxConfigError::Zero("max messages"));
+            return Err(ConfigError::ZeroLimit("max messages"));
         }
         if c.max_bytes == 0 {
-            return Err(OutboxConfigError::Zero("max bytes"));
+            return Err(ConfigError::ZeroLimit("max bytes"));
         }
         if c.initial_backoff.is_zero() {
-            return Err(OutboxConfigError::Zero("initial backoff"));
+            return Err(ConfigError::ZeroTimeout("initial backoff"));
         }
         if c.max_connect_attempts == 0 {
-            return Err(OutboxConfigError::Zero("max connect attempts"));
+            return Err(ConfigError::ZeroLimit("max connect attempts"));
         }
         if c.initial_backoff > c.max_backoff {
-            return Err(OutboxConfigError::BackoffRange {
+            return Err(ConfigError::BackoffRange {
                 initial: c.initial_backoff,
                 max: c.max_backoff,
             });
         }
         if !(0.0..1.0).contains(&c.jitter) {
-            return Err(OutboxConfigError::Jitter(c.jitter));
+            return Err(ConfigError::Jitter(c.jitter));
         }
         Ok(c)
     }
-}
-
-/// An [`OutboxConfig`] value is out of range.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum OutboxConfigError {
-    /// A limit, backoff or budget of zero.
-    #[error("{0} must be greater than zero")]
-    Zero(&'static str),
-    /// The initial backoff exceeds the max backoff.
-    #[error("initial backoff {initial:?} exceeds max backoff {max:?}")]
-    BackoffRange {
-        /// The initial backoff given.
-        initial: Duration,
-        /// The max backoff given.
-        max: Duration,
-    },
-    /// The jitter is not in `0.0..1.0`.
-    #[error("jitter {0} is outside 0..1")]
-    Jitter(f64),
 }
 
 /// Why a message in an [`Outbox`] was not delivered.
@@ -619,23 +601,23 @@ mod tests {
         let b = OutboxConfig::builder;
         assert_eq!(
             b().with_max_messages(0).build(),
-            Err(OutboxConfigError::Zero("max messages"))
+            Err(ConfigError::ZeroLimit("max messages"))
         );
         assert_eq!(
             b().with_max_bytes(0).build(),
-            Err(OutboxConfigError::Zero("max bytes"))
+            Err(ConfigError::ZeroLimit("max bytes"))
         );
         assert_eq!(
             b().with_initial_backoff(Duration::ZERO).build(),
-            Err(OutboxConfigError::Zero("initial backoff"))
+            Err(ConfigError::ZeroTimeout("initial backoff"))
         );
         assert_eq!(
             b().with_max_connect_attempts(0).build(),
-            Err(OutboxConfigError::Zero("max connect attempts"))
+            Err(ConfigError::ZeroLimit("max connect attempts"))
         );
         assert_eq!(
             b().with_max_backoff(Duration::from_millis(99)).build(),
-            Err(OutboxConfigError::BackoffRange {
+            Err(ConfigError::BackoffRange {
                 initial: Duration::from_millis(100),
                 max: Duration::from_millis(99)
             })
@@ -643,11 +625,11 @@ mod tests {
         for bad in [-0.1, 1.0, f64::NAN, f64::INFINITY] {
             assert!(matches!(
                 b().with_jitter(bad).build(),
-                Err(OutboxConfigError::Jitter(_))
+                Err(ConfigError::Jitter(_))
             ));
         }
         assert_eq!(
-            OutboxConfigError::Zero("max bytes").to_string(),
+            ConfigError::ZeroLimit("max bytes").to_string(),
             "max bytes must be greater than zero"
         );
     }

@@ -70,10 +70,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Arc::new(NoopRpcHandler),
         TransportConfig::default(),
     );
-    let config = BlockFetchConfig::default()
+    let config = BlockFetchConfig::builder()
         .with_max_chunks_in_flight(2)
         .with_max_retries(3)
-        .with_retry_wait(Duration::from_millis(200));
+        .with_retry_wait(Duration::from_millis(200))
+        .build()?;
     let ids: Vec<String> = (0..4).map(|i| format!("rdd_0_{i}")).collect();
     let mut fetch = RetryingBlockFetcher::one_for_one(
         rpc_tokio::runtime(),

@@ -100,7 +100,7 @@ impl RpcEndpoint for HeartbeatReceiver {
 
 /// An executor: a client-mode env that heartbeats until it is shut down.
 async fn executor(id: &str, driver: RpcAddress) -> Result<RpcEnv, Box<dyn std::error::Error>> {
-    let env = RpcEnv::create(rpc_tokio::runtime(), RpcEnvConfig::client(id))?;
+    let env = RpcEnv::create(rpc_tokio::runtime(), RpcEnvConfig::client(id).build()?)?;
     let receiver = env
         .setup_endpoint_ref::<DriverMessage, Known>(driver, "heartbeat-receiver")
         .await?;
@@ -124,7 +124,7 @@ async fn executor(id: &str, driver: RpcAddress) -> Result<RpcEnv, Box<dyn std::e
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let driver = RpcEnv::create(
         rpc_tokio::runtime(),
-        RpcEnvConfig::server("driver", "127.0.0.1", 0),
+        RpcEnvConfig::server("driver", "127.0.0.1", 0).build()?,
     )?;
     driver.setup_endpoint("heartbeat-receiver", HeartbeatReceiver::default())?;
     let address = driver.address().expect("server env").clone();

@@ -48,7 +48,9 @@ fn security(secret: &str) -> Security {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = RpcEnv::create(
         rpc_tokio::runtime(),
-        RpcEnvConfig::server("secure-server", "127.0.0.1", 0).with_security(security("s3cret")),
+        RpcEnvConfig::server("secure-server", "127.0.0.1", 0)
+            .with_security(security("s3cret"))
+            .build()?,
     )?;
     server.setup_endpoint("greeter", Greeter)?;
     let address = server.address().expect("a server env").clone();
@@ -56,7 +58,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A client with the secret: the handshake runs on connect, then everything is encrypted.
     let client = RpcEnv::create(
         rpc_tokio::runtime(),
-        RpcEnvConfig::client("trusted").with_security(security("s3cret")),
+        RpcEnvConfig::client("trusted")
+            .with_security(security("s3cret"))
+            .build()?,
     )?;
     let greeter = client
         .setup_endpoint_ref::<Greet, String>(address.clone(), "greeter")
@@ -67,7 +71,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // server served it nothing (not even the lookup).
     let stranger = RpcEnv::create(
         rpc_tokio::runtime(),
-        RpcEnvConfig::client("stranger").with_security(security("guess")),
+        RpcEnvConfig::client("stranger")
+            .with_security(security("guess"))
+            .build()?,
     )?;
     match stranger
         .setup_endpoint_ref::<Greet, String>(address, "greeter")

@@ -69,15 +69,18 @@ use tokio::net::{TcpListener, TcpStream};
 pub use rpc_derive::TokioRpcMessage as RpcMessage;
 pub use rpc_driver::__private::RpcMessageTrait as RpcMessage;
 pub use rpc_driver::block::{
-    fetch_blocks, BlockFetch, BlockFetchConfig, BlockFetchError, BlockFetchingListener,
-    BlockMessage, BlockServer, BlockSource, OpenBlocks, RetryingBlockFetcher, StreamHandle,
+    fetch_blocks, BlockFetch, BlockFetchConfig, BlockFetchConfigBuilder, BlockFetchError,
+    BlockFetchingListener, BlockMessage, BlockServer, BlockServerBuilder, BlockSource, OpenBlocks,
+    RetryingBlockFetcher, StreamHandle,
 };
 pub use rpc_driver::env::{
     Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
     EndpointKind, EnvStats, FileDownload, FileServer, FileServerError, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnvConfig, RpcError, SetupError,
+    RpcEndpointRef, RpcEnvConfig, RpcEnvConfigBuilder, RpcError, SetupError,
 };
-pub use rpc_driver::rpc_proto::{OutboxConfig, RpcAddress, RpcEndpointAddress};
+pub use rpc_driver::rpc_proto::{
+    ConfigError, OutboxConfig, OutboxConfigBuilder, RpcAddress, RpcEndpointAddress,
+};
 pub use rpc_driver::security::{
     self, AuthMechanism, SecretKeyHolder, Security, SecurityError, TlsConfig,
 };
@@ -85,8 +88,9 @@ pub use rpc_driver::transport::{
     ConnectError, ConnectionId, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaCall,
     MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder, NoopRpcHandler,
     OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, ServerStats, StreamCall,
-    StreamManager, TransportClient, TransportClientFactory, TransportConfig, TransportServer,
-    UnmanagedClient, UploadSink, DEFAULT_MAX_CONNECTIONS, STREAM_BUFFER_LIMIT,
+    StreamManager, TransportClient, TransportClientFactory, TransportConfig,
+    TransportConfigBuilder, TransportServer, UnmanagedClient, UploadSink, DEFAULT_MAX_CONNECTIONS,
+    STREAM_BUFFER_LIMIT,
 };
 pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 
@@ -98,7 +102,7 @@ pub use rpc_driver::env::RpcEnv;
 /// # async fn demo() -> Result<(), rpc_tokio::SetupError> {
 /// use rpc_tokio::{RpcEnv, RpcEnvConfig};
 ///
-/// let env = RpcEnv::create(rpc_tokio::runtime(), RpcEnvConfig::server("driver", "127.0.0.1", 0))?;
+/// let env = RpcEnv::create(rpc_tokio::runtime(), RpcEnvConfig::server("driver", "127.0.0.1", 0).build()?)?;
 /// println!("listening at {:?}", env.address());
 /// env.shutdown();
 /// env.await_termination().await;

@@ -79,7 +79,10 @@ impl RpcEndpoint for Named {
 }
 
 fn server_config(name: &str) -> RpcEnvConfig {
-    RpcEnvConfig::server(name, "127.0.0.1", 0).with_ask_timeout(Duration::from_secs(60))
+    RpcEnvConfig::server(name, "127.0.0.1", 0)
+        .with_ask_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 fn addr(env: &RpcEnv) -> RpcAddress {

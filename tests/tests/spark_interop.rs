@@ -98,7 +98,10 @@ fn our_client(
     let factory = TransportClientFactory::new(
         rpc_tokio::runtime(),
         Arc::new(Echo::default()),
-        TransportConfig::default().with_connect_timeout(WAIT),
+        TransportConfig::builder()
+            .with_connect_timeout(WAIT)
+            .build()
+            .unwrap(),
     );
     let client = rt
         .block_on(factory.create_client(addr))
@@ -633,7 +636,9 @@ fn spark_sees_sparks_exact_texts_for_unknown_streams_chunks_and_files() {
         let _in_runtime = rt.enter();
         rpc_tokio::RpcEnv::create(
             rpc_tokio::runtime(),
-            rpc_tokio::RpcEnvConfig::server("driver", "127.0.0.1", 0),
+            rpc_tokio::RpcEnvConfig::server("driver", "127.0.0.1", 0)
+                .build()
+                .unwrap(),
         )
         .expect("an env")
     };

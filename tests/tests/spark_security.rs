@@ -273,9 +273,11 @@ fn factory(rt: &tokio::runtime::Runtime, security: Security) -> TransportClientF
     TransportClientFactory::new(
         rpc_tokio::runtime(),
         Arc::new(Ours::default()),
-        TransportConfig::default()
+        TransportConfig::builder()
             .with_connect_timeout(WAIT)
-            .with_security(security),
+            .with_security(security)
+            .build()
+            .unwrap(),
     )
 }
 
@@ -510,7 +512,10 @@ fn our_server(rt: &tokio::runtime::Runtime, security: Security) -> (TransportSer
         rpc_tokio::runtime(),
         SocketAddr::from(([127, 0, 0, 1], 0)),
         handler.clone(),
-        TransportConfig::default().with_security(security),
+        TransportConfig::builder()
+            .with_security(security)
+            .build()
+            .unwrap(),
     )
     .expect("bind our server");
     (server, handler)

@@ -51,9 +51,9 @@ pub fn fetch_blocks(
     };
     BlockFetch {
         block_ids,
-        max_in_flight: config.max_chunks_in_flight.max(1),
-        open_timeout: config.open_timeout,
-        chunk_timeout: config.chunk_timeout,
+        max_in_flight: config.max_chunks_in_flight(),
+        open_timeout: config.open_timeout(),
+        chunk_timeout: config.chunk_timeout(),
         state,
         failed: VecDeque::new(),
     }

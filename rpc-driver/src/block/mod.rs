@@ -40,10 +40,12 @@
 //! use std::time::Duration;
 //! use rpc_driver::block::{BlockFetchConfig, RetryingBlockFetcher};
 //!
-//! let config = BlockFetchConfig::default()
+//! let config = BlockFetchConfig::builder()
 //!     .with_max_chunks_in_flight(4)
 //!     .with_max_retries(3)
-//!     .with_retry_wait(Duration::from_secs(1));
+//!     .with_retry_wait(Duration::from_secs(1))
+//!     .build()
+//!     .expect("valid settings");
 //! let ids = vec!["rdd_0_0".to_owned(), "rdd_0_1".to_owned()];
 //! let mut fetch = RetryingBlockFetcher::one_for_one(rt, &factory, addr, "app-1", "exec-1", ids, &config);
 //! while let Some((block_id, result)) = fetch.next_block().await {
@@ -55,88 +57,25 @@
 //! # }
 //! ```
 
+mod config;
 mod fetch;
 mod message;
 mod retry;
 mod server;
 
+pub use config::{BlockFetchConfig, BlockFetchConfigBuilder};
 pub use fetch::{fetch_blocks, BlockFetch};
 pub use message::{BlockMessage, OpenBlocks, StreamHandle};
 pub use retry::RetryingBlockFetcher;
-pub use server::{BlockServer, BlockSource};
+pub use server::{BlockServer, BlockServerBuilder, BlockSource};
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::{Stream, StreamExt};
 use rpc_proto::{CallError, RpcError, StreamChunkId};
 
 use crate::transport::ConnectError;
-
-/// Settings of a block fetch, and of its retries.
-///
-/// The defaults are Spark's where Spark has one: `spark.shuffle.io.maxRetries` (3),
-/// `spark.shuffle.io.retryWait` (5 s), `spark.network.timeout` (120 s).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockFetchConfig {
-    /// Chunk fetches a fetch keeps outstanding at once (zero is taken as one). Spark asks for
-    /// every chunk at once and bounds requests a level up, in `ShuffleBlockFetcherIterator`.
-    pub max_chunks_in_flight: usize,
-    /// How long the `OpenBlocks` RPC may take; `None` waits for the connection's idle timeout.
-    pub open_timeout: Option<Duration>,
-    /// How long each chunk fetch may take; `None` waits for the connection's idle timeout.
-    pub chunk_timeout: Option<Duration>,
-    /// Further attempts a [`RetryingBlockFetcher`] makes after I/O failures: it makes at most
-    /// `1 + max_retries` attempts in all.
-    pub max_retries: u32,
-    /// How long a [`RetryingBlockFetcher`] waits before each further attempt.
-    pub retry_wait: Duration,
-}
-
-impl Default for BlockFetchConfig {
-    fn default() -> Self {
-        Self {
-            max_chunks_in_flight: 16,
-            open_timeout: Some(Duration::from_secs(120)),
-            chunk_timeout: Some(Duration::from_secs(120)),
-            max_retries: 3,
-            retry_wait: Duration::from_secs(5),
-        }
-    }
-}
-
-impl BlockFetchConfig {
-    /// Sets [`max_chunks_in_flight`](BlockFetchConfig::max_chunks_in_flight).
-    pub fn with_max_chunks_in_flight(mut self, chunks: usize) -> Self {
-        self.max_chunks_in_flight = chunks;
-        self
-    }
-
-    /// Sets [`open_timeout`](BlockFetchConfig::open_timeout).
-    pub fn with_open_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.open_timeout = timeout;
-        self
-    }
-
-    /// Sets [`chunk_timeout`](BlockFetchConfig::chunk_timeout).
-    pub fn with_chunk_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.chunk_timeout = timeout;
-        self
-    }
-
-    /// Sets [`max_retries`](BlockFetchConfig::max_retries).
-    pub fn with_max_retries(mut self, retries: u32) -> Self {
-        self.max_retries = retries;
-        self
-    }
-
-    /// Sets [`retry_wait`](BlockFetchConfig::retry_wait).
-    pub fn with_retry_wait(mut self, wait: Duration) -> Self {
-        self.retry_wait = wait;
-        self
-    }
-}
 
 /// Why a block was not fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,7 +105,7 @@ pub enum BlockFetchError {
     #[error("invalid answer to open blocks: {0}")]
     InvalidResponse(Arc<str>),
     /// The server refused to open another stream on this connection: it has as many open
-    /// as [`BlockServer::with_max_streams_per_connection`] allows. Fails every block of the
+    /// as [`BlockServer::max_streams_per_connection`] allows. Fails every block of the
     /// fetch; retryable (streams are released as their last chunk is fetched).
     #[error("the block server refused the fetch: {0}")]
     TooManyStreams(Arc<str>),
@@ -232,6 +171,7 @@ where
 #[cfg(test)]
 mod tests {
     use std::io::ErrorKind;
+    use std::time::Duration;
 
     use rpc_proto::ConnectionError;
 

@@ -53,7 +53,7 @@ type Start = Box<dyn FnMut(Vec<String>) -> Attempt + Send>;
 /// use std::time::Duration;
 /// use rpc_driver::block::{BlockFetchConfig, RetryingBlockFetcher};
 ///
-/// let config = BlockFetchConfig::default().with_max_retries(2).with_retry_wait(Duration::from_millis(500));
+/// let config = BlockFetchConfig::builder().with_max_retries(2).with_retry_wait(Duration::from_millis(500)).build().unwrap();
 /// let ids: Vec<String> = (0..10).map(|i| format!("rdd_3_{i}")).collect();
 /// let mut fetch = RetryingBlockFetcher::one_for_one(rt, &factory, addr, "app-1", "exec-2", ids, &config);
 /// while let Some((block_id, result)) = fetch.next_block().await {
@@ -116,8 +116,8 @@ impl RetryingBlockFetcher {
             remaining: block_ids.len(),
             block_ids,
             outstanding,
-            max_retries: config.max_retries,
-            retry_wait: config.retry_wait,
+            max_retries: config.max_retries(),
+            retry_wait: config.retry_wait(),
             retries: 0,
             phase: Phase::Idle,
             unanswered: VecDeque::new(),
@@ -387,9 +387,11 @@ mod tests {
     }
 
     fn script(block_ids: &[&str], interactions: Vec<Interaction>) -> Script {
-        let config = BlockFetchConfig::default()
+        let config = BlockFetchConfig::builder()
             .with_max_retries(2)
-            .with_retry_wait(Duration::ZERO);
+            .with_retry_wait(Duration::ZERO)
+            .build()
+            .unwrap();
         script_with(block_ids, interactions, &config)
     }
 
@@ -544,7 +546,10 @@ mod tests {
         let polled_after_failure = superseded.clone();
         let clock = Clock::new();
         let mut attempt = 0;
-        let config = BlockFetchConfig::default().with_retry_wait(Duration::ZERO);
+        let config = BlockFetchConfig::builder()
+            .with_retry_wait(Duration::ZERO)
+            .build()
+            .unwrap();
         let mut fetcher = RetryingBlockFetcher::new(
             clock,
             vec!["b0".into(), "b1".into()],
@@ -596,9 +601,11 @@ mod tests {
 
     #[test]
     fn the_configured_wait_separates_attempts() {
-        let config = BlockFetchConfig::default()
+        let config = BlockFetchConfig::builder()
             .with_max_retries(5)
-            .with_retry_wait(Duration::from_millis(250));
+            .with_retry_wait(Duration::from_millis(250))
+            .build()
+            .unwrap();
         let mut s = script_with(
             &["b0"],
             vec![vec![("b0", Io)], vec![("b0", Io)], vec![("b0", Data("0"))]],
@@ -613,7 +620,10 @@ mod tests {
 
     #[test]
     fn no_retries_means_one_attempt() {
-        let config = BlockFetchConfig::default().with_max_retries(0);
+        let config = BlockFetchConfig::builder()
+            .with_max_retries(0)
+            .build()
+            .unwrap();
         let mut s = script_with(&["b0", "b1"], vec![vec![("b0", Io), ("b1", Io)]], &config);
         assert_eq!(run(&mut s), ["b0!io", "b1!io"]);
         assert!(s.clock.waits.lock().unwrap().is_empty());

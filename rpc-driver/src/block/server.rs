@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rpc_proto::StreamChunkId;
+use rpc_proto::{ConfigError, StreamChunkId};
 use tracing::debug;
 
 use super::message::{BlockMessage, OpenBlocks, StreamHandle};
@@ -44,7 +44,7 @@ where
 /// fetcher fails it and the blocks after it).
 ///
 /// A connection may have at most
-/// [`max_streams_per_connection`](BlockServer::with_max_streams_per_connection) streams open
+/// [`max_streams_per_connection`](BlockServer::max_streams_per_connection) streams open
 /// (default 256; Spark has no limit); beyond it, `OpenBlocks` fails with a message the
 /// fetcher turns into [`BlockFetchError::TooManyStreams`](super::BlockFetchError).
 ///
@@ -84,11 +84,31 @@ impl BlockServer {
         }
     }
 
-    /// Sets how many streams one connection may have open at once (zero is taken as one);
-    /// default 256.
-    pub fn with_max_streams_per_connection(mut self, streams: usize) -> Self {
-        self.max_streams_per_connection = streams.max(1);
-        self
+    /// A builder of a server of `source`'s blocks, for settings other than the defaults
+    /// [`new`](BlockServer::new) uses.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use rpc_driver::block::BlockServer;
+    ///
+    /// # fn main() -> Result<(), rpc_proto::ConfigError> {
+    /// let source = |_app: &str, _exec: &str, _block: &str| Ok(Bytes::new());
+    /// let blocks = BlockServer::builder(source)
+    ///     .with_max_streams_per_connection(16)
+    ///     .build()?;
+    /// assert_eq!(blocks.max_streams_per_connection(), 16);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(source: impl BlockSource) -> BlockServerBuilder {
+        BlockServerBuilder {
+            server: Self::new(source),
+        }
+    }
+
+    /// How many streams one connection may have open at once; default 256.
+    pub fn max_streams_per_connection(&self) -> usize {
+        self.max_streams_per_connection
     }
 
     /// The streams registered and not yet released.
@@ -138,6 +158,39 @@ impl BlockServer {
         });
         // A connection that closed meanwhile releases the stream itself.
         let _ = responder.reply(handle.encode());
+    }
+}
+
+/// Builds a validated [`BlockServer`], from [`BlockServer::builder`].
+pub struct BlockServerBuilder {
+    server: BlockServer,
+}
+
+impl BlockServerBuilder {
+    /// Sets [`BlockServer::max_streams_per_connection`]; at least 1.
+    pub fn with_max_streams_per_connection(mut self, streams: usize) -> Self {
+        self.server.max_streams_per_connection = streams;
+        self
+    }
+
+    /// Validates and returns the server: a zero where zero makes no sense is an error
+    /// naming the setting.
+    pub fn build(self) -> Result<BlockServer, ConfigError> {
+        if self.server.max_streams_per_connection == 0 {
+            return Err(ConfigError::ZeroLimit("max streams per connection"));
+        }
+        Ok(self.server)
+    }
+}
+
+impl fmt::Debug for BlockServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockServerBuilder")
+            .field(
+                "max_streams_per_connection",
+                &self.server.max_streams_per_connection,
+            )
+            .finish_non_exhaustive()
     }
 }
 

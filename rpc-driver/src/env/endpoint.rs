@@ -129,7 +129,8 @@ pub trait RpcEndpoint: Send + 'static {
 
     /// How many messages its inbox holds, queued or being handled, before refusing more
     /// (see [`RpcEnvConfig::inbox_capacity`](super::RpcEnvConfig::inbox_capacity));
-    /// `None`, the default, takes the env's.
+    /// `None`, the default, takes the env's. `Some(0)` fails its setup with
+    /// [`SetupError::Config`](super::SetupError::Config).
     fn inbox_capacity(&self) -> Option<usize> {
         None
     }
@@ -231,7 +232,8 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
     /// How many messages it holds, queued or being handled (each handled message is a
     /// task), before refusing more (see
     /// [`RpcEnvConfig::inbox_capacity`](super::RpcEnvConfig::inbox_capacity)); `None`, the
-    /// default, takes the env's.
+    /// default, takes the env's. `Some(0)` fails its setup with
+    /// [`SetupError::Config`](super::SetupError::Config).
     fn inbox_capacity(&self) -> Option<usize> {
         None
     }

@@ -133,6 +133,11 @@ pub enum SetupError {
     /// A lookup failed.
     #[error(transparent)]
     Lookup(#[from] RpcError),
+    /// A setting is out of range: an endpoint's
+    /// [`inbox_capacity`](super::RpcEndpoint::inbox_capacity) of zero, or (through `?`) a
+    /// config that failed to build.
+    #[error(transparent)]
+    Config(#[from] rpc_proto::ConfigError),
 }
 
 impl From<ConnectError> for RpcError {

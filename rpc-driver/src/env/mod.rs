@@ -91,6 +91,7 @@
 //! no escaping a directory).
 
 mod call;
+mod config;
 mod endpoint;
 mod error;
 mod file_server;
@@ -100,6 +101,10 @@ mod outbox;
 mod reference;
 
 pub use call::{Cancelled, RpcCallContext};
+pub use config::{
+    RpcEnvConfig, RpcEnvConfigBuilder, DEFAULT_ASK_TIMEOUT, DEFAULT_INBOX_CAPACITY,
+    DEFAULT_MAX_PENDING_ASKS,
+};
 pub use endpoint::{
     BoxError, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure, EndpointKind, RpcEndpoint,
 };
@@ -118,12 +123,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Weak;
 use std::task::{Poll, Waker};
-use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_proto::{
-    ConnectionError, Envelope, EnvelopeKind, EnvelopeView, InboxError, Outbox, OutboxConfig,
-    RemoteFailure, RequestId, RpcAddress, RpcEndpointAddress,
+    ConnectionError, Envelope, EnvelopeKind, EnvelopeView, InboxError, Outbox, RemoteFailure,
+    RequestId, RpcAddress, RpcEndpointAddress,
 };
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -149,134 +153,6 @@ use crate::wait_list::{WaitKey, WaitList};
 const DETACH_MAX: usize = 64 * 1024;
 
 pub use rpc_proto::wire::VERIFIER_NAME;
-
-/// Settings of an [`RpcEnv`].
-#[derive(Debug, Clone)]
-pub struct RpcEnvConfig {
-    /// A name for logs.
-    pub name: String,
-    /// Where to listen: `None` for a client-mode env, which accepts no connections (its
-    /// endpoints are reachable only over connections it opened).
-    pub bind: Option<(String, u16)>,
-    /// The address other envs are told to use, when it differs from the bound one (NAT,
-    /// containers). Refs to this env's endpoints carry it.
-    pub advertise: Option<RpcAddress>,
-    /// When the port is taken, try the next ones, this many times (Spark's
-    /// `spark.port.maxRetries`); 0 fails at once. Port 0 (any free port) never retries.
-    pub port_retries: u16,
-    /// The default timeout of [`RpcEndpointRef::ask`] (Spark's `spark.rpc.askTimeout`).
-    pub ask_timeout: Duration,
-    /// How long a lookup of a remote endpoint may take (Spark's `spark.rpc.lookupTimeout`).
-    pub lookup_timeout: Duration,
-    /// The transport layer's settings. The env's default differs from
-    /// [`TransportConfig::default`] in one way: connections the env accepted stay open while
-    /// idle ([`Config::close_idle_accepted`](rpc_proto::Config::close_idle_accepted) off), as
-    /// in Spark's `NettyRpcEnv`, because a client-mode env's endpoints are reached only over
-    /// the connection it opened. Keep that when replacing the transport settings, or
-    /// client-mode peers are cut off after the idle timeout.
-    pub transport: TransportConfig,
-    /// Each remote env's outbox: queue bounds and connect retries.
-    pub outbox: OutboxConfig,
-    /// How many messages each endpoint's inbox holds, queued or being handled, before
-    /// refusing more (see "Limits" in the [module docs](self)); an endpoint may set its own
-    /// with [`RpcEndpoint::inbox_capacity`]. Zero is taken as one. Default 10,000 (Spark's
-    /// inbox is unbounded).
-    pub inbox_capacity: usize,
-    /// How many asks from other envs the env handles at once, across its endpoints: from
-    /// arrival until answered (or their call context is dropped). Beyond it, asks fail with
-    /// [`RpcError::EndpointBusy`]. Default 65,536.
-    pub max_pending_asks: usize,
-}
-
-impl RpcEnvConfig {
-    /// A server-mode env listening on `host:port` (port 0 picks a free port).
-    pub fn server(name: &str, host: &str, port: u16) -> Self {
-        Self {
-            bind: Some((host.to_owned(), port)),
-            ..Self::client(name)
-        }
-    }
-
-    /// A client-mode env: it accepts no connections.
-    pub fn client(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            bind: None,
-            advertise: None,
-            port_retries: 0,
-            ask_timeout: Duration::from_secs(120),
-            lookup_timeout: Duration::from_secs(120),
-            transport: env_transport(),
-            outbox: OutboxConfig::default(),
-            inbox_capacity: 10_000,
-            max_pending_asks: 65_536,
-        }
-    }
-
-    /// Sets [`inbox_capacity`](RpcEnvConfig::inbox_capacity).
-    pub fn with_inbox_capacity(mut self, capacity: usize) -> Self {
-        self.inbox_capacity = capacity;
-        self
-    }
-
-    /// Sets [`max_pending_asks`](RpcEnvConfig::max_pending_asks).
-    pub fn with_max_pending_asks(mut self, asks: usize) -> Self {
-        self.max_pending_asks = asks;
-        self
-    }
-
-    /// Sets [`advertise`](RpcEnvConfig::advertise).
-    pub fn with_advertise(mut self, address: RpcAddress) -> Self {
-        self.advertise = Some(address);
-        self
-    }
-
-    /// Sets [`port_retries`](RpcEnvConfig::port_retries).
-    pub fn with_port_retries(mut self, retries: u16) -> Self {
-        self.port_retries = retries;
-        self
-    }
-
-    /// Sets [`ask_timeout`](RpcEnvConfig::ask_timeout).
-    pub fn with_ask_timeout(mut self, timeout: Duration) -> Self {
-        self.ask_timeout = timeout;
-        self
-    }
-
-    /// Sets [`lookup_timeout`](RpcEnvConfig::lookup_timeout).
-    pub fn with_lookup_timeout(mut self, timeout: Duration) -> Self {
-        self.lookup_timeout = timeout;
-        self
-    }
-
-    /// Sets [`outbox`](RpcEnvConfig::outbox).
-    pub fn with_outbox(mut self, outbox: OutboxConfig) -> Self {
-        self.outbox = outbox;
-        self
-    }
-
-    /// Sets [`transport`](RpcEnvConfig::transport).
-    pub fn with_transport(mut self, transport: TransportConfig) -> Self {
-        self.transport = transport;
-        self
-    }
-
-    /// Sets the security of every connection the env opens or accepts
-    /// ([`TransportConfig::security`]): with a secret, a peer env must hold the same secret
-    /// to reach any endpoint, and (with AES) everything between them is encrypted.
-    ///
-    /// ```
-    /// # use rpc_driver::env::RpcEnvConfig;
-    /// use rpc_driver::security::Security;
-    /// let config = RpcEnvConfig::server("driver", "127.0.0.1", 0)
-    ///     .with_security(Security::secret("s3cret"));
-    /// assert!(config.transport.security.is_enabled());
-    /// ```
-    pub fn with_security(mut self, security: crate::security::Security) -> Self {
-        self.transport.security = security;
-        self
-    }
-}
 
 /// Counters of an env, from [`RpcEnv::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -511,7 +387,7 @@ impl EnvInner {
                 Arc::new(OutboxCell::new(
                     env,
                     remote.clone(),
-                    Outbox::new(self.config.outbox.clone(), seed),
+                    Outbox::new(self.config.outbox().clone(), seed),
                 ))
             })
             .clone()
@@ -648,8 +524,10 @@ impl EnvInner {
         // An ask takes a permit of the env's budget first (O(1)); beyond it, refused.
         let (responder, permit) = match responder {
             Some(r) => {
-                match call::AskPermit::try_acquire(&self.pending_asks, self.config.max_pending_asks)
-                {
+                match call::AskPermit::try_acquire(
+                    &self.pending_asks,
+                    self.config.max_pending_asks(),
+                ) {
                     Some(permit) => (Some(r), Some(permit)),
                     None => {
                         self.refused(client, envelope.receiver);
@@ -657,7 +535,7 @@ impl EnvInner {
                             &RemoteFailure::EndpointBusy(format!(
                                 "the env is handling {} asks from other envs, its limit \
                                  (RpcEnvConfig::max_pending_asks)",
-                                self.config.max_pending_asks
+                                self.config.max_pending_asks()
                             ))
                             .to_string(),
                         );
@@ -940,31 +818,34 @@ impl RpcEnv {
                 env: me.clone(),
                 files: file_server.clone(),
             });
-            let factory =
-                TransportClientFactory::new(rt.clone(), handler.clone(), config.transport.clone());
+            let factory = TransportClientFactory::new(
+                rt.clone(),
+                handler.clone(),
+                config.transport().clone(),
+            );
             let bulk_factory = TransportClientFactory::new(
                 rt.clone(),
                 Arc::new(BulkHandler),
-                config.transport.clone(),
+                config.transport().clone(),
             );
             let mut server = None;
             let mut address = None;
-            if let Some((host, port)) = &config.bind {
+            if let Some((host, port)) = config.bind() {
                 match bind(
                     &rt,
                     host,
-                    *port,
-                    config.port_retries,
+                    port,
+                    config.port_retries(),
                     handler,
-                    &config.transport,
+                    config.transport(),
                 ) {
                     Ok(s) => {
                         let bound = s.local_addr();
                         address = Some(
                             config
-                                .advertise
-                                .clone()
-                                .unwrap_or_else(|| RpcAddress::new(host.clone(), bound.port())),
+                                .advertise()
+                                .cloned()
+                                .unwrap_or_else(|| RpcAddress::new(host, bound.port())),
                         );
                         server = Some(s);
                     }
@@ -999,7 +880,7 @@ impl RpcEnv {
         if let Some(error) = bind_error {
             return Err(error);
         }
-        info!(name = %config.name, address = ?inner.address, "rpc env started");
+        info!(name = %config.name(), address = ?inner.address, "rpc env started");
         let env = RpcEnv { inner };
         env.setup_endpoint(VERIFIER_NAME, VerifierEndpoint)?;
         Ok(env)
@@ -1053,7 +934,10 @@ impl RpcEnv {
             Some(a) => RpcEndpointAddress::new(a.clone(), name),
             None => RpcEndpointAddress::client(name),
         };
-        let capacity = capacity.unwrap_or(self.inner.config.inbox_capacity);
+        if capacity == Some(0) {
+            return Err(rpc_proto::ConfigError::ZeroLimit("inbox capacity").into());
+        }
+        let capacity = capacity.unwrap_or(self.inner.config.inbox_capacity());
         let mailbox = Arc::new(Mailbox::new(name, identity, concurrent, capacity));
         {
             let mut endpoints = lock(&self.inner.endpoints);
@@ -1139,7 +1023,7 @@ impl RpcEnv {
             self.inner.verify(name, &expected, true)
         } else {
             endpoint_ref
-                .verify(self.inner.config.lookup_timeout)
+                .verify(self.inner.config.lookup_timeout())
                 .await?
         };
         match verified {
@@ -1209,7 +1093,7 @@ impl RpcEnv {
         if inner.stopped.swap(true, Ordering::SeqCst) {
             return;
         }
-        info!(name = %inner.config.name, "rpc env shutting down");
+        info!(name = %inner.config.name(), "rpc env shutting down");
         let mailboxes: Vec<_> = lock(&inner.endpoints).values().cloned().collect();
         for mailbox in &mailboxes {
             mailbox.stop();
@@ -1230,7 +1114,7 @@ impl RpcEnv {
             me.factory.close();
             me.bulk_factory.close();
             me.terminated.open();
-            info!(name = %me.config.name, "rpc env terminated");
+            info!(name = %me.config.name(), "rpc env terminated");
         }));
     }
 
@@ -1281,28 +1165,9 @@ impl RpcEnv {
 impl fmt::Debug for RpcEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcEnv")
-            .field("name", &self.inner.config.name)
+            .field("name", &self.inner.config.name())
             .field("address", &self.inner.address)
             .finish_non_exhaustive()
-    }
-}
-
-/// The transport settings of an env: [`TransportConfig::default`], keeping idle accepted
-/// connections (see [`RpcEnvConfig::transport`]).
-fn env_transport() -> TransportConfig {
-    let connection = rpc_proto::Config::builder()
-        .with_close_idle_accepted(false)
-        .build()
-        .expect("the default connection settings are valid");
-    TransportConfig::default().with_connection(connection)
-}
-
-impl RpcEnvConfig {
-    fn outbox_seed(&self) -> u64 {
-        // Different envs jitter differently; the same config jitters the same way.
-        self.name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
     }
 }
 

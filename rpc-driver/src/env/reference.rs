@@ -233,7 +233,7 @@ where
         let timeout = self
             .env
             .upgrade()
-            .map_or(Duration::from_secs(120), |e| e.config.ask_timeout);
+            .map_or(Duration::from_secs(120), |e| e.config.ask_timeout());
         self.ask_with_timeout(message, timeout)
     }
 

@@ -120,7 +120,7 @@ impl TransportClientFactory {
     /// A connection to `addr`: a pooled one if it is still open, else a new one.
     pub async fn create_client(&self, addr: SocketAddr) -> Result<TransportClient, ConnectError> {
         let inner = &self.inner;
-        let per_peer = inner.config.connections_per_peer.max(1);
+        let per_peer = inner.config.connections_per_peer();
         let slot = inner.next.fetch_add(1, Ordering::Relaxed) % per_peer;
         {
             let mut pools = lock(&inner.pools);
@@ -135,7 +135,7 @@ impl TransportClientFactory {
                 }
             }
             if let Some((at, error)) = &pool.failed {
-                if inner.rt.now() < *at + inner.config.fast_fail_window {
+                if inner.rt.now() < *at + inner.config.fast_fail_window() {
                     return Err(error.clone());
                 }
             }
@@ -144,7 +144,7 @@ impl TransportClientFactory {
             Ok(client) => client,
             Err(error) => {
                 info!(%addr, %error, "connect failed");
-                if !inner.config.fast_fail_window.is_zero() {
+                if !inner.config.fast_fail_window().is_zero() {
                     let now = inner.rt.now();
                     lock(&inner.pools).entry(addr).or_default().failed = Some((now, error.clone()));
                 }
@@ -196,7 +196,7 @@ impl TransportClientFactory {
 
     async fn connect(&self, addr: SocketAddr) -> Result<TransportClient, ConnectError> {
         let inner = &self.inner;
-        let after = inner.config.connect_timeout;
+        let after = inner.config.connect_timeout();
         let connect = async {
             inner.rt.connect(addr).await.map_err(|e| ConnectError::Io {
                 addr,
@@ -220,7 +220,7 @@ impl TransportClientFactory {
         let secured = Box::pin(secure_client(
             &*inner.rt,
             stream,
-            &inner.config.security,
+            inner.config.security(),
             addr,
         ))
         .await?;
@@ -228,7 +228,7 @@ impl TransportClientFactory {
             inner.rt.clone(),
             secured.stream,
             ConnectionAddrs { local, peer: addr },
-            inner.config.connection.clone(),
+            inner.config.connection().clone(),
             inner.handler.clone(),
             None,
             secured.client_id,

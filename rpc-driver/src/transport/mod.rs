@@ -44,7 +44,10 @@ pub use addrs::ConnectionAddrs;
 pub use buffer::{FileSegment, ManagedBuffer};
 pub use call::{MergedBlockMetaCall, RpcCall};
 pub use client::TransportClient;
-pub use config::{TransportConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PARTIAL_FRAME_BYTES};
+pub use config::{
+    TransportConfig, TransportConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PARTIAL_FRAME_BYTES,
+};
 pub use factory::{ConnectError, TransportClientFactory, UnmanagedClient};
 pub use handler::{MergedBlockMetaReqHandler, NoopRpcHandler, RpcHandler, UploadSink};
 pub use id::ConnectionId;

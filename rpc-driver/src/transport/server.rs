@@ -138,10 +138,7 @@ impl TransportServer {
         handler: StdArc<dyn RpcHandler>,
         config: TransportConfig,
     ) -> io::Result<Self> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        if let Some(tls) = config.security.tls_config() {
+        if let Some(tls) = config.security().tls_config() {
             // A server without an identity would fail every handshake: say so now.
             tls.check_server()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -159,7 +156,7 @@ impl TransportServer {
                 handler,
                 counters: counters.clone(),
             }),
-            open: StdArc::new(Registry::new(config.max_partial_frame_bytes)),
+            open: StdArc::new(Registry::new(config.max_partial_frame_bytes())),
             counters,
         });
         let accept = Accept {
@@ -255,13 +252,13 @@ impl Accept {
         let server = &self.server;
         let open =
             lock(&server.open).len() + server.counters.handshaking.load(Ordering::Relaxed) as usize;
-        if open >= self.config.max_connections {
+        if open >= self.config.max_connections() {
             bump(&server.counters.refused);
             limited!(
                 warn,
                 %peer,
                 open,
-                max_connections = self.config.max_connections,
+                max_connections = self.config.max_connections(),
                 "connection refused: too many open connections"
             );
             drop(stream);
@@ -270,7 +267,7 @@ impl Accept {
         bump(&server.counters.accepted);
         let local = stream.local_addr().unwrap_or(server.local_addr);
         let addrs = ConnectionAddrs { local, peer };
-        if !self.config.security.is_enabled() {
+        if !self.config.security().is_enabled() {
             open_accepted(&self.rt, server, stream, addrs, &self.config, None);
             return;
         }
@@ -279,7 +276,7 @@ impl Accept {
         bump(&server.counters.handshaking);
         let (rt, server, config) = (self.rt.clone(), server.clone(), self.config.clone());
         let handshake = async move {
-            let secured = secure_server(&*rt, stream, &config.security, peer).await;
+            let secured = secure_server(&*rt, stream, config.security(), peer).await;
             server.counters.handshaking.fetch_sub(1, Ordering::Relaxed);
             match secured {
                 Ok(secured) if !server.closed.load(Ordering::SeqCst) => {
@@ -371,7 +368,7 @@ fn open_accepted(
         rt.clone(),
         stream,
         addrs,
-        config.connection.clone(),
+        config.connection().clone(),
         server.handler.clone(),
         Some(server.open.clone()),
         client_id,

@@ -99,13 +99,19 @@ fn say(line: &str) {
 
 /// Starts both servers, then answers `stats` lines until stdin closes.
 fn serve(runtime: Arc<dyn Runtime>, max_connections: usize, logs: &'static LogCounter) {
-    let config = TransportConfig::default().with_max_connections(max_connections);
+    let config = TransportConfig::builder()
+        .with_max_connections(max_connections)
+        .build()
+        .unwrap();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let server = TransportServer::bind(runtime.clone(), any, Arc::new(Echo), config.clone())
         .expect("binding the transport server");
     let env = RpcEnv::create(
         runtime,
-        RpcEnvConfig::server("hostile", "127.0.0.1", 0).with_transport(config),
+        RpcEnvConfig::server("hostile", "127.0.0.1", 0)
+            .with_transport(config)
+            .build()
+            .unwrap(),
     )
     .expect("starting the env");
     let env_port = env.address().expect("a server-mode env").port;

@@ -72,6 +72,7 @@ async fn serve(runtime: Arc<dyn Runtime>, port: u16) {
     if let Ok(secret) = std::env::var("RPC_PEER_SECRET") {
         config = config.with_security(rpc_tokio::Security::secret(secret));
     }
+    let config = config.build().expect("a valid config");
     let env = RpcEnv::create(runtime, config).expect("binding the port");
     env.setup_endpoint("peer", Peer).expect("the endpoint");
     let port = env.address().expect("a server-mode env").port;

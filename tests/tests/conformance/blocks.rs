@@ -137,9 +137,11 @@ fn factory() -> TransportClientFactory {
 
 /// Retries after 10 ms, up to 3 times.
 fn config() -> BlockFetchConfig {
-    BlockFetchConfig::default()
+    BlockFetchConfig::builder()
         .with_max_retries(3)
         .with_retry_wait(Duration::from_millis(10))
+        .build()
+        .unwrap()
 }
 
 type Outcome = (String, Result<Bytes, BlockFetchError>);
@@ -180,7 +182,11 @@ fn twenty_blocks_of_various_sizes_arrive_intact_and_the_stream_is_released() {
         ];
         let (server, watched) = serve(blocks(&sizes), Faults::default());
         let factory = factory();
-        let config = config().with_max_chunks_in_flight(4);
+        let config = config()
+            .to_builder()
+            .with_max_chunks_in_flight(4)
+            .build()
+            .unwrap();
         let mut fetch = fetch_blocks(&factory, server.local_addr(), "app", "1", ids(20), &config);
         let got = all(&mut fetch).await;
         // One connection serves a stream's chunks in order: outcomes come in order.
@@ -261,7 +267,11 @@ fn a_failed_chunk_fails_its_block_and_every_later_one_exactly_once() {
             "app",
             "1",
             ids(3),
-            &config().with_max_chunks_in_flight(3),
+            &config()
+                .to_builder()
+                .with_max_chunks_in_flight(3)
+                .build()
+                .unwrap(),
         );
         let got = all(&mut fetch).await;
         assert_eq!(got.len(), 3);
@@ -316,7 +326,11 @@ fn a_connection_closed_mid_fetch_is_retried_for_the_missing_blocks_only() {
             "app",
             "1",
             ids(20),
-            &config().with_max_chunks_in_flight(4),
+            &config()
+                .to_builder()
+                .with_max_chunks_in_flight(4)
+                .build()
+                .unwrap(),
         );
         let mut received = Received::default();
         within("every block", fetch.deliver_to(&mut received)).await;
@@ -346,7 +360,11 @@ fn chunk_fetches_in_flight_are_bounded_and_pulled_by_the_consumer() {
             "app",
             "1",
             ids(20),
-            &config().with_max_chunks_in_flight(3),
+            &config()
+                .to_builder()
+                .with_max_chunks_in_flight(3)
+                .build()
+                .unwrap(),
         );
         let mut taken = 0;
         for pause_after in [1, 5, 6] {
@@ -389,7 +407,11 @@ fn a_refused_connection_is_retried_then_fails_every_block() {
             "app",
             "1",
             ids(2),
-            &config().with_max_retries(2),
+            &config()
+                .to_builder()
+                .with_max_retries(2)
+                .build()
+                .unwrap(),
         );
         let got = all(&mut fetch).await;
         assert_eq!(got.len(), 2);
@@ -447,7 +469,11 @@ fn dropping_a_fetch_midway_releases_its_stream_when_the_connection_closes() {
             "app",
             "1",
             ids(10),
-            &config().with_max_chunks_in_flight(2),
+            &config()
+                .to_builder()
+                .with_max_chunks_in_flight(2)
+                .build()
+                .unwrap(),
         );
         let (id, result) = within("a block", fetch.next_block()).await.unwrap();
         assert_eq!((id.as_str(), result.unwrap()), ("b0", block(0, 1000)));

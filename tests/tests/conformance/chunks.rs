@@ -275,12 +275,16 @@ fn a_peer_that_fetches_without_reading_is_refused_rather_than_buffered_without_b
             streams: OneForOneStreamManager::new(1),
         });
         let limit = 4 * 1024 * 1024;
-        let config = transport_config().with_connection(
-            Config::builder()
-                .with_max_send_buffer(limit)
-                .build()
-                .unwrap(),
-        );
+        let config = transport_config()
+            .to_builder()
+            .with_connection(
+                Config::builder()
+                    .with_max_send_buffer(limit)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
         let server = TransportServer::bind(rt(), localhost(), blocks.clone(), config).unwrap();
         let chunks = 200u32;
         let one = pattern(1024 * 1024);

@@ -19,22 +19,31 @@ fn the_longest_timeouts_mean_no_deadline_everywhere() {
         let server = RpcEnv::create(
             rt(),
             server_config("server")
+                .to_builder()
                 .with_ask_timeout(forever)
-                .with_lookup_timeout(forever),
+                .with_lookup_timeout(forever)
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let other = RpcEnv::create(
             rt(),
             server_config("other")
+                .to_builder()
                 .with_ask_timeout(forever)
-                .with_lookup_timeout(forever),
+                .with_lookup_timeout(forever)
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let client = RpcEnv::create(
             rt(),
             client_config("client")
+                .to_builder()
                 .with_ask_timeout(forever)
-                .with_lookup_timeout(forever),
+                .with_lookup_timeout(forever)
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let local = server

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::util::*;
 use rpc::{
-    BoxError, ConcurrentRpcEndpoint, EndpointContext, RpcCallContext, RpcEndpoint, RpcEndpointRef,
-    RpcEnv, RpcError, RpcMessage, SetupError,
+    BoxError, ConcurrentRpcEndpoint, ConfigError, EndpointContext, RpcCallContext, RpcEndpoint,
+    RpcEndpointRef, RpcEnv, RpcError, RpcMessage, SetupError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +101,34 @@ fn ask_is_answered_by_a_server_endpoint_from_a_client_mode_env_without_sender() 
     })
 }
 
+/// An endpoint that asks for an inbox of zero messages.
+struct NoInbox;
+
+impl RpcEndpoint for NoInbox {
+    type Message = ();
+    type Reply = ();
+
+    fn inbox_capacity(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+#[test]
+fn an_endpoint_inbox_capacity_of_zero_fails_setup_naming_it() {
+    block_on(async {
+        let env = server_env("env");
+        let err = env.setup_endpoint("none", NoInbox).unwrap_err();
+        assert!(
+            matches!(&err, SetupError::Config(ConfigError::ZeroLimit("inbox capacity"))),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "inbox capacity must be greater than zero");
+        // Nothing was registered: the name is free.
+        env.setup_endpoint("none", Probe::default()).unwrap();
+        shutdown(&[&env]).await;
+    })
+}
+
 #[test]
 fn registering_a_taken_name_fails() {
     block_on(async {
@@ -164,8 +192,24 @@ fn ask_times_out_naming_the_duration_the_endpoint_and_the_setting() {
 fn ask_uses_the_envs_default_timeout() {
     block_on(async {
         let after = Duration::from_millis(150);
-        let a = RpcEnv::create(rpc::runtime(), server_config("a").with_ask_timeout(after)).unwrap();
-        let b = RpcEnv::create(rpc::runtime(), server_config("b").with_ask_timeout(after)).unwrap();
+        let a = RpcEnv::create(
+            rpc::runtime(),
+            server_config("a")
+                .to_builder()
+                .with_ask_timeout(after)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let b = RpcEnv::create(
+            rpc::runtime(),
+            server_config("b")
+                .to_builder()
+                .with_ask_timeout(after)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
         let rec = Recorder::default();
         let local = a.setup_endpoint("probe", Probe::new(&rec)).unwrap();
         let remote = lookup(&b, &a, "probe").await;
@@ -997,7 +1041,11 @@ fn ask_with_retry_retries_an_ask_that_timed_out_until_it_succeeds() {
         let a = server_env("a");
         let b = RpcEnv::create(
             rpc::runtime(),
-            server_config("b").with_ask_timeout(Duration::from_millis(200)),
+            server_config("b")
+                .to_builder()
+                .with_ask_timeout(Duration::from_millis(200))
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let attempts = Arc::new(AtomicU32::new(0));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::util::*;
 use rpc::{
     BoxError, EndpointContext, EndpointKind, OutboxConfig, RpcAddress, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcError, RpcMessage, SetupError, TransportConfig,
+    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcError, RpcMessage, SetupError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -139,16 +139,25 @@ fn impatient_env(name: &str, server_mode: bool) -> RpcEnv {
         .with_idle_timeout(Some(Duration::from_millis(200)))
         .build()
         .unwrap();
-    let transport = TransportConfig {
-        connection,
-        ..transport_config()
-    };
+    let transport = transport_config()
+        .to_builder()
+        .with_connection(connection)
+        .build()
+        .unwrap();
     let config = if server_mode {
         server_config(name)
     } else {
         client_config(name)
     };
-    RpcEnv::create(rpc::runtime(), config.with_transport(transport)).unwrap()
+    RpcEnv::create(
+        rpc::runtime(),
+        config
+            .to_builder()
+            .with_transport(transport)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -292,7 +301,15 @@ fn shutdown_fails_asks_waiting_for_a_connection_with_env_stopped() {
             .with_max_backoff(Duration::from_secs(30))
             .build()
             .unwrap();
-        let env = RpcEnv::create(rpc::runtime(), server_config("env").with_outbox(outbox)).unwrap();
+        let env = RpcEnv::create(
+            rpc::runtime(),
+            server_config("env")
+                .to_builder()
+                .with_outbox(outbox)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
         let rec = Recorder::default();
         env.setup_endpoint("events", Probe::new(&rec)).unwrap();
         let probe = lookup(&env, &target, "probe").await;
@@ -357,7 +374,10 @@ fn binding_a_taken_port_fails_with_a_bind_error() {
         let port = addr(&a).port;
         let err = RpcEnv::create(
             rpc::runtime(),
-            RpcEnvConfig::server("b", "127.0.0.1", port).with_security(security()),
+            RpcEnvConfig::server("b", "127.0.0.1", port)
+                .with_security(security())
+                .build()
+                .unwrap(),
         )
         .unwrap_err();
         match &err {
@@ -380,7 +400,9 @@ fn with_port_retries_the_env_takes_the_next_free_port() {
             rpc::runtime(),
             RpcEnvConfig::server("b", "127.0.0.1", port)
                 .with_port_retries(16)
-                .with_security(security()),
+                .with_security(security())
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let taken = addr(&b).port;
@@ -578,7 +600,9 @@ fn looking_up_an_unreachable_address_fails_within_the_lookup_timeout() {
             rpc::runtime(),
             RpcEnvConfig::client("c")
                 .with_lookup_timeout(lookup_timeout)
-                .with_security(security()),
+                .with_security(security())
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let started = Instant::now();
@@ -613,7 +637,11 @@ fn the_advertised_address_is_what_the_env_and_its_refs_report() {
         let advertised = RpcAddress::new("example.com", 4242);
         let a = RpcEnv::create(
             rpc::runtime(),
-            server_config("a").with_advertise(advertised.clone()),
+            server_config("a")
+                .to_builder()
+                .with_advertise(advertised.clone())
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let b = server_env("b");
@@ -932,7 +960,9 @@ fn messages_waiting_for_an_unreachable_env_count_as_queued_then_fail() {
             rpc::runtime(),
             RpcEnvConfig::client("client")
                 .with_outbox(outbox)
-                .with_security(security()),
+                .with_security(security())
+                .build()
+                .unwrap(),
         )
         .unwrap();
         // A port nobody listens on: every connect is refused.

@@ -79,7 +79,11 @@ fn serve(config: TransportConfig) -> (TransportServer, Arc<Hostile>) {
 }
 
 fn with_connection(config: Config) -> TransportConfig {
-    transport_config().with_connection(config)
+    transport_config()
+        .to_builder()
+        .with_connection(config)
+        .build()
+        .unwrap()
 }
 
 /// A well-behaved client on a connection of its own is answered.
@@ -210,7 +214,13 @@ fn half_frames_are_bounded_across_the_server_and_cut_at_the_frame_timeout() {
             .with_frame_timeout(Some(Duration::from_millis(1500)))
             .build()
             .unwrap();
-        let (server, handler) = serve(with_connection(config).with_max_partial_frame_bytes(BUDGET));
+        let (server, handler) = serve(
+            with_connection(config)
+                .to_builder()
+                .with_max_partial_frame_bytes(BUDGET)
+                .build()
+                .unwrap(),
+        );
         let frame = encode(&[Frame::RpcRequest {
             request: RequestId(1),
             body: Bytes::from(vec![1; (1 << 20) - 100]),

@@ -112,7 +112,11 @@ fn a_flood_of_one_way_messages_fills_the_inbox_to_its_bound_and_no_further() {
     block_on(async {
         let a = RpcEnv::create(
             rt(),
-            server_config("a").with_inbox_capacity(CAPACITY),
+            server_config("a")
+                .to_builder()
+                .with_inbox_capacity(CAPACITY)
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let open = Arc::new(AtomicBool::new(false));
@@ -188,7 +192,15 @@ fn asks_past_the_pending_budget_are_refused_as_busy_until_some_are_answered() {
     const BUDGET: usize = 50;
     const ASKED: u64 = 200;
     block_on(async {
-        let a = RpcEnv::create(rt(), server_config("a").with_max_pending_asks(BUDGET)).unwrap();
+        let a = RpcEnv::create(
+            rt(),
+            server_config("a")
+                .to_builder()
+                .with_max_pending_asks(BUDGET)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
         let rec = Recorder::default();
         let probe_local = a.setup_endpoint("probe", Probe::new(&rec)).unwrap();
 
@@ -402,7 +414,12 @@ fn a_block_server_reads_blocks_when_fetched_and_limits_streams_per_connection() 
             counted.fetch_add(1, Ordering::SeqCst);
             Ok(Bytes::from(id.to_owned()))
         };
-        let blocks = Arc::new(BlockServer::new(source).with_max_streams_per_connection(2));
+        let blocks = Arc::new(
+            BlockServer::builder(source)
+                .with_max_streams_per_connection(2)
+                .build()
+                .unwrap(),
+        );
         let server =
             TransportServer::bind(rt(), localhost(), blocks.clone(), transport_config())
                 .unwrap();

@@ -141,7 +141,10 @@ impl UploadSink for Length {
 }
 
 fn secured(security: Security) -> TransportConfig {
-    TransportConfig::default().with_security(security)
+    TransportConfig::builder()
+        .with_security(security)
+        .build()
+        .unwrap()
 }
 
 fn bind(handler: Arc<Served>, security: Security) -> TransportServer {
@@ -527,14 +530,22 @@ fn envs_with_the_same_secret_talk_and_a_wrong_secret_is_a_typed_error() {
         let rec = Recorder::default();
         let server = rpc::RpcEnv::create(
             rt(),
-            server_config("secure-server").with_security(Security::secret(SECRET)),
+            server_config("secure-server")
+                .to_builder()
+                .with_security(Security::secret(SECRET))
+                .build()
+                .unwrap(),
         )
         .unwrap();
         server.setup_endpoint("probe", Probe::new(&rec)).unwrap();
 
         let client = rpc::RpcEnv::create(
             rt(),
-            client_config("secure-client").with_security(Security::secret(SECRET)),
+            client_config("secure-client")
+                .to_builder()
+                .with_security(Security::secret(SECRET))
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let probe = lookup(&client, &server, "probe").await;
@@ -543,7 +554,11 @@ fn envs_with_the_same_secret_talk_and_a_wrong_secret_is_a_typed_error() {
 
         let stranger = rpc::RpcEnv::create(
             rt(),
-            client_config("stranger").with_security(Security::secret("wrong")),
+            client_config("stranger")
+                .to_builder()
+                .with_security(Security::secret("wrong"))
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let error = within(

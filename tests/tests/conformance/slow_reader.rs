@@ -20,12 +20,16 @@ use super::util::*;
 
 /// Connections whose send buffer holds at most `limit` bytes.
 fn limited(limit: u64) -> TransportConfig {
-    transport_config().with_connection(
-        Config::builder()
-            .with_max_send_buffer(limit)
-            .build()
-            .unwrap(),
-    )
+    transport_config()
+        .to_builder()
+        .with_connection(
+            Config::builder()
+                .with_max_send_buffer(limit)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
 }
 
 /// More than a peer that never reads can make us accept: the kernel's socket buffers hold a
@@ -183,8 +187,15 @@ fn env_sends_to_a_peer_that_never_reads_are_refused_not_buffered_without_bound()
     block_on(async {
         let (addr, _go, _reader) = slow_reader();
         let limit = 256 * 1024;
-        let env = RpcEnv::create(rt(), client_config("writer").with_transport(limited(limit)))
-            .unwrap();
+        let env = RpcEnv::create(
+            rt(),
+            client_config("writer")
+                .to_builder()
+                .with_transport(limited(limit))
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
         // Unverified: the raw peer answers no lookup.
         let slow: RpcEndpointRef<Cmd, String> =
             env.endpoint_ref(RpcEndpointAddress::new(RpcAddress::from(addr), "slow"));

@@ -216,7 +216,11 @@ fn idle_config(idle: Duration, close_idle_connections: bool) -> TransportConfig 
         .with_close_idle_connections(close_idle_connections)
         .build()
         .unwrap();
-    transport_config().with_connection(connection)
+    transport_config()
+        .to_builder()
+        .with_connection(connection)
+        .build()
+        .unwrap()
 }
 
 async fn connect(factory: &TransportClientFactory, addr: SocketAddr) -> TransportClient {
@@ -302,7 +306,13 @@ fn different_peers_get_different_connections() {
 fn connections_per_peer_opens_that_many_connections_used_round_robin() {
     block_on(async {
         let (server, _) = serve();
-        let factory = factory_with(transport_config().with_connections_per_peer(3));
+        let factory = factory_with(
+            transport_config()
+                .to_builder()
+                .with_connections_per_peer(3)
+                .build()
+                .unwrap(),
+        );
         let addr = server.local_addr();
         let mut clients = Vec::new();
         for _ in 0..9 {
@@ -400,7 +410,13 @@ fn fast_fail_returns_the_cached_error_without_connecting() {
             l.local_addr().unwrap()
         };
         let window = Duration::from_secs(3);
-        let factory = factory_with(transport_config().with_fast_fail_window(window));
+        let factory = factory_with(
+            transport_config()
+                .to_builder()
+                .with_fast_fail_window(window)
+                .build()
+                .unwrap(),
+        );
         let started = Instant::now();
         let first = within("the failed connect", factory.create_client(addr))
             .await
@@ -480,7 +496,13 @@ fn a_connect_that_hangs_fails_with_the_connect_timeout() {
         };
         let addr = listener.local_addr().unwrap();
         let after = Duration::from_millis(500);
-        let factory = factory_with(transport_config().with_connect_timeout(after));
+        let factory = factory_with(
+            transport_config()
+                .to_builder()
+                .with_connect_timeout(after)
+                .build()
+                .unwrap(),
+        );
         let err = within("the connect timeout", factory.create_client(addr))
             .await
             .unwrap_err();
@@ -820,7 +842,11 @@ fn an_rpc_at_the_frame_limit_crosses_and_one_byte_more_is_refused_locally() {
     block_on(async {
         let max = MIB as u64;
         let connection = Config::builder().with_max_frame_size(max).build().unwrap();
-        let config = transport_config().with_connection(connection);
+        let config = transport_config()
+            .to_builder()
+            .with_connection(connection)
+            .build()
+            .unwrap();
         let (server, _) = serve_with(config.clone());
         let factory = factory_with(config);
         let client = connect(&factory, server.local_addr()).await;

@@ -198,7 +198,10 @@ impl Rendezvous {
 /// The transport config every transport of the suite starts from: the defaults, with the
 /// module's [`security`].
 pub(crate) fn transport_config() -> TransportConfig {
-    TransportConfig::default().with_security(security())
+    TransportConfig::builder()
+        .with_security(security())
+        .build()
+        .unwrap()
 }
 
 /// Whether a test that talks the plaintext protocol on a raw socket (frames written and read
@@ -230,6 +233,8 @@ pub(crate) fn server_config(name: &str) -> RpcEnvConfig {
     RpcEnvConfig::server(name, "127.0.0.1", 0)
         .with_ask_timeout(LONG)
         .with_security(security())
+        .build()
+        .unwrap()
 }
 
 /// A client-mode env.
@@ -242,6 +247,8 @@ pub(crate) fn client_config(name: &str) -> RpcEnvConfig {
     RpcEnvConfig::client(name)
         .with_ask_timeout(LONG)
         .with_security(security())
+        .build()
+        .unwrap()
 }
 
 /// The address of a server-mode env.
