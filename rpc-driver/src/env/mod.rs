@@ -99,6 +99,7 @@ mod endpoint;
 mod error;
 mod file_server;
 mod handler;
+mod hosting;
 mod hub;
 mod lifecycle;
 mod lookup;
