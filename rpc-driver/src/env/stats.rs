@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of an env, from [`RpcEnv::stats`].
+/// Counters of an env, from [`RpcEnv::stats`](crate::env::rpc_env::RpcEnv::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EnvStats {
