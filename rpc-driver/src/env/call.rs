@@ -2,23 +2,20 @@
 
 use std::any::Any;
 use std::fmt;
-use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Weak;
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use rpc_proto::{encode_payload, RequestId, RpcAddress};
+use rpc_proto::{encode_payload, RpcAddress};
 use serde::Serialize;
 
+use super::cancel::{CancelFlag, Cancelled};
 use super::error::RpcError;
-use super::EnvInner;
+use super::lifecycle::{stopped_or_gone, StopFlag};
 use crate::completion::Completer;
 use crate::sync::{lock, Arc, Mutex};
-use crate::transport::{ConnectionId, RpcResponder};
-use crate::wait_list::{WaitKey, WaitList};
+use crate::transport::RpcResponder;
 
 /// A local reply, not serialized.
 pub(crate) type LocalReply = Result<Box<dyn Any + Send>, RpcError>;
@@ -33,7 +30,7 @@ pub(crate) enum ReplyTo {
 }
 
 /// One ask from another env counted against
-/// [`RpcEnvConfig::max_pending_asks`](super::RpcEnvConfig::max_pending_asks); released
+/// [`RpcEnvConfig::max_pending_asks`](crate::env::config::RpcEnvConfig::max_pending_asks); released
 /// when dropped (with the answer, or the unanswered call).
 pub(crate) struct AskPermit {
     pending: Arc<AtomicUsize>,
@@ -73,66 +70,14 @@ impl ReplyTo {
     }
 }
 
-/// Set when the caller of an ask stops waiting (dropped or aborted its future, or its
-/// connection closed).
-#[derive(Default)]
-pub(crate) struct CancelFlag {
-    cancelled: AtomicBool,
-    /// One slot per [`Cancelled`] future waiting.
-    waiters: Mutex<WaitList>,
-    /// Where the env finds it by connection and request id; removed from there when the
-    /// flag goes (when the call context does), so the env holds only live calls' flags.
-    registration: Option<(Weak<EnvInner>, ConnectionId, RequestId)>,
-}
-
-impl Drop for CancelFlag {
-    fn drop(&mut self) {
-        if let Some((env, connection, request)) = &self.registration {
-            if let Some(env) = env.upgrade() {
-                env.forget_cancel(*connection, *request);
-            }
-        }
-    }
-}
-
-impl CancelFlag {
-    /// A flag the env finds by the `connection` and `request` id the ask came with.
-    pub(crate) fn registered(
-        env: Weak<EnvInner>,
-        connection: ConnectionId,
-        request: RequestId,
-    ) -> Self {
-        Self {
-            cancelled: AtomicBool::new(false),
-            waiters: Mutex::default(),
-            registration: Some((env, connection, request)),
-        }
-    }
-
-    pub(crate) fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        let wakers = lock(&self.waiters).take_all();
-        wakers.into_iter().for_each(Waker::wake);
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// Wakers stored for tasks waiting on the flag.
-    #[cfg(test)]
-    fn waiting(&self) -> usize {
-        lock(&self.waiters).len()
-    }
-}
-
 struct CallInner {
     reply: Mutex<Option<ReplyTo>>,
     sender: Option<RpcAddress>,
     deadline: Option<Instant>,
     cancel: Arc<CancelFlag>,
     endpoint: String,
-    env: Weak<EnvInner>,
+    /// The env's stop flag: a local caller whose env is stopping hears that.
+    stopped: Weak<StopFlag>,
 }
 
 impl Drop for CallInner {
@@ -143,7 +88,7 @@ impl Drop for CallInner {
         };
         match reply {
             // A local caller is in the same env: if that env is shutting down, that is why.
-            Some(ReplyTo::Local(c)) if self.env.upgrade().is_none_or(|e| e.is_stopped()) => {
+            Some(ReplyTo::Local(c)) if stopped_or_gone(&self.stopped) => {
                 let _ = c.complete(Err(RpcError::EnvStopped));
             }
             Some(reply) => reply.fail(format!(
@@ -182,7 +127,7 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
         deadline: Option<Instant>,
         cancel: Option<Arc<CancelFlag>>,
         endpoint: &str,
-        env: &Weak<EnvInner>,
+        stopped: &Weak<StopFlag>,
     ) -> Self {
         Self {
             inner: Arc::new(CallInner {
@@ -193,7 +138,7 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
                 // never raised.
                 cancel: cancel.unwrap_or_default(),
                 endpoint: endpoint.to_owned(),
-                env: env.clone(),
+                stopped: stopped.clone(),
             }),
             _reply: PhantomData,
         }
@@ -254,10 +199,7 @@ impl<R: Serialize + Send + 'static> RpcCallContext<R> {
 
     /// Resolves when the caller stops waiting.
     pub fn cancelled(&self) -> Cancelled {
-        Cancelled {
-            flag: self.inner.cancel.clone(),
-            key: WaitKey::default(),
-        }
+        Cancelled::new(self.inner.cancel.clone())
     }
 }
 
@@ -270,51 +212,10 @@ impl<R> fmt::Debug for RpcCallContext<R> {
     }
 }
 
-/// Resolves when an ask's caller stops waiting; from [`RpcCallContext::cancelled`].
-///
-/// Polling it again, from any task, replaces the waker it stored: one waker per `Cancelled`
-/// however often it is polled, and none once it is dropped.
-#[must_use = "futures do nothing unless polled"]
-pub struct Cancelled {
-    flag: Arc<CancelFlag>,
-    key: WaitKey,
-}
-
-impl Future for Cancelled {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        if this.flag.is_cancelled() {
-            return Poll::Ready(());
-        }
-        let mut waiters = lock(&this.flag.waiters);
-        // Checked again under the lock `cancel` takes: a cancel between the two checks has
-        // not taken the wakers yet, so the one stored now is woken.
-        if this.flag.is_cancelled() {
-            waiters.remove(&mut this.key);
-            return Poll::Ready(());
-        }
-        waiters.register(&mut this.key, cx.waker());
-        Poll::Pending
-    }
-}
-
-impl Drop for Cancelled {
-    fn drop(&mut self) {
-        lock(&self.flag.waiters).remove(&mut self.key);
-    }
-}
-
-impl fmt::Debug for Cancelled {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cancelled").finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::task::Wake;
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
 
     use super::*;
     use crate::completion;
@@ -395,5 +296,66 @@ mod tests {
         assert!(first.as_mut().poll(&mut cx).is_ready());
         assert!(second.as_mut().poll(&mut cx).is_ready());
         assert_eq!(flag.waiting(), 0);
+    }
+
+    /// A call context for a local caller, with the env's stop flag `stopped`; the caller's
+    /// end.
+    fn local_call(
+        stopped: &Weak<StopFlag>,
+    ) -> (RpcCallContext<u32>, crate::completion::Waiter<LocalReply>) {
+        let (completer, waiter) = completion::pair();
+        let call = RpcCallContext::new(ReplyTo::Local(completer), None, None, None, "e", stopped);
+        (call, waiter)
+    }
+
+    fn resolved(mut waiter: crate::completion::Waiter<LocalReply>) -> Option<LocalReply> {
+        waiter.try_take()
+    }
+
+    #[test]
+    fn the_first_answer_counts_and_the_rest_are_ignored() {
+        let (call, waiter) = local_call(&Weak::new());
+        let other = call.clone();
+        assert!(!call.is_answered());
+        assert!(other.reply(1));
+        assert!(call.is_answered());
+        assert!(!call.reply(2));
+        assert!(!call.send_failure("too late"));
+        drop((call, other));
+        match resolved(waiter) {
+            Some(Ok(value)) => assert_eq!(*value.downcast::<u32>().unwrap(), 1),
+            _ => panic!("expected the first reply"),
+        }
+    }
+
+    #[test]
+    fn dropping_the_last_clone_unanswered_fails_the_caller_at_once() {
+        let flag = std::sync::Arc::new(StopFlag::default());
+        let (call, waiter) = local_call(&std::sync::Arc::downgrade(&flag));
+        let other = call.clone();
+        drop(call);
+        drop(other);
+        match resolved(waiter) {
+            Some(Err(RpcError::Remote(message))) => {
+                assert!(
+                    message.contains("dropped the call without replying"),
+                    "{message}"
+                )
+            }
+            _ => panic!("expected a remote failure"),
+        }
+    }
+
+    #[test]
+    fn a_local_caller_whose_env_stops_hears_that_the_env_stopped() {
+        let flag = std::sync::Arc::new(StopFlag::default());
+        let (call, waiter) = local_call(&std::sync::Arc::downgrade(&flag));
+        assert!(!flag.stop());
+        drop(call);
+        assert!(matches!(resolved(waiter), Some(Err(RpcError::EnvStopped))));
+        // An env that is gone is as good as stopped.
+        let (call, waiter) = local_call(&Weak::new());
+        drop(call);
+        assert!(matches!(resolved(waiter), Some(Err(RpcError::EnvStopped))));
     }
 }

@@ -8,7 +8,7 @@ use crate::security::Security;
 use crate::transport::TransportConfig;
 
 #[cfg(doc)]
-use super::{RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError};
+use super::{endpoint::RpcEndpoint, error::RpcError, reference::RpcEndpointRef, rpc_env::RpcEnv};
 
 /// Default [`RpcEnvConfig::ask_timeout`] and [`RpcEnvConfig::lookup_timeout`], Spark's
 /// `spark.rpc.askTimeout` and `spark.rpc.lookupTimeout`: 120 seconds.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::call::RpcCallContext;
 use super::message::RpcMessage;
 use super::reference::RpcEndpointRef;
-use super::RpcEnv;
+use super::rpc_env::RpcEnv;
 
 /// The error type handlers return: anything that is an error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -128,9 +128,9 @@ pub trait RpcEndpoint: Send + 'static {
     }
 
     /// How many messages its inbox holds, queued or being handled, before refusing more
-    /// (see [`RpcEnvConfig::inbox_capacity`](super::RpcEnvConfig::inbox_capacity));
+    /// (see [`RpcEnvConfig::inbox_capacity`](crate::env::config::RpcEnvConfig::inbox_capacity));
     /// `None`, the default, takes the env's. `Some(0)` fails its setup with
-    /// [`SetupError::Config`](super::SetupError::Config).
+    /// [`SetupError::Config`](super::error::SetupError::Config).
     fn inbox_capacity(&self) -> Option<usize> {
         None
     }
@@ -231,9 +231,9 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
 
     /// How many messages it holds, queued or being handled (each handled message is a
     /// task), before refusing more (see
-    /// [`RpcEnvConfig::inbox_capacity`](super::RpcEnvConfig::inbox_capacity)); `None`, the
+    /// [`RpcEnvConfig::inbox_capacity`](crate::env::config::RpcEnvConfig::inbox_capacity)); `None`, the
     /// default, takes the env's. `Some(0)` fails its setup with
-    /// [`SetupError::Config`](super::SetupError::Config).
+    /// [`SetupError::Config`](super::error::SetupError::Config).
     fn inbox_capacity(&self) -> Option<usize> {
         None
     }

@@ -44,9 +44,9 @@ pub enum RpcError {
     #[error("endpoint {0} is stopped")]
     EndpointStopped(String),
     /// The message was refused, not handled: the endpoint's inbox is full
-    /// ([`RpcEnvConfig::inbox_capacity`](super::RpcEnvConfig::inbox_capacity)), or its env
+    /// ([`RpcEnvConfig::inbox_capacity`](crate::env::config::RpcEnvConfig::inbox_capacity)), or its env
     /// is handling as many asks from other envs as it takes
-    /// ([`RpcEnvConfig::max_pending_asks`](super::RpcEnvConfig::max_pending_asks)). Sending
+    /// ([`RpcEnvConfig::max_pending_asks`](crate::env::config::RpcEnvConfig::max_pending_asks)). Sending
     /// again later may succeed.
     #[error("endpoint {endpoint} is busy: {reason}")]
     EndpointBusy {

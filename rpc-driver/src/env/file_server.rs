@@ -37,7 +37,7 @@ const FILES: &str = "files";
 const JARS: &str = "jars";
 
 /// Adding a file, jar or directory to a [`FileServer`], or downloading one with
-/// [`RpcEnv::open_channel`](super::RpcEnv::open_channel), failed.
+/// [`RpcEnv::open_channel`](crate::env::rpc_env::RpcEnv::open_channel), failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FileServerError {
@@ -106,10 +106,10 @@ pub enum FileServerError {
 }
 
 /// The files, jars and directories an env serves to other envs (Spark's `RpcEnvFileServer`),
-/// from [`RpcEnv::file_server`](super::RpcEnv::file_server). Cheap to clone.
+/// from [`RpcEnv::file_server`](crate::env::rpc_env::RpcEnv::file_server). Cheap to clone.
 ///
 /// Each `add_*` returns the URI to hand to other envs, which download with
-/// [`RpcEnv::open_channel`](super::RpcEnv::open_channel):
+/// [`RpcEnv::open_channel`](crate::env::rpc_env::RpcEnv::open_channel):
 ///
 /// - [`add_file`](FileServer::add_file): `rpc://host:port/files/<name>`
 /// - [`add_jar`](FileServer::add_jar): `rpc://host:port/jars/<name>`
@@ -120,7 +120,7 @@ pub enum FileServerError {
 /// error, adding the same file again returns the same URI. Paths are canonicalised when
 /// added. A request for a path that leaves a registered directory (`..`, an absolute path,
 /// a symlink pointing outside) is refused. Names are percent-encoded in URIs as Spark does
-/// (a space becomes `%20`); [`RpcEnv::open_channel`](super::RpcEnv::open_channel) decodes
+/// (a space becomes `%20`); [`RpcEnv::open_channel`](crate::env::rpc_env::RpcEnv::open_channel) decodes
 /// them.
 ///
 /// A file is opened when a peer asks for it and sent as a [`FileSegment`]: from the page
@@ -425,7 +425,7 @@ pub(crate) async fn open_channel(
     })
 }
 
-/// A file being downloaded, from [`RpcEnv::open_channel`](super::RpcEnv::open_channel): an
+/// A file being downloaded, from [`RpcEnv::open_channel`](crate::env::rpc_env::RpcEnv::open_channel): an
 /// [`AsyncRead`] of its bytes, with bounded memory (the connection stops reading while the
 /// reader lags, see [`StreamCall`]).
 ///

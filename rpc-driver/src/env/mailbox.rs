@@ -1,24 +1,16 @@
-//! Mailboxes: each endpoint's inbox and the task that feeds its handlers.
+//! Mailboxes: each endpoint's inbox, shared by the env (which posts) and the endpoint's
+//! task (which takes). The task itself is [`runner`](super::runner)'s.
 
 use std::any::Any;
-use std::future::{poll_fn, Future};
-use std::panic::AssertUnwindSafe;
+use std::future::poll_fn;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_lite::FutureExt;
-use rpc_proto::{decode_payload, Inbox, InboxError, InboxItem, RpcAddress};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use tracing::Instrument;
+use rpc_proto::{Inbox, InboxError, InboxItem, RpcAddress};
 
-use super::call::{CancelFlag, ReplyTo, RpcCallContext};
-use super::endpoint::{
-    BoxError, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure, RpcEndpoint,
-};
-use super::reference::with_binding;
-use super::EnvInner;
+use super::call::ReplyTo;
+use super::cancel::CancelFlag;
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::TransportClient;
 
@@ -52,7 +44,7 @@ pub(crate) enum Posted {
 pub(crate) struct Mailbox {
     pub(crate) name: String,
     /// The identity of the endpoint's message and reply types (see
-    /// [`RpcMessage`](super::RpcMessage)), which lookups and every remote message are checked
+    /// [`RpcMessage`](crate::env::message::RpcMessage)), which lookups and every remote message are checked
     /// against.
     pub(crate) identity: String,
     state: Mutex<MailboxState>,
@@ -128,7 +120,8 @@ impl Mailbox {
         }
     }
 
-    async fn next(&self) -> InboxItem<Posted> {
+    /// The next item for the endpoint, once there is one.
+    pub(crate) async fn next(&self) -> InboxItem<Posted> {
         poll_fn(|cx| {
             let mut s = lock(&self.state);
             match s.inbox.next() {
@@ -142,7 +135,8 @@ impl Mailbox {
         .await
     }
 
-    fn done(&self) {
+    /// The endpoint finished with the item it took last.
+    pub(crate) fn done(&self) {
         let waker = {
             let mut s = lock(&self.state);
             s.inbox.done();
@@ -154,224 +148,162 @@ impl Mailbox {
     }
 }
 
-fn panic_message(panic: Box<dyn Any + Send>) -> String {
-    match panic.downcast::<String>() {
-        Ok(s) => *s,
-        Err(panic) => match panic.downcast::<&'static str>() {
-            Ok(s) => (*s).to_owned(),
-            Err(_) => "a non-string panic payload".to_owned(),
-        },
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake};
 
-/// Runs `f`, turning a panic into a failure.
-async fn guarded<T>(f: impl Future<Output = T>) -> Result<T, String> {
-    AssertUnwindSafe(f)
-        .catch_unwind()
-        .await
-        .map_err(panic_message)
-}
+    use super::*;
 
-/// Decodes a message for an endpoint taking `M`.
-fn decode<M: DeserializeOwned + 'static>(
-    payload: Payload,
-    env: &std::sync::Weak<EnvInner>,
-) -> Result<M, String> {
-    match payload {
-        Payload::Local(value) => value
-            .downcast::<M>()
-            .map(|b| *b)
-            .map_err(|_| format!("a local message is not a {}", std::any::type_name::<M>())),
-        Payload::Remote { bytes, client } => {
-            with_binding(env, client, || decode_payload::<M>(&bytes)).map_err(|e| e.to_string())
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
-}
 
-/// What one message turned into, for the endpoint's hooks.
-enum Work<M, R> {
-    Send(M),
-    Ask(M, RpcCallContext<R>, Option<rpc_proto::RequestId>),
-    Connected(RpcAddress),
-    Disconnected(RpcAddress),
-    NetworkError(String, RpcAddress),
-    /// The message could not be decoded; already reported to its sender.
-    Undecodable(String),
-}
-
-fn prepare<M, R>(posted: Posted, name: &str, env: &std::sync::Weak<EnvInner>) -> Work<M, R>
-where
-    M: DeserializeOwned + Send + 'static,
-    R: Serialize + Send + 'static,
-{
-    match posted {
+    fn message(n: u32) -> Posted {
         Posted::Message {
-            payload,
-            request,
-            reply,
-            sender,
-            deadline,
-            cancel,
-        } => match (decode::<M>(payload, env), reply) {
-            (Ok(m), None) => Work::Send(m),
-            (Ok(m), Some(reply)) => Work::Ask(
-                m,
-                RpcCallContext::new(reply, sender, deadline, cancel, name, env),
-                request,
-            ),
-            (Err(e), reply) => {
-                let call =
-                    reply.map(|r| RpcCallContext::<R>::new(r, sender, deadline, cancel, name, env));
-                if let Some(call) = call {
-                    call.send_failure(
-                        rpc_proto::RemoteFailure::BadMessage(format!(
-                            "the message could not be decoded: {e}"
-                        ))
-                        .to_string(),
-                    );
-                }
-                Work::Undecodable(e)
-            }
-        },
-        Posted::Connected(a) => Work::Connected(a),
-        Posted::Disconnected(a) => Work::Disconnected(a),
-        Posted::NetworkError(e, a) => Work::NetworkError(e, a),
-    }
-}
-
-/// Reports a handler's outcome: errors and panics go to the caller (if any) and `on_error`.
-fn failure(
-    outcome: Result<Result<(), BoxError>, String>,
-    call: Option<&dyn Fn(String)>,
-) -> Option<EndpointFailure> {
-    match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => {
-            if let Some(fail) = call {
-                fail(e.to_string());
-            }
-            Some(EndpointFailure::Error(e))
-        }
-        Err(panic) => {
-            if let Some(fail) = call {
-                fail(format!("the endpoint panicked: {panic}"));
-            }
-            Some(EndpointFailure::Panic(panic))
+            payload: Payload::Local(Box::new(n)),
+            request: None,
+            reply: None,
+            sender: None,
+            deadline: None,
+            cancel: None,
         }
     }
-}
 
-/// Runs the hook a piece of work calls for, on `$endpoint` (`&mut E` or `&E`), with panics
-/// caught; evaluates to what `on_error` must hear, if anything. Asks run in a span naming the
-/// endpoint and the request.
-macro_rules! handle_work {
-    ($endpoint:expr, $ctx:expr, $name:expr, $work:expr) => {
-        match $work {
-            Work::Send(m) => failure(guarded($endpoint.receive($ctx, m)).await, None),
-            Work::Ask(m, call, request) => {
-                let keep = call.clone();
-                let span = tracing::debug_span!("call", endpoint = %$name, request = ?request);
-                let outcome = guarded($endpoint.receive_and_reply($ctx, m, call))
-                    .instrument(span)
-                    .await;
-                failure(
-                    outcome,
-                    Some(&|e| {
-                        keep.send_failure(e);
-                    }),
-                )
+    /// What `posted` carries: a local message's number, or an event's port.
+    fn label(posted: &Posted) -> u32 {
+        match posted {
+            Posted::Message {
+                payload: Payload::Local(value),
+                ..
+            } => *value.downcast_ref::<u32>().expect("a u32"),
+            Posted::Connected(a) | Posted::Disconnected(a) | Posted::NetworkError(_, a) => {
+                u32::from(a.port)
             }
-            Work::Connected(a) => guarded($endpoint.on_connected($ctx, a))
-                .await
-                .err()
-                .map(EndpointFailure::Panic),
-            Work::Disconnected(a) => guarded($endpoint.on_disconnected($ctx, a))
-                .await
-                .err()
-                .map(EndpointFailure::Panic),
-            Work::NetworkError(e, a) => guarded($endpoint.on_network_error($ctx, e, a))
-                .await
-                .err()
-                .map(EndpointFailure::Panic),
-            Work::Undecodable(e) => Some(EndpointFailure::Error(e.into())),
+            Posted::Message { .. } => unreachable!("only local messages here"),
         }
-    };
-}
+    }
 
-/// The task of a serial endpoint: one item at a time, in order.
-pub(crate) async fn run_serial<E: RpcEndpoint>(
-    mut endpoint: E,
-    mailbox: Arc<Mailbox>,
-    ctx: EndpointContext<E::Message, E::Reply>,
-    env: std::sync::Weak<EnvInner>,
-) {
-    loop {
-        let item = mailbox.next().await;
-        let outcome = match item {
-            InboxItem::Start => failure(guarded(endpoint.on_start(&ctx)).await, None),
-            InboxItem::Message(posted) => {
-                let work = prepare::<E::Message, E::Reply>(posted, &mailbox.name, &env);
-                handle_work!(endpoint, &ctx, mailbox.name, work)
-            }
-            InboxItem::Stop => {
-                if let Err(panic) = guarded(endpoint.on_stop(&ctx)).await {
-                    let _ = guarded(endpoint.on_error(&ctx, EndpointFailure::Panic(panic))).await;
-                }
+    /// Polls the endpoint's next item once, with `waker`.
+    fn take(mailbox: &Mailbox, waker: &Waker) -> Option<InboxItem<Posted>> {
+        let next = std::pin::pin!(mailbox.next());
+        match next.poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(item) => Some(item),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Takes the next item, which must be a message, and marks it done; its label.
+    fn handle(mailbox: &Mailbox) -> u32 {
+        match take(mailbox, Waker::noop()) {
+            Some(InboxItem::Message(posted)) => {
                 mailbox.done();
-                break;
+                label(&posted)
             }
+            _ => panic!("expected a message"),
+        }
+    }
+
+    fn started(capacity: usize) -> Mailbox {
+        let mailbox = Mailbox::new("e", "u32 -> ()".to_owned(), false, capacity);
+        assert!(matches!(
+            take(&mailbox, Waker::noop()),
+            Some(InboxItem::Start)
+        ));
+        mailbox.done();
+        mailbox
+    }
+
+    #[test]
+    fn messages_are_taken_in_the_order_they_were_posted() {
+        let mailbox = started(100);
+        for n in 0..10 {
+            assert!(mailbox.post(message(n)).is_ok());
+        }
+        let taken: Vec<u32> = (0..10).map(|_| handle(&mailbox)).collect();
+        assert_eq!(taken, (0..10).collect::<Vec<_>>());
+        assert!(take(&mailbox, Waker::noop()).is_none(), "nothing more");
+    }
+
+    #[test]
+    fn a_full_mailbox_gives_the_message_back_until_one_is_handled() {
+        let mailbox = started(2);
+        assert_eq!(mailbox.capacity(), 2);
+        assert!(mailbox.post(message(1)).is_ok());
+        assert!(mailbox.post(message(2)).is_ok());
+        match mailbox.post(message(3)) {
+            Err(InboxError::Full(refused)) => assert_eq!(label(&refused), 3),
+            _ => panic!("expected the message back as Full"),
+        }
+        // Being handled still counts against the capacity: only `done` makes room.
+        let Some(InboxItem::Message(first)) = take(&mailbox, Waker::noop()) else {
+            panic!("expected a message")
         };
-        if let Some(error) = outcome {
-            if guarded(endpoint.on_error(&ctx, error)).await.is_err() {
-                tracing::error!(endpoint = %mailbox.name, "on_error panicked");
-            }
+        assert_eq!(mailbox.messages(), 2);
+        assert!(matches!(mailbox.post(message(3)), Err(InboxError::Full(_))));
+        mailbox.done();
+        drop(first);
+        assert_eq!(mailbox.messages(), 1);
+        assert!(mailbox.post(message(3)).is_ok());
+        assert_eq!([handle(&mailbox), handle(&mailbox)], [2, 3]);
+    }
+
+    #[test]
+    fn network_events_are_never_refused_and_keep_their_place() {
+        let mailbox = started(1);
+        assert!(mailbox.post(message(1)).is_ok());
+        mailbox.notify(Posted::Connected(RpcAddress::new("peer", 2)));
+        mailbox.notify(Posted::Disconnected(RpcAddress::new("peer", 3)));
+        assert!(matches!(mailbox.post(message(4)), Err(InboxError::Full(_))));
+        assert_eq!(
+            [handle(&mailbox), handle(&mailbox), handle(&mailbox)],
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn posting_wakes_the_waiting_endpoint_once() {
+        let mailbox = started(10);
+        let count = std::sync::Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        assert!(take(&mailbox, &waker).is_none());
+        assert!(mailbox.post(message(1)).is_ok());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // The waker was taken: a second post wakes nobody more.
+        assert!(mailbox.post(message(2)).is_ok());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(handle(&mailbox), 1);
+    }
+
+    #[test]
+    fn a_stopped_mailbox_refuses_posts_and_hands_out_the_rest_then_stop() {
+        let mailbox = started(10);
+        assert!(mailbox.post(message(1)).is_ok());
+        let count = std::sync::Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let Some(InboxItem::Message(_)) = take(&mailbox, &waker) else {
+            panic!("expected a message")
+        };
+        assert!(mailbox.post(message(2)).is_ok());
+        assert!(take(&mailbox, &waker).is_none(), "serial: one at a time");
+        mailbox.stop();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "stop wakes the endpoint");
+        match mailbox.post(message(3)) {
+            Err(InboxError::Stopped(refused)) => assert_eq!(label(&refused), 3),
+            _ => panic!("expected the message back as Stopped"),
         }
         mailbox.done();
-    }
-    if let Some(env) = env.upgrade() {
-        env.endpoint_finished(&mailbox);
-    }
-}
-
-/// The task of a concurrent endpoint: `on_start` alone, then messages each on a task of
-/// their own, then `on_stop` alone once they have all finished.
-pub(crate) async fn run_concurrent<E: ConcurrentRpcEndpoint>(
-    endpoint: Arc<E>,
-    mailbox: Arc<Mailbox>,
-    ctx: Arc<EndpointContext<E::Message, E::Reply>>,
-    env: std::sync::Weak<EnvInner>,
-    spawn: impl Fn(crate::runtime::BoxFuture<()>),
-) {
-    loop {
-        match mailbox.next().await {
-            InboxItem::Start => {
-                if let Some(error) = failure(guarded(endpoint.on_start(&ctx)).await, None) {
-                    let _ = guarded(endpoint.on_error(&ctx, error)).await;
-                }
-                mailbox.done();
-            }
-            InboxItem::Message(posted) => {
-                let (endpoint, mailbox2, ctx, env) =
-                    (endpoint.clone(), mailbox.clone(), ctx.clone(), env.clone());
-                spawn(Box::pin(async move {
-                    let work = prepare::<E::Message, E::Reply>(posted, &mailbox2.name, &env);
-                    let outcome = handle_work!(endpoint, &ctx, mailbox2.name, work);
-                    if let Some(error) = outcome {
-                        let _ = guarded(endpoint.on_error(&ctx, error)).await;
-                    }
-                    mailbox2.done();
-                }));
-            }
-            InboxItem::Stop => {
-                if let Err(panic) = guarded(endpoint.on_stop(&ctx)).await {
-                    let _ = guarded(endpoint.on_error(&ctx, EndpointFailure::Panic(panic))).await;
-                }
-                mailbox.done();
-                break;
-            }
-        }
-    }
-    if let Some(env) = env.upgrade() {
-        env.endpoint_finished(&mailbox);
+        assert_eq!(handle(&mailbox), 2, "what was queued is still handled");
+        assert!(matches!(
+            take(&mailbox, Waker::noop()),
+            Some(InboxItem::Stop)
+        ));
     }
 }

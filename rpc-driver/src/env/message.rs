@@ -7,14 +7,12 @@ use bytes::Bytes;
 use rpc_proto::wire::{write_array, write_generic, write_tuple};
 use rpc_proto::{RpcAddress, RpcEndpointAddress};
 
-use super::reference::RpcEndpointRef;
-
 /// A type that travels as a message or a reply, with the name peers know it by.
 ///
 /// Every envelope carries the identity of the endpoint's message and reply types (`"Hello ->
-/// String"`), and lookups ([`RpcEnv::setup_endpoint_ref`](super::RpcEnv::setup_endpoint_ref))
+/// String"`), and lookups ([`RpcEnv::setup_endpoint_ref`](crate::env::rpc_env::RpcEnv::setup_endpoint_ref))
 /// and every remote message are checked against the endpoint's: different identities are
-/// [`RpcError::TypeMismatch`](super::RpcError::TypeMismatch). The identity is made of
+/// [`RpcError::TypeMismatch`](crate::env::error::RpcError::TypeMismatch). The identity is made of
 /// [`NAME`](RpcMessage::NAME)s, which the program chooses, so it is the same across builds,
 /// compiler versions, module moves and re-exports (unlike [`std::any::type_name`], which is
 /// neither stable nor unique).
@@ -63,7 +61,7 @@ use super::reference::RpcEndpointRef;
 ///
 /// `()`, `bool`, integers, floats, `char`, `String`, [`Bytes`], [`Duration`], `Vec`,
 /// `VecDeque`, `Option`, `Result`, tuples up to 8 elements, arrays, `HashMap`, `BTreeMap`,
-/// `HashSet`, `BTreeSet`, [`RpcAddress`], [`RpcEndpointAddress`] and [`RpcEndpointRef`], named
+/// `HashSet`, `BTreeSet`, [`RpcAddress`], [`RpcEndpointAddress`] and [`RpcEndpointRef`](crate::env::reference::RpcEndpointRef), named
 /// as Rust writes them: `Vec<u8>`, `Option<String>`, `(u32, bool)`, `[u8; 16]`,
 /// `HashMap<String, u64>`. `Box<T>` is `T` (it serializes the same). `HashMap` and
 /// `HashSet` ignore their hasher.
@@ -179,13 +177,6 @@ impl<T: RpcMessage> RpcMessage for BTreeSet<T> {
     }
 }
 
-impl<M: RpcMessage, R: RpcMessage> RpcMessage for RpcEndpointRef<M, R> {
-    const NAME: &'static str = "RpcEndpointRef";
-    fn write_identity(out: &mut String) {
-        write_generic(out, Self::NAME, &[M::write_identity, R::write_identity]);
-    }
-}
-
 /// `[T; N]`.
 impl<T: RpcMessage, const N: usize> RpcMessage for [T; N] {
     const NAME: &'static str = "[]";
@@ -223,6 +214,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     use super::*;
+    use crate::env::reference::RpcEndpointRef;
     use crate::env::RpcMessage;
 
     #[derive(RpcMessage)]

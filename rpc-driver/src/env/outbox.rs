@@ -10,14 +10,49 @@ use rpc_proto::{
 };
 use tracing::{debug, info, warn};
 
+use super::cancel::CancelOnDrop;
 use super::error::RpcError;
-use super::reference::CancelOnDrop;
-use super::EnvInner;
+use super::stats::Counters;
 use crate::completion::{self, Completer, Waiter};
 use crate::runtime::{deadline_after, Runtime};
 use crate::security::SecurityError;
 use crate::sync::{lock, Arc, Mutex};
-use crate::transport::{ConnectError, RpcCall, TransportClient};
+use crate::transport::{ConnectError, RpcCall, TransportClient, TransportClientFactory};
+
+/// What an outbox needs of its env: the runtime, the factory it connects with, the counters
+/// it counts losses and retries in, and whether the env is stopping. The env implements it;
+/// outboxes hold it weakly, and do nothing more once it is gone.
+pub(crate) trait OutboxEnv: Send + Sync {
+    /// The runtime the env runs on.
+    fn runtime(&self) -> &Arc<dyn Runtime>;
+    /// Opens the connections control messages travel on.
+    fn factory(&self) -> &TransportClientFactory;
+    /// The env's counters.
+    fn stats(&self) -> &Counters;
+    /// Whether the env is shutting down.
+    fn is_stopped(&self) -> bool;
+}
+
+/// An outbox env that never upgrades (for outboxes made without an env, in tests).
+#[cfg(test)]
+pub(crate) fn detached() -> Weak<dyn OutboxEnv> {
+    enum Detached {}
+    impl OutboxEnv for Detached {
+        fn runtime(&self) -> &Arc<dyn Runtime> {
+            match *self {}
+        }
+        fn factory(&self) -> &TransportClientFactory {
+            match *self {}
+        }
+        fn stats(&self) -> &Counters {
+            match *self {}
+        }
+        fn is_stopped(&self) -> bool {
+            match *self {}
+        }
+    }
+    Weak::<Detached>::new()
+}
 
 /// What an ask becomes once it is written: the transport call and the cancel guard.
 pub(crate) type Sent = Result<(RpcCall, CancelOnDrop), RpcError>;
@@ -46,7 +81,7 @@ pub(crate) enum OutMsg {
 
 /// The driver of one [`Outbox`].
 pub(crate) struct OutboxCell {
-    env: Weak<EnvInner>,
+    env: Weak<dyn OutboxEnv>,
     remote: RpcAddress,
     state: Mutex<CellState>,
 }
@@ -61,7 +96,11 @@ struct CellState {
 }
 
 impl OutboxCell {
-    pub(crate) fn new(env: Weak<EnvInner>, remote: RpcAddress, outbox: Outbox<OutMsg>) -> Self {
+    pub(crate) fn new(
+        env: Weak<dyn OutboxEnv>,
+        remote: RpcAddress,
+        outbox: Outbox<OutMsg>,
+    ) -> Self {
         Self {
             env,
             remote,
@@ -128,7 +167,7 @@ impl OutboxCell {
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
         let (reply, waiter) = completion::pair();
         let len = body.len() as u64;
-        let deadline = deadline_after(env.rt.now(), timeout);
+        let deadline = deadline_after(env.runtime().now(), timeout);
         self.push(
             &mut st,
             OutMsg::Ask {
@@ -157,7 +196,7 @@ impl OutboxCell {
         if let Some(env) = self.env.upgrade() {
             debug!(remote = %self.remote, "connection found closed; reconnecting");
             st.client = None;
-            st.outbox.handle_disconnected(env.rt.now());
+            st.outbox.handle_disconnected(env.runtime().now());
         }
     }
 
@@ -165,7 +204,7 @@ impl OutboxCell {
     fn lost(&self, error: CallError) {
         warn!(remote = %self.remote, %error, "one-way message lost");
         if let Some(env) = self.env.upgrade() {
-            env.stats.failed();
+            env.stats().failed();
         }
     }
 
@@ -187,7 +226,7 @@ impl OutboxCell {
         len: u64,
     ) -> Result<(), RpcError> {
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
-        let now = env.rt.now();
+        let now = env.runtime().now();
         if let Some(client) = st.client.as_ref().filter(|c| c.is_send_buffer_full()) {
             return Err(self.send_buffer_full(client.buffered_bytes()));
         }
@@ -216,13 +255,13 @@ impl OutboxCell {
     }
 
     /// Carries out the outbox's actions. Runs under the lock, so deliveries keep push order.
-    fn process(self: &Arc<Self>, env: &Arc<EnvInner>, st: &mut CellState, now: Instant) {
+    fn process(self: &Arc<Self>, env: &Arc<dyn OutboxEnv>, st: &mut CellState, now: Instant) {
         while let Some(action) = st.outbox.poll_action() {
             match action {
                 OutboxAction::Connect => self.spawn_connect(env),
                 OutboxAction::Deliver(message) => match st.client.clone() {
                     Some(client) => self.deliver(&client, message, now),
-                    None => self.fail(env, message, "not connected".into(), None),
+                    None => self.fail(&**env, message, "not connected".into(), None),
                 },
                 OutboxAction::Fail(message, failure) => {
                     let (reason, refused) = match failure {
@@ -231,7 +270,7 @@ impl OutboxCell {
                         }
                         other => (other.to_string(), None),
                     };
-                    self.fail(env, message, reason, refused)
+                    self.fail(&**env, message, reason, refused)
                 }
                 _ => {}
             }
@@ -240,8 +279,8 @@ impl OutboxCell {
             if st.timer != Some(at) {
                 st.timer = Some(at);
                 let cell = self.clone();
-                let rt = env.rt.clone();
-                env.rt.spawn(Box::pin(async move {
+                let rt = env.runtime().clone();
+                env.runtime().spawn(Box::pin(async move {
                     crate::runtime::sleep_until(&*rt, at).await;
                     cell.on_timer(at);
                 }));
@@ -253,7 +292,7 @@ impl OutboxCell {
         let Some(env) = self.env.upgrade() else {
             return;
         };
-        let now = env.rt.now().max(at);
+        let now = env.runtime().now().max(at);
         let mut st = lock(&self.state);
         if st.timer == Some(at) {
             st.timer = None;
@@ -262,13 +301,13 @@ impl OutboxCell {
         self.process(&env, &mut st, now);
     }
 
-    fn spawn_connect(self: &Arc<Self>, env: &Arc<EnvInner>) {
+    fn spawn_connect(self: &Arc<Self>, env: &Arc<dyn OutboxEnv>) {
         let cell = self.clone();
-        let factory = env.factory.clone();
+        let factory = env.factory().clone();
         let remote = self.remote.clone();
         debug!(%remote, "connecting");
-        let rt = env.rt.clone();
-        env.rt.spawn(Box::pin(async move {
+        let rt = env.runtime().clone();
+        env.runtime().spawn(Box::pin(async move {
             let result = match resolve(&*rt, &remote).await {
                 Ok(addr) => factory.create_client(addr).await.map_err(|e| match e {
                     ConnectError::Security(refused) => (refused.to_string(), Some(refused)),
@@ -279,7 +318,7 @@ impl OutboxCell {
             let Some(env) = cell.env.upgrade() else {
                 return;
             };
-            let now = env.rt.now();
+            let now = env.runtime().now();
             let mut st = lock(&cell.state);
             match result {
                 Ok(client) => {
@@ -291,7 +330,7 @@ impl OutboxCell {
                 Err((reason, refused)) => {
                     info!(%remote, %reason, "connect failed");
                     st.refused = refused;
-                    env.stats.retried();
+                    env.stats().retried();
                     st.outbox.handle_connect_failed(now, reason.into());
                 }
             }
@@ -328,7 +367,7 @@ impl OutboxCell {
 
     fn fail(
         &self,
-        env: &EnvInner,
+        env: &dyn OutboxEnv,
         message: OutMsg,
         reason: String,
         refused: Option<SecurityError>,
@@ -336,7 +375,7 @@ impl OutboxCell {
         match message {
             OutMsg::Send(_) => {
                 warn!(remote = %self.remote, %reason, "one-way message not delivered");
-                env.stats.failed();
+                env.stats().failed();
             }
             OutMsg::Ask {
                 reply, endpoint, ..
@@ -378,7 +417,7 @@ impl OutboxCell {
         let Some(env) = self.env.upgrade() else {
             return;
         };
-        let now = env.rt.now();
+        let now = env.runtime().now();
         let mut st = lock(&self.state);
         st.outbox.close();
         self.process(&env, &mut st, now);

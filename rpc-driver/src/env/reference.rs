@@ -1,51 +1,31 @@
-//! Endpoint refs: how endpoints are reached, locally or across the network.
+//! Endpoint refs: the typed handle on an endpoint, local or remote, and how it sends and
+//! asks (the route is [`route`](super::route)'s, the reply future [`ask`](super::ask)'s).
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::fmt;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
-use std::pin::Pin;
-use std::sync::{Arc as StdArc, OnceLock, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc as StdArc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc_proto::{decode_payload, EnvelopeKind, EnvelopePrefix, RpcEndpointAddress};
+use rpc_proto::{EnvelopeKind, EnvelopePrefix, RpcEndpointAddress};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::call::{CancelFlag, LocalReply, ReplyTo};
-use super::error::{from_remote, RpcError};
-use super::mailbox::{Payload, Posted};
+use super::ask::{Ask, AskState};
+use super::binding::{self, BoundEnv};
+use super::call::ReplyTo;
+use super::cancel::{CancelFlag, CancelOnDrop};
+use super::error::RpcError;
+use super::lookup::{Verified, VERIFIER_NAME};
+use super::mailbox::{Mailbox, Payload, Posted};
 use super::message::{endpoint_identity, RpcMessage};
 use super::outbox::{Asked, OutboxCell};
-use super::{EnvInner, Route};
-use crate::completion::{self, Waiter};
-use crate::runtime::{deadline_after, AsyncTimer};
-use crate::security::SecurityError;
+use super::route::{route, Route};
+use crate::completion;
+use crate::runtime::deadline_after;
 use crate::sync::Arc;
-use crate::transport::{RpcCall, TransportClient};
-
-thread_local! {
-    /// The env (and connection) that refs deserialized on this thread bind to.
-    static BINDING: RefCell<Option<(Weak<EnvInner>, Option<TransportClient>)>> =
-        const { RefCell::new(None) };
-}
-
-/// Runs `f` (a deserialization) with refs binding to `env` and, for refs to client-mode
-/// endpoints, to the connection `client` the message came on.
-pub(crate) fn with_binding<T>(
-    env: &Weak<EnvInner>,
-    client: Option<TransportClient>,
-    f: impl FnOnce() -> T,
-) -> T {
-    let previous = BINDING.with(|b| b.replace(Some((env.clone(), client))));
-    let result = f();
-    BINDING.with(|b| *b.borrow_mut() = previous);
-    result
-}
+use crate::transport::TransportClient;
 
 /// A handle on an endpoint, local or remote: Spark's `RpcEndpointRef`.
 ///
@@ -57,7 +37,7 @@ pub(crate) fn with_binding<T>(
 /// [`RpcError::Disconnected`] once that connection is gone.
 pub struct RpcEndpointRef<M, R> {
     pub(crate) address: RpcEndpointAddress,
-    pub(crate) env: Weak<EnvInner>,
+    pub(crate) env: BoundEnv,
     pub(crate) client: Option<TransportClient>,
     shared: StdArc<RefShared>,
     _types: PhantomData<fn(M) -> R>,
@@ -77,10 +57,10 @@ impl<M: RpcMessage, R: RpcMessage> RpcEndpointRef<M, R> {
     /// A ref to `address`; works out the envelope header (with the types' identity) once.
     pub(crate) fn new(
         address: RpcEndpointAddress,
-        env: Weak<EnvInner>,
+        env: BoundEnv,
         client: Option<TransportClient>,
     ) -> Self {
-        let sender = env.upgrade().and_then(|e| e.address.clone());
+        let sender = env.upgrade().and_then(|e| e.address().cloned());
         let shared = StdArc::new(RefShared {
             endpoint: address.to_string().into(),
             prefix: EnvelopePrefix::new(
@@ -159,7 +139,7 @@ impl<M, R> Serialize for RpcEndpointRef<M, R> {
 impl<'de, M: RpcMessage, R: RpcMessage> Deserialize<'de> for RpcEndpointRef<M, R> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let address = RpcEndpointAddress::deserialize(deserializer)?;
-        let (env, client) = BINDING.with(|b| b.borrow().clone()).unwrap_or_default();
+        let (env, client) = binding::current();
         let client = if address.address.is_none() {
             client
         } else {
@@ -196,14 +176,19 @@ where
             .env
             .upgrade()
             .ok_or_else(|| RpcError::Unbound(self.address.clone()))?;
-        env.stats.sent();
-        match env.route(&self.address, &self.client, Some(&self.shared.outbox))? {
+        env.stats().sent();
+        match route(
+            &*env,
+            &self.address,
+            &self.client,
+            Some(&self.shared.outbox),
+        )? {
             Route::Local(mailbox) => mailbox
                 .post(Posted::Message {
                     payload: Payload::Local(Box::new(message)),
                     request: None,
                     reply: None,
-                    sender: env.address.clone(),
+                    sender: env.address().cloned(),
                     deadline: None,
                     cancel: None,
                 })
@@ -228,12 +213,12 @@ where
         }
     }
 
-    /// Asks with the env's default timeout ([`RpcEnvConfig::ask_timeout`](super::RpcEnvConfig)).
+    /// Asks with the env's default timeout ([`RpcEnvConfig::ask_timeout`](crate::env::config::RpcEnvConfig::ask_timeout)).
     pub fn ask(&self, message: M) -> Ask<R> {
         let timeout = self
             .env
             .upgrade()
-            .map_or(Duration::from_secs(120), |e| e.config.ask_timeout());
+            .map_or(Duration::from_secs(120), |e| e.ask_timeout());
         self.ask_with_timeout(message, timeout)
     }
 
@@ -247,21 +232,16 @@ where
         let Some(env) = self.env.upgrade() else {
             return Ask::failed(RpcError::Unbound(self.address.clone()));
         };
-        env.stats.asked();
+        env.stats().asked();
         // A deadline past the clock's range is none: the ask waits as long as it takes.
-        let deadline = deadline_after(env.rt.now(), timeout);
-        let mut ask = Ask {
-            state: AskState::Done,
-            timer: None,
-            deadline,
-            timeout,
-            endpoint,
-            env: self.env.clone(),
-            cancel: None,
-            counted: true,
-            _reply: PhantomData,
-        };
-        let route = match env.route(&self.address, &self.client, Some(&self.shared.outbox)) {
+        let deadline = deadline_after(env.runtime().now(), timeout);
+        let mut ask = Ask::new(self.env.clone(), endpoint, deadline, timeout, true);
+        let route = match route(
+            &*env,
+            &self.address,
+            &self.client,
+            Some(&self.shared.outbox),
+        ) {
             Ok(route) => route,
             Err(e) => {
                 ask.state = AskState::Failed(e);
@@ -279,7 +259,7 @@ where
                     payload: Payload::Local(Box::new(message)),
                     request: None,
                     reply: Some(ReplyTo::Local(completer)),
-                    sender: env.address.clone(),
+                    sender: env.address().cloned(),
                     deadline,
                     cancel: Some(cancel),
                 }) {
@@ -318,13 +298,13 @@ where
     }
 
     /// Asks the endpoint's env whether the endpoint exists and takes `M` and answers `R`.
-    pub(crate) fn verify(&self, timeout: Duration) -> Ask<super::Verified> {
+    pub(crate) fn verify(&self, timeout: Duration) -> Ask<Verified> {
         let Some(env) = self.env.upgrade() else {
             return Ask::failed(RpcError::Unbound(self.address.clone()));
         };
         let endpoint: StdArc<str> = format!(
             "rpc://{}@{}",
-            super::VERIFIER_NAME,
+            VERIFIER_NAME,
             self.address
                 .address
                 .as_ref()
@@ -332,19 +312,10 @@ where
                 .unwrap_or_default()
         )
         .into();
-        let mut ask = Ask {
-            state: AskState::Done,
-            timer: None,
-            deadline: deadline_after(env.rt.now(), timeout),
-            timeout,
-            endpoint,
-            env: self.env.clone(),
-            cancel: None,
-            counted: false,
-            _reply: PhantomData,
-        };
+        let deadline = deadline_after(env.runtime().now(), timeout);
+        let mut ask = Ask::new(self.env.clone(), endpoint, deadline, timeout, false);
         let body = rpc_proto::wire::lookup_request(&self.shared.prefix);
-        ask.state = match env.route(&self.address, &self.client, None) {
+        ask.state = match route(&*env, &self.address, &self.client, None) {
             Ok(Route::Remote(outbox)) => {
                 match outbox.ask(body, &ask.endpoint, &self.shared.prefix, timeout) {
                     Ok(Asked::Sent(call, guard)) => AskState::Sent(call, Some(guard)),
@@ -391,8 +362,8 @@ where
                 Err(e) => {
                     tracing::warn!(endpoint = %self.address, attempt, error = %e, "ask failed, retrying");
                     if let Some(env) = self.env.upgrade() {
-                        env.stats.retried();
-                        let rt = env.rt.clone();
+                        env.stats().retried();
+                        let rt = env.runtime().clone();
                         drop(env);
                         if attempt < attempts {
                             crate::runtime::sleep_for(&*rt, wait).await;
@@ -407,11 +378,7 @@ where
 }
 
 /// The error a local sender gets when an inbox refuses its message.
-fn refusal<M>(
-    error: &rpc_proto::InboxError<M>,
-    mailbox: &super::mailbox::Mailbox,
-    endpoint: &str,
-) -> RpcError {
+fn refusal<M>(error: &rpc_proto::InboxError<M>, mailbox: &Mailbox, endpoint: &str) -> RpcError {
     match error {
         rpc_proto::InboxError::Full(_) => RpcError::EndpointBusy {
             endpoint: endpoint.to_owned(),
@@ -421,245 +388,9 @@ fn refusal<M>(
     }
 }
 
-/// Sends a `Cancel` to the peer when an ask sent on `client` is dropped before its reply.
-pub(crate) struct CancelOnDrop {
-    client: TransportClient,
-    /// The header prefix the ask was sent with (sender and receiver).
-    prefix: EnvelopePrefix,
-    armed: bool,
-    request: Option<rpc_proto::RequestId>,
-}
-
-impl CancelOnDrop {
-    /// A guard for the call sent on `client` as `request` (`None` if it was refused before
-    /// being sent: nothing to cancel) with an envelope starting with `prefix`.
-    pub(crate) fn new(
-        client: TransportClient,
-        prefix: EnvelopePrefix,
-        request: Option<rpc_proto::RequestId>,
-    ) -> Self {
-        Self {
-            client,
-            prefix,
-            armed: true,
-            request,
-        }
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let (true, Some(request)) = (self.armed, self.request) {
-            let body = self
-                .prefix
-                .encode_raw(None, EnvelopeKind::Cancel { request }, &[]);
-            let _ = self.client.send(body);
-        }
-    }
-}
-
-enum AskState {
-    Failed(RpcError),
-    Local(Waiter<LocalReply>),
-    Queued(Waiter<Result<(RpcCall, CancelOnDrop), RpcError>>),
-    Sent(RpcCall, Option<CancelOnDrop>),
-    Done,
-}
-
-/// The reply to an ask: resolves exactly once, to the reply or why there is none.
-#[must_use = "an ask's reply is only seen by awaiting it"]
-pub struct Ask<R> {
-    state: AskState,
-    /// Made only while the ask waits in this process (for a local endpoint, or for a
-    /// connection): once sent, the connection times the call out at the same deadline.
-    timer: Option<Pin<Box<dyn AsyncTimer>>>,
-    /// `None` for a timeout past the clock's range: no timer at all.
-    deadline: Option<std::time::Instant>,
-    timeout: Duration,
-    endpoint: StdArc<str>,
-    env: Weak<EnvInner>,
-    cancel: Option<Arc<CancelFlag>>,
-    /// Whether it counts in the env's stats (asks do, lookups do not).
-    counted: bool,
-    _reply: PhantomData<fn() -> R>,
-}
-
-impl<R> Ask<R> {
-    fn failed(error: RpcError) -> Self {
-        Self {
-            state: AskState::Failed(error),
-            timer: None,
-            deadline: None,
-            timeout: Duration::ZERO,
-            endpoint: "".into(),
-            env: Weak::new(),
-            cancel: None,
-            counted: false,
-            _reply: PhantomData,
-        }
-    }
-
-    /// Stops waiting: the endpoint sees its call context cancelled; a late reply is dropped.
-    pub fn abort(self) {}
-
-    fn timed_out(&self) -> RpcError {
-        RpcError::TimedOut {
-            after: self.timeout,
-            endpoint: self.endpoint.to_string(),
-        }
-    }
-}
-
-impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
-    type Output = Result<R, RpcError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        loop {
-            let result = match &mut this.state {
-                AskState::Done => panic!("Ask polled after it completed"),
-                AskState::Failed(_) => match std::mem::replace(&mut this.state, AskState::Done) {
-                    AskState::Failed(e) => Err(e),
-                    _ => unreachable!(),
-                },
-                AskState::Local(waiter) => match Pin::new(waiter).poll(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Some(Ok(value))) => downcast::<R>(value),
-                    Poll::Ready(Some(Err(e))) => Err(e),
-                    Poll::Ready(None) => Err(RpcError::EndpointStopped(this.endpoint.to_string())),
-                },
-                AskState::Queued(waiter) => match Pin::new(waiter).poll(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Some(Ok((call, guard)))) => {
-                        this.state = AskState::Sent(call, Some(guard));
-                        continue;
-                    }
-                    Poll::Ready(Some(Err(e))) => Err(e),
-                    Poll::Ready(None) => Err(RpcError::EnvStopped),
-                },
-                AskState::Sent(call, guard) => match Pin::new(call).poll(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(result) => {
-                        let client = guard.as_ref().map(|g| g.client.clone());
-                        // The call was sent with the ask's timeout, so the connection may time
-                        // it out before our own timer fires: the endpoint is still working on
-                        // it then, and must hear of the cancel like after our timer.
-                        let timed_out = matches!(result, Err(rpc_proto::RpcError::TimedOut { .. }));
-                        if let Some(g) = guard.as_mut().filter(|_| !timed_out) {
-                            g.armed = false;
-                        }
-                        self::reply::<R>(result, &this.env, client, &this.endpoint, this.timeout)
-                    }
-                },
-            };
-            this.state = AskState::Done;
-            if let Some(env) = this.env.upgrade().filter(|_| this.counted) {
-                env.stats.answered(result.is_ok());
-            }
-            return Poll::Ready(result);
-        }
-        // A sent call is timed out by its connection (at the same deadline); until then,
-        // our own timer does it.
-        let waiting_here = !matches!(this.state, AskState::Sent(..));
-        if let (None, true, Some(deadline)) = (&this.timer, waiting_here, this.deadline) {
-            if let Some(env) = this.env.upgrade() {
-                this.timer = Some(env.rt.new_timer(deadline));
-            }
-        }
-        if this
-            .timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
-        {
-            let error = this.timed_out();
-            if let Some(cancel) = &this.cancel {
-                cancel.cancel();
-            }
-            this.state = AskState::Done; // drops the call: it is forgotten, a cancel is sent
-            if let Some(env) = this.env.upgrade().filter(|_| this.counted) {
-                env.stats.answered(false);
-            }
-            return Poll::Ready(Err(error));
-        }
-        Poll::Pending
-    }
-}
-
-impl<R> Drop for Ask<R> {
-    fn drop(&mut self) {
-        if matches!(self.state, AskState::Done) {
-            return;
-        }
-        if let Some(cancel) = &self.cancel {
-            cancel.cancel();
-        }
-        // Dropped before it resolved (even if it had already failed): a failed ask.
-        if let Some(env) = self.env.upgrade().filter(|_| self.counted) {
-            env.stats.answered(false);
-        }
-    }
-}
-
-impl<R> fmt::Debug for Ask<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ask")
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
-    }
-}
-
-fn downcast<R: 'static>(value: Box<dyn Any + Send>) -> Result<R, RpcError> {
-    value.downcast::<R>().map(|b| *b).map_err(|_| {
-        RpcError::Serialization(
-            format!("the local reply is not a {}", std::any::type_name::<R>()).into(),
-        )
-    })
-}
-
-fn reply<R: DeserializeOwned>(
-    result: Result<Bytes, rpc_proto::RpcError>,
-    env: &Weak<EnvInner>,
-    client: Option<TransportClient>,
-    endpoint: &str,
-    timeout: Duration,
-) -> Result<R, RpcError> {
-    match result {
-        Ok(bytes) => with_binding(env, client, || decode_payload::<R>(&bytes))
-            .map_err(|e| RpcError::Serialization(e.to_string().into())),
-        Err(rpc_proto::RpcError::Remote(message)) => Err(from_remote(&message, endpoint)),
-        Err(rpc_proto::RpcError::AuthenticationRequired(remote)) => Err(RpcError::Security {
-            endpoint: endpoint.to_owned(),
-            cause: SecurityError::AuthenticationRequired {
-                remote: remote.to_string(),
-            },
-        }),
-        Err(rpc_proto::RpcError::TimedOut { .. }) => Err(RpcError::TimedOut {
-            after: timeout,
-            endpoint: endpoint.to_owned(),
-        }),
-        Err(rpc_proto::RpcError::Disconnected(cause)) => {
-            if env.upgrade().is_none_or(|e| e.is_stopped()) {
-                Err(RpcError::EnvStopped)
-            } else {
-                Err(RpcError::Disconnected {
-                    peer: endpoint.to_owned(),
-                    cause,
-                })
-            }
-        }
-        // Refused because its connection had closed: the connection's end is why.
-        Err(rpc_proto::RpcError::NotSent(rpc_proto::CallError::Closed)) => {
-            if env.upgrade().is_none_or(|e| e.is_stopped()) {
-                return Err(RpcError::EnvStopped);
-            }
-            Err(RpcError::Disconnected {
-                peer: endpoint.to_owned(),
-                cause: client
-                    .and_then(|c| c.close_reason())
-                    .unwrap_or(rpc_proto::ConnectionError::LocallyClosed),
-            })
-        }
-        Err(rpc_proto::RpcError::NotSent(e)) => Err(RpcError::NotSent(e.to_string().into())),
-        Err(other) => Err(RpcError::Remote(other.to_string().into())),
+impl<M: RpcMessage, R: RpcMessage> RpcMessage for RpcEndpointRef<M, R> {
+    const NAME: &'static str = "RpcEndpointRef";
+    fn write_identity(out: &mut String) {
+        rpc_proto::wire::write_generic(out, Self::NAME, &[M::write_identity, R::write_identity]);
     }
 }

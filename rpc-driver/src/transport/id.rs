@@ -16,6 +16,12 @@ pub struct ConnectionId(u64);
 
 impl ConnectionId {
     /// A fresh id, never handed out before in this process.
+    /// Connection `n`, for unit tests that need ids without connections.
+    #[cfg(test)]
+    pub(crate) fn for_test(n: u64) -> Self {
+        Self(n)
+    }
+
     pub(super) fn next() -> Self {
         Self(NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed))
     }
