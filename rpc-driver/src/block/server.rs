@@ -9,26 +9,29 @@ use tracing::debug;
 
 use super::message::{BlockMessage, OpenBlocks, StreamHandle};
 use crate::transport::{
-    OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
+    BoxError, OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
 };
 
 /// Where a [`BlockServer`] finds blocks: Spark's `BlockDataManager`, reduced to reading.
 ///
 /// Called on the connection's driver task when a block's chunk is fetched (not when the
 /// `OpenBlocks` naming it arrives), once per block: implementations must not block. Serve from memory or from buffers read ahead (`Bytes` are
-/// cheap to clone). Closures `Fn(&str, &str, &str) -> Result<Bytes, String>` implement it.
+/// cheap to clone). Closures `Fn(&str, &str, &str) -> Result<Bytes, E>` implement it, for
+/// any error `E` that converts into a [`BoxError`] (a `String`, a `&str`, any error type).
 pub trait BlockSource: Send + Sync + 'static {
     /// The bytes of `block_id`, written by executor `exec_id` of application `app_id`, or why
-    /// it cannot be served (sent to the client, which fails every block of its request).
-    fn block(&self, app_id: &str, exec_id: &str, block_id: &str) -> Result<Bytes, String>;
+    /// it cannot be served (its text is sent to the client, which fails every block of its
+    /// request).
+    fn block(&self, app_id: &str, exec_id: &str, block_id: &str) -> Result<Bytes, BoxError>;
 }
 
-impl<F> BlockSource for F
+impl<F, E> BlockSource for F
 where
-    F: Fn(&str, &str, &str) -> Result<Bytes, String> + Send + Sync + 'static,
+    F: Fn(&str, &str, &str) -> Result<Bytes, E> + Send + Sync + 'static,
+    E: Into<BoxError>,
 {
-    fn block(&self, app_id: &str, exec_id: &str, block_id: &str) -> Result<Bytes, String> {
-        self(app_id, exec_id, block_id)
+    fn block(&self, app_id: &str, exec_id: &str, block_id: &str) -> Result<Bytes, BoxError> {
+        self(app_id, exec_id, block_id).map_err(Into::into)
     }
 }
 
@@ -161,7 +164,7 @@ impl RpcHandler for BlockServer {
 }
 
 impl StreamManager for BlockServer {
-    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, BoxError> {
         self.streams.chunk(client, chunk)
     }
 

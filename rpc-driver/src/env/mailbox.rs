@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
-use rpc_proto::{decode_payload, Inbox, InboxError, InboxItem, RpcAddress};
+use rpc_proto::{decode_payload, ConnectionError, Inbox, InboxError, InboxItem, RpcAddress};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
@@ -45,7 +45,7 @@ pub(crate) enum Posted {
     },
     Connected(RpcAddress),
     Disconnected(RpcAddress),
-    NetworkError(String, RpcAddress),
+    NetworkError(ConnectionError, RpcAddress),
 }
 
 /// One endpoint's inbox, shared by the env (which posts) and the endpoint's task.
@@ -194,7 +194,7 @@ enum Work<M, R> {
     Ask(M, RpcCallContext<R>, Option<rpc_proto::RequestId>),
     Connected(RpcAddress),
     Disconnected(RpcAddress),
-    NetworkError(String, RpcAddress),
+    NetworkError(ConnectionError, RpcAddress),
     /// The message could not be decoded; already reported to its sender.
     Undecodable(String),
 }

@@ -222,7 +222,7 @@ where
                             .close_reason()
                             .unwrap_or(rpc_proto::ConnectionError::LocallyClosed),
                     },
-                    e => RpcError::NotSent(e.to_string().into()),
+                    e => RpcError::NotSent(e),
                 })
             }
         }
@@ -662,7 +662,7 @@ fn reply<R: DeserializeOwned>(
                     .unwrap_or(rpc_proto::ConnectionError::LocallyClosed),
             })
         }
-        Err(rpc_proto::RpcError::NotSent(e)) => Err(RpcError::NotSent(e.to_string().into())),
+        Err(rpc_proto::RpcError::NotSent(e)) => Err(RpcError::NotSent(e)),
         Err(other) => Err(RpcError::Remote(other.to_string().into())),
     }
 }

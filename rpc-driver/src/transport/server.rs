@@ -34,7 +34,7 @@ use tracing::{debug, Instrument};
 
 use super::conn::Registry;
 use super::{
-    ConnectionAddrs, MergedBlockMetaReqHandler, RpcHandler, RpcResponder, StreamManager,
+    BoxError, ConnectionAddrs, MergedBlockMetaReqHandler, RpcHandler, RpcResponder, StreamManager,
     TransportClient, TransportConfig, UploadSink,
 };
 use crate::log_limit::limited;
@@ -402,7 +402,7 @@ impl RpcHandler for Counting {
         &self,
         client: &TransportClient,
         meta: Bytes,
-    ) -> Result<Box<dyn UploadSink>, String> {
+    ) -> Result<Box<dyn UploadSink>, BoxError> {
         self.handler.receive_stream(client, meta)
     }
 
