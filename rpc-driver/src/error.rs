@@ -149,7 +149,6 @@ mod env {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use std::error::Error as _;
     use std::net::SocketAddr;
     use std::time::Duration;
 

@@ -180,3 +180,35 @@ impl fmt::Debug for BlockServer {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// The text a source's refusal would put on the wire.
+    fn refusal(source: &dyn BlockSource) -> String {
+        source
+            .block("app", "exec", "rdd_0_0")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn closures_failing_with_strings_or_any_error_are_block_sources() {
+        let text = |_: &str, _: &str, block: &str| Err::<Bytes, _>(format!("no block {block}"));
+        assert_eq!(refusal(&text), "no block rdd_0_0");
+        let static_text = |_: &str, _: &str, _: &str| Err::<Bytes, _>("refused");
+        assert_eq!(refusal(&static_text), "refused");
+        let io = |_: &str, _: &str, _: &str| -> Result<Bytes, io::Error> {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the block file is gone",
+            ))
+        };
+        assert_eq!(refusal(&io), "the block file is gone");
+        let ok = |_: &str, _: &str, block: &str| Ok::<_, BoxError>(Bytes::from(block.to_owned()));
+        assert_eq!(ok.block("a", "e", "b").unwrap(), Bytes::from_static(b"b"));
+    }
+}
