@@ -78,21 +78,21 @@ impl RpcHandler for Data {
 }
 
 impl StreamManager for Data {
-    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
-        Err(format!("no chunk {chunk}"))
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, BoxError> {
+        Err(format!("no chunk {chunk}").into())
     }
 
     fn open_stream_buffer(
         &self,
         _: &TransportClient,
         stream_id: &str,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, BoxError> {
         match (stream_id, &self.file) {
             ("block", _) => Ok(ManagedBuffer::Memory(self.block.clone())),
             ("file", Some(path)) => FileSegment::open(path)
                 .map(ManagedBuffer::File)
-                .map_err(|e| e.to_string()),
-            (other, _) => Err(format!("no stream {other}")),
+                .map_err(Into::into),
+            (other, _) => Err(format!("no stream {other}").into()),
         }
     }
 }

@@ -59,6 +59,7 @@ pub mod block;
 mod completion;
 #[cfg(not(loom))]
 pub mod env;
+mod error;
 mod log_limit;
 mod runtime;
 pub mod security;
@@ -78,6 +79,7 @@ pub mod __private {
     /// so that an adapter can put its own derive (naming the adapter) beside it.
     pub use crate::env::message::RpcMessage as RpcMessageTrait;
 }
+pub use error::BoxError;
 pub use rpc_proto;
 pub use runtime::{
     sleep_until, timer_fired, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime,

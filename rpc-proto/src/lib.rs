@@ -89,6 +89,7 @@ mod frame;
 pub mod handshake;
 mod id;
 mod inbox;
+mod io_error;
 mod outbox;
 pub mod sasl;
 mod serde_probe;

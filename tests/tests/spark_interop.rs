@@ -374,10 +374,10 @@ impl RpcHandler for Patterns {
         &self,
         _: &TransportClient,
         meta: Bytes,
-    ) -> Result<Box<dyn UploadSink>, String> {
+    ) -> Result<Box<dyn UploadSink>, rpc_tokio::BoxError> {
         struct Mirror(BytesMut);
         impl UploadSink for Mirror {
-            fn on_data(&mut self, data: Bytes) -> Result<(), String> {
+            fn on_data(&mut self, data: Bytes) -> Result<(), rpc_tokio::BoxError> {
                 self.0.extend_from_slice(&data);
                 Ok(())
             }
@@ -428,12 +428,12 @@ impl StreamManager for Patterns {
         &self,
         client: &TransportClient,
         chunk: StreamChunkId,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, rpc_tokio::BoxError> {
         if (FILE_CHUNKS..FILE_CHUNKS + (1 << 20)).contains(&chunk.stream_id) {
             let offset = chunk.stream_id - FILE_CHUNKS + u64::from(chunk.chunk_index);
             return FileSegment::open_range(pattern_file(), offset, 100)
                 .map(ManagedBuffer::File)
-                .map_err(|e| e.to_string());
+                .map_err(Into::into);
         }
         self.chunk(client, chunk).map(ManagedBuffer::Memory)
     }
@@ -442,28 +442,36 @@ impl StreamManager for Patterns {
         &self,
         client: &TransportClient,
         stream_id: &str,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, rpc_tokio::BoxError> {
         if let Some(n) = stream_id
             .strip_prefix("file/")
             .and_then(|n| n.parse::<u64>().ok())
         {
             return FileSegment::open_range(pattern_file(), 0, n)
                 .map(ManagedBuffer::File)
-                .map_err(|e| e.to_string());
+                .map_err(Into::into);
         }
         self.open_stream(client, stream_id)
             .map(ManagedBuffer::Memory)
     }
 
-    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(
+        &self,
+        _: &TransportClient,
+        chunk: StreamChunkId,
+    ) -> Result<Bytes, rpc_tokio::BoxError> {
         let stream = chunk.stream_id as i64;
         if !(0..=64 * MIB as i64).contains(&stream) {
-            return Err(format!("we have no stream {stream}"));
+            return Err(format!("we have no stream {stream}").into());
         }
         Ok(pattern(stream as usize, u64::from(chunk.chunk_index)))
     }
 
-    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream(
+        &self,
+        _: &TransportClient,
+        stream_id: &str,
+    ) -> Result<Bytes, rpc_tokio::BoxError> {
         let n = stream_id
             .strip_prefix("bytes/")
             .and_then(|n| n.parse().ok())

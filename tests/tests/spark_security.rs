@@ -468,11 +468,11 @@ impl RpcHandler for Ours {
         &self,
         client: &TransportClient,
         meta: Bytes,
-    ) -> Result<Box<dyn UploadSink>, String> {
+    ) -> Result<Box<dyn UploadSink>, rpc_tokio::BoxError> {
         self.served(client);
         struct Mirror(BytesMut);
         impl UploadSink for Mirror {
-            fn on_data(&mut self, data: Bytes) -> Result<(), String> {
+            fn on_data(&mut self, data: Bytes) -> Result<(), rpc_tokio::BoxError> {
                 self.0.extend_from_slice(&data);
                 Ok(())
             }
@@ -485,16 +485,24 @@ impl RpcHandler for Ours {
 }
 
 impl StreamManager for Ours {
-    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(
+        &self,
+        client: &TransportClient,
+        chunk: StreamChunkId,
+    ) -> Result<Bytes, rpc_tokio::BoxError> {
         self.served(client);
         let len = chunk.stream_id as usize;
         if len > 64 * MIB {
-            return Err(format!("we have no stream {}", chunk.stream_id));
+            return Err(format!("we have no stream {}", chunk.stream_id).into());
         }
         Ok(pattern(len, u64::from(chunk.chunk_index)))
     }
 
-    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<Bytes, rpc_tokio::BoxError> {
         self.served(client);
         let n = stream_id
             .strip_prefix("bytes/")

@@ -154,7 +154,8 @@ mod tests {
 
     #[test]
     fn block_server_rejects_zero_streams_per_connection() {
-        let source = |_: &str, _: &str, _: &str| Ok(bytes::Bytes::new());
+        let source =
+            |_: &str, _: &str, _: &str| Ok::<_, crate::error::BoxError>(bytes::Bytes::new());
         let error = super::super::BlockServer::builder(source)
             .with_max_streams_per_connection(0)
             .build()

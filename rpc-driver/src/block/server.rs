@@ -9,26 +9,29 @@ use tracing::debug;
 
 use super::message::{BlockMessage, OpenBlocks, StreamHandle};
 use crate::transport::{
-    OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
+    BoxError, OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
 };
 
 /// Where a [`BlockServer`] finds blocks: Spark's `BlockDataManager`, reduced to reading.
 ///
 /// Called on the connection's driver task when a block's chunk is fetched (not when the
 /// `OpenBlocks` naming it arrives), once per block: implementations must not block. Serve from memory or from buffers read ahead (`Bytes` are
-/// cheap to clone). Closures `Fn(&str, &str, &str) -> Result<Bytes, String>` implement it.
+/// cheap to clone). Closures `Fn(&str, &str, &str) -> Result<Bytes, E>` implement it, for
+/// any error `E` that converts into a [`BoxError`] (a `String`, a `&str`, any error type).
 pub trait BlockSource: Send + Sync + 'static {
     /// The bytes of `block_id`, written by executor `exec_id` of application `app_id`, or why
-    /// it cannot be served (sent to the client, which fails every block of its request).
-    fn block(&self, app_id: &str, exec_id: &str, block_id: &str) -> Result<Bytes, String>;
+    /// it cannot be served (its text is sent to the client, which fails every block of its
+    /// request).
+    fn block(&self, app_id: &str, exec_id: &str, block_id: &str) -> Result<Bytes, BoxError>;
 }
 
-impl<F> BlockSource for F
+impl<F, E> BlockSource for F
 where
-    F: Fn(&str, &str, &str) -> Result<Bytes, String> + Send + Sync + 'static,
+    F: Fn(&str, &str, &str) -> Result<Bytes, E> + Send + Sync + 'static,
+    E: Into<BoxError>,
 {
-    fn block(&self, app_id: &str, exec_id: &str, block_id: &str) -> Result<Bytes, String> {
-        self(app_id, exec_id, block_id)
+    fn block(&self, app_id: &str, exec_id: &str, block_id: &str) -> Result<Bytes, BoxError> {
+        self(app_id, exec_id, block_id).map_err(Into::into)
     }
 }
 
@@ -213,7 +216,7 @@ impl RpcHandler for BlockServer {
 }
 
 impl StreamManager for BlockServer {
-    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, BoxError> {
         self.streams.chunk(client, chunk)
     }
 
@@ -227,5 +230,37 @@ impl fmt::Debug for BlockServer {
         f.debug_struct("BlockServer")
             .field("streams", &self.streams)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// The text a source's refusal would put on the wire.
+    fn refusal(source: &dyn BlockSource) -> String {
+        source
+            .block("app", "exec", "rdd_0_0")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn closures_failing_with_strings_or_any_error_are_block_sources() {
+        let text = |_: &str, _: &str, block: &str| Err::<Bytes, _>(format!("no block {block}"));
+        assert_eq!(refusal(&text), "no block rdd_0_0");
+        let static_text = |_: &str, _: &str, _: &str| Err::<Bytes, _>("refused");
+        assert_eq!(refusal(&static_text), "refused");
+        let io = |_: &str, _: &str, _: &str| -> Result<Bytes, io::Error> {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the block file is gone",
+            ))
+        };
+        assert_eq!(refusal(&io), "the block file is gone");
+        let ok = |_: &str, _: &str, block: &str| Ok::<_, BoxError>(Bytes::from(block.to_owned()));
+        assert_eq!(ok.block("a", "e", "b").unwrap(), Bytes::from_static(b"b"));
     }
 }

@@ -259,7 +259,7 @@ fn reply<R: DeserializeOwned>(
                     .unwrap_or(rpc_proto::ConnectionError::LocallyClosed),
             })
         }
-        Err(rpc_proto::RpcError::NotSent(e)) => Err(RpcError::NotSent(e.to_string().into())),
+        Err(rpc_proto::RpcError::NotSent(e)) => Err(RpcError::NotSent(e)),
         Err(other) => Err(RpcError::Remote(other.to_string().into())),
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 
-use rpc_proto::RpcAddress;
+use rpc_proto::{ConnectionError, RpcAddress};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -12,8 +12,7 @@ use super::message::RpcMessage;
 use super::reference::RpcEndpointRef;
 use super::rpc_env::RpcEnv;
 
-/// The error type handlers return: anything that is an error.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use crate::error::BoxError;
 
 /// What went wrong in a handler or hook, as [`RpcEndpoint::on_error`] receives it.
 #[derive(Debug)]
@@ -188,11 +187,14 @@ pub trait RpcEndpoint: Send + 'static {
         async {}
     }
 
-    /// A connection with a remote process failed (before it is reported disconnected).
+    /// A connection with a remote process failed (before it is reported disconnected):
+    /// `error` is why the connection ended, as the transport reports it (any
+    /// [`ConnectionError`] but [`PeerClosed`](ConnectionError::PeerClosed) and
+    /// [`LocallyClosed`](ConnectionError::LocallyClosed), which are not failures).
     fn on_network_error(
         &mut self,
         ctx: &EndpointContext<Self::Message, Self::Reply>,
-        error: String,
+        error: ConnectionError,
         remote: RpcAddress,
     ) -> impl Future<Output = ()> + Send {
         let _ = (ctx, error, remote);
@@ -291,11 +293,14 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
         async {}
     }
 
-    /// A connection with a remote process failed (before it is reported disconnected).
+    /// A connection with a remote process failed (before it is reported disconnected):
+    /// `error` is why the connection ended, as the transport reports it (any
+    /// [`ConnectionError`] but [`PeerClosed`](ConnectionError::PeerClosed) and
+    /// [`LocallyClosed`](ConnectionError::LocallyClosed), which are not failures).
     fn on_network_error(
         &self,
         ctx: &EndpointContext<Self::Message, Self::Reply>,
-        error: String,
+        error: ConnectionError,
         remote: RpcAddress,
     ) -> impl Future<Output = ()> + Send {
         let _ = (ctx, error, remote);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_proto::{AddressError, ConnectionError, RemoteFailure, RpcEndpointAddress};
+use rpc_proto::{AddressError, CallError, ConnectionError, RemoteFailure, RpcEndpointAddress};
 
 use crate::security::SecurityError;
 use crate::transport::ConnectError;
@@ -87,9 +87,28 @@ pub enum RpcError {
     /// The endpoint failed the call (`RpcCallContext::send_failure`, or its handler panicked).
     #[error("remote failure: {0}")]
     Remote(Arc<str>),
-    /// The message could not be sent: a local limit (queue full, frame too large).
+    /// The message could not be sent: the connection refused it, and says why. Match
+    /// [`CallError::SendBufferFull`] to back off: the peer is not reading as fast as it is
+    /// sent to, and sending again once it has read may succeed. Other causes (a frame too
+    /// large) would recur.
     #[error("message not sent: {0}")]
-    NotSent(Arc<str>),
+    NotSent(CallError),
+    /// The message was refused, not sent: the outbox to the peer, which holds messages while
+    /// its connection is being opened, is full (see
+    /// [`RpcEnvConfig::outbox`](super::RpcEnvConfig::outbox)). Sending again later may
+    /// succeed.
+    #[error(
+        "message not sent: the outbox to {peer} is full ({queued_messages} messages, \
+         {queued_bytes} bytes queued)"
+    )]
+    OutboxFull {
+        /// The peer's address.
+        peer: String,
+        /// Messages queued when it was refused.
+        queued_messages: usize,
+        /// Bytes queued when it was refused.
+        queued_bytes: u64,
+    },
     /// A message or reply could not be (de)serialized.
     #[error("serialization failed: {0}")]
     Serialization(Arc<str>),

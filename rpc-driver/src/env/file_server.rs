@@ -27,7 +27,7 @@ use tracing::debug;
 
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{
-    stream_not_found, ConnectError, FileSegment, ManagedBuffer, RpcHandler, RpcResponder,
+    stream_not_found, BoxError, ConnectError, FileSegment, ManagedBuffer, RpcHandler, RpcResponder,
     StreamCall, StreamManager, TransportClient, TransportClientFactory,
 };
 
@@ -294,16 +294,16 @@ impl FileServer {
 }
 
 impl StreamManager for FileServer {
-    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
-        Err(format!("an rpc env serves no chunks (asked for {chunk})"))
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, BoxError> {
+        Err(format!("an rpc env serves no chunks (asked for {chunk})").into())
     }
 
     /// The whole file, read into memory (for callers that want bytes; the transport uses
     /// [`open_stream_buffer`](StreamManager::open_stream_buffer)).
-    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, BoxError> {
         self.open_stream_buffer(client, stream_id)?
             .to_bytes()
-            .map_err(|e| format!("cannot read {stream_id}: {e}"))
+            .map_err(|e| format!("cannot read {stream_id}: {e}").into())
     }
 
     /// The file as a [`FileSegment`], sent without copying.
@@ -311,12 +311,12 @@ impl StreamManager for FileServer {
         &self,
         client: &TransportClient,
         stream_id: &str,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, BoxError> {
         let file = self.resolve(stream_id)?;
         debug!(peer = %client.peer_addr(), %stream_id, "serving a file");
         FileSegment::open(&file)
             .map(ManagedBuffer::File)
-            .map_err(|e| format!("cannot read {stream_id}: {e}"))
+            .map_err(|e| format!("cannot read {stream_id}: {e}").into())
     }
 }
 
@@ -429,6 +429,11 @@ pub(crate) async fn open_channel(
 /// [`AsyncRead`] of its bytes, with bounded memory (the connection stops reading while the
 /// reader lags, see [`StreamCall`]).
 ///
+/// It implements futures-io's [`AsyncRead`] (read it with `futures_lite::AsyncReadExt` or
+/// `futures::AsyncReadExt`) on every runtime, and, with the `tokio` feature of `rpc-driver`
+/// (which `rpc-tokio` enables), tokio's `AsyncRead` too (read it with
+/// `tokio::io::AsyncReadExt`, copy it with `tokio::io::copy`).
+///
 /// A failure after the first byte (the connection ended) is an [`io::Error`] naming the URI.
 /// Dropping it before the end discards the rest of the file.
 pub struct FileDownload {
@@ -450,6 +455,31 @@ impl FileDownload {
     }
 }
 
+impl FileDownload {
+    /// Makes the next piece of the file ready in `self.piece`; an empty piece when it is
+    /// ready is the end of the file.
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.piece.is_empty() {
+            let Some(call) = self.call.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(call).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(piece))) => self.piece = piece,
+                Poll::Ready(Some(Err(e))) => {
+                    self.call = None;
+                    return Poll::Ready(Err(io::Error::other(format!(
+                        "downloading {} failed: {e}",
+                        self.uri
+                    ))));
+                }
+                Poll::Ready(None) => self.call = None,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncRead for FileDownload {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -457,27 +487,27 @@ impl AsyncRead for FileDownload {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        while this.piece.is_empty() {
-            let Some(call) = this.call.as_mut() else {
-                return Poll::Ready(Ok(0));
-            };
-            match Pin::new(call).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(piece))) => this.piece = piece,
-                Poll::Ready(Some(Err(e))) => {
-                    this.call = None;
-                    return Poll::Ready(Err(io::Error::other(format!(
-                        "downloading {} failed: {e}",
-                        this.uri
-                    ))));
-                }
-                Poll::Ready(None) => this.call = None,
-            }
-        }
+        std::task::ready!(this.poll_piece(cx))?;
         let n = buf.len().min(this.piece.len());
         buf[..n].copy_from_slice(&this.piece[..n]);
         this.piece.advance(n);
         Poll::Ready(Ok(n))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncRead for FileDownload {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        std::task::ready!(this.poll_piece(cx))?;
+        let n = buf.remaining().min(this.piece.len());
+        buf.put_slice(&this.piece[..n]);
+        this.piece.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 

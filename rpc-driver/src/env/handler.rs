@@ -151,9 +151,8 @@ impl RpcHandler for EnvHandler {
             error,
             ConnectionError::PeerClosed | ConnectionError::LocallyClosed
         ) {
-            let message = error.to_string();
             for address in std::iter::once(&peer).chain(&remote_env) {
-                env.post_all(|| Posted::NetworkError(message.clone(), address.clone()));
+                env.post_all(|| Posted::NetworkError(error.clone(), address.clone()));
             }
         }
         env.peer_down(&peer);

@@ -7,7 +7,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use rpc_proto::{Inbox, InboxError, InboxItem, RpcAddress};
+use rpc_proto::{ConnectionError, Inbox, InboxError, InboxItem, RpcAddress};
 
 use super::call::ReplyTo;
 use super::cancel::CancelFlag;
@@ -37,7 +37,7 @@ pub(crate) enum Posted {
     },
     Connected(RpcAddress),
     Disconnected(RpcAddress),
-    NetworkError(String, RpcAddress),
+    NetworkError(ConnectionError, RpcAddress),
 }
 
 /// One endpoint's inbox, shared by the env (which posts) and the endpoint's task.

@@ -120,9 +120,7 @@ impl OutboxCell {
             // Connected: nothing is queued, so writing now keeps the order.
             match client.send(body.clone()) {
                 Ok(()) => return Ok(()),
-                Err(CallError::SendBufferFull { buffered, .. }) => {
-                    return Err(self.send_buffer_full(buffered))
-                }
+                Err(e @ CallError::SendBufferFull { .. }) => return Err(RpcError::NotSent(e)),
                 // The connection died and we have not heard yet: reconnect, as we will when
                 // we hear, and queue the message for the new connection.
                 Err(CallError::Closed) => self.lost_connection(&mut st),
@@ -149,9 +147,7 @@ impl OutboxCell {
         if let Some(client) = self.connected(&st).cloned() {
             let call = match client.try_send_rpc(body.clone(), Some(timeout)) {
                 Ok(call) => Some(call),
-                Err(CallError::SendBufferFull { buffered, .. }) => {
-                    return Err(self.send_buffer_full(buffered))
-                }
+                Err(e @ CallError::SendBufferFull { .. }) => return Err(RpcError::NotSent(e)),
                 // The connection died and we have not heard yet: reconnect and queue.
                 Err(CallError::Closed) => {
                     self.lost_connection(&mut st);
@@ -208,17 +204,6 @@ impl OutboxCell {
         }
     }
 
-    /// Why a message is refused while the connection's send buffer is full.
-    fn send_buffer_full(&self, buffered: u64) -> RpcError {
-        RpcError::NotSent(
-            format!(
-                "the send buffer to {} is full ({buffered} bytes): the peer is not reading",
-                self.remote
-            )
-            .into(),
-        )
-    }
-
     fn push(
         self: &Arc<Self>,
         st: &mut CellState,
@@ -228,7 +213,10 @@ impl OutboxCell {
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
         let now = env.runtime().now();
         if let Some(client) = st.client.as_ref().filter(|c| c.is_send_buffer_full()) {
-            return Err(self.send_buffer_full(client.buffered_bytes()));
+            return Err(RpcError::NotSent(CallError::SendBufferFull {
+                buffered: client.buffered_bytes(),
+                max: client.max_send_buffer(),
+            }));
         }
         if let Err(e) = st.outbox.push(now, message, len) {
             return Err(match e {
@@ -238,14 +226,11 @@ impl OutboxCell {
                     ..
                 } => {
                     warn!(remote = %self.remote, queued_messages, queued_bytes, "outbox full, message refused");
-                    RpcError::NotSent(
-                        format!(
-                            "the outbox to {} is full ({queued_messages} messages, \
-                             {queued_bytes} bytes queued)",
-                            self.remote
-                        )
-                        .into(),
-                    )
+                    RpcError::OutboxFull {
+                        peer: self.remote.to_string(),
+                        queued_messages,
+                        queued_bytes,
+                    }
                 }
                 _ => RpcError::EnvStopped,
             });

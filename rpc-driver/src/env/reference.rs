@@ -207,7 +207,7 @@ where
                             .close_reason()
                             .unwrap_or(rpc_proto::ConnectionError::LocallyClosed),
                     },
-                    e => RpcError::NotSent(e.to_string().into()),
+                    e => RpcError::NotSent(e),
                 })
             }
         }

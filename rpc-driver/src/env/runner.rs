@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Weak;
 
 use futures_lite::FutureExt;
-use rpc_proto::{decode_payload, InboxItem, RemoteFailure, RpcAddress};
+use rpc_proto::{decode_payload, ConnectionError, InboxItem, RemoteFailure, RpcAddress};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
@@ -68,7 +68,7 @@ enum Work<M, R> {
     Ask(M, RpcCallContext<R>, Option<rpc_proto::RequestId>),
     Connected(RpcAddress),
     Disconnected(RpcAddress),
-    NetworkError(String, RpcAddress),
+    NetworkError(ConnectionError, RpcAddress),
     /// The message could not be decoded; already reported to its sender.
     Undecodable(String),
 }

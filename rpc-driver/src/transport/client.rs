@@ -236,6 +236,11 @@ impl TransportClient {
         lock(&self.inner.state).conn.buffered_bytes()
     }
 
+    /// The send buffer's limit ([`Config::max_send_buffer`](rpc_proto::Config::max_send_buffer)).
+    pub(crate) fn max_send_buffer(&self) -> u64 {
+        lock(&self.inner.state).conn.config().max_send_buffer()
+    }
+
     /// The connection's counters.
     pub fn stats(&self) -> rpc_proto::ConnectionStats {
         lock(&self.inner.state).conn.stats()

@@ -223,7 +223,9 @@ impl Dispatcher {
                         // fetches are refused (and the chunk is not taken, so the peer can
                         // ask again) instead of queued without bound.
                         Some(_) if self.chunk_room_exhausted() => Err(self.too_much_data()),
-                        Some(streams) => streams.chunk_buffer(&self.client, chunk),
+                        Some(streams) => streams
+                            .chunk_buffer(&self.client, chunk)
+                            .map_err(|e| e.to_string()),
                         // No streams at all: Spark's text for an unknown stream's chunk.
                         None => Err(chunk_stream_closed(chunk.stream_id)),
                     };
@@ -264,7 +266,9 @@ impl Dispatcher {
                 Event::StreamRequested { request, stream_id } => {
                     let served = match self.handler.stream_manager() {
                         Some(_) if self.client.is_send_buffer_full() => Err(self.too_much_data()),
-                        Some(streams) => streams.open_stream_buffer(&self.client, &stream_id),
+                        Some(streams) => streams
+                            .open_stream_buffer(&self.client, &stream_id)
+                            .map_err(|e| e.to_string()),
                         None => Err(stream_not_found(&stream_id)),
                     };
                     let externals = &mut self.externals;
@@ -311,7 +315,8 @@ impl Dispatcher {
                     });
                 }
                 Event::UploadReceived { request, meta, .. } => {
-                    let sink = self.handler.receive_stream(&self.client, meta);
+                    let sink = (self.handler.receive_stream(&self.client, meta))
+                        .map_err(|e| e.to_string());
                     if let Err(error) = &sink {
                         self.client.inner.with_state(|st, now| {
                             let _ = st.conn.respond_rpc_failure(now, request, error);
@@ -324,7 +329,7 @@ impl Dispatcher {
                         return;
                     };
                     let Some(sink) = slot else { return };
-                    if let Err(error) = sink.on_data(data) {
+                    if let Err(error) = sink.on_data(data).map_err(|e| e.to_string()) {
                         // The destination failed: tell the uploader now, discard the rest.
                         if let Some(sink) = slot.take() {
                             sink.on_failure(&error);

@@ -9,6 +9,7 @@ use super::client::TransportClient;
 use super::merged::MergedBlockMetaRequest;
 use super::responder::{MergedBlockMetaResponder, RpcResponder};
 use super::stream::StreamManager;
+use crate::error::BoxError;
 
 /// Receives what peers send on a connection: Spark's `RpcHandler`.
 ///
@@ -38,15 +39,15 @@ pub trait RpcHandler: Send + Sync + 'static {
     }
 
     /// An upload arrived (Spark's `receiveStream`): return where its body goes, or refuse it
-    /// (the uploader receives the message as the call's failure; the body is read and
+    /// (the uploader receives the error's text as the call's failure; the body is read and
     /// discarded, and the connection stays usable). The default refuses every upload.
     fn receive_stream(
         &self,
         client: &TransportClient,
         meta: Bytes,
-    ) -> Result<Box<dyn UploadSink>, String> {
+    ) -> Result<Box<dyn UploadSink>, BoxError> {
         let _ = (client, meta);
-        Err("this peer takes no uploads".to_owned())
+        Err("this peer takes no uploads".into())
     }
 
     /// A connection became active.
@@ -63,9 +64,10 @@ pub trait RpcHandler: Send + Sync + 'static {
 /// Where an upload's body goes, piece by piece, on the connection's driver task (so it
 /// must not block). Returned by [`RpcHandler::receive_stream`].
 pub trait UploadSink: Send + 'static {
-    /// The next piece of the body. An error fails the upload: the uploader receives it, and
-    /// the rest of the body is discarded (the connection stays usable).
-    fn on_data(&mut self, data: Bytes) -> Result<(), String>;
+    /// The next piece of the body. An error fails the upload: the uploader receives its
+    /// text, and the rest of the body is discarded (the connection stays usable); then
+    /// [`on_failure`](UploadSink::on_failure) is called with that text.
+    fn on_data(&mut self, data: Bytes) -> Result<(), BoxError>;
 
     /// The whole body has arrived: answer the upload through `responder` (a failure here,
     /// say a failed post-processing step, reaches the uploader and leaves the connection

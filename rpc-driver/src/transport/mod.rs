@@ -58,3 +58,5 @@ pub use server::{ServerStats, TransportServer};
 pub use state::STREAM_BUFFER_LIMIT;
 pub use stream::{stream_not_found, OneForOneStreamManager, StreamManager};
 pub use stream_call::StreamCall;
+
+pub use crate::error::BoxError;

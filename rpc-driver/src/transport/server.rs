@@ -40,6 +40,7 @@ use super::handler::{MergedBlockMetaReqHandler, RpcHandler, UploadSink};
 use super::registry::Registry;
 use super::responder::RpcResponder;
 use super::stream::StreamManager;
+use crate::error::BoxError;
 use crate::log_limit::limited;
 use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer, Runtime};
 use crate::security::secure_server;
@@ -402,7 +403,7 @@ impl RpcHandler for Counting {
         &self,
         client: &TransportClient,
         meta: Bytes,
-    ) -> Result<Box<dyn UploadSink>, String> {
+    ) -> Result<Box<dyn UploadSink>, BoxError> {
         self.handler.receive_stream(client, meta)
     }
 

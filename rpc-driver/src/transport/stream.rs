@@ -12,6 +12,7 @@ use rpc_proto::StreamChunkId;
 use super::buffer::ManagedBuffer;
 use super::client::TransportClient;
 use super::id::ConnectionId;
+use crate::error::BoxError;
 use crate::sync::{lock, Mutex};
 
 /// Spark's text for a stream that does not exist, `Stream '<id>' was not found.`, as Spark's
@@ -32,9 +33,9 @@ pub(crate) fn chunk_stream_closed(stream_id: u64) -> String {
 /// `StreamManager`); returned by [`RpcHandler::stream_manager`](super::handler::RpcHandler).
 ///
 /// Called on the connection's driver task: implementations must not block. Errors are
-/// sent to the peer as `ChunkFetchFailure` / `StreamFailure` with the given message; Spark
-/// peers may match on it, so use Spark's texts where Spark has one (see
-/// [`stream_not_found`]).
+/// sent to the peer as `ChunkFetchFailure` / `StreamFailure` with their text
+/// ([`Display`](fmt::Display)); Spark peers may match on it, so use Spark's texts where Spark
+/// has one (see [`stream_not_found`]).
 ///
 /// Spark limits the chunks being transferred (`spark.shuffle.maxChunksBeingTransferred`);
 /// we limit the bytes: while a connection's send buffer is over its
@@ -44,13 +45,13 @@ pub(crate) fn chunk_stream_closed(stream_id: u64) -> String {
 /// nothing cannot make the server buffer without bound.
 pub trait StreamManager: Send + Sync + 'static {
     /// The chunk `chunk` asked for on `client`'s connection.
-    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String>;
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, BoxError>;
 
     /// The named stream asked for with a `StreamRequest` (Spark's `openStream`). The default
     /// has none: it fails with Spark's [`stream_not_found`] text.
-    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, BoxError> {
         let _ = client;
-        Err(stream_not_found(stream_id))
+        Err(stream_not_found(stream_id).into())
     }
 
     /// The chunk as a [`ManagedBuffer`]: override to serve file segments (chunks travel in
@@ -61,7 +62,7 @@ pub trait StreamManager: Send + Sync + 'static {
         &self,
         client: &TransportClient,
         chunk: StreamChunkId,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, BoxError> {
         self.chunk(client, chunk).map(ManagedBuffer::Memory)
     }
 
@@ -72,7 +73,7 @@ pub trait StreamManager: Send + Sync + 'static {
         &self,
         client: &TransportClient,
         stream_id: &str,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, BoxError> {
         self.open_stream(client, stream_id)
             .map(ManagedBuffer::Memory)
     }
@@ -114,7 +115,7 @@ pub struct OneForOneStreamManager {
 }
 
 /// Makes the chunk with the given index, when it is fetched.
-type ChunkSource = Arc<dyn Fn(u32) -> Result<Bytes, String> + Send + Sync>;
+type ChunkSource = Arc<dyn Fn(u32) -> Result<Bytes, BoxError> + Send + Sync>;
 
 struct State {
     ids: StreamIds,
@@ -191,17 +192,17 @@ impl OneForOneStreamManager {
 
     /// Registers a stream of `count` chunks for application `app_id` whose chunk `i` is
     /// made by `source(i)` when it is fetched (in order, each once), returning its id. A
-    /// source's error fails that chunk's fetch with its message. `source` runs on the
+    /// source's error (a `String`, or any error) fails that chunk's fetch with its text. `source` runs on the
     /// fetching connection's task, outside the manager's lock: it must not block. With an
     /// `owner`, as for [`register_stream`](OneForOneStreamManager::register_stream).
-    pub fn register_lazy_stream(
+    pub fn register_lazy_stream<E: Into<BoxError>>(
         &self,
         app_id: &str,
         count: u32,
         owner: Option<&TransportClient>,
-        source: impl Fn(u32) -> Result<Bytes, String> + Send + Sync + 'static,
+        source: impl Fn(u32) -> Result<Bytes, E> + Send + Sync + 'static,
     ) -> u64 {
-        let source: ChunkSource = Arc::new(source);
+        let source: ChunkSource = Arc::new(move |index| source(index).map_err(Into::into));
         self.register(app_id, Chunks::Lazy { count, source }, owner)
     }
 
@@ -275,7 +276,7 @@ impl State {
 }
 
 impl StreamManager for OneForOneStreamManager {
-    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, BoxError> {
         let mut s = lock(&self.state);
         let Some(stream) = s
             .streams
@@ -283,7 +284,7 @@ impl StreamManager for OneForOneStreamManager {
             // Another connection's stream is not there for this one.
             .filter(|r| r.owner.is_none_or(|owner| owner == client.id()))
         else {
-            return Err(chunk_stream_closed(chunk.stream_id));
+            return Err(chunk_stream_closed(chunk.stream_id).into());
         };
         // Spark's `checkAuthorization`: an authenticated connection reads only its own
         // application's streams.
@@ -292,26 +293,28 @@ impl StreamManager for OneForOneStreamManager {
                 return Err(format!(
                     "Client {client_id} not authorized to read stream {}.",
                     chunk.stream_id
-                ));
+                )
+                .into());
             }
         }
         if chunk.chunk_index != stream.next_chunk {
             return Err(format!(
                 "Received out-of-order chunk index {} (expected {})",
                 chunk.chunk_index, stream.next_chunk
-            ));
+            )
+            .into());
         }
         let beyond_end = || format!("Requested chunk index beyond end {}", chunk.chunk_index);
         let (outcome, last) = match &mut stream.chunks {
             Chunks::Ready(buffers) => {
                 let Some(buffer) = buffers.pop_front() else {
-                    return Err(beyond_end());
+                    return Err(beyond_end().into());
                 };
                 (Ok(buffer), buffers.is_empty())
             }
             Chunks::Lazy { count, source } => {
                 if chunk.chunk_index >= *count {
-                    return Err(beyond_end());
+                    return Err(beyond_end().into());
                 }
                 (Err(source.clone()), chunk.chunk_index + 1 == *count)
             }

@@ -90,10 +90,10 @@ impl RpcHandler for Watched {
 }
 
 impl StreamManager for Watched {
-    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
         let n = self.chunks.fetch_add(1, Ordering::SeqCst);
         if self.faults.fail_chunk == Some(chunk.chunk_index) {
-            return Err(format!("chunk {} is cursed", chunk.chunk_index));
+            return Err(format!("chunk {} is cursed", chunk.chunk_index).into());
         }
         if self.faults.drop_at == Some(n) && !self.dropped.swap(true, Ordering::SeqCst) {
             client.close();

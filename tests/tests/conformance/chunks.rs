@@ -32,12 +32,12 @@ impl RpcHandler for Blocks {
 }
 
 impl StreamManager for Blocks {
-    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
         assert_ne!(chunk.stream_id, 666, "stream 666 is cursed");
         self.streams.chunk(client, chunk)
     }
 
-    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, rpc::BoxError> {
         let n: usize = stream_id
             .strip_prefix("bytes/")
             .and_then(|n| n.parse().ok())

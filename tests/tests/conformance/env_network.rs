@@ -110,7 +110,9 @@ fn a_broken_connection_reaches_on_network_error_then_on_disconnected() {
     block_on(async {
         let env = server_env("env");
         let rec = Recorder::default();
-        env.setup_endpoint("events", Probe::new(&rec)).unwrap();
+        let probe = Probe::new(&rec);
+        let network_errors = probe.network_errors.clone();
+        env.setup_endpoint("events", probe).unwrap();
         let a = addr(&env);
         let mut raw = std::net::TcpStream::connect((a.host.as_str(), a.port)).unwrap();
         let peer = raw.local_addr().unwrap();
@@ -128,6 +130,12 @@ fn a_broken_connection_reaches_on_network_error_then_on_disconnected() {
             .position(|e| *e == format!("disconnected:{peer}"))
             .unwrap();
         assert!(error < closed, "the error comes first: {entries:?}");
+        // The hook gets the transport's error itself, not its text.
+        let errors = network_errors.lock().unwrap().clone();
+        assert!(
+            matches!(errors[..], [rpc::rpc_proto::ConnectionError::Decode(_)]),
+            "{errors:?}"
+        );
         shutdown(&[&env]).await;
     })
 }

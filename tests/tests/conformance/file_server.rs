@@ -156,6 +156,86 @@ fn a_five_mib_file_downloads_whole() {
     })
 }
 
+/// `FileDownload` is tokio's `AsyncRead` (rpc-tokio turns on rpc-driver's `tokio` feature;
+/// Cargo turns it on for both adapters in this suite's build, so every module checks it) and
+/// futures-io's: read through either, or both in turn on one download, it gives the file's
+/// bytes.
+#[test]
+fn a_download_reads_as_tokio_and_as_futures_io_async_read() {
+    block_on(async {
+        let (a, b) = (server_env("a"), server_env("b"));
+        let tmp = TempDir::new("readers");
+        // Several pieces, and an odd length.
+        let body = pattern((3 << 20) + 17, 5);
+        let uri = a
+            .file_server()
+            .add_file(tmp.write("both.bin", &body))
+            .unwrap();
+
+        // tokio's `AsyncReadExt`, whole.
+        let mut download = within("the download to open", b.open_channel(&uri))
+            .await
+            .unwrap();
+        assert_eq!(download.byte_count(), Some(body.len() as u64));
+        let mut got = Vec::new();
+        within(
+            "the download",
+            tokio::io::AsyncReadExt::read_to_end(&mut download, &mut got),
+        )
+        .await
+        .expect("the download completes");
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "the bytes read through tokio's AsyncRead differ");
+
+        // Small reads through tokio's (each smaller than a piece), the rest through
+        // futures-io's: one download, one stream of bytes.
+        let mut download = within("the download to open", b.open_channel(&uri))
+            .await
+            .unwrap();
+        let mut got = vec![0; 1000];
+        for chunk in got.chunks_mut(100) {
+            within(
+                "a read",
+                tokio::io::AsyncReadExt::read_exact(&mut download, chunk),
+            )
+            .await
+            .expect("a read");
+        }
+        within(
+            "the download",
+            futures_lite::AsyncReadExt::read_to_end(&mut download, &mut got),
+        )
+        .await
+        .expect("the download completes");
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "the bytes read through both traits differ");
+        shutdown(&[&a, &b]).await;
+    })
+}
+
+/// A refused download `?`-ed into I/O code: a file the serving env does not have is
+/// `NotFound`, and the typed error is inside.
+#[test]
+fn a_missing_file_is_not_found_as_an_io_error() {
+    async fn open(env: &RpcEnv, uri: &str) -> std::io::Result<rpc::FileDownload> {
+        Ok(within("the download to open", env.open_channel(uri)).await?)
+    }
+    block_on(async {
+        let (a, b) = (server_env("a"), server_env("b"));
+        let url = addr(&a).to_url();
+        let error = open(&b, &format!("{url}/files/nope.txt"))
+            .await
+            .expect_err("a missing file");
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+        assert!(error.to_string().contains("/files/nope.txt"), "{error}");
+        assert!(matches!(
+            error.get_ref().and_then(|e| e.downcast_ref::<FileServerError>()),
+            Some(FileServerError::Download { .. })
+        ));
+        shutdown(&[&a, &b]).await;
+    })
+}
+
 #[test]
 fn a_missing_file_fails_naming_its_path() {
     block_on(async {

@@ -36,29 +36,29 @@ impl RpcHandler for FileStreams {
 }
 
 impl StreamManager for FileStreams {
-    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
-        Err(format!("no chunk {chunk}"))
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
+        Err(format!("no chunk {chunk}").into())
     }
 
-    fn chunk_buffer(&self, _: &TransportClient, _: StreamChunkId) -> Result<ManagedBuffer, String> {
+    fn chunk_buffer(&self, _: &TransportClient, _: StreamChunkId) -> Result<ManagedBuffer, rpc::BoxError> {
         // A file-backed chunk: read into its frame.
         FileSegment::open_range(&self.path, 10, 100)
             .map(ManagedBuffer::File)
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 
     fn open_stream_buffer(
         &self,
         _: &TransportClient,
         stream_id: &str,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, rpc::BoxError> {
         let whole = FileSegment::open(&self.path).map_err(|e| e.to_string())?;
         let segment = match stream_id {
             "whole" => whole,
             "part" => FileSegment::open_range(&self.path, 1000, whole.len() - 2000)
                 .map_err(|e| e.to_string())?,
             "empty" => FileSegment::open_range(&self.path, 5, 0).map_err(|e| e.to_string())?,
-            other => return Err(format!("no stream {other}")),
+            other => return Err(format!("no stream {other}").into()),
         };
         Ok(ManagedBuffer::File(segment))
     }
@@ -277,14 +277,14 @@ impl RpcHandler for Sparse {
 }
 
 impl StreamManager for Sparse {
-    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
-        Err(format!("no chunk {chunk}"))
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
+        Err(format!("no chunk {chunk}").into())
     }
 
-    fn open_stream_buffer(&self, _: &TransportClient, _: &str) -> Result<ManagedBuffer, String> {
+    fn open_stream_buffer(&self, _: &TransportClient, _: &str) -> Result<ManagedBuffer, rpc::BoxError> {
         FileSegment::open(&self.path)
             .map(ManagedBuffer::File)
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 }
 

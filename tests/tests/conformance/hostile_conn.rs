@@ -49,7 +49,7 @@ impl RpcHandler for Hostile {
 }
 
 impl StreamManager for Hostile {
-    fn chunk(&self, _: &TransportClient, _: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, _: &TransportClient, _: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
         Ok(Bytes::from_static(&[7; CHUNK]))
     }
 
@@ -57,17 +57,17 @@ impl StreamManager for Hostile {
         &self,
         client: &TransportClient,
         chunk: StreamChunkId,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, rpc::BoxError> {
         match (chunk.stream_id, &*self.file.lock().unwrap()) {
             (7, Some(segment)) => Ok(ManagedBuffer::File(segment.clone())),
             _ => self.chunk(client, chunk).map(ManagedBuffer::Memory),
         }
     }
 
-    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, rpc::BoxError> {
         match stream_id {
             "empty" => Ok(Bytes::new()),
-            other => Err(format!("Stream '{other}' was not found.")),
+            other => Err(format!("Stream '{other}' was not found.").into()),
         }
     }
 }

@@ -87,14 +87,14 @@ impl RpcHandler for Served {
         &self,
         client: &TransportClient,
         _: Bytes,
-    ) -> Result<Box<dyn UploadSink>, String> {
+    ) -> Result<Box<dyn UploadSink>, rpc::BoxError> {
         self.served(client);
         Ok(Box::new(Length(0)))
     }
 }
 
 impl StreamManager for Served {
-    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
         self.served(client);
         self.streams.chunk(client, chunk)
     }
@@ -103,13 +103,13 @@ impl StreamManager for Served {
         &self,
         client: &TransportClient,
         stream_id: &str,
-    ) -> Result<ManagedBuffer, String> {
+    ) -> Result<ManagedBuffer, rpc::BoxError> {
         self.served(client);
         match stream_id {
             "file" => FileSegment::open(&self.path)
                 .map(ManagedBuffer::File)
-                .map_err(|e| e.to_string()),
-            other => Err(format!("no stream {other}")),
+                .map_err(Into::into),
+            other => Err(format!("no stream {other}").into()),
         }
     }
 }
@@ -130,7 +130,7 @@ impl MergedBlockMetaReqHandler for Served {
 struct Length(usize);
 
 impl UploadSink for Length {
-    fn on_data(&mut self, data: Bytes) -> Result<(), String> {
+    fn on_data(&mut self, data: Bytes) -> Result<(), rpc::BoxError> {
         self.0 += data.len();
         Ok(())
     }

@@ -215,7 +215,11 @@ fn env_sends_to_a_peer_that_never_reads_are_refused_not_buffered_without_bound()
                     accepted += 1;
                     refused_in_a_row = 0;
                 }
-                Err(RpcError::NotSent(reason)) => {
+                Err(
+                    refused @ (RpcError::NotSent(CallError::SendBufferFull { .. })
+                    | RpcError::OutboxFull { .. }),
+                ) => {
+                    let reason = refused.to_string();
                     assert!(reason.contains("full"), "{reason}");
                     refused_in_a_row += 1;
                 }

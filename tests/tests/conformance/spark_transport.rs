@@ -118,30 +118,30 @@ impl RpcHandler for Spark {
         &self,
         _: &TransportClient,
         meta: Bytes,
-    ) -> Result<Box<dyn UploadSink>, String> {
+    ) -> Result<Box<dyn UploadSink>, rpc::BoxError> {
         match &meta[..] {
             b"count" => Ok(Box::new(Counter::default())),
-            other => Err(format!("unknown upload {other:?}")),
+            other => Err(format!("unknown upload {other:?}").into()),
         }
     }
 }
 
 impl StreamManager for Spark {
-    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
         if chunk.chunk_index >= NO_SUCH_CHUNK {
-            return Err(format!("no chunk {chunk}"));
+            return Err(format!("no chunk {chunk}").into());
         }
         Ok(chunk_body(chunk))
     }
 
-    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, rpc::BoxError> {
         let mut parts = stream_id.strip_prefix("bytes/").unwrap_or("").split('/');
         match (
             parts.next().and_then(|n| n.parse().ok()),
             parts.next().and_then(|s| s.parse().ok()),
         ) {
             (Some(n), Some(seed)) => Ok(pattern(n, seed)),
-            _ => Err(format!("no stream {stream_id}")),
+            _ => Err(format!("no stream {stream_id}").into()),
         }
     }
 }
@@ -166,7 +166,7 @@ struct Counter {
 }
 
 impl UploadSink for Counter {
-    fn on_data(&mut self, data: Bytes) -> Result<(), String> {
+    fn on_data(&mut self, data: Bytes) -> Result<(), rpc::BoxError> {
         if self.mismatch.is_none() && !data.is_empty() {
             let last = self.received + data.len() as u64 - 1;
             for (position, got) in [(self.received, data[0]), (last, data[data.len() - 1])] {

@@ -50,25 +50,25 @@ impl RpcHandler for Files {
         &self,
         _: &TransportClient,
         meta: Bytes,
-    ) -> Result<Box<dyn UploadSink>, String> {
+    ) -> Result<Box<dyn UploadSink>, rpc::BoxError> {
         match &meta[..] {
-            b"refuse" => Err("uploads of this kind are refused".to_owned()),
+            b"refuse" => Err("uploads of this kind are refused".into()),
             b"keep" | b"fail-data" | b"fail-complete" => Ok(Box::new(Sink {
                 mode: meta,
                 seen: (0, 0),
                 failures: self.failures.clone(),
             })),
-            other => Err(format!("unknown upload {other:?}")),
+            other => Err(format!("unknown upload {other:?}").into()),
         }
     }
 }
 
 impl StreamManager for Files {
-    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, String> {
-        Err(format!("no chunk {chunk}"))
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
+        Err(format!("no chunk {chunk}").into())
     }
 
-    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream(&self, _: &TransportClient, stream_id: &str) -> Result<Bytes, rpc::BoxError> {
         let n = stream_id
             .strip_prefix("bytes/")
             .and_then(|n| n.parse().ok())
@@ -84,9 +84,9 @@ struct Sink {
 }
 
 impl UploadSink for Sink {
-    fn on_data(&mut self, data: Bytes) -> Result<(), String> {
+    fn on_data(&mut self, data: Bytes) -> Result<(), rpc::BoxError> {
         if &self.mode[..] == b"fail-data" && self.seen.0 > 0 {
-            return Err("the destination is full".to_owned());
+            return Err("the destination is full".into());
         }
         checksum(&data, &mut self.seen);
         Ok(())

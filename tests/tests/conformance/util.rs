@@ -393,6 +393,8 @@ pub(crate) struct Probe {
     pub(crate) rec: Recorder,
     pub(crate) start: Start,
     pub(crate) panic_in_stop: bool,
+    /// The errors `on_network_error` received, in order.
+    pub(crate) network_errors: Arc<Mutex<Vec<rpc::rpc_proto::ConnectionError>>>,
 }
 
 impl Probe {
@@ -503,9 +505,10 @@ impl RpcEndpoint for Probe {
     async fn on_network_error(
         &mut self,
         _: &EndpointContext<Cmd, String>,
-        _: String,
+        error: rpc::rpc_proto::ConnectionError,
         remote: RpcAddress,
     ) {
+        self.network_errors.lock().unwrap().push(error);
         self.rec.push(format!("network-error:{remote}"));
     }
 
