@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rpc_proto::{
     BodyId, Call, CallError, Config, Connection, ConnectionError, Event, Frame, InboundStreamId,
-    RequestId, RpcError, StreamCallId, StreamChunkId, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE,
-    MIN_MAX_FRAME_SIZE,
+    RequestError, RequestId, StreamCallId, StreamChunkId, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_FRAME_SIZE, MIN_MAX_FRAME_SIZE,
 };
 
 use crate::ledger::{CallLedger, LedgerError};
@@ -771,7 +771,7 @@ impl Tracker {
                 self.aborted = Some(error);
             }
             Event::CallFailed {
-                error: RpcError::Disconnected(e),
+                error: RequestError::Disconnected(e),
                 ..
             } => {
                 self.disconnected = true;

@@ -405,7 +405,7 @@ impl CallLedger {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use rpc_proto::{RequestId, RpcError, StreamChunkId};
+    use rpc_proto::{RequestError, RequestId, StreamChunkId};
 
     use super::*;
 
@@ -425,7 +425,7 @@ mod tests {
     fn failed(call: Call) -> Event {
         Event::CallFailed {
             call,
-            error: RpcError::Remote("no".into()),
+            error: RequestError::Remote("no".into()),
         }
     }
 

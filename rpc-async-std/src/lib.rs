@@ -74,32 +74,12 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 /// with `#[rpc(name = "...")]`. Its code names `::rpc_async_std` (`#[rpc(crate = "...")]` for a
 /// renamed dependency).
 pub use rpc_derive::AsyncStdRpcMessage as RpcMessage;
-pub use rpc_driver::__private::RpcMessageTrait as RpcMessage;
-pub use rpc_driver::block::{
-    fetch_blocks, BlockFetch, BlockFetchConfig, BlockFetchConfigBuilder, BlockFetchError,
-    BlockFetchingListener, BlockMessage, BlockServer, BlockServerBuilder, BlockSource, OpenBlocks,
-    RetryingBlockFetcher, StreamHandle,
-};
-pub use rpc_driver::env::{
-    Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
-    EndpointKind, EnvStats, FileDownload, FileServer, FileServerError, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcEnvConfigBuilder, RpcError, SetupError,
-};
-pub use rpc_driver::rpc_proto::{
-    ConfigError, OutboxConfig, OutboxConfigBuilder, RpcAddress, RpcEndpointAddress,
-};
-pub use rpc_driver::security::{
-    self, AuthMechanism, SecretKeyHolder, Security, SecurityError, TlsConfig,
-};
-pub use rpc_driver::transport::{
-    ConnectError, ConnectionId, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaCall,
-    MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder, NoopRpcHandler,
-    OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, ServerStats, StreamCall,
-    StreamManager, TransportClient, TransportClientFactory, TransportConfig,
-    TransportConfigBuilder, TransportServer, UnmanagedClient, UploadSink, DEFAULT_MAX_CONNECTIONS,
-    STREAM_BUFFER_LIMIT,
-};
-pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
+pub use rpc_driver::api::*;
+
+/// The crates underneath, for what the API above does not cover (the sans-IO protocol core,
+/// the driver's internals): not part of this crate's API, and not stable.
+#[doc(hidden)]
+pub use rpc_driver::{self, rpc_proto};
 
 /// The runtime to start envs and transports on: async-io's reactor and timers, tasks on
 /// async-global-executor's thread pool. Callable from anywhere, inside an executor or not.

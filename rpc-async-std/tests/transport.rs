@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_io::Timer;
 use bytes::Bytes;
 use common::{on_each_executor, within, WAIT};
-use rpc_async_std::rpc_proto::{ConnectionError, RpcError};
+use rpc_async_std::rpc_proto::{ConnectionError, RequestError};
 use rpc_async_std::{
     RpcHandler, RpcResponder, Runtime, TransportClient, TransportClientFactory, TransportConfig,
     TransportServer,
@@ -141,7 +141,7 @@ async fn a_call_times_out_and_a_pending_call_fails_when_the_server_closes(rt: Ar
     let err = within("the timeout", client.send_rpc("keep".into(), Some(after)))
         .await
         .unwrap_err();
-    assert_eq!(err, RpcError::TimedOut { after });
+    assert_eq!(err, RequestError::TimedOut { after });
 
     let pending = client.send_rpc("keep".into(), Some(WAIT * 2));
     eventually("the request to arrive", || {
@@ -152,7 +152,7 @@ async fn a_call_times_out_and_a_pending_call_fails_when_the_server_closes(rt: Ar
     let err = within("the pending call to fail", pending)
         .await
         .unwrap_err();
-    assert!(matches!(err, RpcError::Disconnected(_)), "{err}");
+    assert!(matches!(err, RequestError::Disconnected(_)), "{err}");
     eventually("the client to see the close", || {
         s.client_handler.closed.load(Ordering::SeqCst) == 1
     })

@@ -30,7 +30,7 @@ use crate::transport::ConnectError;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The [`ErrorKind`] of an error of the transport's calls.
-fn rpc_kind(error: &rpc_proto::RpcError) -> ErrorKind {
+fn rpc_kind(error: &rpc_proto::RequestError) -> ErrorKind {
     io::Error::from(error.clone()).kind()
 }
 
@@ -94,8 +94,8 @@ mod env {
 
     /// A refused download whose message is Spark's text for a stream that does not exist
     /// ([`stream_not_found`](crate::transport::stream_not_found)).
-    fn is_not_found(error: &rpc_proto::RpcError) -> bool {
-        matches!(error, rpc_proto::RpcError::Remote(message)
+    fn is_not_found(error: &rpc_proto::RequestError) -> bool {
+        matches!(error, rpc_proto::RequestError::Remote(message)
             if message.starts_with("Stream '") && message.ends_with("' was not found."))
     }
 
@@ -275,14 +275,14 @@ mod tests {
         assert_eq!(
             kind(BlockFetchError::Chunk {
                 chunk,
-                error: rpc_proto::RpcError::TimedOut {
+                error: rpc_proto::RequestError::TimedOut {
                     after: Duration::from_secs(1)
                 }
             }),
             ErrorKind::TimedOut
         );
         assert_eq!(
-            kind(BlockFetchError::Open(rpc_proto::RpcError::Remote(
+            kind(BlockFetchError::Open(rpc_proto::RequestError::Remote(
                 "no block".into()
             ))),
             ErrorKind::Other
@@ -301,7 +301,7 @@ mod tests {
     fn a_file_the_server_does_not_have_is_not_found() {
         let missing = FileServerError::Download {
             uri: "rpc://h:1/files/a".into(),
-            source: rpc_proto::RpcError::Remote(stream_not_found("/files/a").into()),
+            source: rpc_proto::RequestError::Remote(stream_not_found("/files/a").into()),
         };
         let io = io::Error::from(missing);
         assert_eq!(io.kind(), ErrorKind::NotFound);
@@ -311,7 +311,7 @@ mod tests {
             .is_some());
         let refused = FileServerError::Download {
             uri: "rpc://h:1/files/a".into(),
-            source: rpc_proto::RpcError::Remote("cannot read /files/a: denied".into()),
+            source: rpc_proto::RequestError::Remote("cannot read /files/a: denied".into()),
         };
         assert_eq!(io::Error::from(refused).kind(), ErrorKind::Other);
         let unreadable = FileServerError::Io {

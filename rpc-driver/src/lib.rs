@@ -12,6 +12,8 @@
 //!   socket ◄── poll_write ── Driver task ── poll_read ──► Connection (rpc-proto)
 //! ```
 //!
+//! The API users see is [`api`]: the adapters re-export it whole, so it is defined once, here.
+//!
 //! Layers: [`transport`] (Spark's `TransportServer`, `TransportClient` and
 //! `TransportClientFactory`) and, on it, [`env`](mod@env) (Spark's `RpcEnv`: named endpoints, refs,
 //! `send` and `ask`). [`tls`] runs TLS (rustls) over any runtime's streams.
@@ -55,6 +57,8 @@
 #[cfg(test)]
 extern crate self as rpc_driver;
 
+#[cfg(not(loom))]
+pub mod api;
 pub mod block;
 mod completion;
 #[cfg(not(loom))]
@@ -71,14 +75,6 @@ mod wait_list;
 #[doc(hidden)]
 pub use completion::{pair as completion_pair, Completer, Waiter};
 
-/// What the adapters re-export under other names; not an API of its own.
-#[doc(hidden)]
-#[cfg(not(loom))]
-pub mod __private {
-    /// [`RpcMessage`](crate::env::RpcMessage), the trait without the derive of the same name,
-    /// so that an adapter can put its own derive (naming the adapter) beside it.
-    pub use crate::env::message::RpcMessage as RpcMessageTrait;
-}
 pub use error::BoxError;
 pub use rpc_proto;
 pub use runtime::{

@@ -2,7 +2,7 @@
 //!
 //! - [`DecodeError`]: the peer sent bytes that are not a valid frame. Fatal for the connection.
 //! - [`ConnectionError`]: why a connection ended.
-//! - [`RpcError`]: what a pending call resolved to when it did not succeed.
+//! - [`RequestError`]: what a pending call resolved to when it did not succeed.
 //! - [`CallError`]: the caller misused the API or hit a limit; nothing was sent.
 //! - [`ConfigError`]: a configuration value is out of range.
 
@@ -174,7 +174,7 @@ pub enum ConnectionError {
 /// What a pending call resolved to when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RpcError {
+pub enum RequestError {
     /// The peer answered with a failure (`RpcFailure`, `ChunkFetchFailure`, `StreamFailure`).
     #[error("remote failure: {0}")]
     Remote(Arc<str>),

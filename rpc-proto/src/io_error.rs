@@ -7,17 +7,17 @@
 //!
 //! | error | kind |
 //! |---|---|
-//! | [`RpcError::TimedOut`] | [`TimedOut`](ErrorKind::TimedOut) |
-//! | [`RpcError::Disconnected`], [`CallError::Closed`] | [`ConnectionAborted`](ErrorKind::ConnectionAborted), [`NotConnected`](ErrorKind::NotConnected) |
-//! | [`RpcError::AuthenticationRequired`] | [`PermissionDenied`](ErrorKind::PermissionDenied) |
-//! | [`RpcError::UnexpectedReply`] | [`InvalidData`](ErrorKind::InvalidData) |
+//! | [`RequestError::TimedOut`] | [`TimedOut`](ErrorKind::TimedOut) |
+//! | [`RequestError::Disconnected`], [`CallError::Closed`] | [`ConnectionAborted`](ErrorKind::ConnectionAborted), [`NotConnected`](ErrorKind::NotConnected) |
+//! | [`RequestError::AuthenticationRequired`] | [`PermissionDenied`](ErrorKind::PermissionDenied) |
+//! | [`RequestError::UnexpectedReply`] | [`InvalidData`](ErrorKind::InvalidData) |
 //! | [`CallError::SendBufferFull`] | [`ResourceBusy`](ErrorKind::ResourceBusy) (back off, send again) |
 //! | [`CallError::FrameTooLarge`], [`CallError::ByteCountTooLarge`] | [`InvalidInput`](ErrorKind::InvalidInput) |
-//! | [`RpcError::Remote`] and the rest | [`Other`](ErrorKind::Other) |
+//! | [`RequestError::Remote`] and the rest | [`Other`](ErrorKind::Other) |
 
 use std::io::{self, ErrorKind};
 
-use crate::error::{CallError, RpcError};
+use crate::error::{CallError, RequestError};
 
 impl CallError {
     /// The [`ErrorKind`] of this error as an [`io::Error`].
@@ -37,14 +37,14 @@ impl From<CallError> for io::Error {
     }
 }
 
-impl From<RpcError> for io::Error {
-    fn from(error: RpcError) -> Self {
+impl From<RequestError> for io::Error {
+    fn from(error: RequestError) -> Self {
         let kind = match &error {
-            RpcError::TimedOut { .. } => ErrorKind::TimedOut,
-            RpcError::Disconnected(_) => ErrorKind::ConnectionAborted,
-            RpcError::NotSent(call) => call.io_kind(),
-            RpcError::AuthenticationRequired(_) => ErrorKind::PermissionDenied,
-            RpcError::UnexpectedReply { .. } => ErrorKind::InvalidData,
+            RequestError::TimedOut { .. } => ErrorKind::TimedOut,
+            RequestError::Disconnected(_) => ErrorKind::ConnectionAborted,
+            RequestError::NotSent(call) => call.io_kind(),
+            RequestError::AuthenticationRequired(_) => ErrorKind::PermissionDenied,
+            RequestError::UnexpectedReply { .. } => ErrorKind::InvalidData,
             _ => ErrorKind::Other,
         };
         Self::new(kind, error)
@@ -59,11 +59,14 @@ mod tests {
     use crate::error::ConnectionError;
     use crate::frame::MessageType;
 
-    fn kind_and_back(error: RpcError) -> ErrorKind {
+    fn kind_and_back(error: RequestError) -> ErrorKind {
         let io = io::Error::from(error.clone());
         let kind = io.kind();
         let inner = io.into_inner().expect("the rpc error is kept");
-        assert_eq!(*inner.downcast::<RpcError>().expect("an RpcError"), error);
+        assert_eq!(
+            *inner.downcast::<RequestError>().expect("an RequestError"),
+            error
+        );
         kind
     }
 
@@ -71,42 +74,42 @@ mod tests {
     fn rpc_errors_become_io_errors_of_the_fitting_kind_keeping_the_error() {
         let cases = [
             (
-                RpcError::TimedOut {
+                RequestError::TimedOut {
                     after: Duration::from_secs(1),
                 },
                 ErrorKind::TimedOut,
             ),
             (
-                RpcError::Disconnected(ConnectionError::PeerClosed),
+                RequestError::Disconnected(ConnectionError::PeerClosed),
                 ErrorKind::ConnectionAborted,
             ),
             (
-                RpcError::NotSent(CallError::SendBufferFull {
+                RequestError::NotSent(CallError::SendBufferFull {
                     buffered: 10,
                     max: 5,
                 }),
                 ErrorKind::ResourceBusy,
             ),
             (
-                RpcError::NotSent(CallError::Closed),
+                RequestError::NotSent(CallError::Closed),
                 ErrorKind::NotConnected,
             ),
             (
-                RpcError::NotSent(CallError::FrameTooLarge { size: 10, max: 5 }),
+                RequestError::NotSent(CallError::FrameTooLarge { size: 10, max: 5 }),
                 ErrorKind::InvalidInput,
             ),
             (
-                RpcError::AuthenticationRequired("no".into()),
+                RequestError::AuthenticationRequired("no".into()),
                 ErrorKind::PermissionDenied,
             ),
             (
-                RpcError::UnexpectedReply {
+                RequestError::UnexpectedReply {
                     expected: "rpc",
                     got: MessageType::OneWayMessage,
                 },
                 ErrorKind::InvalidData,
             ),
-            (RpcError::Remote("boom".into()), ErrorKind::Other),
+            (RequestError::Remote("boom".into()), ErrorKind::Other),
         ];
         for (error, kind) in cases {
             let text = error.to_string();

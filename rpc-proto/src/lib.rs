@@ -109,7 +109,7 @@ pub use envelope::{
     decode_payload, encode_payload, Envelope, EnvelopeError, EnvelopeKind, EnvelopePrefix,
     EnvelopeView, PayloadError, ENVELOPE_VERSION,
 };
-pub use error::{CallError, ConfigError, ConnectionError, DecodeError, RpcError};
+pub use error::{CallError, ConfigError, ConnectionError, DecodeError, RequestError};
 pub use frame::{Decoded, Frame, FrameDecoder, MessageType, FRAME_PREFIX_LEN};
 pub use id::{BodyId, Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
 pub use inbox::{Inbox, InboxError, InboxItem};

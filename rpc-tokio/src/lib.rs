@@ -67,34 +67,12 @@ use tokio::net::{TcpListener, TcpStream};
 /// with `#[rpc(name = "...")]`. Its code names `::rpc_tokio` (`#[rpc(crate = "...")]` for a
 /// renamed dependency).
 pub use rpc_derive::TokioRpcMessage as RpcMessage;
-pub use rpc_driver::__private::RpcMessageTrait as RpcMessage;
-pub use rpc_driver::block::{
-    fetch_blocks, BlockFetch, BlockFetchConfig, BlockFetchConfigBuilder, BlockFetchError,
-    BlockFetchingListener, BlockMessage, BlockServer, BlockServerBuilder, BlockSource, OpenBlocks,
-    RetryingBlockFetcher, StreamHandle,
-};
-pub use rpc_driver::env::{
-    Ask, BoxError, Cancelled, ConcurrentRpcEndpoint, EndpointContext, EndpointFailure,
-    EndpointKind, EnvStats, FileDownload, FileServer, FileServerError, RpcCallContext, RpcEndpoint,
-    RpcEndpointRef, RpcEnvConfig, RpcEnvConfigBuilder, RpcError, SetupError,
-};
-pub use rpc_driver::rpc_proto::{
-    ConfigError, OutboxConfig, OutboxConfigBuilder, RpcAddress, RpcEndpointAddress,
-};
-pub use rpc_driver::security::{
-    self, AuthMechanism, SecretKeyHolder, Security, SecurityError, TlsConfig,
-};
-pub use rpc_driver::transport::{
-    ConnectError, ConnectionId, FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaCall,
-    MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder, NoopRpcHandler,
-    OneForOneStreamManager, Ready, RpcCall, RpcHandler, RpcResponder, ServerStats, StreamCall,
-    StreamManager, TransportClient, TransportClientFactory, TransportConfig,
-    TransportConfigBuilder, TransportServer, UnmanagedClient, UploadSink, DEFAULT_MAX_CONNECTIONS,
-    STREAM_BUFFER_LIMIT,
-};
-pub use rpc_driver::{self, rpc_proto, AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
+pub use rpc_driver::api::*;
 
-pub use rpc_driver::env::RpcEnv;
+/// The crates underneath, for what the API above does not cover (the sans-IO protocol core,
+/// the driver's internals): not part of this crate's API, and not stable.
+#[doc(hidden)]
+pub use rpc_driver::{self, rpc_proto};
 
 /// The runtime to start envs and transports on: the tokio runtime this is called from.
 ///

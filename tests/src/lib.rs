@@ -23,7 +23,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use rpc_proto::{Config, ConnectionError, Event, RpcError};
+//! use rpc_proto::{Config, ConnectionError, Event, RequestError};
 //! use rpc_tests::{Netem, Notice, Sim};
 //!
 //! let config = Config::builder()

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use rpc_oracle::{CallLedger, Observed};
 use rpc_proto::{
-    Call, CallError, Config, Event, InboundStreamId, RequestId, RpcError, StreamChunkId,
+    Call, CallError, Config, Event, InboundStreamId, RequestError, RequestId, StreamChunkId,
 };
 use rpc_tests::{chunk_body, reply_to, stream_body, Netem, Notice, Side, Sim};
 
@@ -583,15 +583,15 @@ impl Model {
                     prop_assert_eq!(&model.data[..], &model.expected[..], "{}", ctx);
                 }
                 Event::CallFailed { error, .. } => match error {
-                    RpcError::Remote(message) => {
+                    RequestError::Remote(message) => {
                         prop_assert_eq!(model.answered, Some(false), "{}", ctx);
                         prop_assert_eq!(&**message, failure_message(index), "{}", ctx);
                     }
-                    RpcError::TimedOut { after } => {
+                    RequestError::TimedOut { after } => {
                         prop_assert_eq!(Some(*after), model.timeout, "{}", ctx);
                         prop_assert_eq!(at, model.issued + *after, "{}", ctx);
                     }
-                    RpcError::Disconnected(reason) => {
+                    RequestError::Disconnected(reason) => {
                         prop_assert_eq!(reason, &close_reason, "{}", ctx);
                         prop_assert_eq!(at, closed_at, "{}", ctx);
                     }

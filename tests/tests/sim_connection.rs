@@ -9,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rpc_proto::{
-    Call, Config, ConnectionError, Event, RequestId, RpcError, StreamCallId, StreamChunkId,
+    Call, Config, ConnectionError, Event, RequestError, RequestId, StreamCallId, StreamChunkId,
 };
 use rpc_tests::{
     chunk_body, echo_server, reply_to, stream_body, upload_reply, Netem, Notice, Side, Sim,
@@ -232,7 +232,7 @@ fn call_timeout_fires_at_its_deadline_and_the_late_reply_is_dropped() {
             Duration::from_secs(2),
             Event::CallFailed {
                 call: Call::Rpc(rpc),
-                error: RpcError::TimedOut {
+                error: RequestError::TimedOut {
                     after: Duration::from_secs(2)
                 },
             }
@@ -244,7 +244,7 @@ fn call_timeout_fires_at_its_deadline_and_the_late_reply_is_dropped() {
             Duration::from_millis(2500),
             Event::CallFailed {
                 call: Call::ChunkFetch(chunk),
-                error: RpcError::TimedOut {
+                error: RequestError::TimedOut {
                     after: Duration::from_millis(2500)
                 },
             }
@@ -298,7 +298,7 @@ fn idle_timeout_with_outstanding_calls_and_a_crashed_peer_closes_and_fails_every
                 IDLE,
                 Event::CallFailed {
                     call,
-                    error: RpcError::Disconnected(expected.clone()),
+                    error: RequestError::Disconnected(expected.clone()),
                 }
             )]
         );
@@ -331,7 +331,7 @@ fn crashed_peer_that_sends_eof_fails_pending_calls_with_peer_closed() {
             30 * MS,
             Event::CallFailed {
                 call: Call::Rpc(rpc),
-                error: RpcError::Disconnected(ConnectionError::PeerClosed),
+                error: RequestError::Disconnected(ConnectionError::PeerClosed),
             }
         )]
     );
@@ -427,7 +427,7 @@ fn traffic_keeps_the_idle_timer_from_firing() {
             last_sent + 10 * MS + IDLE,
             Event::CallFailed {
                 call: Call::Rpc(rpc),
-                error: RpcError::Disconnected(expected),
+                error: RequestError::Disconnected(expected),
             }
         )]
     );
@@ -516,7 +516,7 @@ fn cut_mid_call_fails_every_pending_call_exactly_once() {
                 1170 * MS,
                 Event::CallFailed {
                     call,
-                    error: RpcError::Disconnected(expected.clone()),
+                    error: RequestError::Disconnected(expected.clone()),
                 }
             )]
         );
@@ -564,7 +564,7 @@ fn peer_closing_mid_frame_is_reported_as_peer_closed_mid_frame() {
         [
             Event::CallFailed {
                 call: Call::Rpc(rpc),
-                error: RpcError::Disconnected(expected.clone()),
+                error: RequestError::Disconnected(expected.clone()),
             },
             Event::Closed { error: expected },
         ]
@@ -617,11 +617,11 @@ fn peer_closing_mid_stream_body_fails_the_stream_with_peer_closed_mid_body() {
         [
             Event::CallFailed {
                 call: Call::Stream(first),
-                error: RpcError::Disconnected(expected.clone()),
+                error: RequestError::Disconnected(expected.clone()),
             },
             Event::CallFailed {
                 call: Call::Stream(second),
-                error: RpcError::Disconnected(expected.clone()),
+                error: RequestError::Disconnected(expected.clone()),
             },
             Event::Closed { error: expected },
         ]
@@ -701,7 +701,7 @@ fn stream_replies_answered_out_of_order_arrive_in_request_order() {
                     events.next(),
                     Some(Event::CallFailed {
                         call: Call::Stream(*call),
-                        error: RpcError::Remote("no such stream".into()),
+                        error: RequestError::Remote("no such stream".into()),
                     }),
                     "seed {seed}"
                 );
@@ -769,7 +769,7 @@ fn timed_out_stream_reply_body_is_skipped_and_the_next_stream_gets_its_own_body(
         sim.events(client)[0],
         Event::CallFailed {
             call: Call::Stream(slow),
-            error: RpcError::TimedOut {
+            error: RequestError::TimedOut {
                 after: Duration::from_secs(1)
             },
         }
@@ -845,7 +845,7 @@ fn stream_timing_out_mid_body_skips_the_rest_and_the_next_stream_gets_its_own_bo
             Duration::from_secs(1),
             Event::CallFailed {
                 call: Call::Stream(slow),
-                error: RpcError::TimedOut {
+                error: RequestError::TimedOut {
                     after: Duration::from_secs(1)
                 },
             }
@@ -1022,7 +1022,7 @@ fn garbage_from_the_peer_fails_pending_calls_with_a_decode_error() {
             10 * MS,
             Event::CallFailed {
                 call: Call::Rpc(rpc),
-                error: RpcError::Disconnected(error),
+                error: RequestError::Disconnected(error),
             }
         )]
     );
@@ -1097,7 +1097,7 @@ fn a_crash_on_one_link_leaves_other_connections_untouched() {
         [
             Event::CallFailed {
                 call: Call::Rpc(lost),
-                error: RpcError::Disconnected(unreachable.clone()),
+                error: RequestError::Disconnected(unreachable.clone()),
             },
             Event::Closed { error: unreachable },
         ]

@@ -17,7 +17,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rpc_proto::{
     Call, Config, ConnectionError, Event, Outbox, OutboxAction, OutboxConfig, OutboxError,
-    OutboxFailure, OutboxState, RequestId, RpcError,
+    OutboxFailure, OutboxState, RequestError, RequestId,
 };
 use rpc_tests::{echo_server, reply_to, Netem, Notice, Side, Sim};
 
@@ -763,7 +763,7 @@ fn disconnect_mid_ask_fails_the_ask_and_the_next_push_reconnects_without_resendi
             matches!(
                 failures.as_slice(),
                 [Event::CallFailed {
-                    error: RpcError::Disconnected(ConnectionError::PeerClosed),
+                    error: RequestError::Disconnected(ConnectionError::PeerClosed),
                     ..
                 }]
             ),

@@ -34,7 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rpc_proto::{Decoded, Frame, FrameDecoder, RequestId, RpcError, StreamChunkId};
+use rpc_proto::{Decoded, Frame, FrameDecoder, RequestError, RequestId, StreamChunkId};
 use rpc_tokio::{
     FileSegment, ManagedBuffer, MergedBlockMeta, MergedBlockMetaReqHandler, MergedBlockMetaRequest,
     MergedBlockMetaResponder, RpcHandler, RpcResponder, StreamManager, TransportClient,
@@ -113,7 +113,7 @@ fn rpc(
     rt: &tokio::runtime::Runtime,
     client: &TransportClient,
     body: Bytes,
-) -> Result<Bytes, RpcError> {
+) -> Result<Bytes, RequestError> {
     rt.block_on(client.send_rpc(body, Some(WAIT)))
 }
 
@@ -197,12 +197,12 @@ fn our_rpc_failed_by_spark_is_remote_with_spark_message() {
     let (peer, addr) = spark_server(spark);
     let (_factory, client) = our_client(&rt, addr);
     match rpc(&rt, &client, Bytes::from_static(b"fail")) {
-        Err(RpcError::Remote(message)) => assert!(
+        Err(RequestError::Remote(message)) => assert!(
             message.contains(SPARK_FAIL_MESSAGE),
             "Spark's failure should carry its message {SPARK_FAIL_MESSAGE:?}, got {message:?}"
         ),
         other => panic!(
-            "expected RpcError::Remote, got {other:?}\n{}",
+            "expected RequestError::Remote, got {other:?}\n{}",
             peer.diagnostics()
         ),
     }
@@ -500,7 +500,7 @@ fn our_chunk_fetches_get_sparks_chunks_and_failures() {
         .block_on(client.fetch_chunk(chunk(u64::MAX, 0), Some(WAIT)))
         .unwrap_err();
     assert!(
-        matches!(&err, RpcError::Remote(m) if m.contains("SparkPeer has no stream -1")),
+        matches!(&err, RequestError::Remote(m) if m.contains("SparkPeer has no stream -1")),
         "{err}"
     );
     assert_eq!(rpc(&rt, &client, "after".into()).unwrap(), "after");
@@ -526,7 +526,7 @@ fn our_streams_and_uploads_work_against_sparks_server() {
         .block_on(client.stream("nothing", Some(WAIT)).read_to_end())
         .unwrap_err();
     assert!(
-        matches!(&err, RpcError::Remote(m) if m.contains("SparkPeer has no stream nothing")),
+        matches!(&err, RequestError::Remote(m) if m.contains("SparkPeer has no stream nothing")),
         "{err}"
     );
     for n in [0usize, 70_000, 2 * MIB + 3] {
@@ -568,7 +568,7 @@ fn our_merged_block_meta_requests_get_sparks_answers() {
         .block_on(client.send_merged_block_meta_req(&meta_request("fail", 1, 2, 3), Some(WAIT)))
         .unwrap_err();
     assert!(
-        matches!(&err, RpcError::Remote(m) if m.contains(SPARK_FAIL_MESSAGE)),
+        matches!(&err, RequestError::Remote(m) if m.contains(SPARK_FAIL_MESSAGE)),
         "{err}"
     );
     assert_eq!(rpc(&rt, &client, "after".into()).unwrap(), "after");

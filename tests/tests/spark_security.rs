@@ -35,7 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rpc_proto::{RpcError, StreamChunkId};
+use rpc_proto::{RequestError, StreamChunkId};
 use rpc_tokio::security::{AuthVersion, CipherMode, SPARK_RPC_APP_ID};
 use rpc_tokio::{
     AuthMechanism, ConnectError, RpcHandler, RpcResponder, Security, SecurityError, StreamManager,
@@ -342,7 +342,7 @@ fn ours_to_spark(
     assert!(reply == d.body, "{what}: Spark echoed {}", summary(&reply));
 
     match rt.block_on(client.send_rpc(Bytes::from_static(b"fail"), Some(WAIT))) {
-        Err(RpcError::Remote(message)) => {
+        Err(RequestError::Remote(message)) => {
             assert!(message.contains(SPARK_FAIL_MESSAGE), "{what}: {message:?}")
         }
         other => fail("failing rpc", &other),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::{Stream, StreamExt};
-use rpc_proto::{RpcError, StreamChunkId};
+use rpc_proto::{RequestError, StreamChunkId};
 use tracing::debug;
 
 use super::message::{BlockMessage, OpenBlocks, StreamHandle};
@@ -127,7 +127,10 @@ impl Chunks {
     /// chunk order. (Taking whichever had finished first, scanning in order, let a later
     /// chunk overtake an earlier one whose reply the connection's task completed between
     /// the two polls.)
-    fn poll_finished(&mut self, cx: &mut Context<'_>) -> Option<(u32, Result<Bytes, RpcError>)> {
+    fn poll_finished(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Option<(u32, Result<Bytes, RequestError>)> {
         let (_, call) = self.in_flight.front_mut()?;
         match Pin::new(call).poll(cx) {
             Poll::Ready(result) => {
@@ -163,7 +166,7 @@ impl BlockFetch {
 
     /// Chunk `index` failed: fails its block and every later one not yet delivered, and
     /// cancels their fetches.
-    fn fail_from(&mut self, index: u32, error: RpcError) {
+    fn fail_from(&mut self, index: u32, error: RequestError) {
         let State::Fetching(chunks) = &mut self.state else {
             unreachable!("chunks fail only while fetching");
         };
@@ -233,7 +236,7 @@ impl Stream for BlockFetch {
                 },
                 State::Opening { client, call } => match Pin::new(call).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(RpcError::Remote(message)))
+                    Poll::Ready(Err(RequestError::Remote(message)))
                         if rpc_proto::TooManyStreams::matches(&message) =>
                     {
                         this.fail_all(BlockFetchError::TooManyStreams(message))

@@ -73,7 +73,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_lite::{Stream, StreamExt};
-use rpc_proto::{CallError, RpcError, StreamChunkId};
+use rpc_proto::{CallError, RequestError, StreamChunkId};
 
 use crate::transport::ConnectError;
 
@@ -86,10 +86,10 @@ pub enum BlockFetchError {
     #[error(transparent)]
     Connect(ConnectError),
     /// The `OpenBlocks` RPC failed: the server refused it (a block it does not have, named in
-    /// the [`RpcError::Remote`] message), or the call timed out or lost its connection. Fails
+    /// the [`RequestError::Remote`] message), or the call timed out or lost its connection. Fails
     /// every block of the fetch.
     #[error("opening the blocks failed: {0}")]
-    Open(RpcError),
+    Open(RequestError),
     /// Fetching `chunk` failed. That chunk is this block's, or an earlier block's of the same
     /// fetch: a failed chunk fails its block and every later block not yet delivered (Spark's
     /// `OneForOneBlockFetcher` does the same; the server serves a stream's chunks in order).
@@ -98,7 +98,7 @@ pub enum BlockFetchError {
         /// The chunk whose fetch failed.
         chunk: StreamChunkId,
         /// Why.
-        error: RpcError,
+        error: RequestError,
     },
     /// The server answered `OpenBlocks` with something other than a stream of one chunk per
     /// block. Fails every block of the fetch.
@@ -118,7 +118,7 @@ pub enum BlockFetchError {
 impl BlockFetchError {
     /// Whether the failure is an I/O failure that a new attempt may not meet: a connect that
     /// failed or timed out, a connection that ended, a call that timed out (Spark retries on
-    /// `IOException`). Failures the server reported ([`RpcError::Remote`]), invalid answers
+    /// `IOException`). Failures the server reported ([`RequestError::Remote`]), invalid answers
     /// and refusals that would recur (a frame too large) are final.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -134,12 +134,12 @@ impl BlockFetchError {
 }
 
 /// Whether a call failed for a reason of the connection rather than of the peer's answer.
-fn is_io(error: &RpcError) -> bool {
+fn is_io(error: &RequestError) -> bool {
     matches!(
         error,
-        RpcError::TimedOut { .. }
-            | RpcError::Disconnected(_)
-            | RpcError::NotSent(CallError::Closed | CallError::SendBufferFull { .. })
+        RequestError::TimedOut { .. }
+            | RequestError::Disconnected(_)
+            | RequestError::NotSent(CallError::Closed | CallError::SendBufferFull { .. })
     )
 }
 
@@ -177,7 +177,7 @@ mod tests {
 
     use super::*;
 
-    fn chunk(error: RpcError) -> BlockFetchError {
+    fn chunk(error: RequestError) -> BlockFetchError {
         BlockFetchError::Chunk {
             chunk: StreamChunkId::new(1, 0),
             error,
@@ -197,15 +197,15 @@ mod tests {
                 addr,
                 after: Duration::from_secs(1),
             }),
-            BlockFetchError::Open(RpcError::Disconnected(ConnectionError::PeerClosed)),
-            BlockFetchError::Open(RpcError::TimedOut {
+            BlockFetchError::Open(RequestError::Disconnected(ConnectionError::PeerClosed)),
+            BlockFetchError::Open(RequestError::TimedOut {
                 after: Duration::from_secs(1),
             }),
-            chunk(RpcError::Disconnected(ConnectionError::Transport(
+            chunk(RequestError::Disconnected(ConnectionError::Transport(
                 "reset".into(),
             ))),
-            chunk(RpcError::NotSent(CallError::Closed)),
-            chunk(RpcError::NotSent(CallError::SendBufferFull {
+            chunk(RequestError::NotSent(CallError::Closed)),
+            chunk(RequestError::NotSent(CallError::SendBufferFull {
                 buffered: 2,
                 max: 1,
             })),
@@ -215,13 +215,13 @@ mod tests {
         }
         let last = [
             BlockFetchError::Connect(ConnectError::Closed),
-            BlockFetchError::Open(RpcError::Remote("no such block".into())),
-            chunk(RpcError::Remote("out of order".into())),
-            chunk(RpcError::NotSent(CallError::FrameTooLarge {
+            BlockFetchError::Open(RequestError::Remote("no such block".into())),
+            chunk(RequestError::Remote("out of order".into())),
+            chunk(RequestError::NotSent(CallError::FrameTooLarge {
                 size: 9,
                 max: 1,
             })),
-            chunk(RpcError::NotSent(CallError::DuplicateChunkFetch(
+            chunk(RequestError::NotSent(CallError::DuplicateChunkFetch(
                 StreamChunkId::new(1, 0),
             ))),
             BlockFetchError::InvalidResponse("garbage".into()),
@@ -244,13 +244,13 @@ mod tests {
 
     #[test]
     fn messages_say_what_failed() {
-        let error = BlockFetchError::Open(RpcError::Remote("block b7 not found".into()));
+        let error = BlockFetchError::Open(RequestError::Remote("block b7 not found".into()));
         assert_eq!(
             error.to_string(),
             "opening the blocks failed: remote failure: block b7 not found"
         );
         assert_eq!(
-            chunk(RpcError::Disconnected(ConnectionError::PeerClosed)).to_string(),
+            chunk(RequestError::Disconnected(ConnectionError::PeerClosed)).to_string(),
             "fetching chunk 1[0] failed: disconnected: connection closed by peer"
         );
     }

@@ -287,7 +287,7 @@ mod tests {
     use std::time::Instant;
 
     use futures_lite::future::block_on;
-    use rpc_proto::{ConnectionError, RpcError, StreamChunkId};
+    use rpc_proto::{ConnectionError, RequestError, StreamChunkId};
 
     use super::*;
     use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer};
@@ -367,12 +367,12 @@ mod tests {
     fn io_error() -> BlockFetchError {
         BlockFetchError::Chunk {
             chunk: StreamChunkId::new(9, 0),
-            error: RpcError::Disconnected(ConnectionError::PeerClosed),
+            error: RequestError::Disconnected(ConnectionError::PeerClosed),
         }
     }
 
     fn remote_error() -> BlockFetchError {
-        BlockFetchError::Open(RpcError::Remote("ouch".into()))
+        BlockFetchError::Open(RequestError::Remote("ouch".into()))
     }
 
     type Interaction = Vec<(&'static str, Answer)>;

@@ -144,7 +144,8 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
                         // The call was sent with the ask's timeout, so the connection may time
                         // it out before our own timer fires: the endpoint is still working on
                         // it then, and must hear of the cancel like after our timer.
-                        let timed_out = matches!(result, Err(rpc_proto::RpcError::TimedOut { .. }));
+                        let timed_out =
+                            matches!(result, Err(rpc_proto::RequestError::TimedOut { .. }));
                         if let Some(g) = guard.as_mut().filter(|_| !timed_out) {
                             g.disarm();
                         }
@@ -217,7 +218,7 @@ fn downcast<R: 'static>(value: Box<dyn Any + Send>) -> Result<R, RpcError> {
 }
 
 fn reply<R: DeserializeOwned>(
-    result: Result<Bytes, rpc_proto::RpcError>,
+    result: Result<Bytes, rpc_proto::RequestError>,
     env: &BoundEnv,
     client: Option<TransportClient>,
     endpoint: &str,
@@ -226,18 +227,18 @@ fn reply<R: DeserializeOwned>(
     match result {
         Ok(bytes) => with_binding(env, client, || decode_payload::<R>(&bytes))
             .map_err(|e| RpcError::Serialization(e.to_string().into())),
-        Err(rpc_proto::RpcError::Remote(message)) => Err(from_remote(&message, endpoint)),
-        Err(rpc_proto::RpcError::AuthenticationRequired(remote)) => Err(RpcError::Security {
+        Err(rpc_proto::RequestError::Remote(message)) => Err(from_remote(&message, endpoint)),
+        Err(rpc_proto::RequestError::AuthenticationRequired(remote)) => Err(RpcError::Security {
             endpoint: endpoint.to_owned(),
             cause: SecurityError::AuthenticationRequired {
                 remote: remote.to_string(),
             },
         }),
-        Err(rpc_proto::RpcError::TimedOut { .. }) => Err(RpcError::TimedOut {
+        Err(rpc_proto::RequestError::TimedOut { .. }) => Err(RpcError::TimedOut {
             after: timeout,
             endpoint: endpoint.to_owned(),
         }),
-        Err(rpc_proto::RpcError::Disconnected(cause)) => {
+        Err(rpc_proto::RequestError::Disconnected(cause)) => {
             if env.upgrade().is_none_or(|e| e.is_stopped()) {
                 Err(RpcError::EnvStopped)
             } else {
@@ -248,7 +249,7 @@ fn reply<R: DeserializeOwned>(
             }
         }
         // Refused because its connection had closed: the connection's end is why.
-        Err(rpc_proto::RpcError::NotSent(rpc_proto::CallError::Closed)) => {
+        Err(rpc_proto::RequestError::NotSent(rpc_proto::CallError::Closed)) => {
             if env.upgrade().is_none_or(|e| e.is_stopped()) {
                 return Err(RpcError::EnvStopped);
             }
@@ -259,7 +260,7 @@ fn reply<R: DeserializeOwned>(
                     .unwrap_or(rpc_proto::ConnectionError::LocallyClosed),
             })
         }
-        Err(rpc_proto::RpcError::NotSent(e)) => Err(RpcError::NotSent(e)),
+        Err(rpc_proto::RequestError::NotSent(e)) => Err(RpcError::NotSent(e)),
         Err(other) => Err(RpcError::Remote(other.to_string().into())),
     }
 }

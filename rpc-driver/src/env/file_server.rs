@@ -99,9 +99,9 @@ pub enum FileServerError {
     Download {
         /// The URI.
         uri: String,
-        /// Why; the serving env's message is in [`rpc_proto::RpcError::Remote`].
+        /// Why; the serving env's message is in [`rpc_proto::RequestError::Remote`].
         #[source]
-        source: rpc_proto::RpcError,
+        source: rpc_proto::RequestError,
     },
 }
 

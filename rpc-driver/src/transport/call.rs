@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use rpc_proto::{Call, CallError, ConnectionError, RequestId, RpcError};
+use rpc_proto::{Call, CallError, ConnectionError, RequestError, RequestId};
 
 use super::merged::MergedBlockMeta;
 use super::state::{ConnInner, MetaResult, RpcResult};
@@ -19,7 +19,7 @@ use crate::sync::Arc;
 pub(super) struct Pending<T> {
     client: Option<Arc<ConnInner>>,
     call: Option<Call>,
-    waiter: Option<Waiter<Result<T, RpcError>>>,
+    waiter: Option<Waiter<Result<T, RequestError>>>,
     refused: Option<CallError>,
 }
 
@@ -27,7 +27,7 @@ impl<T> Pending<T> {
     pub(super) fn started(
         inner: &Arc<ConnInner>,
         call: Call,
-        waiter: Waiter<Result<T, RpcError>>,
+        waiter: Waiter<Result<T, RequestError>>,
     ) -> Self {
         Self {
             client: Some(inner.clone()),
@@ -46,9 +46,9 @@ impl<T> Pending<T> {
         }
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>, what: &str) -> Poll<Result<T, RpcError>> {
+    fn poll(&mut self, cx: &mut Context<'_>, what: &str) -> Poll<Result<T, RequestError>> {
         if let Some(error) = self.refused.take() {
-            return Poll::Ready(Err(RpcError::NotSent(error)));
+            return Poll::Ready(Err(RequestError::NotSent(error)));
         }
         let Some(waiter) = self.waiter.as_mut() else {
             panic!("{what} polled after it completed");
@@ -60,13 +60,13 @@ impl<T> Pending<T> {
                 let unauthenticated = self.client.take().is_some_and(|c| c.client_id.is_none());
                 Poll::Ready(match result {
                     // A server that wants authentication this connection did not do.
-                    Some(Err(RpcError::Remote(text)))
+                    Some(Err(RequestError::Remote(text)))
                         if unauthenticated && rpc_proto::handshake::is_refusal(&text) =>
                     {
-                        Err(RpcError::AuthenticationRequired(text))
+                        Err(RequestError::AuthenticationRequired(text))
                     }
                     Some(result) => result,
-                    None => Err(RpcError::Disconnected(ConnectionError::Transport(
+                    None => Err(RequestError::Disconnected(ConnectionError::Transport(
                         "connection driver stopped".into(),
                     ))),
                 })

@@ -31,7 +31,7 @@ pub struct TransportClient {
 
 impl TransportClient {
     /// Sends an RPC. The reply (or why there is none) is the future's output; with a
-    /// `timeout`, the call fails with [`RpcError::TimedOut`](rpc_proto::RpcError::TimedOut)
+    /// `timeout`, the call fails with [`RequestError::TimedOut`](rpc_proto::RequestError::TimedOut)
     /// when it passes. Dropping the future forgets the call; a late reply is discarded.
     pub fn send_rpc(&self, body: Bytes, timeout: Option<Duration>) -> RpcCall {
         self.try_send_rpc(body, timeout)
@@ -52,7 +52,7 @@ impl TransportClient {
 
     /// Fetches one chunk of a stream the peer registered (Spark's `fetchChunk`). Resolves
     /// to the chunk, or the peer's failure
-    /// ([`RpcError::Remote`](rpc_proto::RpcError::Remote)), the timeout, or the
+    /// ([`RequestError::Remote`](rpc_proto::RequestError::Remote)), the timeout, or the
     /// connection's end. A second fetch of a chunk already being fetched on this connection
     /// is refused ([`CallError::DuplicateChunkFetch`]).
     pub fn fetch_chunk(&self, chunk: StreamChunkId, timeout: Option<Duration>) -> RpcCall {
@@ -67,7 +67,7 @@ impl TransportClient {
 
     /// Asks for the metadata of a push-merged shuffle block (Spark's
     /// `sendMergedBlockMetaReq`). Resolves to the chunk count and the metadata body, or the
-    /// peer's failure ([`RpcError::Remote`](rpc_proto::RpcError::Remote); a peer without a
+    /// peer's failure ([`RequestError::Remote`](rpc_proto::RequestError::Remote); a peer without a
     /// handler for these requests refuses them), the timeout, or the connection's end.
     /// Dropping the future forgets the call; a late reply is discarded.
     pub fn send_merged_block_meta_req(

@@ -69,7 +69,7 @@ impl RpcResponder {
     }
 
     /// Fails the call; the caller receives `error` as
-    /// [`RpcError::Remote`](rpc_proto::RpcError::Remote).
+    /// [`RequestError::Remote`](rpc_proto::RequestError::Remote).
     pub fn fail(mut self, error: &str) -> Result<(), CallError> {
         let conn = self.conn.take().expect("answered once");
         let request = self.request;
@@ -154,7 +154,7 @@ impl MergedBlockMetaResponder {
     }
 
     /// Fails the call (an `RpcFailure`); the caller receives `error` as
-    /// [`RpcError::Remote`](rpc_proto::RpcError::Remote).
+    /// [`RequestError::Remote`](rpc_proto::RequestError::Remote).
     pub fn fail(self, error: &str) -> Result<(), CallError> {
         self.inner.fail(error)
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rpc_proto::{
-    Call, CallError, Connection, Event, RequestId, RpcError, StreamCallId, StreamChunkId,
+    Call, CallError, Connection, Event, RequestError, RequestId, StreamCallId, StreamChunkId,
 };
 use rustc_hash::FxHashMap;
 
@@ -27,8 +27,8 @@ use crate::wait_list::WaitList;
 /// Reads start this large and double while they fill the buffer.
 pub(super) const READ_CHUNK_MIN: usize = 8 * 1024;
 
-pub(super) type RpcResult = Result<Bytes, RpcError>;
-pub(super) type MetaResult = Result<MergedBlockMeta, RpcError>;
+pub(super) type RpcResult = Result<Bytes, RequestError>;
+pub(super) type MetaResult = Result<MergedBlockMeta, RequestError>;
 
 /// Where a pending call's result goes: a body (RPCs, uploads, chunk fetches) or merged block
 /// metadata.
@@ -38,7 +38,7 @@ pub(super) enum CallSlot {
 }
 
 impl CallSlot {
-    pub(super) fn fail(self, error: RpcError) {
+    pub(super) fn fail(self, error: RequestError) {
         // The caller may have dropped its future a moment ago; then nobody wants it.
         match self {
             CallSlot::Body(completer) => drop(completer.complete(Err(error))),
@@ -82,7 +82,7 @@ pub(crate) struct ConnState {
 pub(super) struct StreamSlot {
     pub(super) pieces: VecDeque<Bytes>,
     pub(super) byte_count: Option<u64>,
-    pub(super) end: Option<Result<(), RpcError>>,
+    pub(super) end: Option<Result<(), RequestError>>,
     pub(super) waker: Option<Waker>,
 }
 
@@ -175,7 +175,7 @@ impl ConnState {
                     let meta = MergedBlockMeta { chunk_count, body };
                     match self.calls.remove(&Call::MergedBlockMeta(request)) {
                         Some(CallSlot::Meta(completer)) => drop(completer.complete(Ok(meta))),
-                        Some(other) => other.fail(RpcError::UnexpectedReply {
+                        Some(other) => other.fail(RequestError::UnexpectedReply {
                             expected: "a merged block meta request",
                             got: rpc_proto::MessageType::MergedBlockMetaSuccess,
                         }),
@@ -225,7 +225,7 @@ impl ConnState {
         match self.calls.remove(&call) {
             // The caller may have dropped its future a moment ago; then nobody wants it.
             Some(CallSlot::Body(completer)) => drop(completer.complete(result)),
-            Some(slot @ CallSlot::Meta(_)) => slot.fail(RpcError::UnexpectedReply {
+            Some(slot @ CallSlot::Meta(_)) => slot.fail(RequestError::UnexpectedReply {
                 expected: "a merged block meta request",
                 got: rpc_proto::MessageType::RpcResponse,
             }),

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_lite::{Stream, StreamExt};
-use rpc_proto::{CallError, RpcError, StreamCallId};
+use rpc_proto::{CallError, RequestError, StreamCallId};
 
 use super::state::ConnInner;
 use crate::sync::{lock, Arc};
@@ -32,7 +32,7 @@ impl StreamCall {
     }
 
     /// Collects the whole stream into one buffer.
-    pub async fn read_to_end(mut self) -> Result<Bytes, RpcError> {
+    pub async fn read_to_end(mut self) -> Result<Bytes, RequestError> {
         let mut out = bytes::BytesMut::new();
         while let Some(piece) = self.next().await {
             out.extend_from_slice(&piece?);
@@ -42,11 +42,11 @@ impl StreamCall {
 }
 
 impl Stream for StreamCall {
-    type Item = Result<Bytes, RpcError>;
+    type Item = Result<Bytes, RequestError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(error) = self.refused.take() {
-            return Poll::Ready(Some(Err(RpcError::NotSent(error))));
+            return Poll::Ready(Some(Err(RequestError::NotSent(error))));
         }
         let Some(id) = self.id else {
             return Poll::Ready(None);

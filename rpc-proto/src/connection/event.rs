@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::error::{ConnectionError, RpcError};
+use crate::error::{ConnectionError, RequestError};
 use crate::id::{Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
 
 /// Something that happened on a connection, drained with
@@ -146,7 +146,7 @@ pub enum Event {
         /// The call.
         call: Call,
         /// Why.
-        error: RpcError,
+        error: RequestError,
     },
     /// The connection ended; the last event. Every call still pending was failed before it.
     Closed {

@@ -32,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use tracing::debug;
 
 use crate::config::Config;
-use crate::error::{CallError, ConnectionError, RpcError};
+use crate::error::{CallError, ConnectionError, RequestError};
 use crate::frame::{Frame, FrameDecoder};
 use crate::id::{BodyId, Call, InboundStreamId, RequestId, StreamCallId, StreamChunkId};
 use failure::{fit_error, stream_failure, CHUNK_FAILURE_HEAD_LEN, FAILURE_HEAD_LEN};
@@ -319,7 +319,7 @@ impl Connection {
         }
         while let Some((call, after)) = self.outbound.pop_expired(now) {
             debug!(%call, ?after, "call timed out");
-            self.fail(call, RpcError::TimedOut { after });
+            self.fail(call, RequestError::TimedOut { after });
         }
         if let Some(deadline) = self.frame_deadline() {
             if now >= deadline {
@@ -497,7 +497,7 @@ impl Connection {
 
     /// Sends an RPC; its reply arrives as [`Event::ReplyReceived`] or [`Event::CallFailed`].
     ///
-    /// With a `timeout`, the call fails with [`RpcError::TimedOut`] if no reply has arrived
+    /// With a `timeout`, the call fails with [`RequestError::TimedOut`] if no reply has arrived
     /// by then.
     pub fn rpc(
         &mut self,
@@ -929,7 +929,7 @@ impl Connection {
             .checked_add(self.config.frame_timeout()?)
     }
 
-    fn fail(&mut self, call: Call, error: RpcError) {
+    fn fail(&mut self, call: Call, error: RequestError) {
         self.events.push_back(Event::CallFailed { call, error });
     }
 
@@ -937,7 +937,7 @@ impl Connection {
     fn fail_all(&mut self, error: ConnectionError) {
         debug!(%error, "connection closed");
         self.closed = Some(error.clone());
-        let lost = RpcError::Disconnected(error.clone());
+        let lost = RequestError::Disconnected(error.clone());
 
         let calls = self.outbound.drain();
         // Requests and chunk fetches fail first, then an upload arriving is aborted, then the

@@ -9,7 +9,7 @@ use tracing::debug;
 use super::failure::{stream_failure, too_many_requests, too_many_streams};
 use super::outbound::{RequestKind, StreamMatch};
 use super::{Connection, Event, Receiving};
-use crate::error::{ConnectionError, RpcError};
+use crate::error::{ConnectionError, RequestError};
 use crate::frame::{Decoded, Frame, MessageType};
 use crate::id::{Call, RequestId, StreamCallId, StreamChunkId};
 
@@ -183,7 +183,7 @@ impl Connection {
             },
             Frame::RpcFailure { request, error } => {
                 if let Some(kind) = self.take_request(request, ty) {
-                    self.fail(kind.call(request), RpcError::Remote(Arc::from(error)));
+                    self.fail(kind.call(request), RequestError::Remote(Arc::from(error)));
                 }
             }
             Frame::ChunkFetchSuccess { chunk, body } => {
@@ -193,7 +193,10 @@ impl Connection {
             }
             Frame::ChunkFetchFailure { chunk, error } => {
                 if self.take_chunk(chunk, ty) {
-                    self.fail(Call::ChunkFetch(chunk), RpcError::Remote(Arc::from(error)));
+                    self.fail(
+                        Call::ChunkFetch(chunk),
+                        RequestError::Remote(Arc::from(error)),
+                    );
                 }
             }
             Frame::StreamResponse {
@@ -215,7 +218,7 @@ impl Connection {
             Frame::StreamFailure { stream_id, error } => {
                 let found = self.outbound.fail_stream();
                 if let Some(stream) = self.matched_stream(found, ty, &stream_id) {
-                    self.fail(Call::Stream(stream), RpcError::Remote(Arc::from(error)));
+                    self.fail(Call::Stream(stream), RequestError::Remote(Arc::from(error)));
                 }
             }
         }
@@ -272,6 +275,6 @@ impl Connection {
     }
 
     fn unexpected(&mut self, call: Call, expected: &'static str, got: MessageType) {
-        self.fail(call, RpcError::UnexpectedReply { expected, got });
+        self.fail(call, RequestError::UnexpectedReply { expected, got });
     }
 }

@@ -102,7 +102,7 @@ fn an_oversized_reply_is_refused_and_the_request_can_still_fail() {
         events(&mut a),
         [Event::CallFailed {
             call: Call::Rpc(id),
-            error: RpcError::Remote("reply too large".into())
+            error: RequestError::Remote("reply too large".into())
         }]
     );
 }
@@ -185,7 +185,7 @@ fn stream_answers_given_out_of_order_are_sent_in_request_order() {
         [
             Event::CallFailed {
                 call: Call::Stream(first),
-                error: RpcError::Remote("missing".into())
+                error: RequestError::Remote("missing".into())
             },
             Event::StreamOpened {
                 stream: second,
@@ -209,7 +209,7 @@ fn closing_fails_pending_calls_once_and_flushes_what_was_queued() {
     let s = a.stream(now, "s", None).unwrap();
     a.send_one_way(now, "last words".into()).unwrap();
     a.close(now);
-    let lost = RpcError::Disconnected(ConnectionError::LocallyClosed);
+    let lost = RequestError::Disconnected(ConnectionError::LocallyClosed);
     assert_eq!(
         events(&mut a),
         [
@@ -275,7 +275,7 @@ fn garbage_from_the_peer_fails_pending_calls_with_the_decode_error() {
         [
             Event::CallFailed {
                 call: Call::Rpc(id),
-                error: RpcError::Disconnected(err.clone())
+                error: RequestError::Disconnected(err.clone())
             },
             Event::Closed { error: err },
         ]
@@ -297,7 +297,7 @@ fn a_reply_of_the_wrong_kind_fails_the_call() {
         events(&mut a),
         [Event::CallFailed {
             call: Call::MergedBlockMeta(id),
-            error: RpcError::UnexpectedReply {
+            error: RequestError::UnexpectedReply {
                 expected: "a merged block meta request",
                 got: MessageType::RpcResponse
             }
@@ -339,7 +339,7 @@ fn a_call_times_out_at_its_deadline() {
         events(&mut a),
         [Event::CallFailed {
             call: Call::Rpc(id),
-            error: RpcError::TimedOut {
+            error: RequestError::TimedOut {
                 after: Duration::from_millis(250)
             }
         }]
@@ -522,7 +522,7 @@ fn aborting_a_body_keeps_what_was_queued_before_it() {
         [
             Event::CallFailed {
                 call: Call::Upload(up),
-                error: RpcError::Disconnected(lost.clone())
+                error: RequestError::Disconnected(lost.clone())
             },
             Event::Closed { error: lost },
         ]
@@ -562,7 +562,7 @@ fn closing_fails_requests_and_fetches_then_aborts_the_arriving_upload_then_fails
     let lost = ConnectionError::PeerClosedMidBody { remaining: 5 };
     let failed = |call| Event::CallFailed {
         call,
-        error: RpcError::Disconnected(lost.clone()),
+        error: RequestError::Disconnected(lost.clone()),
     };
     assert_eq!(
         events(&mut b),
@@ -663,7 +663,7 @@ fn a_long_error_text_from_the_peer_is_cut_to_the_limit() {
         failed,
         vec![Event::CallFailed {
             call: Call::Rpc(request),
-            error: RpcError::Remote(Arc::from("abcdééé")),
+            error: RequestError::Remote(Arc::from("abcdééé")),
         }]
     );
 }
@@ -754,7 +754,7 @@ fn requests_past_the_pending_limit_are_refused_without_an_event() {
     assert_eq!(failed.len(), 2);
     assert!(failed.iter().any(|e| matches!(
         e,
-        Event::CallFailed { call: Call::Rpc(id), error: RpcError::Remote(m) }
+        Event::CallFailed { call: Call::Rpc(id), error: RequestError::Remote(m) }
             if *id == ids[2] && m.contains("too many requests pending")
     )));
     assert!(failed.iter().any(|e| matches!(

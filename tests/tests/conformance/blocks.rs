@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc::rpc_proto::{RpcError, StreamChunkId};
+use rpc::rpc_proto::{RequestError, StreamChunkId};
 use rpc::{
     fetch_blocks, BlockFetchConfig, BlockFetchError, BlockFetchingListener, BlockMessage,
     BlockServer, ConnectError, RetryingBlockFetcher, RpcHandler, RpcResponder, StreamManager,
@@ -232,7 +232,7 @@ fn an_unknown_block_fails_its_chunk_and_every_later_block_without_a_retry() {
             assert_eq!(id, requested[i]);
             let error = result.unwrap_err();
             assert!(
-                matches!(&error, BlockFetchError::Chunk { chunk, error: RpcError::Remote(m) }
+                matches!(&error, BlockFetchError::Chunk { chunk, error: RequestError::Remote(m) }
                     if chunk.chunk_index == 1 && m.contains("block b7") && m.contains("not here")),
                 "{error}"
             );
@@ -279,7 +279,7 @@ fn a_failed_chunk_fails_its_block_and_every_later_one_exactly_once() {
         for (id, result) in &got[1..] {
             let error = result.as_ref().unwrap_err();
             assert!(
-                matches!(error, BlockFetchError::Chunk { chunk, error: RpcError::Remote(m) }
+                matches!(error, BlockFetchError::Chunk { chunk, error: RequestError::Remote(m) }
                     if chunk.chunk_index == 1 && m.contains("cursed")),
                 "{id}: {error}"
             );

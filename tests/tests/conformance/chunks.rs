@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rpc::rpc_proto::{CallError, Frame, RpcError, StreamChunkId};
+use rpc::rpc_proto::{CallError, Frame, RequestError, StreamChunkId};
 use rpc::{
     OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
     TransportClientFactory, TransportServer,
@@ -98,7 +98,7 @@ fn chunks_of_a_registered_stream_are_fetched_in_order_and_the_stream_is_released
         .await
         .unwrap_err();
         assert!(
-            matches!(&err, RpcError::Remote(m) if m.contains("closed")),
+            matches!(&err, RequestError::Remote(m) if m.contains("closed")),
             "{err}"
         );
         server.close();
@@ -119,7 +119,7 @@ fn out_of_order_missing_and_past_the_end_chunks_fail_and_the_connection_stays_us
         .await
         .unwrap_err();
         assert!(
-            matches!(&err, RpcError::Remote(m) if m.contains("out-of-order")),
+            matches!(&err, RequestError::Remote(m) if m.contains("out-of-order")),
             "{err}"
         );
         let err = within(
@@ -129,7 +129,7 @@ fn out_of_order_missing_and_past_the_end_chunks_fail_and_the_connection_stays_us
         .await
         .unwrap_err();
         assert!(
-            matches!(&err, RpcError::Remote(m) if m.contains("closed")),
+            matches!(&err, RequestError::Remote(m) if m.contains("closed")),
             "{err}"
         );
         assert_eq!(
@@ -195,7 +195,7 @@ fn fetching_a_chunk_already_being_fetched_is_refused() {
             .unwrap_err();
         assert_eq!(
             second,
-            RpcError::NotSent(CallError::DuplicateChunkFetch(chunk))
+            RequestError::NotSent(CallError::DuplicateChunkFetch(chunk))
         );
         refused_tx.send(()).unwrap();
         assert_eq!(within("the first", first).await.unwrap(), pattern(5));
@@ -250,7 +250,7 @@ fn a_server_without_a_stream_manager_fails_chunk_fetches_cleanly() {
         .unwrap_err();
         assert_eq!(
             err,
-            RpcError::Remote("Requested chunk not available since streamId 1 is closed".into())
+            RequestError::Remote("Requested chunk not available since streamId 1 is closed".into())
         );
         let reply = within(
             "an rpc after it",
@@ -358,7 +358,7 @@ fn a_stream_manager_that_panics_fails_that_fetch_and_the_connection_keeps_workin
         .await
         .unwrap_err();
         assert!(
-            matches!(&err, RpcError::Remote(m) if m.contains("panicked") && m.contains("cursed")),
+            matches!(&err, RequestError::Remote(m) if m.contains("panicked") && m.contains("cursed")),
             "{err}"
         );
         let id = blocks
@@ -411,7 +411,7 @@ fn unknown_streams_and_chunks_fail_with_sparks_exact_texts() {
         .unwrap();
         let factory =
             TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
-        let remote = |text: String| RpcError::Remote(text.into());
+        let remote = |text: String| RequestError::Remote(text.into());
         for addr in [server.local_addr(), bare_without_streams.local_addr()] {
             let client = within("a connection", factory.create_client(addr))
                 .await
@@ -461,7 +461,7 @@ async fn client_fetch(
     factory: &TransportClientFactory,
     addr: std::net::SocketAddr,
     chunk: StreamChunkId,
-) -> Result<Bytes, RpcError> {
+) -> Result<Bytes, RequestError> {
     let client = factory.create_client(addr).await.unwrap();
     client.fetch_chunk(chunk, None).await
 }

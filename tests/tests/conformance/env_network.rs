@@ -1011,7 +1011,7 @@ fn an_undecodable_envelope_fails_the_call_and_a_bad_one_way_is_counted() {
         let err = within("the failure", raw.send_rpc(vec![9u8, 1, 2, 3].into(), None))
             .await
             .unwrap_err();
-        let rpc::rpc_proto::RpcError::Remote(message) = err else {
+        let rpc::rpc_proto::RequestError::Remote(message) = err else {
             panic!("{err}")
         };
         assert!(message.contains("undecodable envelope"), "{message}");

@@ -266,7 +266,7 @@ async fn remote_refusal(env: &RpcEnv, uri: &str) -> String {
     match within("the download to open", env.open_channel(uri)).await {
         Ok(_) => panic!("{uri} should be refused"),
         Err(FileServerError::Download {
-            source: rpc::rpc_proto::RpcError::Remote(message),
+            source: rpc::rpc_proto::RequestError::Remote(message),
             ..
         }) => message.to_string(),
         Err(other) => panic!("{uri}: expected the serving env's refusal, got {other}"),

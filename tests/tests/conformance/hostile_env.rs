@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc::rpc_proto::{
-    EnvelopeKind, EnvelopePrefix, Frame, RequestId, RpcAddress, RpcError as WireError,
+    EnvelopeKind, EnvelopePrefix, Frame, RequestId, RpcAddress, RequestError as WireError,
     StreamChunkId,
 };
 use rpc::{

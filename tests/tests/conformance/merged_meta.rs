@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc::rpc_proto::RpcError;
+use rpc::rpc_proto::RequestError;
 use rpc::{
     MergedBlockMeta, MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
     RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
@@ -150,7 +150,7 @@ fn a_failed_dropped_or_panicking_merged_block_meta_request_fails_with_the_reason
             .await
             .unwrap_err();
             assert!(
-                matches!(&err, RpcError::Remote(m) if m.contains(reason)),
+                matches!(&err, RequestError::Remote(m) if m.contains(reason)),
                 "{app}: {err}"
             );
             // The connection stays usable for both kinds of call.
@@ -192,7 +192,7 @@ fn a_server_without_a_merged_block_meta_handler_refuses_the_request() {
         .unwrap_err();
         assert_eq!(
             err,
-            RpcError::Remote("this peer serves no merged block metadata".into())
+            RequestError::Remote("this peer serves no merged block metadata".into())
         );
         assert_eq!(
             within("an rpc after it", client.send_rpc("still here".into(), None))
@@ -215,7 +215,7 @@ fn a_merged_block_meta_request_times_out_and_its_late_answer_is_discarded() {
         )
         .await
         .unwrap_err();
-        assert_eq!(err, RpcError::TimedOut { after: timeout });
+        assert_eq!(err, RequestError::TimedOut { after: timeout });
         eventually("the request to have arrived", || {
             merged.kept.lock().unwrap().len() == 1
         })
@@ -252,7 +252,7 @@ fn a_merged_block_meta_request_fails_when_the_connection_ends_mid_call() {
         .await;
         server.close();
         let err = within("the disconnect", call).await.unwrap_err();
-        assert!(matches!(err, RpcError::Disconnected(_)), "{err}");
+        assert!(matches!(err, RequestError::Disconnected(_)), "{err}");
         // The responder outlived its connection: answering it is refused, not a panic.
         let kept = merged.kept.lock().unwrap().pop().unwrap();
         assert!(kept
@@ -267,6 +267,6 @@ fn a_merged_block_meta_request_fails_when_the_connection_ends_mid_call() {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, RpcError::NotSent(_)), "{err}");
+        assert!(matches!(err, RequestError::NotSent(_)), "{err}");
     })
 }

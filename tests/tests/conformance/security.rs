@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rpc::rpc_proto::handshake::AUTH_FAILED_TEXT;
-use rpc::rpc_proto::{Decoded, Frame, FrameDecoder, RequestId, RpcError, StreamChunkId};
+use rpc::rpc_proto::{Decoded, Frame, FrameDecoder, RequestId, RequestError, StreamChunkId};
 use rpc::security::{AuthVersion, CipherMode, Secret, SPARK_RPC_APP_ID};
 use rpc::{
     AuthMechanism, ConnectError, FileSegment, ManagedBuffer, MergedBlockMetaReqHandler,
@@ -308,7 +308,7 @@ fn a_client_without_security_is_refused_and_served_nothing() {
         let error = within("the refusal", client.send_rpc("hello".into(), None))
             .await
             .unwrap_err();
-        assert_eq!(error, RpcError::AuthenticationRequired(AUTH_FAILED_TEXT.into()));
+        assert_eq!(error, RequestError::AuthenticationRequired(AUTH_FAILED_TEXT.into()));
         eventually("the connection closed", || !client.is_active()).await;
         // Counted once the server's handshake task has closed its side.
         eventually("the failure counted", || server.stats().auth_failures == 1).await;
@@ -500,7 +500,7 @@ fn a_stream_is_served_only_to_the_application_it_was_registered_for() {
             .unwrap_err();
         assert_eq!(
             error,
-            RpcError::Remote(format!("Client app-b not authorized to read stream {stream}.").into())
+            RequestError::Remote(format!("Client app-b not authorized to read stream {stream}.").into())
         );
 
         let a = within("app-a", as_app("app-a", "secret-of-a").create_client(server.local_addr()))

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future::poll_once;
 use futures_lite::StreamExt;
-use rpc::rpc_proto::{CallError, Config, ConnectionError, RpcError, StreamChunkId};
+use rpc::rpc_proto::{CallError, Config, ConnectionError, RequestError, StreamChunkId};
 use rpc::{
     ConnectError, RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
     TransportConfig, TransportServer, UploadSink,
@@ -527,7 +527,7 @@ fn a_connection_with_an_unanswered_request_times_out_and_a_new_one_works() {
             .unwrap_err();
         assert_eq!(
             err,
-            RpcError::Disconnected(ConnectionError::TimedOut {
+            RequestError::Disconnected(ConnectionError::TimedOut {
                 idle,
                 outstanding: 1
             })
@@ -592,7 +592,7 @@ fn the_idle_timeout_counts_from_the_last_request_sent() {
             quiet + Duration::from_millis(50) >= idle,
             "the first fetch failed {quiet:?} after the second was sent, before the timeout"
         );
-        let expected = RpcError::Disconnected(ConnectionError::TimedOut {
+        let expected = RequestError::Disconnected(ConnectionError::TimedOut {
             idle,
             outstanding: 2,
         });
@@ -645,7 +645,7 @@ fn many_streams_requested_at_once_on_one_connection_each_get_their_own_bytes() {
                         // A failure among them must not shift the others' replies.
                         let err = client.stream("missing", None).read_to_end().await;
                         assert!(
-                            matches!(&err, Err(RpcError::Remote(m)) if m.contains("no stream missing")),
+                            matches!(&err, Err(RequestError::Remote(m)) if m.contains("no stream missing")),
                             "{err:?}"
                         );
                         return;
@@ -722,7 +722,7 @@ fn many_chunks_fetched_at_once_arrive_whole_and_failures_stay_with_their_chunk()
                         let err = got.unwrap_err();
                         let expected = format!("no chunk {chunk}");
                         assert!(
-                            matches!(&err, RpcError::Remote(m) if m.contains(&expected)),
+                            matches!(&err, RequestError::Remote(m) if m.contains(&expected)),
                             "{err}"
                         );
                     } else {
@@ -759,7 +759,7 @@ fn successes_and_failures_of_many_concurrent_rpcs_reach_their_own_callers() {
                             .send_rpc(format!("fail:boom {i}").into(), None)
                             .await
                             .unwrap_err();
-                        assert_eq!(err, RpcError::Remote(format!("boom {i}").into()));
+                        assert_eq!(err, RequestError::Remote(format!("boom {i}").into()));
                     } else {
                         let body = format!("call {i}");
                         let reply = client.send_rpc(body.clone().into(), None).await;
@@ -791,7 +791,7 @@ fn a_handler_that_panics_fails_the_call_and_the_server_keeps_serving() {
         .await;
         let err = outcome.unwrap_err();
         assert!(
-            matches!(&err, RpcError::Remote(m) if m.contains("the handler broke")),
+            matches!(&err, RequestError::Remote(m) if m.contains("the handler broke")),
             "{err}"
         );
         echo(&client, "after the panic").await;
@@ -861,7 +861,7 @@ fn an_rpc_at_the_frame_limit_crosses_and_one_byte_more_is_refused_locally() {
             .unwrap_err();
         assert_eq!(
             err,
-            RpcError::NotSent(CallError::FrameTooLarge { size: max + 1, max })
+            RequestError::NotSent(CallError::FrameTooLarge { size: max + 1, max })
         );
         let err = client.send(pattern(largest + 100, 5)).unwrap_err();
         assert!(
@@ -877,7 +877,7 @@ fn an_rpc_at_the_frame_limit_crosses_and_one_byte_more_is_refused_locally() {
         .await
         .unwrap_err();
         assert!(
-            matches!(&err, RpcError::Remote(m) if m.contains("exceeds the maximum frame size")),
+            matches!(&err, RequestError::Remote(m) if m.contains("exceeds the maximum frame size")),
             "{err}"
         );
         assert!(client.is_active());

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_lite::StreamExt;
-use rpc::rpc_proto::{ConnectionError, RpcError, StreamChunkId};
+use rpc::rpc_proto::{ConnectionError, RequestError, StreamChunkId};
 use rpc::{
     RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
     TransportServer, UploadSink, STREAM_BUFFER_LIMIT,
@@ -206,7 +206,7 @@ fn an_unknown_stream_ends_with_the_servers_failure() {
         let mut call = client.stream("nothing-here", None);
         let err = within("a failure", call.next()).await.unwrap().unwrap_err();
         assert!(
-            matches!(&err, RpcError::Remote(m) if m.contains("no stream nothing-here")),
+            matches!(&err, RequestError::Remote(m) if m.contains("no stream nothing-here")),
             "{err}"
         );
         assert!(within("the end", call.next()).await.is_none());
@@ -251,7 +251,7 @@ fn upload_failures_reach_the_uploader_and_leave_the_connection_usable() {
             let call = client.upload_stream(meta.into(), 300_000, pieces(body, 4096), None);
             let err = within("the failure", call).await.unwrap_err();
             assert!(
-                matches!(&err, RpcError::Remote(m) if m.contains(expected)),
+                matches!(&err, RequestError::Remote(m) if m.contains(expected)),
                 "{meta}: {err}"
             );
             let reply = within("an rpc after it", client.send_rpc(meta.into(), None)).await;
@@ -274,7 +274,7 @@ fn a_body_shorter_than_announced_closes_the_connection_and_fails_the_upload() {
         assert!(
             matches!(
                 &err,
-                RpcError::Disconnected(ConnectionError::BodyAborted { .. })
+                RequestError::Disconnected(ConnectionError::BodyAborted { .. })
             ),
             "{err}"
         );

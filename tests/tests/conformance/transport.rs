@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rpc::rpc_proto::{ConnectionError, RpcError};
+use rpc::rpc_proto::{ConnectionError, RequestError};
 use rpc::{
     ConnectError, NoopRpcHandler, RpcHandler, RpcResponder, TransportClient,
     TransportClientFactory, TransportServer,
@@ -106,14 +106,14 @@ fn rpc_replies_failures_and_one_way_messages_cross_a_real_socket() {
         let err = within("the failure", client.send_rpc("fail".into(), None))
             .await
             .unwrap_err();
-        assert_eq!(err, RpcError::Remote("you asked for it".into()));
+        assert_eq!(err, RequestError::Remote("you asked for it".into()));
 
         let err = within("the failure", client.send_rpc("drop".into(), None))
             .await
             .unwrap_err();
         assert_eq!(
             err,
-            RpcError::Remote("the request was dropped without a reply".into())
+            RequestError::Remote("the request was dropped without a reply".into())
         );
 
         for _ in 0..10 {
@@ -253,7 +253,7 @@ fn a_noop_handler_fails_the_peers_rpcs_at_once() {
         let error = within("the refusal", back.send_rpc("anyone there?".into(), None))
             .await
             .unwrap_err();
-        assert_eq!(error, RpcError::Remote(NoopRpcHandler::REFUSAL.into()));
+        assert_eq!(error, RequestError::Remote(NoopRpcHandler::REFUSAL.into()));
         assert!(client.is_active(), "the connection stays usable");
         let reply = within("the reply", client.send_rpc("hello".into(), None))
             .await
@@ -277,7 +277,7 @@ fn a_call_times_out_naming_its_timeout() {
         .unwrap_err();
         assert_eq!(
             err,
-            RpcError::TimedOut {
+            RequestError::TimedOut {
                 after: Duration::from_millis(50)
             }
         );
@@ -303,7 +303,7 @@ fn pending_calls_fail_fast_when_the_peer_goes_away() {
             .await
             .expect("the pending call ends within a second")
             .unwrap_err();
-        assert!(matches!(err, RpcError::Disconnected(_)), "{err}");
+        assert!(matches!(err, RequestError::Disconnected(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(1));
         eventually("the client's close event", || {
             client_handler.closed.lock().unwrap().len() == 1

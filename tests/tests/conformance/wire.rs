@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rpc::rpc_proto::{ConnectionError, Decoded, Frame, FrameDecoder, RequestId, RpcError};
+use rpc::rpc_proto::{ConnectionError, Decoded, Frame, FrameDecoder, RequestId, RequestError};
 
 use super::transport::{big_body, localhost, setup};
 use super::util::*;
@@ -257,7 +257,7 @@ fn a_reply_cut_off_by_end_of_file_fails_the_pending_call_with_a_disconnect() {
         let half = within("the raw server", raw_server).await;
         assert_eq!(
             err,
-            RpcError::Disconnected(ConnectionError::PeerClosedMidFrame { buffered: half })
+            RequestError::Disconnected(ConnectionError::PeerClosedMidFrame { buffered: half })
         );
         assert!(!client.is_active());
     })
@@ -289,7 +289,7 @@ fn a_peer_that_ends_mid_frame_fails_the_calls_pending_on_it_and_the_server_serve
             .unwrap_err();
         assert_eq!(
             err,
-            RpcError::Disconnected(ConnectionError::PeerClosedMidFrame { buffered: 7 })
+            RequestError::Disconnected(ConnectionError::PeerClosedMidFrame { buffered: 7 })
         );
         within("the raw peer", raw_peer).await;
         eventually("the close event", || handler.closed.lock().unwrap().len() == 1).await;
