@@ -5,8 +5,10 @@
 //! the counters in the stats (`ServerStats`, `ConnectionStats`, `EnvStats`) still count every
 //! event.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+// In statics, created outside any loom model, and about logging only.
+use crate::sync::unmodeled::Mutex;
 
 /// Lines a kind may log per [`INTERVAL`].
 pub(crate) const LINES_PER_INTERVAL: u32 = 10;

@@ -95,8 +95,8 @@ impl WaitList {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use crate::sync::atomic::{AtomicUsize, Ordering};
+    use crate::sync::Arc;
     use std::task::Wake;
 
     use super::*;

@@ -4,7 +4,6 @@
 use std::future::poll_fn;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -20,6 +19,7 @@ use rpc_proto::sasl::QopOffer;
 use super::stream::{CipherStream, Prefixed};
 use super::{Auth, AuthMechanism, Security, SecurityError};
 use crate::runtime::{sleep_for, AsyncStream, Runtime};
+use crate::sync::unmodeled::Arc;
 use crate::tls::TlsStream;
 
 /// Bytes read at once during the handshake: a handshake frame is small.

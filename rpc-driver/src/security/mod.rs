@@ -53,8 +53,10 @@ pub(crate) use handshake::{secure_client, secure_server};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
+
+// Holders and TLS settings are handed in by users: std's `Arc`, never loom's.
+use crate::sync::unmodeled::Arc;
 
 pub use rpc_proto::auth::{AuthVersion, Secret};
 pub use rpc_proto::cipher::CipherMode;

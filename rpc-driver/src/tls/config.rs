@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 
+// rustls takes std's `Arc`; its configs are built once and shared, never modelled.
+use crate::sync::unmodeled::{Arc, OnceLock};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_name;
 use rustls::client::{Resumption, WebPkiServerVerifier};

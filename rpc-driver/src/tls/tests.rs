@@ -5,15 +5,17 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
 use std::task::{Wake, Waker};
 
 use futures_lite::future::zip;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::{AlertDescription, CertificateError};
 
+// The test executor and pipe are plain std state, not a loom model.
 use super::*;
+use crate::sync::unmodeled::atomic::AtomicBool;
+use crate::sync::unmodeled::{Arc, Mutex};
 
 // ---- the pipe --------------------------------------------------------------------------
 
