@@ -19,9 +19,9 @@ pub enum CallState {
 impl CallState {
     fn as_str(self) -> &'static str {
         match self {
-            CallState::Pending => "pending",
-            CallState::Cancelled => "cancelled",
-            CallState::Resolved => "resolved",
+            Self::Pending => "pending",
+            Self::Cancelled => "cancelled",
+            Self::Resolved => "resolved",
         }
     }
 }

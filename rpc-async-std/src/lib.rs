@@ -319,13 +319,13 @@ mod tests {
         block_on_within(async {
             let start = rt.now();
             let mut timer = rt.new_timer(start + Duration::from_millis(20));
-            rpc_driver::timer_fired(timer.as_mut()).await;
+            timer_fired(timer.as_mut()).await;
             assert!(rt.now() >= start + Duration::from_millis(20));
             // Still ready until reset, like tokio's `Sleep` (async-io's own timer is not).
-            rpc_driver::timer_fired(timer.as_mut()).await;
+            timer_fired(timer.as_mut()).await;
             let reset_at = rt.now();
             timer.as_mut().reset(reset_at + Duration::from_millis(10));
-            rpc_driver::timer_fired(timer.as_mut()).await;
+            timer_fired(timer.as_mut()).await;
             assert!(rt.now() >= reset_at + Duration::from_millis(10));
         });
     }

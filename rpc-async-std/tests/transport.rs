@@ -34,7 +34,7 @@ struct Echo {
 
 impl Echo {
     fn new(rt: &Arc<dyn Runtime>) -> Arc<Self> {
-        Arc::new(Echo {
+        Arc::new(Self {
             rt: rt.clone(),
             one_way: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),

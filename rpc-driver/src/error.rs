@@ -114,7 +114,7 @@ mod env {
                 RpcError::Unreachable { .. } => ErrorKind::ConnectionRefused,
                 RpcError::Security { cause, .. } => cause.io_kind(),
                 RpcError::Remote(_) => ErrorKind::Other,
-                RpcError::NotSent(call) => io::Error::from(call.clone()).kind(),
+                RpcError::NotSent(call) => Self::from(call.clone()).kind(),
                 RpcError::Serialization(_) => ErrorKind::InvalidData,
             };
             Self::new(kind, error)

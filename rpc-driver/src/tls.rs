@@ -128,11 +128,11 @@ impl From<TlsError> for io::Error {
     /// The error as the driver sees stream errors: a TLS failure is
     /// [`io::ErrorKind::InvalidData`] (carrying the [`TlsError`]), a close during the
     /// handshake [`io::ErrorKind::UnexpectedEof`], and an I/O error itself.
-    fn from(error: TlsError) -> io::Error {
+    fn from(error: TlsError) -> Self {
         match error {
             TlsError::Io(error) => error,
-            TlsError::Closed => io::Error::new(io::ErrorKind::UnexpectedEof, error),
-            error => io::Error::new(io::ErrorKind::InvalidData, error),
+            TlsError::Closed => Self::new(io::ErrorKind::UnexpectedEof, error),
+            error => Self::new(io::ErrorKind::InvalidData, error),
         }
     }
 }
@@ -226,7 +226,7 @@ const READ_CHUNK: usize = 256 * 1024;
 impl TlsStream {
     fn new(inner: Box<dyn AsyncStream>, mut conn: Connection) -> Self {
         conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
-        TlsStream {
+        Self {
             inner,
             conn,
             failed: None,
@@ -244,7 +244,7 @@ impl TlsStream {
         self,
         f: impl FnOnce(Box<dyn AsyncStream>, bytes::Bytes) -> Box<dyn AsyncStream>,
     ) -> Self {
-        let TlsStream {
+        let Self {
             inner,
             conn,
             failed,
@@ -252,7 +252,7 @@ impl TlsStream {
             mut incoming,
             incoming_eof,
         } = self;
-        TlsStream {
+        Self {
             inner: f(inner, incoming.split().freeze()),
             conn,
             failed,

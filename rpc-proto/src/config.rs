@@ -91,7 +91,7 @@ impl Config {
     /// A builder starting from the defaults.
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder {
-            config: Config::default(),
+            config: Self::default(),
         }
     }
 

@@ -116,7 +116,7 @@ impl Envelope {
 
     /// Decodes a body written by [`encode`](Envelope::encode): the envelope, and the payload
     /// as a slice of `body` (no copy).
-    pub fn decode(body: Bytes) -> Result<(Envelope, Bytes), EnvelopeError> {
+    pub fn decode(body: Bytes) -> Result<(Self, Bytes), EnvelopeError> {
         let (view, payload) = Self::decode_view(&body)?;
         Ok((view.to_envelope(), payload))
     }

@@ -103,11 +103,11 @@ pub enum Call {
 impl fmt::Display for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Call::Rpc(id) => write!(f, "rpc {id}"),
-            Call::Upload(id) => write!(f, "upload {id}"),
-            Call::MergedBlockMeta(id) => write!(f, "merged block meta request {id}"),
-            Call::ChunkFetch(id) => write!(f, "chunk fetch {id}"),
-            Call::Stream(id) => write!(f, "{id}"),
+            Self::Rpc(id) => write!(f, "rpc {id}"),
+            Self::Upload(id) => write!(f, "upload {id}"),
+            Self::MergedBlockMeta(id) => write!(f, "merged block meta request {id}"),
+            Self::ChunkFetch(id) => write!(f, "chunk fetch {id}"),
+            Self::Stream(id) => write!(f, "{id}"),
         }
     }
 }

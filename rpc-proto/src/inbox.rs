@@ -36,7 +36,7 @@ impl<M> InboxError<M> {
     /// The message that was not posted.
     pub fn into_inner(self) -> M {
         match self {
-            InboxError::Stopped(m) | InboxError::Full(m) => m,
+            Self::Stopped(m) | Self::Full(m) => m,
         }
     }
 }
@@ -44,8 +44,8 @@ impl<M> InboxError<M> {
 impl<M> fmt::Debug for InboxError<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            InboxError::Stopped(_) => f.write_str("Stopped(..)"),
-            InboxError::Full(_) => f.write_str("Full(..)"),
+            Self::Stopped(_) => f.write_str("Stopped(..)"),
+            Self::Full(_) => f.write_str("Full(..)"),
         }
     }
 }

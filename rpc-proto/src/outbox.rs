@@ -77,7 +77,7 @@ impl OutboxConfig {
     /// A builder starting from the defaults.
     pub fn builder() -> OutboxConfigBuilder {
         OutboxConfigBuilder {
-            config: OutboxConfig::default(),
+            config: Self::default(),
         }
     }
 
@@ -227,7 +227,7 @@ impl<T> OutboxError<T> {
     /// The message that was not queued.
     pub fn into_inner(self) -> T {
         match self {
-            OutboxError::Full { message, .. } | OutboxError::Closed(message) => message,
+            Self::Full { message, .. } | Self::Closed(message) => message,
         }
     }
 }
@@ -235,7 +235,7 @@ impl<T> OutboxError<T> {
 impl<T> fmt::Debug for OutboxError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OutboxError::Full {
+            Self::Full {
                 queued_messages,
                 queued_bytes,
                 ..
@@ -244,7 +244,7 @@ impl<T> fmt::Debug for OutboxError<T> {
                 .field("queued_messages", queued_messages)
                 .field("queued_bytes", queued_bytes)
                 .finish_non_exhaustive(),
-            OutboxError::Closed(_) => f.write_str("Closed(..)"),
+            Self::Closed(_) => f.write_str("Closed(..)"),
         }
     }
 }

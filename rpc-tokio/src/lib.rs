@@ -280,11 +280,11 @@ mod tests {
         let rt = TokioRuntime::current();
         let start = rt.now();
         let mut timer = rt.new_timer(start + Duration::from_millis(20));
-        rpc_driver::timer_fired(timer.as_mut()).await;
+        timer_fired(timer.as_mut()).await;
         assert!(rt.now() >= start + Duration::from_millis(20));
         timer.as_mut().reset(rt.now() + Duration::from_millis(10));
         let reset_at = rt.now();
-        rpc_driver::timer_fired(timer.as_mut()).await;
+        timer_fired(timer.as_mut()).await;
         assert!(rt.now() >= reset_at + Duration::from_millis(10));
     }
 

@@ -122,14 +122,14 @@ pub enum Notice {
 impl Notice {
     /// End of file, as soon as the bytes already in flight have arrived.
     pub fn eof() -> Self {
-        Notice::Eof {
+        Self::Eof {
             after: Duration::ZERO,
         }
     }
 
     /// A transport error with `reason`, as soon as the bytes already in flight have arrived.
     pub fn error(reason: &str) -> Self {
-        Notice::Error {
+        Self::Error {
             after: Duration::ZERO,
             reason: Arc::from(reason),
         }

@@ -415,7 +415,7 @@ impl Sim {
     /// # Panics
     ///
     /// After ten million steps: the simulation is in a loop.
-    pub fn run_until(&mut self, mut done: impl FnMut(&Sim) -> bool) -> bool {
+    pub fn run_until(&mut self, mut done: impl FnMut(&Self) -> bool) -> bool {
         self.drain_all();
         for _ in 0..STEP_LIMIT {
             if done(self) {

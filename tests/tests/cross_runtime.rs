@@ -23,7 +23,7 @@ enum Msg {
     /// Recorded; answered (when asked) with every note so far.
     Note(String),
     /// Answered by asking the ref an echo of the text and passing its reply on.
-    Relay(RpcEndpointRef<Msg, String>, String),
+    Relay(RpcEndpointRef<Self, String>, String),
     /// Kept unanswered.
     Hold,
 }

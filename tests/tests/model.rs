@@ -40,11 +40,11 @@ enum NoticeKind {
 impl NoticeKind {
     fn notice(&self) -> Notice {
         match self {
-            NoticeKind::Silent => Notice::Silent,
-            NoticeKind::Eof(ms) => Notice::Eof {
+            Self::Silent => Notice::Silent,
+            Self::Eof(ms) => Notice::Eof {
                 after: Duration::from_millis(u64::from(*ms)),
             },
-            NoticeKind::Error(ms) => Notice::Error {
+            Self::Error(ms) => Notice::Error {
                 after: Duration::from_millis(u64::from(*ms)),
                 reason: "connection reset".into(),
             },

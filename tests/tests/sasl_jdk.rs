@@ -182,7 +182,7 @@ impl Peer {
                 }
             }
         });
-        Peer {
+        Self {
             child,
             stdin,
             lines,
@@ -522,7 +522,7 @@ impl Wire {
     fn new(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(WAIT)).expect("read timeout");
         stream.set_nodelay(true).expect("nodelay");
-        Wire {
+        Self {
             stream,
             layer: None,
             plain: BytesMut::new(),

@@ -807,7 +807,7 @@ impl RawConn {
     fn new(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(WAIT)).expect("read timeout");
         stream.set_nodelay(true).expect("nodelay");
-        RawConn {
+        Self {
             stream,
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(rpc_proto::SPARK_MAX_FRAME_LENGTH),

@@ -236,7 +236,7 @@ impl SparkServer {
             .chain(flags.iter().map(String::as_str))
             .collect();
         let (peer, addr) = spark_server_with(spark, &args);
-        SparkServer {
+        Self {
             peer,
             addr,
             log: Vec::new(),

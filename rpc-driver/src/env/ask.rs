@@ -149,7 +149,7 @@ impl<R: DeserializeOwned + Send + 'static> Future for Ask<R> {
                         if let Some(g) = guard.as_mut().filter(|_| !timed_out) {
                             g.disarm();
                         }
-                        self::reply::<R>(result, &this.env, client, &this.endpoint, this.timeout)
+                        reply::<R>(result, &this.env, client, &this.endpoint, this.timeout)
                     }
                 },
             };

@@ -59,11 +59,11 @@ impl Drop for AskPermit {
 impl ReplyTo {
     fn fail(self, message: String) {
         match self {
-            ReplyTo::Local(c) => {
+            Self::Local(c) => {
                 // The same mapping a remote caller applies, so both see the same error.
                 let _ = c.complete(Err(super::error::from_remote(&message, "")));
             }
-            ReplyTo::Remote(r, _permit) => {
+            Self::Remote(r, _permit) => {
                 let _ = r.fail(&message);
             }
         }
@@ -218,7 +218,7 @@ mod tests {
     use std::task::{Context, Wake, Waker};
 
     use super::*;
-    use crate::completion;
+    use crate::completion::{self, Waiter};
 
     struct Noop;
 
@@ -300,15 +300,13 @@ mod tests {
 
     /// A call context for a local caller, with the env's stop flag `stopped`; the caller's
     /// end.
-    fn local_call(
-        stopped: &Weak<StopFlag>,
-    ) -> (RpcCallContext<u32>, crate::completion::Waiter<LocalReply>) {
+    fn local_call(stopped: &Weak<StopFlag>) -> (RpcCallContext<u32>, Waiter<LocalReply>) {
         let (completer, waiter) = completion::pair();
         let call = RpcCallContext::new(ReplyTo::Local(completer), None, None, None, "e", stopped);
         (call, waiter)
     }
 
-    fn resolved(mut waiter: crate::completion::Waiter<LocalReply>) -> Option<LocalReply> {
+    fn resolved(mut waiter: Waiter<LocalReply>) -> Option<LocalReply> {
         waiter.try_take()
     }
 

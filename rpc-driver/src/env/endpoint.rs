@@ -27,8 +27,8 @@ pub enum EndpointFailure {
 impl fmt::Display for EndpointFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EndpointFailure::Error(e) => write!(f, "{e}"),
-            EndpointFailure::Panic(m) => write!(f, "panicked: {m}"),
+            Self::Error(e) => write!(f, "{e}"),
+            Self::Panic(m) => write!(f, "panicked: {m}"),
         }
     }
 }

@@ -162,11 +162,11 @@ pub enum SetupError {
 impl From<ConnectError> for RpcError {
     fn from(e: ConnectError) -> Self {
         match e {
-            ConnectError::Security(cause) => RpcError::Security {
+            ConnectError::Security(cause) => Self::Security {
                 endpoint: String::new(),
                 cause,
             },
-            e => RpcError::Unreachable {
+            e => Self::Unreachable {
                 endpoint: String::new(),
                 cause: e.to_string().into(),
             },

@@ -41,7 +41,7 @@ impl RpcEnv {
     /// call `create` where blocking is allowed (before entering the runtime, or from its
     /// blocking pool), if the name may resolve slowly. Everything the env resolves later
     /// (the hosts of peers it connects to) is resolved on the runtime's blocking pool.
-    pub fn create(rt: Arc<dyn Runtime>, config: RpcEnvConfig) -> Result<RpcEnv, SetupError> {
+    pub fn create(rt: Arc<dyn Runtime>, config: RpcEnvConfig) -> Result<Self, SetupError> {
         let mut bind_error = None;
         let file_server = FileServer::new();
         let inner =
@@ -111,7 +111,7 @@ impl RpcEnv {
             return Err(error);
         }
         info!(name = %config.name(), address = ?inner.address, "rpc env started");
-        let env = RpcEnv { inner };
+        let env = Self { inner };
         env.setup_endpoint(VERIFIER_NAME, VerifierEndpoint)?;
         Ok(env)
     }

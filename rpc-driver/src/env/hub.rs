@@ -38,7 +38,7 @@ const DETACH_MAX: usize = 64 * 1024;
 /// peers and counters. Refs, asks, outboxes and running endpoints do not see it: each gets
 /// the narrow view it needs ([`Router`], [`OutboxEnv`], [`RunnerEnv`](super::runner::RunnerEnv)).
 pub(crate) struct EnvInner {
-    pub(super) me: Weak<EnvInner>,
+    pub(super) me: Weak<Self>,
     pub(super) rt: Arc<dyn Runtime>,
     pub(super) config: RpcEnvConfig,
     pub(super) address: Option<RpcAddress>,
@@ -94,7 +94,7 @@ impl EnvInner {
             .clone()
     }
 
-    pub(super) fn weak(&self) -> Weak<EnvInner> {
+    pub(super) fn weak(&self) -> Weak<Self> {
         self.me.clone()
     }
 
@@ -309,7 +309,7 @@ impl EnvInner {
 
 impl Router for EnvInner {
     fn is_stopped(&self) -> bool {
-        EnvInner::is_stopped(self)
+        Self::is_stopped(self)
     }
     fn address(&self) -> Option<&RpcAddress> {
         self.address.as_ref()
@@ -327,7 +327,7 @@ impl Router for EnvInner {
         lock(&self.endpoints).get(name).cloned()
     }
     fn outbox(&self, remote: &RpcAddress) -> Arc<OutboxCell> {
-        EnvInner::outbox(self, remote)
+        Self::outbox(self, remote)
     }
 }
 
@@ -342,6 +342,6 @@ impl OutboxEnv for EnvInner {
         &self.stats
     }
     fn is_stopped(&self) -> bool {
-        EnvInner::is_stopped(self)
+        Self::is_stopped(self)
     }
 }

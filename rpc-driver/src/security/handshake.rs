@@ -35,7 +35,7 @@ pub(crate) struct Secured {
 
 impl Secured {
     fn plain(stream: Box<dyn AsyncStream>) -> Self {
-        Secured {
+        Self {
             stream,
             client_id: None,
         }

@@ -120,7 +120,7 @@ impl AuthMechanism {
     /// `spark.network.crypto.authEngineVersion=2`,
     /// `spark.network.crypto.cipher=AES/GCM/NoPadding`.
     pub const fn aes_gcm() -> Self {
-        AuthMechanism::Aes {
+        Self::Aes {
             version: AuthVersion::V2,
             cipher: CipherMode::Gcm,
         }
@@ -129,13 +129,13 @@ impl AuthMechanism {
     /// What a Spark deployment gets from `spark.authenticate=true` alone: SASL DIGEST-MD5,
     /// with the traffic after it in clear.
     pub const fn spark_default() -> Self {
-        AuthMechanism::Sasl { encrypt: false }
+        Self::Sasl { encrypt: false }
     }
 
     /// What a Spark deployment gets from `spark.network.crypto.enabled=true` alone: version 1
     /// and AES-CTR. CTR keeps what is sent secret but does not detect tampering.
     pub const fn spark_aes_default() -> Self {
-        AuthMechanism::Aes {
+        Self::Aes {
             version: AuthVersion::V1,
             cipher: CipherMode::Ctr,
         }
@@ -178,7 +178,7 @@ impl Default for Security {
 impl Security {
     /// No authentication, no encryption.
     pub fn none() -> Self {
-        Security {
+        Self {
             auth: None,
             tls: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -196,7 +196,7 @@ impl Security {
     /// of the app id each client presents; a client for its own
     /// ([`with_app_id`](Self::with_app_id)).
     pub fn secret_holder(holder: Arc<dyn SecretKeyHolder>) -> Self {
-        Security {
+        Self {
             auth: Some(Auth {
                 app_id: SPARK_RPC_APP_ID.to_owned(),
                 secrets: holder,

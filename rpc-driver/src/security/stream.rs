@@ -51,7 +51,7 @@ impl CipherStream {
         cipher: TransportCipher,
         leftover: &[u8],
     ) -> Self {
-        CipherStream {
+        Self {
             inner,
             cipher,
             rng: StdRng::from_os_rng(),
@@ -210,7 +210,7 @@ pub(crate) struct Prefixed {
 
 impl Prefixed {
     pub(crate) fn new(inner: Box<dyn AsyncStream>, prefix: bytes::Bytes) -> Self {
-        Prefixed { inner, prefix }
+        Self { inner, prefix }
     }
 }
 

@@ -32,8 +32,8 @@ pub enum TlsVersion {
 impl TlsVersion {
     fn rustls(self) -> &'static SupportedProtocolVersion {
         match self {
-            TlsVersion::Tls12 => &rustls::version::TLS12,
-            TlsVersion::Tls13 => &rustls::version::TLS13,
+            Self::Tls12 => &rustls::version::TLS12,
+            Self::Tls13 => &rustls::version::TLS13,
         }
     }
 }
@@ -211,7 +211,7 @@ impl Default for TlsConfig {
 impl TlsConfig {
     /// An empty configuration: no identity, no trust store, no server name, TLS 1.2 and 1.3.
     pub fn new() -> Self {
-        TlsConfig {
+        Self {
             identity: None,
             trust: Trust::Unset,
             server_name: None,
@@ -512,7 +512,7 @@ struct TrustStore {
 }
 
 impl TrustStore {
-    fn from_pem(pem: &[u8], what: &'static str) -> Result<TrustStore, TlsConfigError> {
+    fn from_pem(pem: &[u8], what: &'static str) -> Result<Self, TlsConfigError> {
         let certificates = parse_certificates(pem, what)?;
         let mut roots = RootCertStore::empty();
         for certificate in &certificates {
@@ -520,7 +520,7 @@ impl TrustStore {
                 .add(certificate.clone())
                 .map_err(|reason| TlsConfigError::TrustRoot { what, reason })?;
         }
-        Ok(TrustStore {
+        Ok(Self {
             roots: Arc::new(roots),
             certificates: certificates.into(),
         })

@@ -838,7 +838,7 @@ fn trust_any_accepts_any_certificate_but_still_checks_the_handshake_signature() 
     let chain = config::parse_certificates(presented.chain.as_bytes(), "chain").unwrap();
     let other_key = KeyPair::generate().unwrap().serialize_pem();
     let key =
-        <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+        <rustls_pki_types::PrivateKeyDer<'_> as rustls_pki_types::pem::PemObject>::from_pem_slice(
             other_key.as_bytes(),
         )
         .unwrap();

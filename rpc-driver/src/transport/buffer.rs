@@ -28,8 +28,8 @@ impl ManagedBuffer {
     /// The buffer's size in bytes.
     pub fn len(&self) -> u64 {
         match self {
-            ManagedBuffer::Memory(b) => b.len() as u64,
-            ManagedBuffer::File(f) => f.len,
+            Self::Memory(b) => b.len() as u64,
+            Self::File(f) => f.len,
         }
     }
 
@@ -41,23 +41,23 @@ impl ManagedBuffer {
     /// The whole buffer in memory (reads a file segment).
     pub fn to_bytes(&self) -> io::Result<Bytes> {
         match self {
-            ManagedBuffer::Memory(b) => Ok(b.clone()),
-            ManagedBuffer::File(f) => f.read(0, usize::try_from(f.len).map_err(io::Error::other)?),
+            Self::Memory(b) => Ok(b.clone()),
+            Self::File(f) => f.read(0, usize::try_from(f.len).map_err(io::Error::other)?),
         }
     }
 }
 
 impl From<Bytes> for ManagedBuffer {
     fn from(bytes: Bytes) -> Self {
-        ManagedBuffer::Memory(bytes)
+        Self::Memory(bytes)
     }
 }
 
 impl fmt::Debug for ManagedBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ManagedBuffer::Memory(b) => write!(f, "Memory({} bytes)", b.len()),
-            ManagedBuffer::File(s) => fmt::Debug::fmt(s, f),
+            Self::Memory(b) => write!(f, "Memory({} bytes)", b.len()),
+            Self::File(s) => fmt::Debug::fmt(s, f),
         }
     }
 }

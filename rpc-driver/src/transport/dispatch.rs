@@ -62,14 +62,14 @@ enum FailOnPanic {
 impl FailOnPanic {
     fn of(event: &Event) -> Self {
         match event {
-            Event::ChunkFetchReceived { chunk } => FailOnPanic::Chunk(*chunk),
+            Event::ChunkFetchReceived { chunk } => Self::Chunk(*chunk),
             Event::StreamRequested { request, stream_id } => {
-                FailOnPanic::Stream(*request, stream_id.clone())
+                Self::Stream(*request, stream_id.clone())
             }
             Event::UploadReceived { request, .. } | Event::UploadData { request, .. } => {
-                FailOnPanic::Upload(*request)
+                Self::Upload(*request)
             }
-            _ => FailOnPanic::Nothing,
+            _ => Self::Nothing,
         }
     }
 }

@@ -100,7 +100,7 @@ impl Drop for RpcResponder {
             let kept = IN_HANDLER.with(|h| match h.try_borrow_mut() {
                 Ok(mut slot) => match slot.as_mut() {
                     Some(list) => {
-                        list.push(RpcResponder {
+                        list.push(Self {
                             conn: self.conn.take(),
                             request: self.request,
                         });

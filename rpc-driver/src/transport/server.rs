@@ -249,7 +249,7 @@ struct Accept {
 
 impl Accept {
     /// Serves an accepted connection, or closes it at once beyond the cap.
-    fn take(&mut self, stream: Box<dyn crate::runtime::AsyncStream>, peer: SocketAddr) {
+    fn take(&mut self, stream: Box<dyn AsyncStream>, peer: SocketAddr) {
         let server = &self.server;
         let open =
             lock(&server.open).len() + server.counters.handshaking.load(Ordering::Relaxed) as usize;
@@ -448,7 +448,7 @@ mod tests {
     struct ManualTimer(StdArc<AtomicBool>);
 
     impl AsyncTimer for ManualTimer {
-        fn reset(self: Pin<&mut Self>, _: std::time::Instant) {}
+        fn reset(self: Pin<&mut Self>, _: Instant) {}
 
         fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
             if self.0.swap(false, Ordering::SeqCst) {

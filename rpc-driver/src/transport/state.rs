@@ -41,8 +41,8 @@ impl CallSlot {
     pub(super) fn fail(self, error: RequestError) {
         // The caller may have dropped its future a moment ago; then nobody wants it.
         match self {
-            CallSlot::Body(completer) => drop(completer.complete(Err(error))),
-            CallSlot::Meta(completer) => drop(completer.complete(Err(error))),
+            Self::Body(completer) => drop(completer.complete(Err(error))),
+            Self::Meta(completer) => drop(completer.complete(Err(error))),
         }
     }
 }

@@ -42,7 +42,7 @@ impl Runtime for Unused {
         unreachable!("no timers here")
     }
 
-    fn connect(&self, _: SocketAddr) -> crate::BoxFuture<io::Result<Box<dyn AsyncStream>>> {
+    fn connect(&self, _: SocketAddr) -> BoxFuture<io::Result<Box<dyn AsyncStream>>> {
         unreachable!("no connections here")
     }
 

@@ -49,12 +49,12 @@ impl Secret {
     /// The secret Spark derives from the configured string: its UTF-8 bytes, never decoded
     /// from hex or Base64.
     pub fn new(secret: impl Into<String>) -> Self {
-        Secret(secret.into().into_bytes())
+        Self(secret.into().into_bytes())
     }
 
     /// A secret from raw bytes (Spark always uses a string's UTF-8 bytes; see [`Secret::new`]).
     pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
+        Self(bytes.into())
     }
 
     /// The secret's bytes.
@@ -100,7 +100,7 @@ impl AuthRandomness {
 
     /// Randomness from its three parts.
     pub fn new(private_key: [u8; 32], salt: [u8; 16], iv: [u8; 12]) -> Self {
-        AuthRandomness {
+        Self {
             private_key,
             salt,
             iv,
@@ -109,7 +109,7 @@ impl AuthRandomness {
 
     /// Randomness from [`Self::LEN`] uniformly random bytes (key, then salt, then IV).
     pub fn from_bytes(bytes: &[u8; Self::LEN]) -> Self {
-        let mut r = AuthRandomness::new([0; KEY_LEN], [0; SALT_LEN], [0; GCM_IV_LEN]);
+        let mut r = Self::new([0; KEY_LEN], [0; SALT_LEN], [0; GCM_IV_LEN]);
         r.private_key.copy_from_slice(&bytes[..KEY_LEN]);
         r.salt.copy_from_slice(&bytes[KEY_LEN..KEY_LEN + SALT_LEN]);
         r.iv.copy_from_slice(&bytes[KEY_LEN + SALT_LEN..]);
@@ -343,7 +343,7 @@ impl AuthClient {
             });
         }
         let challenge = seal(&app_id, &secret, &random, &[]).encode();
-        Ok(AuthClient {
+        Ok(Self {
             version,
             app_id,
             secret,
@@ -416,7 +416,7 @@ pub struct AuthServer {
 impl AuthServer {
     /// A server deriving keys with `version`.
     pub fn new(version: AuthVersion) -> Self {
-        AuthServer { version }
+        Self { version }
     }
 
     /// The engine version the keys are derived with.

@@ -91,9 +91,9 @@ pub enum AuthField {
 impl AuthField {
     fn max(self) -> usize {
         match self {
-            AuthField::AppId => MAX_APP_ID_LEN,
-            AuthField::Salt => MAX_SALT_LEN,
-            AuthField::Ciphertext => MAX_CIPHERTEXT_LEN,
+            Self::AppId => MAX_APP_ID_LEN,
+            Self::Salt => MAX_SALT_LEN,
+            Self::Ciphertext => MAX_CIPHERTEXT_LEN,
         }
     }
 }
@@ -101,9 +101,9 @@ impl AuthField {
 impl std::fmt::Display for AuthField {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            AuthField::AppId => "app id",
-            AuthField::Salt => "salt",
-            AuthField::Ciphertext => "ciphertext",
+            Self::AppId => "app id",
+            Self::Salt => "salt",
+            Self::Ciphertext => "ciphertext",
         })
     }
 }
@@ -148,7 +148,7 @@ impl AuthMessage {
         if !rest.is_empty() {
             return Err(AuthMessageError::TrailingBytes(rest.len()));
         }
-        Ok(AuthMessage {
+        Ok(Self {
             app_id,
             salt,
             ciphertext,

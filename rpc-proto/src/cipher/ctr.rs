@@ -25,10 +25,10 @@ enum Keystream {
 impl Keystream {
     fn new(keys: &CipherKeys, iv: &[u8; 16]) -> Self {
         match keys.key_size() {
-            KeySize::Aes128 => Keystream::Aes128(Box::new(
+            KeySize::Aes128 => Self::Aes128(Box::new(
                 Ctr128::new_from_slices(keys.key(), iv).expect("16-byte key and IV"),
             )),
-            KeySize::Aes256 => Keystream::Aes256(Box::new(
+            KeySize::Aes256 => Self::Aes256(Box::new(
                 Ctr256::new_from_slices(keys.key(), iv).expect("32-byte key and 16-byte IV"),
             )),
         }
@@ -37,8 +37,8 @@ impl Keystream {
     fn apply(&mut self, buf: &mut [u8]) {
         // A 128-bit counter cannot run out within a connection (2^132 bytes).
         match self {
-            Keystream::Aes128(c) => c.apply_keystream(buf),
-            Keystream::Aes256(c) => c.apply_keystream(buf),
+            Self::Aes128(c) => c.apply_keystream(buf),
+            Self::Aes256(c) => c.apply_keystream(buf),
         }
     }
 }
@@ -49,7 +49,7 @@ pub struct CtrEncrypter(Keystream);
 impl CtrEncrypter {
     /// An encrypter starting at the outbound IV of `keys`.
     pub fn new(keys: &CipherKeys) -> Self {
-        CtrEncrypter(Keystream::new(keys, keys.outbound_iv()))
+        Self(Keystream::new(keys, keys.outbound_iv()))
     }
 
     /// Encrypts the next bytes of the outbound stream in place.
@@ -72,7 +72,7 @@ pub struct CtrDecrypter(Keystream);
 impl CtrDecrypter {
     /// A decrypter starting at the inbound IV of `keys`.
     pub fn new(keys: &CipherKeys) -> Self {
-        CtrDecrypter(Keystream::new(keys, keys.inbound_iv()))
+        Self(Keystream::new(keys, keys.inbound_iv()))
     }
 
     /// Decrypts the next bytes of the inbound stream in place.

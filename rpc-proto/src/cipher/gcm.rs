@@ -79,7 +79,7 @@ impl MessageNonce {
     pub fn new(salt: [u8; 16], nonce_prefix: [u8; NONCE_PREFIX_LEN]) -> Self {
         let mut s = [0u8; 32];
         s[..16].copy_from_slice(&salt);
-        MessageNonce {
+        Self {
             salt: s,
             nonce_prefix,
         }
@@ -87,12 +87,12 @@ impl MessageNonce {
 
     /// Nonce material for a 32-byte session key (its salt is 32 bytes).
     pub fn new_256(salt: [u8; 32], nonce_prefix: [u8; NONCE_PREFIX_LEN]) -> Self {
-        MessageNonce { salt, nonce_prefix }
+        Self { salt, nonce_prefix }
     }
 
     /// Fresh nonce material drawn from a cryptographic RNG.
     pub fn random<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        let mut n = MessageNonce {
+        let mut n = Self {
             salt: [0; 32],
             nonce_prefix: [0; NONCE_PREFIX_LEN],
         };
@@ -130,7 +130,7 @@ impl SegmentCipher {
         }
         .expect("a 16- or 32-byte key");
         seg_key.zeroize();
-        SegmentCipher(Box::new(LessSafeKey::new(key)))
+        Self(Box::new(LessSafeKey::new(key)))
     }
 
     fn nonce(prefix: &[u8; NONCE_PREFIX_LEN], index: u32, last: bool) -> [u8; 12] {
@@ -188,7 +188,7 @@ pub struct GcmEncrypter {
 impl GcmEncrypter {
     /// An encrypter with the session key of `keys` (the IVs are unused).
     pub fn new(keys: &CipherKeys) -> Self {
-        GcmEncrypter { keys: keys.clone() }
+        Self { keys: keys.clone() }
     }
 
     /// Starts a message of exactly `plaintext_len` bytes and appends its length prefix and
@@ -351,7 +351,7 @@ impl GcmDecrypter {
     /// A decrypter with the session key of `keys` (the IVs are unused), accepting any message
     /// length Spark can send.
     pub fn new(keys: &CipherKeys) -> Self {
-        GcmDecrypter {
+        Self {
             keys: keys.clone(),
             max_message_len: i64::MAX as u64,
             phase: Phase::Length,

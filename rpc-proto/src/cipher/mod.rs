@@ -66,8 +66,8 @@ impl KeySize {
     /// The key length in bytes.
     pub const fn bytes(self) -> usize {
         match self {
-            KeySize::Aes128 => 16,
-            KeySize::Aes256 => 32,
+            Self::Aes128 => 16,
+            Self::Aes256 => 32,
         }
     }
 }
@@ -100,7 +100,7 @@ impl CipherKeys {
         };
         let mut k = [0u8; 32];
         k[..key.len()].copy_from_slice(key);
-        Ok(CipherKeys {
+        Ok(Self {
             key: k,
             size,
             inbound_iv,

@@ -24,8 +24,8 @@ impl CipherMode {
     /// Spark's name for it (`spark.network.crypto.cipher`).
     pub fn spark_name(self) -> &'static str {
         match self {
-            CipherMode::Gcm => "AES/GCM/NoPadding",
-            CipherMode::Ctr => "AES/CTR/NoPadding",
+            Self::Gcm => "AES/GCM/NoPadding",
+            Self::Ctr => "AES/CTR/NoPadding",
         }
     }
 }
@@ -75,13 +75,13 @@ impl TransportCipher {
                 dec: Box::new(GcmDecrypter::new(keys)),
             },
         };
-        TransportCipher { inner }
+        Self { inner }
     }
 
     /// SASL's `auth-conf` layer (3DES or RC4 with HMAC-MD5, in Spark's `SaslEncryption`
     /// framing), after a SASL handshake that negotiated it.
     pub fn sasl(layer: SaslLayer) -> Self {
-        TransportCipher {
+        Self {
             inner: Inner::Sasl(Box::new(layer)),
         }
     }

@@ -26,9 +26,9 @@ impl RequestKind {
     /// The call named by this kind and `id`.
     pub(super) fn call(self, id: RequestId) -> Call {
         match self {
-            RequestKind::Rpc => Call::Rpc(id),
-            RequestKind::Upload => Call::Upload(id),
-            RequestKind::MergedBlockMeta => Call::MergedBlockMeta(id),
+            Self::Rpc => Call::Rpc(id),
+            Self::Upload => Call::Upload(id),
+            Self::MergedBlockMeta => Call::MergedBlockMeta(id),
         }
     }
 }

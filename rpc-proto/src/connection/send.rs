@@ -37,24 +37,24 @@ impl Piece {
     /// Bytes of the body it stands for.
     fn len(&self) -> u64 {
         match self {
-            Piece::Data(b) => b.len() as u64,
-            Piece::External(n) => *n,
+            Self::Data(b) => b.len() as u64,
+            Self::External(n) => *n,
         }
     }
 
     /// Bytes held in memory.
     fn held(&self) -> u64 {
         match self {
-            Piece::Data(b) => b.len() as u64,
-            Piece::External(_) => 0,
+            Self::Data(b) => b.len() as u64,
+            Self::External(_) => 0,
         }
     }
 
     /// Bytes counted as buffered: in memory, or in a file the driver writes from.
     fn counted(&self) -> u64 {
         match self {
-            Piece::Data(b) => b.len() as u64,
-            Piece::External(n) => *n,
+            Self::Data(b) => b.len() as u64,
+            Self::External(n) => *n,
         }
     }
 }

@@ -269,7 +269,7 @@ fn garbage_from_the_peer_fails_pending_calls_with_the_decode_error() {
     let mut garbage = 9i64.to_be_bytes().to_vec();
     garbage.push(200);
     a.handle_bytes(now, &garbage);
-    let err = ConnectionError::Decode(crate::error::DecodeError::UnknownType(200));
+    let err = ConnectionError::Decode(DecodeError::UnknownType(200));
     assert_eq!(
         events(&mut a),
         [

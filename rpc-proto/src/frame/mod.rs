@@ -61,20 +61,20 @@ pub enum MessageType {
 
 impl MessageType {
     /// All message types, in type-byte order.
-    pub const ALL: [MessageType; 13] = [
-        MessageType::ChunkFetchRequest,
-        MessageType::ChunkFetchSuccess,
-        MessageType::ChunkFetchFailure,
-        MessageType::RpcRequest,
-        MessageType::RpcResponse,
-        MessageType::RpcFailure,
-        MessageType::StreamRequest,
-        MessageType::StreamResponse,
-        MessageType::StreamFailure,
-        MessageType::OneWayMessage,
-        MessageType::UploadStream,
-        MessageType::MergedBlockMetaRequest,
-        MessageType::MergedBlockMetaSuccess,
+    pub const ALL: [Self; 13] = [
+        Self::ChunkFetchRequest,
+        Self::ChunkFetchSuccess,
+        Self::ChunkFetchFailure,
+        Self::RpcRequest,
+        Self::RpcResponse,
+        Self::RpcFailure,
+        Self::StreamRequest,
+        Self::StreamResponse,
+        Self::StreamFailure,
+        Self::OneWayMessage,
+        Self::UploadStream,
+        Self::MergedBlockMetaRequest,
+        Self::MergedBlockMetaSuccess,
     ];
 
     /// The type for a type byte, if it names one. (Spark's `User` type, byte 255, is never
@@ -138,30 +138,30 @@ impl Frame {
     /// The message type.
     pub fn message_type(&self) -> MessageType {
         match self {
-            Frame::ChunkFetchRequest { .. } => MessageType::ChunkFetchRequest,
-            Frame::ChunkFetchSuccess { .. } => MessageType::ChunkFetchSuccess,
-            Frame::ChunkFetchFailure { .. } => MessageType::ChunkFetchFailure,
-            Frame::RpcRequest { .. } => MessageType::RpcRequest,
-            Frame::RpcResponse { .. } => MessageType::RpcResponse,
-            Frame::RpcFailure { .. } => MessageType::RpcFailure,
-            Frame::StreamRequest { .. } => MessageType::StreamRequest,
-            Frame::StreamResponse { .. } => MessageType::StreamResponse,
-            Frame::StreamFailure { .. } => MessageType::StreamFailure,
-            Frame::OneWayMessage { .. } => MessageType::OneWayMessage,
-            Frame::UploadStream { .. } => MessageType::UploadStream,
-            Frame::MergedBlockMetaRequest { .. } => MessageType::MergedBlockMetaRequest,
-            Frame::MergedBlockMetaSuccess { .. } => MessageType::MergedBlockMetaSuccess,
+            Self::ChunkFetchRequest { .. } => MessageType::ChunkFetchRequest,
+            Self::ChunkFetchSuccess { .. } => MessageType::ChunkFetchSuccess,
+            Self::ChunkFetchFailure { .. } => MessageType::ChunkFetchFailure,
+            Self::RpcRequest { .. } => MessageType::RpcRequest,
+            Self::RpcResponse { .. } => MessageType::RpcResponse,
+            Self::RpcFailure { .. } => MessageType::RpcFailure,
+            Self::StreamRequest { .. } => MessageType::StreamRequest,
+            Self::StreamResponse { .. } => MessageType::StreamResponse,
+            Self::StreamFailure { .. } => MessageType::StreamFailure,
+            Self::OneWayMessage { .. } => MessageType::OneWayMessage,
+            Self::UploadStream { .. } => MessageType::UploadStream,
+            Self::MergedBlockMetaRequest { .. } => MessageType::MergedBlockMetaRequest,
+            Self::MergedBlockMetaSuccess { .. } => MessageType::MergedBlockMetaSuccess,
         }
     }
 
     /// The body carried inside the frame, for the types that have one.
     pub fn in_frame_body(&self) -> Option<&Bytes> {
         match self {
-            Frame::ChunkFetchSuccess { body, .. }
-            | Frame::RpcRequest { body, .. }
-            | Frame::RpcResponse { body, .. }
-            | Frame::OneWayMessage { body }
-            | Frame::MergedBlockMetaSuccess { body, .. } => Some(body),
+            Self::ChunkFetchSuccess { body, .. }
+            | Self::RpcRequest { body, .. }
+            | Self::RpcResponse { body, .. }
+            | Self::OneWayMessage { body }
+            | Self::MergedBlockMetaSuccess { body, .. } => Some(body),
             _ => None,
         }
     }
@@ -170,7 +170,7 @@ impl Frame {
     /// `UploadStream`), zero for every other type.
     pub fn out_of_frame_len(&self) -> u64 {
         match self {
-            Frame::StreamResponse { byte_count, .. } | Frame::UploadStream { byte_count, .. } => {
+            Self::StreamResponse { byte_count, .. } | Self::UploadStream { byte_count, .. } => {
                 *byte_count
             }
             _ => 0,
@@ -183,17 +183,17 @@ impl Frame {
             4 + v.len() as u64
         }
         match self {
-            Frame::ChunkFetchRequest { .. } | Frame::ChunkFetchSuccess { .. } => 12,
-            Frame::ChunkFetchFailure { error, .. } => 12 + s(error),
-            Frame::RpcRequest { .. } | Frame::RpcResponse { .. } => 12,
-            Frame::RpcFailure { error, .. } => 8 + s(error),
-            Frame::StreamRequest { stream_id } => s(stream_id),
-            Frame::StreamResponse { stream_id, .. } => s(stream_id) + 8,
-            Frame::StreamFailure { stream_id, error } => s(stream_id) + s(error),
-            Frame::OneWayMessage { .. } => 4,
-            Frame::UploadStream { meta, .. } => 8 + 4 + meta.len() as u64 + 8,
-            Frame::MergedBlockMetaRequest { app_id, .. } => 8 + s(app_id) + 12,
-            Frame::MergedBlockMetaSuccess { .. } => 12,
+            Self::ChunkFetchRequest { .. } | Self::ChunkFetchSuccess { .. } => 12,
+            Self::ChunkFetchFailure { error, .. } => 12 + s(error),
+            Self::RpcRequest { .. } | Self::RpcResponse { .. } => 12,
+            Self::RpcFailure { error, .. } => 8 + s(error),
+            Self::StreamRequest { stream_id } => s(stream_id),
+            Self::StreamResponse { stream_id, .. } => s(stream_id) + 8,
+            Self::StreamFailure { stream_id, error } => s(stream_id) + s(error),
+            Self::OneWayMessage { .. } => 4,
+            Self::UploadStream { meta, .. } => 8 + 4 + meta.len() as u64 + 8,
+            Self::MergedBlockMetaRequest { app_id, .. } => 8 + s(app_id) + 12,
+            Self::MergedBlockMetaSuccess { .. } => 12,
         }
     }
 
@@ -223,36 +223,36 @@ impl Frame {
             dst.put_i32(c.chunk_index as i32);
         }
         match self {
-            Frame::ChunkFetchRequest { chunk } | Frame::ChunkFetchSuccess { chunk, .. } => {
+            Self::ChunkFetchRequest { chunk } | Self::ChunkFetchSuccess { chunk, .. } => {
                 put_chunk(dst, chunk)
             }
-            Frame::ChunkFetchFailure { chunk, error } => {
+            Self::ChunkFetchFailure { chunk, error } => {
                 put_chunk(dst, chunk);
                 put_str(dst, error);
             }
-            Frame::RpcRequest { request, body } | Frame::RpcResponse { request, body } => {
+            Self::RpcRequest { request, body } | Self::RpcResponse { request, body } => {
                 dst.put_i64(request.0 as i64);
                 // Spark writes the body length here for old readers and ignores it on read.
                 dst.put_i32(body.len() as i32);
             }
-            Frame::RpcFailure { request, error } => {
+            Self::RpcFailure { request, error } => {
                 dst.put_i64(request.0 as i64);
                 put_str(dst, error);
             }
-            Frame::StreamRequest { stream_id } => put_str(dst, stream_id),
-            Frame::StreamResponse {
+            Self::StreamRequest { stream_id } => put_str(dst, stream_id),
+            Self::StreamResponse {
                 stream_id,
                 byte_count,
             } => {
                 put_str(dst, stream_id);
                 dst.put_i64(*byte_count as i64);
             }
-            Frame::StreamFailure { stream_id, error } => {
+            Self::StreamFailure { stream_id, error } => {
                 put_str(dst, stream_id);
                 put_str(dst, error);
             }
-            Frame::OneWayMessage { body } => dst.put_i32(body.len() as i32),
-            Frame::UploadStream {
+            Self::OneWayMessage { body } => dst.put_i32(body.len() as i32),
+            Self::UploadStream {
                 request,
                 meta,
                 byte_count,
@@ -262,7 +262,7 @@ impl Frame {
                 dst.put_slice(meta);
                 dst.put_i64(*byte_count as i64);
             }
-            Frame::MergedBlockMetaRequest {
+            Self::MergedBlockMetaRequest {
                 request,
                 app_id,
                 shuffle_id,
@@ -275,7 +275,7 @@ impl Frame {
                 dst.put_i32(*shuffle_merge_id);
                 dst.put_i32(*reduce_id);
             }
-            Frame::MergedBlockMetaSuccess {
+            Self::MergedBlockMetaSuccess {
                 request,
                 chunk_count,
                 ..

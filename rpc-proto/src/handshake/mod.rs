@@ -126,7 +126,7 @@ pub struct ServerMechanisms {
 impl ServerMechanisms {
     /// AES only.
     pub fn aes(version: AuthVersion, cipher: CipherMode) -> Self {
-        ServerMechanisms {
+        Self {
             aes: Some((version, cipher)),
             sasl: None,
         }
@@ -134,7 +134,7 @@ impl ServerMechanisms {
 
     /// SASL only, offering `offer`.
     pub fn sasl(offer: QopOffer) -> Self {
-        ServerMechanisms {
+        Self {
             aes: None,
             sasl: Some(offer),
         }
@@ -202,7 +202,7 @@ struct Input {
 
 impl Input {
     fn new() -> Self {
-        Input {
+        Self {
             decoder: FrameDecoder::new(MAX_HANDSHAKE_FRAME),
             buf: BytesMut::new(),
         }
@@ -276,9 +276,9 @@ enum ClientState {
 impl std::fmt::Debug for ClientState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            ClientState::Aes { .. } => "Aes",
-            ClientState::Sasl { .. } => "Sasl",
-            ClientState::Done => "Done",
+            Self::Aes { .. } => "Aes",
+            Self::Sasl { .. } => "Sasl",
+            Self::Done => "Done",
         })
     }
 }
@@ -320,7 +320,7 @@ impl ClientHandshake {
                 max: MAX_SASL_APP_ID_LEN,
             });
         }
-        let mut handshake = ClientHandshake {
+        let mut handshake = Self {
             app_id: app_id.to_owned(),
             state: ClientState::Done,
             aes_refusal: None,
@@ -520,7 +520,7 @@ pub struct ServerHandshake {
 impl ServerHandshake {
     /// A server handshake accepting `mechanisms`.
     pub fn new(mechanisms: ServerMechanisms) -> Self {
-        ServerHandshake {
+        Self {
             mechanisms,
             done: false,
             sasl: None,

@@ -101,7 +101,7 @@ impl SaslClient {
             "sasl app id longer than {MAX_SASL_APP_ID_LEN} bytes"
         );
         let cnonce = Zeroizing::new(digest::nonce(&cnonce_random));
-        SaslClient {
+        Self {
             app_id,
             user: digest::netty_base64(SPARK_SASL_USER.as_bytes()).to_vec(),
             password: digest::netty_base64(secret.expose()),

@@ -57,8 +57,8 @@ impl SaslCipher {
     /// The cipher's RFC 2831 token.
     pub fn as_str(self) -> &'static str {
         match self {
-            SaslCipher::TripleDes => "3des",
-            SaslCipher::Rc4 => "rc4",
+            Self::TripleDes => "3des",
+            Self::Rc4 => "rc4",
         }
     }
 }
@@ -167,7 +167,7 @@ impl SaslLayer {
                 Opener::Rc4(Box::new(Rc4::new(peer_kc.as_ref().into()))),
             ),
         };
-        SaslLayer {
+        Self {
             cipher,
             sealer,
             opener,

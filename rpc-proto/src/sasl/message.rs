@@ -62,7 +62,7 @@ pub enum SaslMessageError {
 impl SaslMessage {
     /// A message carrying `token` for `app_id`.
     pub fn new(app_id: impl Into<String>, token: impl Into<Vec<u8>>) -> Self {
-        SaslMessage {
+        Self {
             app_id: app_id.into(),
             token: token.into(),
         }
@@ -112,7 +112,7 @@ impl SaslMessage {
         if !rest.is_empty() {
             return Err(SaslMessageError::TrailingBytes(rest.len()));
         }
-        Ok(SaslMessage {
+        Ok(Self {
             app_id,
             token: token.to_vec(),
         })

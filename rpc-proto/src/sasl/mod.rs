@@ -132,8 +132,8 @@ impl Qop {
     /// The QOP's RFC 2831 token.
     pub fn as_str(self) -> &'static str {
         match self {
-            Qop::Auth => "auth",
-            Qop::AuthConf => "auth-conf",
+            Self::Auth => "auth",
+            Self::AuthConf => "auth-conf",
         }
     }
 }
@@ -156,9 +156,9 @@ impl QopOffer {
     /// The `qop` directive's value.
     pub fn as_str(self) -> &'static str {
         match self {
-            QopOffer::Auth => "auth",
-            QopOffer::AuthConfOrAuth => "auth-conf,auth",
-            QopOffer::AuthConf => "auth-conf",
+            Self::Auth => "auth",
+            Self::AuthConfOrAuth => "auth-conf,auth",
+            Self::AuthConf => "auth-conf",
         }
     }
 
@@ -166,8 +166,8 @@ impl QopOffer {
     pub fn offers(self, qop: Qop) -> bool {
         matches!(
             (self, qop),
-            (QopOffer::Auth | QopOffer::AuthConfOrAuth, Qop::Auth)
-                | (QopOffer::AuthConf | QopOffer::AuthConfOrAuth, Qop::AuthConf)
+            (Self::Auth | Self::AuthConfOrAuth, Qop::Auth)
+                | (Self::AuthConf | Self::AuthConfOrAuth, Qop::AuthConf)
         )
     }
 }

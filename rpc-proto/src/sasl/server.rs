@@ -95,7 +95,7 @@ impl SaslServer {
         offer: QopOffer,
         nonce_random: [u8; NONCE_RANDOM_LEN],
     ) -> Self {
-        SaslServer {
+        Self {
             app_id: app_id.into(),
             user: digest::netty_base64(SPARK_SASL_USER.as_bytes()).to_vec(),
             password: digest::netty_base64(secret.expose()),

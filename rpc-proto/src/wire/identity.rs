@@ -142,14 +142,14 @@ pub enum TypeIdentity {
         /// The type's name (see [`is_valid_name`]).
         name: String,
         /// Its parameters' identities; empty for a type without parameters.
-        parameters: Vec<TypeIdentity>,
+        parameters: Vec<Self>,
     },
     /// `()`, `(A,)` or `(A, B, ..)`: the unit type when empty.
-    Tuple(Vec<TypeIdentity>),
+    Tuple(Vec<Self>),
     /// `[T; len]`.
     Array {
         /// The element's identity.
-        element: Box<TypeIdentity>,
+        element: Box<Self>,
         /// The array's length.
         len: usize,
     },

@@ -222,7 +222,7 @@ impl JavaPeer {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        JavaPeer {
+        Self {
             stdin: child.stdin.take(),
             child,
             lines,

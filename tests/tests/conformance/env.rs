@@ -608,7 +608,7 @@ impl Serialize for Unserializable {
 
 impl<'de> Deserialize<'de> for Unserializable {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <()>::deserialize(d).map(|()| Unserializable)
+        <()>::deserialize(d).map(|()| Self)
     }
 }
 

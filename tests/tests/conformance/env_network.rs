@@ -133,7 +133,7 @@ fn a_broken_connection_reaches_on_network_error_then_on_disconnected() {
         // The hook gets the transport's error itself, not its text.
         let errors = network_errors.lock().unwrap().clone();
         assert!(
-            matches!(errors[..], [rpc::rpc_proto::ConnectionError::Decode(_)]),
+            matches!(errors[..], [rpc_proto::ConnectionError::Decode(_)]),
             "{errors:?}"
         );
         shutdown(&[&env]).await;
@@ -143,7 +143,7 @@ fn a_broken_connection_reaches_on_network_error_then_on_disconnected() {
 /// An env (server or client mode) whose connections fail when an ask waits on them for
 /// 200ms without traffic (Spark's `spark.network.timeout` rule).
 fn impatient_env(name: &str, server_mode: bool) -> RpcEnv {
-    let connection = rpc::rpc_proto::Config::builder()
+    let connection = rpc_proto::Config::builder()
         .with_idle_timeout(Some(Duration::from_millis(200)))
         .build()
         .unwrap();
@@ -1011,7 +1011,7 @@ fn an_undecodable_envelope_fails_the_call_and_a_bad_one_way_is_counted() {
         let err = within("the failure", raw.send_rpc(vec![9u8, 1, 2, 3].into(), None))
             .await
             .unwrap_err();
-        let rpc::rpc_proto::RequestError::Remote(message) = err else {
+        let rpc_proto::RequestError::Remote(message) = err else {
             panic!("{err}")
         };
         assert!(message.contains("undecodable envelope"), "{message}");

@@ -203,7 +203,7 @@ fn a_download_reads_as_tokio_and_as_futures_io_async_read() {
         }
         within(
             "the download",
-            futures_lite::AsyncReadExt::read_to_end(&mut download, &mut got),
+            AsyncReadExt::read_to_end(&mut download, &mut got),
         )
         .await
         .expect("the download completes");
@@ -266,7 +266,7 @@ async fn remote_refusal(env: &RpcEnv, uri: &str) -> String {
     match within("the download to open", env.open_channel(uri)).await {
         Ok(_) => panic!("{uri} should be refused"),
         Err(FileServerError::Download {
-            source: rpc::rpc_proto::RequestError::Remote(message),
+            source: rpc_proto::RequestError::Remote(message),
             ..
         }) => message.to_string(),
         Err(other) => panic!("{uri}: expected the serving env's refusal, got {other}"),

@@ -115,7 +115,7 @@ fn wait_closed(peer: &mut TcpStream) {
 }
 
 /// The sum of a stat over the server's open connections.
-fn total(server: &TransportServer, stat: impl Fn(rpc::rpc_proto::ConnectionStats) -> u64) -> u64 {
+fn total(server: &TransportServer, stat: impl Fn(rpc_proto::ConnectionStats) -> u64) -> u64 {
     server.connections().iter().map(|c| stat(c.stats())).sum()
 }
 

@@ -412,7 +412,7 @@ fn a_block_server_reads_blocks_when_fetched_and_limits_streams_per_connection() 
         let counted = reads.clone();
         let source = move |_: &str, _: &str, id: &str| {
             counted.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, rpc::BoxError>(Bytes::from(id.to_owned()))
+            Ok::<_, BoxError>(Bytes::from(id.to_owned()))
         };
         let blocks = Arc::new(
             BlockServer::builder(source)

@@ -38,7 +38,7 @@ struct Served {
 
 impl Served {
     fn new(file_len: usize) -> Arc<Self> {
-        Arc::new(Served {
+        Arc::new(Self {
             path: temp_file(file_len),
             streams: OneForOneStreamManager::new(1),
             count: AtomicUsize::new(0),
@@ -791,7 +791,7 @@ fn awaiting_a_connection_stays_small_whatever_the_security() {
         let (_, client_tls, _) = tls_configs();
         let factory = factory(Security::secret(SECRET).with_tls(client_tls));
         let connect = factory.create_client(localhost());
-        let size = std::mem::size_of_val(&connect);
+        let size = size_of_val(&connect);
         assert!(size < 4096, "create_client's future is {size} bytes");
     })
 }

@@ -394,7 +394,7 @@ pub(crate) struct Probe {
     pub(crate) start: Start,
     pub(crate) panic_in_stop: bool,
     /// The errors `on_network_error` received, in order.
-    pub(crate) network_errors: Arc<Mutex<Vec<rpc::rpc_proto::ConnectionError>>>,
+    pub(crate) network_errors: Arc<Mutex<Vec<rpc_proto::ConnectionError>>>,
 }
 
 impl Probe {
@@ -505,7 +505,7 @@ impl RpcEndpoint for Probe {
     async fn on_network_error(
         &mut self,
         _: &EndpointContext<Cmd, String>,
-        error: rpc::rpc_proto::ConnectionError,
+        error: rpc_proto::ConnectionError,
         remote: RpcAddress,
     ) {
         self.network_errors.lock().unwrap().push(error);
