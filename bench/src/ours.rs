@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use rpc_tokio::rpc_proto::StreamChunkId;
+use rpc_tokio::StreamChunkId;
 use rpc_tokio::{
     BoxError, EndpointContext, FileSegment, ManagedBuffer, RpcCallContext, RpcEndpoint,
     RpcEndpointRef, RpcEnv, RpcEnvConfig, RpcHandler, RpcMessage, RpcResponder, Runtime,
@@ -172,7 +172,7 @@ async fn drain(client: &TransportClient, id: &str) -> Result<u64, Error> {
 
 async fn nap(rt: &Arc<dyn Runtime>) {
     let mut timer = rt.new_timer(Instant::now() + Duration::from_micros(200));
-    rpc_tokio::rpc_driver::timer_fired(timer.as_mut()).await;
+    rpc_tokio::timer_fired(timer.as_mut()).await;
 }
 
 /// Runs one workload against a server.

@@ -30,7 +30,7 @@ use crate::common::cpu_seconds;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 async fn nap(rt: &dyn Runtime, duration: Duration) {
-    rpc_tokio::rpc_driver::sleep_until(rt, rt.now() + duration).await
+    rpc_tokio::sleep_until(rt, rt.now() + duration).await
 }
 
 /// An ask to park.
@@ -112,11 +112,11 @@ pub(crate) async fn server(
     if let Some(inbox) = inbox {
         config = config.with_inbox_capacity(inbox);
     } else if slow {
-        config = config.with_inbox_capacity(rpc_tokio::rpc_driver::env::DEFAULT_INBOX_CAPACITY);
+        config = config.with_inbox_capacity(rpc_tokio::DEFAULT_INBOX_CAPACITY);
     }
     // The asks all arrive on one connection: let it hold that many unanswered (an env keeps
     // its idle accepted connections, as its default transport settings do).
-    let connection = rpc_tokio::rpc_proto::Config::builder()
+    let connection = rpc_tokio::Config::builder()
         .with_close_idle_accepted(false)
         .with_max_pending_requests(asks.max(1))
         .build()?;

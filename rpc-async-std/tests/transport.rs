@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_io::Timer;
 use bytes::Bytes;
 use common::{on_each_executor, within, WAIT};
-use rpc_async_std::rpc_proto::{ConnectionError, RequestError};
+use rpc_async_std::{ConnectionError, RequestError};
 use rpc_async_std::{
     RpcHandler, RpcResponder, Runtime, TransportClient, TransportClientFactory, TransportConfig,
     TransportServer,

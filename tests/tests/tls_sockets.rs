@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rpc_tokio::rpc_driver::tls::{self, TlsConfig, TlsStream};
+use rpc_tokio::tls::{self, TlsConfig, TlsStream};
 use rpc_tokio::{AsyncStream, Runtime};
 
 /// How long either side may take before the test is declared hung.

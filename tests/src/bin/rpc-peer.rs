@@ -49,7 +49,7 @@ impl RpcEndpoint for Peer {
             let rt = ctx.env().runtime().clone();
             let timer_rt = rt.clone();
             rt.spawn(Box::pin(async move {
-                rpc_tokio::rpc_driver::sleep_until(&*timer_rt, timer_rt.now() + delay).await;
+                rpc_tokio::sleep_until(&*timer_rt, timer_rt.now() + delay).await;
                 call.reply(text);
             }));
         } else {

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use rpc::rpc_proto::StreamChunkId;
+use rpc::StreamChunkId;
 use rpc::{
     AsyncListener, AsyncStream, AsyncTimer, BoxFuture, RpcAddress, RpcEnv, Runtime,
     TransportClientFactory, TransportServer,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc::rpc_proto::{RequestError, StreamChunkId};
+use rpc::{RequestError, StreamChunkId};
 use rpc::{
     fetch_blocks, BlockFetchConfig, BlockFetchError, BlockFetchingListener, BlockMessage,
     BlockServer, ConnectError, RetryingBlockFetcher, RpcHandler, RpcResponder, StreamManager,

@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rpc::rpc_proto::{CallError, Frame, RequestError, StreamChunkId};
+use rpc::{CallError, RequestError, StreamChunkId};
+use rpc_proto::{Frame};
 use rpc::{
     OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
     TransportClientFactory, TransportServer,
@@ -268,7 +269,8 @@ fn a_peer_that_fetches_without_reading_is_refused_rather_than_buffered_without_b
         return;
     }
     block_on(async {
-        use rpc::rpc_proto::{Config, Decoded, Frame, FrameDecoder};
+        use rpc::{Config};
+        use rpc_proto::{Decoded, Frame, FrameDecoder};
         use std::io::{Read, Write};
 
         let blocks = Arc::new(Blocks {

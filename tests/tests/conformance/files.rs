@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use rpc::rpc_proto::StreamChunkId;
+use rpc::StreamChunkId;
 use rpc::{
     AsyncListener, AsyncStream, AsyncTimer, BoxFuture, FileSegment, ManagedBuffer, RpcHandler,
     RpcResponder, Runtime, StreamManager, TransportClient, TransportClientFactory,

@@ -16,7 +16,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rpc::rpc_proto::{Frame, RequestId};
+use rpc::{RequestId};
+use rpc_proto::{Frame};
 
 use super::util::*;
 use super::wire::{encode, raw_connect, read_frames};

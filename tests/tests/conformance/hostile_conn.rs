@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc::rpc_proto::{Config, ConnectionError, DecodeError, Frame, RequestId, StreamChunkId};
+use rpc::{Config, ConnectionError, DecodeError, RequestId, StreamChunkId};
+use rpc_proto::{Frame};
 use rpc::{
     FileSegment, ManagedBuffer, RpcHandler, RpcResponder, StreamManager, TransportClient,
     TransportClientFactory, TransportConfig, TransportServer,

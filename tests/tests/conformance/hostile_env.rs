@@ -15,10 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc::rpc_proto::{
-    EnvelopeKind, EnvelopePrefix, Frame, RequestId, RpcAddress, RequestError as WireError,
-    StreamChunkId,
-};
+use rpc::{RequestId, RpcAddress, RequestError as WireError, StreamChunkId};
+use rpc_proto::{EnvelopeKind, EnvelopePrefix, Frame};
 use rpc::{
     fetch_blocks, BlockFetchConfig, BlockFetchError, BlockMessage, BlockServer, BoxError,
     EndpointContext, OneForOneStreamManager, OpenBlocks, RpcCallContext, RpcEndpoint, RpcEnv,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc::rpc_proto::RequestError;
+use rpc::RequestError;
 use rpc::{
     MergedBlockMeta, MergedBlockMetaReqHandler, MergedBlockMetaRequest, MergedBlockMetaResponder,
     RpcHandler, RpcResponder, TransportClient, TransportClientFactory,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc::rpc_proto::{ConnectionError, RequestError as CallOutcome};
+use rpc::{ConnectionError, RequestError as CallOutcome};
 use rpc::{
     BoxError, ConcurrentRpcEndpoint, EndpointContext, RpcCallContext, RpcEndpointRef, RpcError,
 };

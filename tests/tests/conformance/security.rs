@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rpc::rpc_proto::handshake::AUTH_FAILED_TEXT;
-use rpc::rpc_proto::{Decoded, Frame, FrameDecoder, RequestId, RequestError, StreamChunkId};
+use rpc_proto::handshake::AUTH_FAILED_TEXT;
+use rpc::{RequestId, RequestError, StreamChunkId};
+use rpc_proto::{Decoded, Frame, FrameDecoder};
 use rpc::security::{AuthVersion, CipherMode, Secret, SPARK_RPC_APP_ID};
 use rpc::{
     AuthMechanism, ConnectError, FileSegment, ManagedBuffer, MergedBlockMetaReqHandler,

@@ -9,7 +9,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rpc::rpc_proto::{CallError, Config, Decoded, Frame, FrameDecoder};
+use rpc::{CallError, Config};
+use rpc_proto::{Decoded, Frame, FrameDecoder};
 use rpc::{
     RpcAddress, RpcEndpointAddress, RpcEndpointRef, RpcEnv, RpcError, TransportClient,
     TransportClientFactory, TransportConfig,

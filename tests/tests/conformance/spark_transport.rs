@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future::poll_once;
 use futures_lite::StreamExt;
-use rpc::rpc_proto::{CallError, Config, ConnectionError, RequestError, StreamChunkId};
+use rpc::{CallError, Config, ConnectionError, RequestError, StreamChunkId};
 use rpc::{
     ConnectError, RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
     TransportConfig, TransportServer, UploadSink,

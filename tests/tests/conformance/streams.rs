@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_lite::StreamExt;
-use rpc::rpc_proto::{ConnectionError, RequestError, StreamChunkId};
+use rpc::{ConnectionError, RequestError, StreamChunkId};
 use rpc::{
     RpcHandler, RpcResponder, StreamManager, TransportClient, TransportClientFactory,
     TransportServer, UploadSink, STREAM_BUFFER_LIMIT,

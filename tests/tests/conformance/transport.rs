@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rpc::rpc_proto::{ConnectionError, RequestError};
+use rpc::{ConnectionError, RequestError};
 use rpc::{
     ConnectError, NoopRpcHandler, RpcHandler, RpcResponder, TransportClient,
     TransportClientFactory, TransportServer,

@@ -40,7 +40,7 @@ pub(crate) fn rt() -> Arc<dyn rpc::Runtime> {
 /// Sleeps on the adapter's timers.
 pub(crate) async fn sleep(duration: Duration) {
     let rt = rt();
-    rpc::rpc_driver::sleep_until(&*rt, rt.now() + duration).await
+    rpc::sleep_until(&*rt, rt.now() + duration).await
 }
 
 /// Lets other tasks run.

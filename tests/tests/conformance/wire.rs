@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rpc::rpc_proto::{ConnectionError, Decoded, Frame, FrameDecoder, RequestId, RequestError};
+use rpc::{ConnectionError, RequestId, RequestError};
+use rpc_proto::{Decoded, Frame, FrameDecoder};
 
 use super::transport::{big_body, localhost, setup};
 use super::util::*;
