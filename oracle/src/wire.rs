@@ -23,8 +23,10 @@ const FAILURE_PREFIXES: [&str; 5] = [
 /// decoded envelope re-encodes (also through [`EnvelopePrefix`]) to no more bytes than it was
 /// read from, which decode to the same envelope and payload. [`LookupReply::decode`],
 /// [`BlockMessage::decode`] and [`decode_payload`] (for a few payload types) round-trip what
-/// they accept, re-encode it to no more bytes, own no more memory than the input is long, and
-/// report trailing bytes exactly.
+/// they accept, re-encode it to no more bytes (postcard also reads overlong varints), hold no
+/// more heap than a small multiple of the input, and report trailing bytes exactly. (Memory
+/// is checked on what decodes; a failed decode's preallocation is bounded by serde's cautious
+/// size hint, 1 MiB per sequence, and not checked here.)
 ///
 /// As text (UTF-8, or read lossily): [`TypeIdentity::parse`] and
 /// [`TypeIdentity::parse_endpoint`] accept exactly what writes back to the same string, with
