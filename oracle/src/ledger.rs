@@ -465,7 +465,12 @@ mod tests {
     fn every_kind_of_end_resolves_its_call_once() {
         let mut l = ledger(&[RPC, UPLOAD, CHUNK]);
         assert_eq!(l.pending(), 3);
-        assert_eq!(l.observe(&reply(2)), Ok(Observed::Ended(UPLOAD)));
+        // An upload's reply names the upload (`ReplyReceived` names its call).
+        let upload_reply = Event::ReplyReceived {
+            call: UPLOAD,
+            body: Bytes::from_static(b"ok"),
+        };
+        assert_eq!(l.observe(&upload_reply), Ok(Observed::Ended(UPLOAD)));
         assert_eq!(l.observe(&reply(1)), Ok(Observed::Ended(RPC)));
         assert_eq!(l.observe(&failed(CHUNK)), Ok(Observed::Ended(CHUNK)));
         assert_eq!(l.pending(), 0);

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!   fuzz/fuzz_targets/*.rs ──┐                      ┌──► decode_frames, connection, auth,
-//!   tests/fuzz_seeds.rs ─────┼─► arbitrary bytes ───┤    gcm, sasl, handshake: assert!
+//!   tests/fuzz_seeds.rs ─────┼─► arbitrary bytes ───┤    gcm, sasl, handshake, wire: assert!
 //!     (fuzz/seeds/<target>)  │                      │
 //!   tests/tests/model.rs ────┴─► issued, cancelled, ┴──► CallLedger: Result<_, LedgerError>
 //!                                events
@@ -37,6 +37,10 @@
 //! - [`handshake`]: the connection handshake never lets a stranger in, answers it only with
 //!   handshake replies within the protocol's rounds, behaves the same however its input is
 //!   split, and always completes between honest peers.
+//! - [`wire`]: every decoder of the envelope's contract (`rpc_proto::wire`, the envelope, the
+//!   payload codec) on the same bytes: what decodes re-encodes, no longer, to the same value,
+//!   an envelope's borrowed view and its owned decode agree, identities and failure texts
+//!   write back to the text they were read from and keep their kind.
 //!
 //! [`CallLedger`] is the bookkeeping of "every pending call resolves exactly once" that both
 //! the [`connection`] oracle and the model test keep their calls in; it returns a
@@ -52,6 +56,7 @@ mod handshake;
 mod ledger;
 mod rng;
 mod sasl;
+mod wire;
 
 pub use auth::auth;
 pub use connection::connection;
@@ -60,3 +65,4 @@ pub use gcm::gcm;
 pub use handshake::handshake;
 pub use ledger::{CallLedger, CallState, LedgerError, Observed};
 pub use sasl::sasl;
+pub use wire::wire;

@@ -258,3 +258,176 @@ fn generated_inputs_hold_the_handshake_invariants() {
         rpc_oracle::handshake(&rng.bytes(n));
     }
 }
+
+/// Valid encodings of every message the `wire` oracle decodes, made by the real encoders: the
+/// seeds of `fuzz/seeds/wire/` (see `wire_seeds_are_the_encoders_output`), by file name.
+fn wire_samples() -> Vec<(&'static str, Vec<u8>)> {
+    use rpc_proto::wire::{lookup_request, TypeIdentity};
+    use rpc_proto::{
+        encode_payload, BlockMessage, Envelope, EnvelopeKind, EnvelopePrefix, LookupReply,
+        OpenBlocks, RemoteFailure, RpcAddress, StreamHandle, TooManyStreams,
+    };
+
+    let ask = Envelope {
+        sender: Some(RpcAddress::new("10.0.0.1", 7077)),
+        receiver: "Master".into(),
+        message_type: "Hello -> String".into(),
+        deadline_ms: Some(120_000),
+        kind: EnvelopeKind::Ask,
+    };
+    let send = Envelope {
+        sender: None,
+        deadline_ms: None,
+        kind: EnvelopeKind::Send,
+        ..ask.clone()
+    };
+    let cancel = Envelope {
+        kind: EnvelopeKind::Cancel {
+            request: RequestId(1 << 40),
+        },
+        ..send.clone()
+    };
+    let payload = encode_payload(&("worker-1", 8u32)).expect("a payload");
+    let prefix = EnvelopePrefix::new(None, "Master", "Hello -> String");
+    let text = |s: &str| s.as_bytes().to_vec();
+    let identity = |s: &str| {
+        let parsed = TypeIdentity::parse(s).expect("a valid identity");
+        text(&parsed.to_string())
+    };
+    vec![
+        ("envelope_ask.bin", ask.encode(&payload).to_vec()),
+        ("envelope_send.bin", send.encode(b"").to_vec()),
+        ("envelope_cancel.bin", cancel.encode(b"").to_vec()),
+        ("envelope_lookup.bin", lookup_request(&prefix).to_vec()),
+        ("payload_tuple.bin", payload.clone()),
+        ("lookup_found.bin", LookupReply::Found.encode().to_vec()),
+        (
+            "lookup_not_found.bin",
+            LookupReply::NotFound.encode().to_vec(),
+        ),
+        (
+            "lookup_type_mismatch.bin",
+            LookupReply::TypeMismatch("A -> B".into()).encode().to_vec(),
+        ),
+        (
+            "block_open_blocks.bin",
+            BlockMessage::OpenBlocks(OpenBlocks {
+                app_id: "app".into(),
+                exec_id: "e1".into(),
+                block_ids: vec!["b0".into(), "rdd_1".into()],
+            })
+            .encode()
+            .to_vec(),
+        ),
+        (
+            "block_stream_handle.bin",
+            BlockMessage::StreamHandle(StreamHandle {
+                stream_id: 7,
+                num_chunks: 2,
+            })
+            .encode()
+            .to_vec(),
+        ),
+        (
+            "failure_not_found.txt",
+            text(&RemoteFailure::EndpointNotFound("Master".into()).to_string()),
+        ),
+        (
+            "failure_type_mismatch.txt",
+            text(
+                &RemoteFailure::TypeMismatch {
+                    expected: "A -> B".into(),
+                    found: Some("C -> D".into()),
+                }
+                .to_string(),
+            ),
+        ),
+        (
+            "failure_busy.txt",
+            text(
+                &RemoteFailure::EndpointBusy("its inbox is full (10 messages)".into()).to_string(),
+            ),
+        ),
+        (
+            "failure_too_many_streams.txt",
+            text(&TooManyStreams { open: 2, limit: 2 }.to_string()),
+        ),
+        (
+            "identity_generic.txt",
+            identity("Result<Vec<String>, String>"),
+        ),
+        ("identity_tuple.txt", identity("(u32,)")),
+        ("identity_array.txt", identity("[u8; 16]")),
+        (
+            "identity_endpoint.txt",
+            text(&rpc_proto::wire::endpoint_identity(
+                |o| o.push_str("Hello"),
+                |o| {
+                    rpc_proto::wire::write_tuple(
+                        o,
+                        &[|o| o.push_str("u64"), |o| o.push_str("String")],
+                    )
+                },
+            )),
+        ),
+    ]
+}
+
+#[test]
+fn wire_seeds_hold_the_invariants() {
+    for (path, data) in seeds("wire") {
+        eprintln!("replaying {}", path.display());
+        rpc_oracle::wire(&data);
+    }
+}
+
+/// Every encoder sample is a committed seed, byte for byte. To regenerate the seeds after a
+/// deliberate wire change: `RPC_WRITE_WIRE_SEEDS=1 cargo test -p rpc-oracle --test fuzz_seeds`.
+#[test]
+fn wire_seeds_are_the_encoders_output() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/wire");
+    let write = std::env::var_os("RPC_WRITE_WIRE_SEEDS").is_some();
+    for (name, data) in wire_samples() {
+        let path = dir.join(name);
+        if write {
+            fs::create_dir_all(&dir).expect("the seed directory");
+            fs::write(&path, &data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        let seed = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            seed,
+            data,
+            "{} is not what the encoder writes",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn generated_wire_inputs_hold_the_invariants() {
+    let samples = wire_samples();
+    let mut rng = XorShift(0x3c6e_f372_fe94_f82b);
+    for i in 0..400 {
+        let data = if i % 2 == 0 {
+            // A valid encoding, damaged: a byte changed, cut short, or with bytes appended.
+            let mut data = samples[rng.below(samples.len() as u64) as usize].1.clone();
+            match rng.below(4) {
+                0 if !data.is_empty() => {
+                    let at = rng.below(data.len() as u64) as usize;
+                    data[at] = rng.next() as u8;
+                }
+                1 => data.truncate(rng.below(data.len() as u64 + 1) as usize),
+                2 => {
+                    let n = rng.below(8) as usize;
+                    data.extend(rng.bytes(n));
+                }
+                _ => {}
+            }
+            data
+        } else {
+            let n = rng.below(64) as usize;
+            rng.bytes(n)
+        };
+        rpc_oracle::wire(&data);
+    }
+}
