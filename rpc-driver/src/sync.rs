@@ -54,12 +54,11 @@ pub(crate) mod unmodeled {
     pub(crate) type OnceLock<T> = std::sync::OnceLock<T>;
     /// Atomics that stay std's under `--cfg loom`.
     pub(crate) mod atomic {
-        /// `std::sync::atomic::AtomicBool`.
+        /// `std::sync::atomic::AtomicBool` (only tests need one).
+        #[cfg(test)]
         pub(crate) type AtomicBool = std::sync::atomic::AtomicBool;
         /// `std::sync::atomic::AtomicU64`.
         pub(crate) type AtomicU64 = std::sync::atomic::AtomicU64;
-        /// `std::sync::atomic::AtomicUsize`.
-        pub(crate) type AtomicUsize = std::sync::atomic::AtomicUsize;
     }
 }
 

@@ -69,13 +69,14 @@ pub use message::{BlockMessage, OpenBlocks, StreamHandle};
 pub use retry::RetryingBlockFetcher;
 pub use server::{BlockServer, BlockServerBuilder, BlockSource};
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures_lite::{Stream, StreamExt};
 use rpc_proto::{CallError, RequestError, StreamChunkId};
 
 use crate::transport::ConnectError;
+
+// Shared error text; loom's `Arc` cannot hold `str`.
+use crate::sync::unmodeled::Arc;
 
 /// Why a block was not fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

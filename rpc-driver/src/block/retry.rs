@@ -4,7 +4,6 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +15,9 @@ use super::fetch::fetch_blocks;
 use super::{deliver, BlockFetchConfig, BlockFetchError, BlockFetchingListener};
 use crate::runtime::{sleep_for, BoxFuture, Runtime};
 use crate::transport::TransportClientFactory;
+
+// The runtime is a trait object, which loom's `Arc` cannot hold.
+use crate::sync::unmodeled::Arc;
 
 type Outcome = (String, Result<Bytes, BlockFetchError>);
 type Attempt = Pin<Box<dyn Stream<Item = Outcome> + Send>>;
@@ -283,7 +285,6 @@ mod tests {
     //! attempt, checking that it was asked for exactly the blocks it scripts.
 
     use std::io;
-    use std::sync::Mutex;
     use std::time::Instant;
 
     use futures_lite::future::block_on;
@@ -291,6 +292,7 @@ mod tests {
 
     use super::*;
     use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer};
+    use crate::sync::Mutex;
 
     /// A runtime whose clock stands still and whose timers fire at once, recording how long
     /// each was set for.

@@ -1,7 +1,6 @@
 //! Serving blocks: the `OpenBlocks` half of Spark's `NettyBlockRpcServer`.
 
 use std::fmt;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use rpc_proto::{ConfigError, StreamChunkId};
@@ -11,6 +10,9 @@ use super::message::{BlockMessage, OpenBlocks, StreamHandle};
 use crate::transport::{
     BoxError, OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
 };
+
+// The block source is a trait object, which loom's `Arc` cannot hold.
+use crate::sync::unmodeled::Arc;
 
 /// Where a [`BlockServer`] finds blocks: Spark's `BlockDataManager`, reduced to reading.
 ///

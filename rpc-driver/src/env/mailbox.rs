@@ -151,17 +151,17 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use std::future::Future;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Wake};
 
     use super::*;
+    use crate::sync::atomic::{AtomicUsize, Ordering};
 
     /// Counts its wakes.
     #[derive(Default)]
     struct Count(AtomicUsize);
 
     impl Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
+        fn wake(self: crate::sync::unmodeled::Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -271,7 +271,7 @@ mod tests {
     #[test]
     fn posting_wakes_the_waiting_endpoint_once() {
         let mailbox = started(10);
-        let count = std::sync::Arc::new(Count::default());
+        let count = Arc::new(Count::default());
         let waker = Waker::from(count.clone());
         assert!(take(&mailbox, &waker).is_none());
         assert!(mailbox.post(message(1)).is_ok());
@@ -286,7 +286,7 @@ mod tests {
     fn a_stopped_mailbox_refuses_posts_and_hands_out_the_rest_then_stop() {
         let mailbox = started(10);
         assert!(mailbox.post(message(1)).is_ok());
-        let count = std::sync::Arc::new(Count::default());
+        let count = Arc::new(Count::default());
         let waker = Waker::from(count.clone());
         let Some(InboxItem::Message(_)) = take(&mailbox, &waker) else {
             panic!("expected a message")
