@@ -64,6 +64,7 @@ mod completion;
 #[cfg(not(loom))]
 pub mod env;
 mod error;
+mod io_error;
 mod log_limit;
 mod runtime;
 pub mod security;

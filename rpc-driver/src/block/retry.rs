@@ -11,8 +11,10 @@ use bytes::Bytes;
 use futures_lite::{Stream, StreamExt};
 use tracing::{debug, info};
 
+use super::config::BlockFetchConfig;
+use super::error::BlockFetchError;
 use super::fetch::fetch_blocks;
-use super::{deliver, BlockFetchConfig, BlockFetchError, BlockFetchingListener};
+use super::listener::{deliver, BlockFetchingListener};
 use crate::runtime::{sleep_for, BoxFuture, Runtime};
 use crate::transport::TransportClientFactory;
 
@@ -30,7 +32,8 @@ type Start = Box<dyn FnMut(Vec<String>) -> Attempt + Send>;
 /// requested block (a block listed twice gets two), then the end:
 ///
 /// - An attempt is a stream of outcomes from a fetch function (for
-///   [`one_for_one`](RetryingBlockFetcher::one_for_one), [`fetch_blocks`](super::fetch_blocks)).
+///   [`one_for_one`](RetryingBlockFetcher::one_for_one),
+///   [`fetch_blocks`](super::fetch::fetch_blocks)).
 ///   Its successes and final failures are passed on.
 /// - The first [retryable](BlockFetchError::is_retryable) failure (connect failures,
 ///   disconnects, timeouts; never a failure the server reported) while retries are left
@@ -127,7 +130,7 @@ impl RetryingBlockFetcher {
     }
 
     /// Fetches `block_ids` of executor `exec_id` of application `app_id` from the block
-    /// server at `addr`, with [`fetch_blocks`](super::fetch_blocks) over `factory`'s
+    /// server at `addr`, with [`fetch_blocks`](super::fetch::fetch_blocks) over `factory`'s
     /// connections, retrying as `config` says.
     pub fn one_for_one(
         rt: Arc<dyn Runtime>,

@@ -51,7 +51,7 @@ where
 /// A connection may have at most
 /// [`max_streams_per_connection`](BlockServer::max_streams_per_connection) streams open
 /// (default 256; Spark has no limit); beyond it, `OpenBlocks` fails with a message the
-/// fetcher turns into [`BlockFetchError::TooManyStreams`](super::BlockFetchError).
+/// fetcher turns into [`BlockFetchError::TooManyStreams`](super::error::BlockFetchError).
 ///
 /// ```no_run
 /// # fn demo(rt: std::sync::Arc<dyn rpc_driver::Runtime>) -> std::io::Result<()> {
