@@ -17,7 +17,7 @@
 //!   I/O failure (connect, disconnect, timeout), up to max_retries times
 //! ```
 //!
-//! The primary API is a [`Stream`] of outcomes, one per requested block:
+//! The primary API is a [`Stream`](futures_lite::Stream) of outcomes, one per requested block:
 //! [`BlockFetch`] (one attempt, from [`fetch_blocks`]) and [`RetryingBlockFetcher`] (attempts
 //! until every block has an outcome). Both are pull-driven and spawn nothing: chunk fetches
 //! are issued while the stream is polled, so a consumer that stops reading stops the fetch
