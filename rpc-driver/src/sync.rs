@@ -46,7 +46,9 @@ pub(crate) mod atomic {
 pub(crate) mod unmodeled {
     /// `std::sync::Arc`, also under `--cfg loom`.
     pub(crate) type Arc<T> = std::sync::Arc<T>;
-    /// `std::sync::Weak`: loom has no weak pointers.
+    /// `std::sync::Weak`: loom has no weak pointers. Only env, which is not built under loom,
+    /// holds one.
+    #[cfg(not(loom))]
     pub(crate) type Weak<T> = std::sync::Weak<T>;
     /// `std::sync::Mutex`, also under `--cfg loom`.
     pub(crate) type Mutex<T> = std::sync::Mutex<T>;

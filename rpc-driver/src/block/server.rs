@@ -97,7 +97,7 @@ impl BlockServer {
     /// use rpc_driver::block::BlockServer;
     ///
     /// # fn main() -> Result<(), rpc_proto::ConfigError> {
-    /// let source = |_app: &str, _exec: &str, _block: &str| Ok(Bytes::new());
+    /// let source = |_app: &str, _exec: &str, _block: &str| Ok::<_, std::io::Error>(Bytes::new());
     /// let blocks = BlockServer::builder(source)
     ///     .with_max_streams_per_connection(16)
     ///     .build()?;
