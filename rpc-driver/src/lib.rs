@@ -64,6 +64,8 @@ mod completion;
 #[cfg(not(loom))]
 pub mod env;
 mod error;
+mod inbox_cell;
+mod io_error;
 mod log_limit;
 mod runtime;
 pub mod security;
@@ -74,6 +76,8 @@ mod wait_list;
 
 #[doc(hidden)]
 pub use completion::{pair as completion_pair, Completer, Waiter};
+#[doc(hidden)]
+pub use inbox_cell::InboxCell;
 
 pub use error::BoxError;
 pub use rpc_proto;

@@ -46,7 +46,9 @@ pub(crate) mod atomic {
 pub(crate) mod unmodeled {
     /// `std::sync::Arc`, also under `--cfg loom`.
     pub(crate) type Arc<T> = std::sync::Arc<T>;
-    /// `std::sync::Weak`: loom has no weak pointers.
+    /// `std::sync::Weak`: loom has no weak pointers. Only env, which is not built under loom,
+    /// holds one.
+    #[cfg(not(loom))]
     pub(crate) type Weak<T> = std::sync::Weak<T>;
     /// `std::sync::Mutex`, also under `--cfg loom`.
     pub(crate) type Mutex<T> = std::sync::Mutex<T>;
@@ -54,12 +56,11 @@ pub(crate) mod unmodeled {
     pub(crate) type OnceLock<T> = std::sync::OnceLock<T>;
     /// Atomics that stay std's under `--cfg loom`.
     pub(crate) mod atomic {
-        /// `std::sync::atomic::AtomicBool`.
+        /// `std::sync::atomic::AtomicBool` (only tests need one).
+        #[cfg(test)]
         pub(crate) type AtomicBool = std::sync::atomic::AtomicBool;
         /// `std::sync::atomic::AtomicU64`.
         pub(crate) type AtomicU64 = std::sync::atomic::AtomicU64;
-        /// `std::sync::atomic::AtomicUsize`.
-        pub(crate) type AtomicUsize = std::sync::atomic::AtomicUsize;
     }
 }
 

@@ -7,7 +7,9 @@
 //! A path is charged to the deepest module it reaches, so naming an item through a parent's
 //! re-export (`crate::transport::TransportClient` instead of `crate::transport::client::…`) is
 //! a dependency on the parent: a child that does so while its parent re-exports it is a cycle.
-//! Test-only modules (`#[cfg(test)]`) are left out: tests may look at anything.
+//! Test-only modules (`#[cfg(test)]`, `#[cfg(all(test, …))]`) are left out: tests may look at
+//! anything. An inline module (`mod env { … }`) belongs to its file's module, but its own
+//! `super::` and `self::` are read from inside it.
 //!
 //! This is a plain reading of the source, not a Rust parser; it knows the shapes this crate
 //! uses and fails loudly on a path it cannot place.
@@ -23,6 +25,17 @@ struct Module {
     path: Vec<String>,
     source: String,
     children: BTreeSet<String>,
+}
+
+/// Whether an attribute (`#[cfg(test)]`, `#[cfg(all(test, not(loom)))]`) compiles its item for
+/// tests only.
+fn is_test_cfg(attr: &str) -> bool {
+    let attr: String = attr.chars().filter(|c| !c.is_whitespace()).collect();
+    attr == "#[cfg(test)]"
+        || attr
+            .strip_prefix("#[cfg(all(")
+            .and_then(|r| r.strip_suffix("))]"))
+            .is_some_and(|args| args.split(',').any(|a| a == "test"))
 }
 
 /// Reads the modules reachable from `src/lib.rs`, skipping test-only ones.
@@ -57,7 +70,7 @@ fn read_module(file: &Path, dir: &Path, path: Vec<String>, out: &mut Vec<Module>
             j -= 1;
             attrs.push(lines[j].trim().to_string());
         }
-        if attrs.iter().any(|a| a.starts_with("#[cfg(test)]")) {
+        if attrs.iter().any(|a| is_test_cfg(a)) {
             continue;
         }
         let explicit = attrs.iter().find_map(|a| {
@@ -220,13 +233,21 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
-/// Removes inline `#[cfg(test)] mod name { … }` blocks (their `super::` is the file itself).
+/// Removes inline test-only `mod name { … }` blocks (`#[cfg(test)]`, `#[cfg(all(test, …))]`;
+/// their `super::` is the file itself).
 fn strip_test_blocks(src: &str) -> String {
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
-    while let Some(at) = rest.find("#[cfg(test)]") {
+    while let Some(at) = rest.find("#[cfg(") {
         out.push_str(&rest[..at]);
-        let after = &rest[at + "#[cfg(test)]".len()..];
+        let attr_len = rest[at..].find(']').map_or(rest.len() - at, |e| e + 1);
+        let attr = &rest[at..at + attr_len];
+        let after = &rest[at + attr_len..];
+        if !is_test_cfg(attr) {
+            out.push_str(attr);
+            rest = after;
+            continue;
+        }
         let trimmed = after.trim_start();
         let is_inline_mod = ["mod ", "pub(crate) mod ", "pub mod "].iter().any(|p| {
             trimmed
@@ -238,7 +259,7 @@ fn strip_test_blocks(src: &str) -> String {
                 .unwrap_or(false)
         });
         if !is_inline_mod {
-            out.push_str("#[cfg(test)]");
+            out.push_str(attr);
             rest = after;
             continue;
         }
@@ -262,6 +283,72 @@ fn strip_test_blocks(src: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A file's code by scope: the file module's own (`[]`) and each inline module's (`["env"]`
+/// for `mod env { … }`), each without the bodies of the modules inside it.
+fn inline_scopes(source: &str) -> Vec<(Vec<String>, String)> {
+    let mut out = Vec::new();
+    collect_scopes(source, Vec::new(), &mut out);
+    out
+}
+
+fn collect_scopes(src: &str, scope: Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+    let mut own = String::new();
+    let mut rest = src;
+    while let Some((at, name, open)) = find_inline_mod(rest) {
+        own.push_str(&rest[..at]);
+        let close = matching_brace(rest, open);
+        let mut inner = scope.clone();
+        inner.push(name);
+        collect_scopes(&rest[open + 1..close], inner, out);
+        rest = &rest[close + 1..];
+    }
+    own.push_str(rest);
+    out.push((scope, own));
+}
+
+/// The next inline module, `mod name {`: where `mod` starts, its name, and where its `{` is.
+fn find_inline_mod(src: &str) -> Option<(usize, String, usize)> {
+    let b = src.as_bytes();
+    let mut from = 0;
+    while let Some(p) = src[from..].find("mod ") {
+        let at = from + p;
+        from = at + 4;
+        if at > 0 && is_ident_char(b[at - 1]) {
+            continue;
+        }
+        let name_start = src[at + 4..].trim_start();
+        let name_len = name_start.bytes().take_while(|&c| is_ident_char(c)).count();
+        if name_len == 0 {
+            continue;
+        }
+        let after_name = &name_start[name_len..];
+        let body = after_name.trim_start();
+        if body.starts_with('{') {
+            let open = src.len() - body.len();
+            return Some((at, name_start[..name_len].to_string(), open));
+        }
+    }
+    None
+}
+
+/// The `}` that closes the `{` at `open`.
+fn matching_brace(src: &str, open: usize) -> usize {
+    let mut depth = 0usize;
+    for (k, c) in src[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return open + k;
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced braces in an inline module")
 }
 
 /// Every path the module's code names, as written: `use` trees expanded (`use a::{b, c::d}`
@@ -452,11 +539,20 @@ fn graph(modules: &[Module]) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let mut edges = BTreeMap::new();
     for m in modules {
         let mut deps = BTreeSet::new();
-        for path in named_paths(&m.source) {
-            if let Some(target) = resolve(&m.path, &path, &tree) {
-                // Declaring a child (`mod a;`) is not naming it; naming it is.
-                if target != m.path {
-                    deps.insert(target);
+        for (scope, code) in inline_scopes(&m.source) {
+            // An inline module's `super::` and `self::` are read from inside it.
+            let mut from = m.path.clone();
+            from.extend(scope);
+            for path in named_paths(&code) {
+                if let Some(mut target) = resolve(&from, &path, &tree) {
+                    // A path into an inline module stays in its file's module.
+                    while !tree.contains_key(&target) {
+                        target.pop();
+                    }
+                    // Declaring a child (`mod a;`) is not naming it; naming it is.
+                    if target != m.path {
+                        deps.insert(target);
+                    }
                 }
             }
         }
@@ -636,6 +732,30 @@ fn the_checker_finds_a_cycle_through_a_parent_reexport() {
         ),
     ];
     assert!(cycles(&graph(&with_tests)).is_empty());
+
+    // `#[cfg(all(test, …))]` is test-only too, and an inline module's `super::` is its file:
+    // neither `a::tests` nor `a::imp` names the crate root, which names `a`.
+    let scoped = [
+        module(&[], "mod a; mod b; pub use a::A;", &["a", "b"]),
+        module(
+            &["a"],
+            "pub struct A; fn helper() {}\n\
+             #[cfg(not(loom))]\nmod imp { use super::helper; use crate::b::B; }\n\
+             #[cfg(all(test, not(loom)))]\nmod tests { use super::super::*; }",
+            &[],
+        ),
+        module(&["b"], "pub struct B;", &[]),
+    ];
+    let edges = graph(&scoped);
+    assert!(cycles(&edges).is_empty(), "{edges:?}");
+    // ... while what the inline module names elsewhere is still the file's dependency.
+    assert!(edges[&vec!["a".to_string()]].contains(&vec!["b".to_string()]));
+    let inline_cycle = [
+        module(&[], "mod a; mod b;", &["a", "b"]),
+        module(&["a"], "pub struct A; mod imp { use crate::b::B; }", &[]),
+        module(&["b"], "pub struct B(crate::a::A);", &[]),
+    ];
+    assert_eq!(cycles(&graph(&inline_cycle)).len(), 1);
 }
 
 #[test]

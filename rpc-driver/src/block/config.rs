@@ -4,9 +4,6 @@ use std::time::Duration;
 
 use rpc_proto::ConfigError;
 
-#[cfg(doc)]
-use super::RetryingBlockFetcher;
-
 /// Settings of a block fetch, and of its retries, validated when built.
 ///
 /// The defaults are Spark's where Spark has one: `spark.shuffle.io.maxRetries` (3),
@@ -81,13 +78,14 @@ impl BlockFetchConfig {
         self.chunk_timeout
     }
 
-    /// Further attempts a [`RetryingBlockFetcher`] makes after I/O failures: it makes at most
-    /// `1 + max_retries` attempts in all.
+    /// Further attempts a [`RetryingBlockFetcher`](super::retry::RetryingBlockFetcher) makes
+    /// after I/O failures: it makes at most `1 + max_retries` attempts in all.
     pub fn max_retries(&self) -> u32 {
         self.max_retries
     }
 
-    /// How long a [`RetryingBlockFetcher`] waits before each further attempt.
+    /// How long a [`RetryingBlockFetcher`](super::retry::RetryingBlockFetcher) waits before
+    /// each further attempt.
     pub fn retry_wait(&self) -> Duration {
         self.retry_wait
     }

@@ -13,8 +13,10 @@ use futures_lite::{Stream, StreamExt};
 use rpc_proto::{RequestError, StreamChunkId};
 use tracing::debug;
 
+use super::config::BlockFetchConfig;
+use super::error::BlockFetchError;
+use super::listener::{deliver, BlockFetchingListener};
 use super::message::{BlockMessage, OpenBlocks, StreamHandle};
-use super::{deliver, BlockFetchConfig, BlockFetchError, BlockFetchingListener};
 use crate::runtime::BoxFuture;
 use crate::transport::{ConnectError, RpcCall, TransportClient, TransportClientFactory};
 
@@ -25,7 +27,7 @@ use crate::transport::{ConnectError, RpcCall, TransportClient, TransportClientFa
 ///
 /// Returns the fetch, a stream of `(block_id, outcome)`: see [`BlockFetch`]. Nothing is sent
 /// until it is polled. For a fetch that survives I/O failures, use
-/// [`RetryingBlockFetcher`](super::RetryingBlockFetcher).
+/// [`RetryingBlockFetcher`](super::retry::RetryingBlockFetcher).
 pub fn fetch_blocks(
     factory: &TransportClientFactory,
     addr: SocketAddr,

@@ -17,7 +17,7 @@
 //!   I/O failure (connect, disconnect, timeout), up to max_retries times
 //! ```
 //!
-//! The primary API is a [`Stream`] of outcomes, one per requested block:
+//! The primary API is a [`Stream`](futures_lite::Stream) of outcomes, one per requested block:
 //! [`BlockFetch`] (one attempt, from [`fetch_blocks`]) and [`RetryingBlockFetcher`] (attempts
 //! until every block has an outcome). Both are pull-driven and spawn nothing: chunk fetches
 //! are issued while the stream is polled, so a consumer that stops reading stops the fetch
@@ -58,200 +58,17 @@
 //! ```
 
 mod config;
+mod error;
 mod fetch;
+mod listener;
 mod message;
 mod retry;
 mod server;
 
 pub use config::{BlockFetchConfig, BlockFetchConfigBuilder};
+pub use error::BlockFetchError;
 pub use fetch::{fetch_blocks, BlockFetch};
+pub use listener::BlockFetchingListener;
 pub use message::{BlockMessage, OpenBlocks, StreamHandle};
 pub use retry::RetryingBlockFetcher;
 pub use server::{BlockServer, BlockServerBuilder, BlockSource};
-
-use std::sync::Arc;
-
-use bytes::Bytes;
-use futures_lite::{Stream, StreamExt};
-use rpc_proto::{CallError, RequestError, StreamChunkId};
-
-use crate::transport::ConnectError;
-
-/// Why a block was not fetched.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BlockFetchError {
-    /// The connection to the block server could not be opened. Fails every block of the
-    /// fetch.
-    #[error(transparent)]
-    Connect(ConnectError),
-    /// The `OpenBlocks` RPC failed: the server refused it (a block it does not have, named in
-    /// the [`RequestError::Remote`] message), or the call timed out or lost its connection. Fails
-    /// every block of the fetch.
-    #[error("opening the blocks failed: {0}")]
-    Open(RequestError),
-    /// Fetching `chunk` failed. That chunk is this block's, or an earlier block's of the same
-    /// fetch: a failed chunk fails its block and every later block not yet delivered (Spark's
-    /// `OneForOneBlockFetcher` does the same; the server serves a stream's chunks in order).
-    #[error("fetching chunk {chunk} failed: {error}")]
-    Chunk {
-        /// The chunk whose fetch failed.
-        chunk: StreamChunkId,
-        /// Why.
-        error: RequestError,
-    },
-    /// The server answered `OpenBlocks` with something other than a stream of one chunk per
-    /// block. Fails every block of the fetch.
-    #[error("invalid answer to open blocks: {0}")]
-    InvalidResponse(Arc<str>),
-    /// The server refused to open another stream on this connection: it has as many open
-    /// as [`BlockServer::max_streams_per_connection`] allows. Fails every block of the
-    /// fetch; retryable (streams are released as their last chunk is fetched).
-    #[error("the block server refused the fetch: {0}")]
-    TooManyStreams(Arc<str>),
-    /// An attempt of a [`RetryingBlockFetcher`] ended without an outcome for this block (a
-    /// fetch function that forgot it).
-    #[error("the fetch ended without an outcome for this block")]
-    Unanswered,
-}
-
-impl BlockFetchError {
-    /// Whether the failure is an I/O failure that a new attempt may not meet: a connect that
-    /// failed or timed out, a connection that ended, a call that timed out (Spark retries on
-    /// `IOException`). Failures the server reported ([`RequestError::Remote`]), invalid answers
-    /// and refusals that would recur (a frame too large) are final.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Connect(error) => matches!(
-                error,
-                ConnectError::Io { .. } | ConnectError::TimedOut { .. }
-            ),
-            Self::Open(error) | Self::Chunk { error, .. } => is_io(error),
-            Self::TooManyStreams(_) => true,
-            Self::InvalidResponse(_) | Self::Unanswered => false,
-        }
-    }
-}
-
-/// Whether a call failed for a reason of the connection rather than of the peer's answer.
-fn is_io(error: &RequestError) -> bool {
-    matches!(
-        error,
-        RequestError::TimedOut { .. }
-            | RequestError::Disconnected(_)
-            | RequestError::NotSent(CallError::Closed | CallError::SendBufferFull { .. })
-    )
-}
-
-/// Receives a fetch's outcomes as callbacks: Spark's `BlockFetchingListener`. Each block gets
-/// exactly one call. Feed one with [`BlockFetch::deliver_to`] or
-/// [`RetryingBlockFetcher::deliver_to`].
-pub trait BlockFetchingListener {
-    /// `block_id` arrived.
-    fn on_block_fetch_success(&mut self, block_id: String, data: Bytes);
-
-    /// `block_id` could not be fetched.
-    fn on_block_fetch_failure(&mut self, block_id: String, error: BlockFetchError);
-}
-
-/// Hands every outcome of `stream` to `listener`, until the stream ends.
-async fn deliver<S, L>(stream: &mut S, listener: &mut L)
-where
-    S: Stream<Item = (String, Result<Bytes, BlockFetchError>)> + Unpin + ?Sized,
-    L: BlockFetchingListener + ?Sized,
-{
-    while let Some((block_id, result)) = stream.next().await {
-        match result {
-            Ok(data) => listener.on_block_fetch_success(block_id, data),
-            Err(error) => listener.on_block_fetch_failure(block_id, error),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::ErrorKind;
-    use std::time::Duration;
-
-    use rpc_proto::ConnectionError;
-
-    use super::*;
-
-    fn chunk(error: RequestError) -> BlockFetchError {
-        BlockFetchError::Chunk {
-            chunk: StreamChunkId::new(1, 0),
-            error,
-        }
-    }
-
-    #[test]
-    fn io_failures_are_retryable_and_answers_are_not() {
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let retryable = [
-            BlockFetchError::Connect(ConnectError::Io {
-                addr,
-                kind: ErrorKind::ConnectionRefused,
-                message: "refused".into(),
-            }),
-            BlockFetchError::Connect(ConnectError::TimedOut {
-                addr,
-                after: Duration::from_secs(1),
-            }),
-            BlockFetchError::Open(RequestError::Disconnected(ConnectionError::PeerClosed)),
-            BlockFetchError::Open(RequestError::TimedOut {
-                after: Duration::from_secs(1),
-            }),
-            chunk(RequestError::Disconnected(ConnectionError::Transport(
-                "reset".into(),
-            ))),
-            chunk(RequestError::NotSent(CallError::Closed)),
-            chunk(RequestError::NotSent(CallError::SendBufferFull {
-                buffered: 2,
-                max: 1,
-            })),
-        ];
-        for error in retryable {
-            assert!(error.is_retryable(), "{error:?}");
-        }
-        let last = [
-            BlockFetchError::Connect(ConnectError::Closed),
-            BlockFetchError::Open(RequestError::Remote("no such block".into())),
-            chunk(RequestError::Remote("out of order".into())),
-            chunk(RequestError::NotSent(CallError::FrameTooLarge {
-                size: 9,
-                max: 1,
-            })),
-            chunk(RequestError::NotSent(CallError::DuplicateChunkFetch(
-                StreamChunkId::new(1, 0),
-            ))),
-            BlockFetchError::InvalidResponse("garbage".into()),
-            BlockFetchError::Unanswered,
-        ];
-        for error in last {
-            assert!(!error.is_retryable(), "{error:?}");
-        }
-    }
-
-    #[test]
-    fn fetches_can_move_to_other_tasks_and_servers_are_shared() {
-        fn send<T: Send>() {}
-        fn shared<T: Send + Sync>() {}
-        send::<BlockFetch>();
-        send::<RetryingBlockFetcher>();
-        shared::<BlockServer>();
-        shared::<BlockFetchError>();
-    }
-
-    #[test]
-    fn messages_say_what_failed() {
-        let error = BlockFetchError::Open(RequestError::Remote("block b7 not found".into()));
-        assert_eq!(
-            error.to_string(),
-            "opening the blocks failed: remote failure: block b7 not found"
-        );
-        assert_eq!(
-            chunk(RequestError::Disconnected(ConnectionError::PeerClosed)).to_string(),
-            "fetching chunk 1[0] failed: disconnected: connection closed by peer"
-        );
-    }
-}

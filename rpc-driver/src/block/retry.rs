@@ -4,7 +4,6 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,10 +11,15 @@ use bytes::Bytes;
 use futures_lite::{Stream, StreamExt};
 use tracing::{debug, info};
 
+use super::config::BlockFetchConfig;
+use super::error::BlockFetchError;
 use super::fetch::fetch_blocks;
-use super::{deliver, BlockFetchConfig, BlockFetchError, BlockFetchingListener};
+use super::listener::{deliver, BlockFetchingListener};
 use crate::runtime::{sleep_for, BoxFuture, Runtime};
 use crate::transport::TransportClientFactory;
+
+// The runtime is a trait object, which loom's `Arc` cannot hold.
+use crate::sync::unmodeled::Arc;
 
 type Outcome = (String, Result<Bytes, BlockFetchError>);
 type Attempt = Pin<Box<dyn Stream<Item = Outcome> + Send>>;
@@ -28,7 +32,8 @@ type Start = Box<dyn FnMut(Vec<String>) -> Attempt + Send>;
 /// requested block (a block listed twice gets two), then the end:
 ///
 /// - An attempt is a stream of outcomes from a fetch function (for
-///   [`one_for_one`](RetryingBlockFetcher::one_for_one), [`fetch_blocks`](super::fetch_blocks)).
+///   [`one_for_one`](RetryingBlockFetcher::one_for_one),
+///   [`fetch_blocks`](super::fetch::fetch_blocks)).
 ///   Its successes and final failures are passed on.
 /// - The first [retryable](BlockFetchError::is_retryable) failure (connect failures,
 ///   disconnects, timeouts; never a failure the server reported) while retries are left
@@ -125,7 +130,7 @@ impl RetryingBlockFetcher {
     }
 
     /// Fetches `block_ids` of executor `exec_id` of application `app_id` from the block
-    /// server at `addr`, with [`fetch_blocks`](super::fetch_blocks) over `factory`'s
+    /// server at `addr`, with [`fetch_blocks`](super::fetch::fetch_blocks) over `factory`'s
     /// connections, retrying as `config` says.
     pub fn one_for_one(
         rt: Arc<dyn Runtime>,
@@ -283,7 +288,6 @@ mod tests {
     //! attempt, checking that it was asked for exactly the blocks it scripts.
 
     use std::io;
-    use std::sync::Mutex;
     use std::time::Instant;
 
     use futures_lite::future::block_on;
@@ -291,6 +295,7 @@ mod tests {
 
     use super::*;
     use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer};
+    use crate::sync::Mutex;
 
     /// A runtime whose clock stands still and whose timers fire at once, recording how long
     /// each was set for.

@@ -1,7 +1,6 @@
 //! Serving blocks: the `OpenBlocks` half of Spark's `NettyBlockRpcServer`.
 
 use std::fmt;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use rpc_proto::{ConfigError, StreamChunkId};
@@ -11,6 +10,9 @@ use super::message::{BlockMessage, OpenBlocks, StreamHandle};
 use crate::transport::{
     BoxError, OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
 };
+
+// The block source is a trait object, which loom's `Arc` cannot hold.
+use crate::sync::unmodeled::Arc;
 
 /// Where a [`BlockServer`] finds blocks: Spark's `BlockDataManager`, reduced to reading.
 ///
@@ -49,7 +51,7 @@ where
 /// A connection may have at most
 /// [`max_streams_per_connection`](BlockServer::max_streams_per_connection) streams open
 /// (default 256; Spark has no limit); beyond it, `OpenBlocks` fails with a message the
-/// fetcher turns into [`BlockFetchError::TooManyStreams`](super::BlockFetchError).
+/// fetcher turns into [`BlockFetchError::TooManyStreams`](super::error::BlockFetchError).
 ///
 /// ```no_run
 /// # fn demo(rt: std::sync::Arc<dyn rpc_driver::Runtime>) -> std::io::Result<()> {
@@ -95,7 +97,7 @@ impl BlockServer {
     /// use rpc_driver::block::BlockServer;
     ///
     /// # fn main() -> Result<(), rpc_proto::ConfigError> {
-    /// let source = |_app: &str, _exec: &str, _block: &str| Ok(Bytes::new());
+    /// let source = |_app: &str, _exec: &str, _block: &str| Ok::<_, std::io::Error>(Bytes::new());
     /// let blocks = BlockServer::builder(source)
     ///     .with_max_streams_per_connection(16)
     ///     .build()?;

@@ -6,7 +6,6 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc as StdArc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use super::route::detached;
 use crate::completion::Waiter;
 use crate::runtime::AsyncTimer;
 use crate::security::SecurityError;
+use crate::sync::unmodeled::Arc as StdArc;
 use crate::sync::Arc;
 use crate::transport::{RpcCall, TransportClient};
 
@@ -267,21 +267,21 @@ fn reply<R: DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Weak;
     use std::task::Waker;
     use std::time::Instant;
 
     use super::super::route::fake::FakeEnv;
     use super::*;
     use crate::completion::{self, Completer};
+    use crate::sync::unmodeled::Weak;
 
     /// A local ask of endpoint `e` from `env`, waiting for the reply `completer` gives, with
     /// the flag its handler would watch.
     fn local_ask(
-        env: &std::sync::Arc<FakeEnv>,
+        env: &Arc<FakeEnv>,
         counted: bool,
     ) -> (Ask<u32>, Completer<LocalReply>, Arc<CancelFlag>) {
-        let weak: Weak<FakeEnv> = std::sync::Arc::downgrade(env);
+        let weak: Weak<FakeEnv> = Arc::downgrade(env);
         let timeout = Duration::from_secs(5);
         let deadline = Some(Instant::now() + timeout);
         let mut ask = Ask::new(
@@ -334,7 +334,7 @@ mod tests {
         assert!(poll(&mut ask).is_pending());
         assert!(poll(&mut ask).is_pending());
         assert_eq!(
-            env.clock.timers.load(std::sync::atomic::Ordering::SeqCst),
+            env.clock.timers.load(crate::sync::atomic::Ordering::SeqCst),
             1
         );
         env.clock.fire();

@@ -2,10 +2,12 @@
 //! client-mode endpoints, the connection) the message came from.
 
 use std::cell::RefCell;
-use std::sync::Weak;
 
 use super::route::{detached, Router};
 use crate::transport::TransportClient;
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 /// The env a ref is bound to, held weakly.
 pub(crate) type BoundEnv = Weak<dyn Router>;
@@ -42,9 +44,9 @@ mod tests {
     use super::super::route::fake::FakeEnv;
     use super::*;
 
-    fn env() -> (std::sync::Arc<FakeEnv>, BoundEnv) {
+    fn env() -> (crate::sync::Arc<FakeEnv>, BoundEnv) {
         let env = FakeEnv::new(None);
-        let weak: Weak<FakeEnv> = std::sync::Arc::downgrade(&env);
+        let weak: Weak<FakeEnv> = crate::sync::Arc::downgrade(&env);
         (env, weak)
     }
 

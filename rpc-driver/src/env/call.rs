@@ -3,8 +3,6 @@
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Weak;
 use std::time::Instant;
 
 use rpc_proto::{encode_payload, RpcAddress};
@@ -14,8 +12,12 @@ use super::cancel::{CancelFlag, Cancelled};
 use super::error::RpcError;
 use super::lifecycle::{stopped_or_gone, StopFlag};
 use crate::completion::Completer;
+use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::RpcResponder;
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 /// A local reply, not serialized.
 pub(crate) type LocalReply = Result<Box<dyn Any + Send>, RpcError>;
@@ -223,12 +225,12 @@ mod tests {
     struct Noop;
 
     impl Wake for Noop {
-        fn wake(self: std::sync::Arc<Self>) {}
+        fn wake(self: crate::sync::unmodeled::Arc<Self>) {}
     }
 
     /// A waker that is not `will_wake` any other.
     fn fresh_waker() -> Waker {
-        Waker::from(std::sync::Arc::new(Noop))
+        Waker::from(Arc::new(Noop))
     }
 
     fn context(flag: &Arc<CancelFlag>) -> RpcCallContext<()> {
@@ -275,16 +277,16 @@ mod tests {
 
     #[test]
     fn cancel_wakes_every_waiting_task() {
-        use std::sync::atomic::AtomicUsize;
+        use crate::sync::atomic::AtomicUsize;
         struct Count(AtomicUsize);
         impl Wake for Count {
-            fn wake(self: std::sync::Arc<Self>) {
+            fn wake(self: crate::sync::unmodeled::Arc<Self>) {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }
         let flag = Arc::new(CancelFlag::default());
         let call = context(&flag);
-        let count = std::sync::Arc::new(Count(AtomicUsize::new(0)));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let mut first = Box::pin(call.cancelled());
@@ -328,8 +330,8 @@ mod tests {
 
     #[test]
     fn dropping_the_last_clone_unanswered_fails_the_caller_at_once() {
-        let flag = std::sync::Arc::new(StopFlag::default());
-        let (call, waiter) = local_call(&std::sync::Arc::downgrade(&flag));
+        let flag = Arc::new(StopFlag::default());
+        let (call, waiter) = local_call(&Arc::downgrade(&flag));
         let other = call.clone();
         drop(call);
         drop(other);
@@ -346,8 +348,8 @@ mod tests {
 
     #[test]
     fn a_local_caller_whose_env_stops_hears_that_the_env_stopped() {
-        let flag = std::sync::Arc::new(StopFlag::default());
-        let (call, waiter) = local_call(&std::sync::Arc::downgrade(&flag));
+        let flag = Arc::new(StopFlag::default());
+        let (call, waiter) = local_call(&Arc::downgrade(&flag));
         assert!(!flag.stop());
         drop(call);
         assert!(matches!(resolved(waiter), Some(Err(RpcError::EnvStopped))));

@@ -5,16 +5,18 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Weak;
 use std::task::{Context, Poll, Waker};
 
 use rpc_proto::{EnvelopeKind, EnvelopePrefix, RequestId};
 use rustc_hash::FxHashMap;
 
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{ConnectionId, TransportClient};
 use crate::wait_list::{WaitKey, WaitList};
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 /// Set when the caller of an ask stops waiting (dropped or aborted its future, or its
 /// connection closed).
@@ -231,10 +233,10 @@ mod tests {
 
     use super::*;
 
-    struct Count(std::sync::atomic::AtomicUsize);
+    struct Count(crate::sync::atomic::AtomicUsize);
 
     impl Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
+        fn wake(self: crate::sync::unmodeled::Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -288,7 +290,7 @@ mod tests {
             registry.register(conn(1), request(2)),
         ];
         let elsewhere = registry.register(conn(2), request(1));
-        let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let count = Arc::new(Count(crate::sync::atomic::AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let mut waiting = Box::pin(Cancelled::new(on_closed[0].clone()));

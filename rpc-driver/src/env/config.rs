@@ -1,4 +1,4 @@
-//! [`RpcEnvConfig`], the settings of an [`RpcEnv`], and its builder.
+//! [`RpcEnvConfig`], the settings of an [`RpcEnv`](super::rpc_env::RpcEnv), and its builder.
 
 use std::time::Duration;
 
@@ -6,9 +6,6 @@ use rpc_proto::{ConfigError, OutboxConfig, RpcAddress};
 
 use crate::security::Security;
 use crate::transport::TransportConfig;
-
-#[cfg(doc)]
-use super::{endpoint::RpcEndpoint, error::RpcError, reference::RpcEndpointRef, rpc_env::RpcEnv};
 
 /// Default [`RpcEnvConfig::ask_timeout`] and [`RpcEnvConfig::lookup_timeout`], Spark's
 /// `spark.rpc.askTimeout` and `spark.rpc.lookupTimeout`: 120 seconds.
@@ -20,7 +17,7 @@ pub const DEFAULT_INBOX_CAPACITY: usize = 10_000;
 /// Default [`RpcEnvConfig::max_pending_asks`]: 65,536.
 pub const DEFAULT_MAX_PENDING_ASKS: usize = 65_536;
 
-/// Settings of an [`RpcEnv`], validated when built. Cheap to clone.
+/// Settings of an [`RpcEnv`](super::rpc_env::RpcEnv), validated when built. Cheap to clone.
 ///
 /// Built from [`RpcEnvConfig::server`] or [`RpcEnvConfig::client`], which return a
 /// builder with the defaults.
@@ -115,7 +112,8 @@ impl RpcEnvConfig {
         self.port_retries
     }
 
-    /// The default timeout of [`RpcEndpointRef::ask`] (Spark's `spark.rpc.askTimeout`).
+    /// The default timeout of [`RpcEndpointRef::ask`](super::reference::RpcEndpointRef::ask)
+    /// (Spark's `spark.rpc.askTimeout`).
     pub fn ask_timeout(&self) -> Duration {
         self.ask_timeout
     }
@@ -142,15 +140,16 @@ impl RpcEnvConfig {
 
     /// How many messages each endpoint's inbox holds, queued or being handled, before
     /// refusing more (see "Limits" in the [module docs](super)); an endpoint may set its own
-    /// with [`RpcEndpoint::inbox_capacity`]. Default [`DEFAULT_INBOX_CAPACITY`] (Spark's
-    /// inbox is unbounded).
+    /// with [`RpcEndpoint::inbox_capacity`](super::endpoint::RpcEndpoint::inbox_capacity).
+    /// Default [`DEFAULT_INBOX_CAPACITY`] (Spark's inbox is unbounded).
     pub fn inbox_capacity(&self) -> usize {
         self.inbox_capacity
     }
 
     /// How many asks from other envs the env handles at once, across its endpoints: from
     /// arrival until answered (or their call context is dropped). Beyond it, asks fail with
-    /// [`RpcError::EndpointBusy`]. Default [`DEFAULT_MAX_PENDING_ASKS`].
+    /// [`RpcError::EndpointBusy`](super::error::RpcError::EndpointBusy). Default
+    /// [`DEFAULT_MAX_PENDING_ASKS`].
     pub fn max_pending_asks(&self) -> usize {
         self.max_pending_asks
     }

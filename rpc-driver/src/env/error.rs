@@ -1,12 +1,14 @@
 //! Errors of the control plane.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_proto::{AddressError, CallError, ConnectionError, RemoteFailure, RpcEndpointAddress};
 
 use crate::security::SecurityError;
 use crate::transport::ConnectError;
+
+// Shared error text; loom's `Arc` cannot hold `str`.
+use crate::sync::unmodeled::Arc;
 
 /// Why an `ask` (or a `send` that could be checked) did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,8 +1,6 @@
 //! The env's transport handler: what arrives on its connections (envelopes, lookups,
 //! cancels, connection events) and the files it serves.
 
-use std::sync::Weak;
-
 use bytes::Bytes;
 use rpc_proto::{ConnectionError, Envelope, EnvelopeKind, EnvelopeView, RemoteFailure, RpcAddress};
 use tracing::debug;
@@ -13,6 +11,9 @@ use super::mailbox::Posted;
 use crate::log_limit::limited;
 use crate::sync::lock;
 use crate::transport::{RpcHandler, RpcResponder, StreamManager, TransportClient};
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 /// The transport handler of an env: decodes envelopes and posts to mailboxes, and serves
 /// the env's files.

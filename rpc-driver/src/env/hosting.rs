@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::Weak;
 
 use rpc_proto::{RpcAddress, RpcEndpointAddress};
 use rustc_hash::FxHashMap;
@@ -26,8 +24,12 @@ use super::rpc_env::RpcEnv;
 use super::runner::{self, RunnerEnv};
 use super::stats::{Counters, Tally};
 use crate::runtime::Runtime;
+use crate::sync::atomic::{AtomicU64, AtomicUsize};
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{RpcHandler, TransportClientFactory, TransportConfig, TransportServer};
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 impl RpcEnv {
     /// Starts an env on `rt`.
@@ -99,7 +101,7 @@ impl RpcEnv {
                     stopped: Arc::new(StopFlag::default()),
                     remote_envs: Mutex::new(FxHashMap::default()),
                     claims_ignored: Tally::default(),
-                    pending_asks: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                    pending_asks: Arc::new(AtomicUsize::new(0)),
                     peers: Mutex::new(HashMap::new()),
                     cancels: Arc::new(CancelRegistry::default()),
                     next_seed: AtomicU64::new(config.outbox_seed()),

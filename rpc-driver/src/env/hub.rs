@@ -2,8 +2,6 @@
 //! envs are delivered to its endpoints.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Weak;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,10 +21,14 @@ use super::route::Router;
 use super::stats::{Counters, Tally};
 use crate::log_limit::limited;
 use crate::runtime::Runtime;
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{
     ConnectionId, RpcResponder, TransportClient, TransportClientFactory, TransportServer,
 };
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 /// Payloads from other envs up to this size are copied out of the read buffer before they
 /// are queued (see [`EnvInner::deliver`]); a larger one keeps at most 32 times its size
@@ -60,7 +62,7 @@ pub(crate) struct EnvInner {
     /// bounded rate).
     pub(super) claims_ignored: Tally,
     /// Asks from other envs being handled, bounded by `config.max_pending_asks()`.
-    pub(super) pending_asks: Arc<std::sync::atomic::AtomicUsize>,
+    pub(super) pending_asks: Arc<AtomicUsize>,
     /// How many connections stand for each address reported connected (see "Network
     /// events"); events are posted under this lock, so they alternate per address.
     pub(super) peers: Mutex<HashMap<RpcAddress, usize>>,

@@ -1,12 +1,14 @@
 //! The env's lifecycle signals: whether it is stopping, and latches its shutdown waits on.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Weak;
 use std::task::{Poll, Waker};
 
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{lock, Mutex};
 use crate::wait_list::{WaitKey, WaitList};
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 /// Set once the env starts shutting down. The env holds it; what outlives a call into the
 /// env (call contexts, asks) holds it weakly, and takes a flag that is gone for a stopped
@@ -88,7 +90,7 @@ mod latch_tests {
     use std::task::{Context, Wake};
 
     use super::*;
-    use std::sync::Arc;
+    use crate::sync::Arc;
 
     struct Noop;
 

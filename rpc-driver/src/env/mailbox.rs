@@ -2,16 +2,15 @@
 //! task (which takes). The task itself is [`runner`](super::runner)'s.
 
 use std::any::Any;
-use std::future::poll_fn;
-use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use rpc_proto::{ConnectionError, Inbox, InboxError, InboxItem, RpcAddress};
+use rpc_proto::{ConnectionError, InboxError, InboxItem, RpcAddress};
 
 use super::call::ReplyTo;
 use super::cancel::CancelFlag;
-use crate::sync::{lock, Arc, Mutex};
+use crate::inbox_cell::InboxCell;
+use crate::sync::Arc;
 use crate::transport::TransportClient;
 
 /// A message's payload: the value itself from a local sender, bytes from a remote one.
@@ -47,12 +46,7 @@ pub(crate) struct Mailbox {
     /// [`RpcMessage`](crate::env::message::RpcMessage)), which lookups and every remote message are checked
     /// against.
     pub(crate) identity: String,
-    state: Mutex<MailboxState>,
-}
-
-struct MailboxState {
-    inbox: Inbox<Posted>,
-    waker: Option<Waker>,
+    inbox: InboxCell<Posted>,
 }
 
 impl Mailbox {
@@ -60,108 +54,65 @@ impl Mailbox {
         Self {
             name: name.to_owned(),
             identity,
-            state: Mutex::new(MailboxState {
-                inbox: Inbox::with_capacity(concurrent, capacity),
-                waker: None,
-            }),
+            inbox: InboxCell::new(concurrent, capacity),
         }
     }
 
     /// Posts a message into the inbox; gives it back if the endpoint is stopped or its inbox
     /// is full.
     pub(crate) fn post(&self, posted: Posted) -> Result<(), InboxError<Box<Posted>>> {
-        self.post_with(posted, Inbox::post)
+        self.inbox.post(posted).map_err(|e| match e {
+            InboxError::Full(m) => InboxError::Full(Box::new(m)),
+            other => InboxError::Stopped(Box::new(other.into_inner())),
+        })
     }
 
     /// Posts a network event, even past the inbox's capacity: events are bounded by the
     /// connections, and dropping one would break their alternation (see "Network events").
     pub(crate) fn notify(&self, posted: Posted) {
-        let _ = self.post_with(posted, Inbox::post_unbounded);
+        let _ = self.inbox.post_unbounded(posted);
     }
 
     /// Messages queued or being handled.
     pub(crate) fn messages(&self) -> usize {
-        lock(&self.state).inbox.messages()
+        self.inbox.messages()
     }
 
     /// How many messages the inbox holds before refusing more.
     pub(crate) fn capacity(&self) -> usize {
-        lock(&self.state).inbox.capacity()
-    }
-
-    fn post_with(
-        &self,
-        posted: Posted,
-        post: impl FnOnce(&mut Inbox<Posted>, Posted) -> Result<(), InboxError<Posted>>,
-    ) -> Result<(), InboxError<Box<Posted>>> {
-        let waker = {
-            let mut s = lock(&self.state);
-            post(&mut s.inbox, posted).map_err(|e| match e {
-                InboxError::Full(m) => InboxError::Full(Box::new(m)),
-                other => InboxError::Stopped(Box::new(other.into_inner())),
-            })?;
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        Ok(())
+        self.inbox.capacity()
     }
 
     /// Stops the endpoint: what is queued is still handled, then `on_stop` runs.
     pub(crate) fn stop(&self) {
-        let waker = {
-            let mut s = lock(&self.state);
-            s.inbox.stop();
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.inbox.stop();
     }
 
     /// The next item for the endpoint, once there is one.
     pub(crate) async fn next(&self) -> InboxItem<Posted> {
-        poll_fn(|cx| {
-            let mut s = lock(&self.state);
-            match s.inbox.next() {
-                Some(item) => Poll::Ready(item),
-                None => {
-                    s.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        self.inbox.next().await
     }
 
     /// The endpoint finished with the item it took last.
     pub(crate) fn done(&self) {
-        let waker = {
-            let mut s = lock(&self.state);
-            s.inbox.done();
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.inbox.done();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::future::Future;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Wake};
+    use std::task::{Context, Poll, Wake, Waker};
 
     use super::*;
+    use crate::sync::atomic::{AtomicUsize, Ordering};
 
     /// Counts its wakes.
     #[derive(Default)]
     struct Count(AtomicUsize);
 
     impl Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
+        fn wake(self: crate::sync::unmodeled::Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -271,7 +222,7 @@ mod tests {
     #[test]
     fn posting_wakes_the_waiting_endpoint_once() {
         let mailbox = started(10);
-        let count = std::sync::Arc::new(Count::default());
+        let count = Arc::new(Count::default());
         let waker = Waker::from(count.clone());
         assert!(take(&mailbox, &waker).is_none());
         assert!(mailbox.post(message(1)).is_ok());
@@ -286,7 +237,7 @@ mod tests {
     fn a_stopped_mailbox_refuses_posts_and_hands_out_the_rest_then_stop() {
         let mailbox = started(10);
         assert!(mailbox.post(message(1)).is_ok());
-        let count = std::sync::Arc::new(Count::default());
+        let count = Arc::new(Count::default());
         let waker = Waker::from(count.clone());
         let Some(InboxItem::Message(_)) = take(&mailbox, &waker) else {
             panic!("expected a message")

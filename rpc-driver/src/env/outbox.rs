@@ -1,7 +1,6 @@
 //! One outbox per remote env: connect on demand, queue while connecting, deliver in order.
 
 use std::net::SocketAddr;
-use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +17,9 @@ use crate::runtime::{deadline_after, Runtime};
 use crate::security::SecurityError;
 use crate::sync::{lock, Arc, Mutex};
 use crate::transport::{ConnectError, RpcCall, TransportClient, TransportClientFactory};
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 /// What an outbox needs of its env: the runtime, the factory it connects with, the counters
 /// it counts losses and retries in, and whether the env is stopping. The env implements it;
@@ -70,7 +72,7 @@ pub(crate) enum OutMsg {
     Ask {
         body: Bytes,
         /// The endpoint, as errors name it.
-        endpoint: std::sync::Arc<str>,
+        endpoint: Arc<str>,
         /// The header prefix it was sent with, for the cancel.
         prefix: EnvelopePrefix,
         /// `None`: no deadline (a timeout past the clock's range).
@@ -139,7 +141,7 @@ impl OutboxCell {
     pub(crate) fn ask(
         self: &Arc<Self>,
         body: Bytes,
-        endpoint: &std::sync::Arc<str>,
+        endpoint: &Arc<str>,
         prefix: &EnvelopePrefix,
         timeout: Duration,
     ) -> Result<Asked, RpcError> {

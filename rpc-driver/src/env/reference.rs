@@ -4,7 +4,6 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
-use std::sync::{Arc as StdArc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +25,12 @@ use crate::completion;
 use crate::runtime::deadline_after;
 use crate::sync::Arc;
 use crate::transport::TransportClient;
+
+// The outbox cache is set once per ref; env is not built under loom.
+use crate::sync::unmodeled::OnceLock;
+
+// What a ref's clones share, immutable once made: nothing for loom to model.
+use crate::sync::unmodeled::Arc as StdArc;
 
 /// A handle on an endpoint, local or remote: Spark's `RpcEndpointRef`.
 ///

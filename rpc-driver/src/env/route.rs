@@ -1,7 +1,6 @@
 //! Where a message to an endpoint goes: its own env's mailbox, the outbox to another env,
 //! or back over the connection a ref to a client-mode endpoint came on.
 
-use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 
 use rpc_proto::{ConnectionError, RpcAddress, RpcEndpointAddress};
@@ -13,6 +12,12 @@ use super::stats::Counters;
 use crate::runtime::Runtime;
 use crate::sync::Arc;
 use crate::transport::TransportClient;
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
+
+// The outbox cache is set once per ref; env is not built under loom.
+use crate::sync::unmodeled::OnceLock;
 
 /// Where messages to one endpoint go.
 pub(crate) enum Route {
@@ -118,8 +123,6 @@ pub(crate) mod fake {
     use std::io;
     use std::net::SocketAddr;
     use std::pin::Pin;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Mutex as StdMutex;
     use std::task::{Context, Poll};
     use std::time::Instant;
 
@@ -127,12 +130,14 @@ pub(crate) mod fake {
 
     use super::*;
     use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer, BoxFuture};
+    use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use crate::sync::Mutex;
 
     /// A clock stopped at one instant; its timers fire once [`fire`](Self::fire) is called.
     #[derive(Debug)]
     pub(crate) struct ManualClock {
         now: Instant,
-        fired: std::sync::Arc<AtomicBool>,
+        fired: Arc<AtomicBool>,
         /// Timers made so far.
         pub(crate) timers: AtomicUsize,
     }
@@ -145,7 +150,7 @@ pub(crate) mod fake {
     }
 
     #[derive(Debug)]
-    struct ManualTimer(std::sync::Arc<AtomicBool>);
+    struct ManualTimer(Arc<AtomicBool>);
 
     impl AsyncTimer for ManualTimer {
         fn reset(self: Pin<&mut Self>, _: Instant) {}
@@ -188,27 +193,27 @@ pub(crate) mod fake {
     pub(crate) struct FakeEnv {
         pub(crate) stopped: AtomicBool,
         pub(crate) address: Option<RpcAddress>,
-        pub(crate) mailboxes: StdMutex<HashMap<String, Arc<Mailbox>>>,
+        pub(crate) mailboxes: Mutex<HashMap<String, Arc<Mailbox>>>,
         /// The outboxes made, by remote address.
-        pub(crate) outboxes: StdMutex<HashMap<RpcAddress, Arc<OutboxCell>>>,
+        pub(crate) outboxes: Mutex<HashMap<RpcAddress, Arc<OutboxCell>>>,
         pub(crate) stats: Counters,
-        pub(crate) clock: std::sync::Arc<ManualClock>,
+        pub(crate) clock: Arc<ManualClock>,
         rt: Arc<dyn Runtime>,
     }
 
     impl FakeEnv {
         /// An env at `address` (`None`: client mode).
-        pub(crate) fn new(address: Option<RpcAddress>) -> std::sync::Arc<Self> {
-            let clock = std::sync::Arc::new(ManualClock {
+        pub(crate) fn new(address: Option<RpcAddress>) -> Arc<Self> {
+            let clock = Arc::new(ManualClock {
                 now: Instant::now(),
                 fired: Default::default(),
                 timers: AtomicUsize::new(0),
             });
-            std::sync::Arc::new(Self {
+            Arc::new(Self {
                 stopped: AtomicBool::new(false),
                 address,
-                mailboxes: StdMutex::default(),
-                outboxes: StdMutex::default(),
+                mailboxes: Mutex::default(),
+                outboxes: Mutex::default(),
                 stats: Counters::default(),
                 rt: clock.clone(),
                 clock,
@@ -328,7 +333,8 @@ mod tests {
     fn a_stopped_env_routes_nothing() {
         let env = FakeEnv::new(Some(at("driver", 7077)));
         env.endpoint("master", 10);
-        env.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        env.stopped
+            .store(true, crate::sync::atomic::Ordering::SeqCst);
         for target in [
             RpcEndpointAddress::new(at("driver", 7077), "master"),
             RpcEndpointAddress::new(at("executor", 7078), "master"),

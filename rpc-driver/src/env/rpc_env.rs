@@ -1,8 +1,8 @@
 //! The env's handle: creating an env, hosting endpoints, reaching other envs' endpoints,
 //! shutting down.
 
+use crate::sync::atomic::Ordering;
 use std::fmt;
-use std::sync::atomic::Ordering;
 
 use rpc_proto::{RpcAddress, RpcEndpointAddress};
 use serde::Serialize;

@@ -4,7 +4,6 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Weak;
 
 use futures_lite::FutureExt;
 use rpc_proto::{decode_payload, ConnectionError, InboxItem, RemoteFailure, RpcAddress};
@@ -20,6 +19,9 @@ use super::endpoint::{
 use super::lifecycle::StopFlag;
 use super::mailbox::{Mailbox, Payload, Posted};
 use crate::sync::Arc;
+
+// loom has no `Weak` (and env is not built under loom).
+use crate::sync::unmodeled::Weak;
 
 /// What a running endpoint needs of its env to turn posted items into work: whom refs in
 /// its messages bind to, and the stop flag its call contexts check.

@@ -1,6 +1,9 @@
-//! The env's counters: what [`RpcEnv::stats`](crate::env::rpc_env::RpcEnv::stats)(crate::env::rpc_env::RpcEnv::stats) reports.
+//! The env's counters: what [`RpcEnv::stats`](crate::env::rpc_env::RpcEnv::stats) reports.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::Ordering;
+
+// Counters read only for stats: nothing for loom to model.
+use crate::sync::unmodeled::atomic::AtomicU64;
 
 /// Counters of an env, from [`RpcEnv::stats`](crate::env::rpc_env::RpcEnv::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

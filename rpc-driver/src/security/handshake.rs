@@ -16,8 +16,9 @@ use rpc_proto::handshake::{
 };
 use rpc_proto::sasl::QopOffer;
 
+use super::config::{Auth, AuthMechanism, Security};
+use super::error::SecurityError;
 use super::stream::{CipherStream, Prefixed};
-use super::{Auth, AuthMechanism, Security, SecurityError};
 use crate::runtime::{sleep_for, AsyncStream, Runtime};
 use crate::sync::unmodeled::Arc;
 use crate::tls::TlsStream;

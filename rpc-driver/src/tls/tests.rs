@@ -259,13 +259,13 @@ struct Identity {
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
+        Self { cert, key }
     }
 
     fn pem(&self) -> String {

@@ -4,9 +4,11 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
+
+// The open file the clones of a segment share: nothing for loom to model.
+use crate::sync::unmodeled::Arc;
 
 /// Data to send: Spark's `ManagedBuffer`.
 ///

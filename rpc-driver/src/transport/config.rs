@@ -7,8 +7,6 @@ use rpc_proto::{Config, ConfigError};
 use crate::security::Security;
 
 #[cfg(doc)]
-use super::{ServerStats, TransportClientFactory, TransportServer};
-#[cfg(doc)]
 use rpc_proto::ConnectionError;
 
 /// The default of [`TransportConfig::max_connections`]: half the usual per-process limit of
@@ -96,7 +94,8 @@ impl TransportConfig {
         self.connect_timeout
     }
 
-    /// Connections kept per peer address by a [`TransportClientFactory`]; requests are spread
+    /// Connections kept per peer address by a
+    /// [`TransportClientFactory`](super::factory::TransportClientFactory); requests are spread
     /// over them.
     pub fn connections_per_peer(&self) -> usize {
         self.connections_per_peer
@@ -108,8 +107,9 @@ impl TransportConfig {
         self.fast_fail_window
     }
 
-    /// Connections a [`TransportServer`] keeps open at once; beyond it, new connections are
-    /// accepted and closed at once (counted in [`ServerStats::refused`]), so one peer cannot
+    /// Connections a [`TransportServer`](super::server::TransportServer) keeps open at once;
+    /// beyond it, new connections are accepted and closed at once (counted in
+    /// [`ServerStats::refused`](super::server::ServerStats::refused)), so one peer cannot
     /// take every file descriptor of the process. The default, [`DEFAULT_MAX_CONNECTIONS`],
     /// suits a small machine with the usual limit of 1,024 descriptors per process; raise it
     /// (and the process's descriptor limit) for a server with more peers.

@@ -5,9 +5,6 @@
 //! [`StreamManager`]: super::stream::StreamManager
 
 use std::collections::{HashMap, VecDeque};
-// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
-// cannot coerce to `dyn`, and they are not state the loom models need to see.
-use std::sync::Arc as StdArc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -24,6 +21,10 @@ use super::state::ConnState;
 use super::stream::{chunk_stream_closed, stream_not_found};
 use crate::log_limit::limited;
 use crate::sync::lock;
+
+// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
+// cannot coerce to `dyn`, and they are not state the loom models need to see.
+use crate::sync::unmodeled::Arc as StdArc;
 
 /// Bytes of a `ChunkFetchSuccess` frame besides the chunk: length, type, stream id, index.
 const CHUNK_HEADER_LEN: u64 = 9 + 8 + 4;

@@ -5,10 +5,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
-// cannot coerce to `dyn`, and they are not state the loom models need to see.
-use std::sync::Arc as StdArc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -25,7 +21,15 @@ use super::id::ConnectionId;
 use super::registry::Registry;
 use super::state::{ConnInner, ConnState, READ_CHUNK_MIN};
 use crate::runtime::{unblock, AsyncStream, AsyncTimer, Runtime, Unblock};
+use crate::sync::atomic::Ordering;
 use crate::sync::{lock, Arc, Mutex};
+
+// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
+// cannot coerce to `dyn`, and they are not state the loom models need to see.
+use crate::sync::unmodeled::Arc as StdArc;
+
+// `zero_copy` is a stats counter, read only for logs: loom need not model it.
+use crate::sync::unmodeled::atomic::AtomicU64;
 
 /// The largest read: reads start at `READ_CHUNK_MIN` and double while they fill the buffer.
 const READ_CHUNK_MAX: usize = 2 * 1024 * 1024;

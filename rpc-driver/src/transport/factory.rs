@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
@@ -17,7 +15,12 @@ use super::driver;
 use super::handler::RpcHandler;
 use crate::runtime::{sleep_for, Runtime};
 use crate::security::{secure_client, SecurityError};
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{lock, Arc, Mutex};
+
+// Handles on trait objects (runtime, handler) and shared messages are std `Arc`s even under
+// loom: loom's `Arc` cannot coerce to `dyn` or hold `str`, and they are not state to model.
+use crate::sync::unmodeled::Arc as StdArc;
 
 /// Opening a connection failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +85,7 @@ struct FactoryInner {
     handler: StdArc<dyn RpcHandler>,
     config: TransportConfig,
     pools: Mutex<HashMap<SocketAddr, Pool>>,
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     next: AtomicUsize,
 }
 
@@ -105,7 +108,7 @@ impl TransportClientFactory {
                 handler,
                 config,
                 pools: Mutex::new(HashMap::new()),
-                closed: std::sync::atomic::AtomicBool::new(false),
+                closed: AtomicBool::new(false),
                 next: AtomicUsize::new(0),
             }),
         }

@@ -1,8 +1,11 @@
 //! The connection id: [`ConnectionId`], a number naming one connection, unique in the
 //! process.
 
+use crate::sync::atomic::Ordering;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+// A static, created outside any loom model: loom cannot model it.
+use crate::sync::unmodeled::atomic::AtomicU64;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 

@@ -1,10 +1,10 @@
 //! The open connections of a server and the partial-frame budget they share.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 
 use super::client::TransportClient;
 use super::id::ConnectionId;
+use crate::sync::atomic::AtomicU64;
 use crate::sync::Mutex;
 
 /// The open connections of a server, by id (the registry derefs to them), and the budget

@@ -21,10 +21,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
-// cannot coerce to `dyn`, and they are not state the loom models need to see.
-use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -44,7 +40,15 @@ use crate::error::BoxError;
 use crate::log_limit::limited;
 use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer, Runtime};
 use crate::security::secure_server;
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{lock, Arc, Mutex};
+
+// The stats counters are read only for `stats()`: loom need not model them.
+use crate::sync::unmodeled::atomic::AtomicU64;
+
+// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
+// cannot coerce to `dyn`, and they are not state the loom models need to see.
+use crate::sync::unmodeled::Arc as StdArc;
 
 /// Connections one poll of the accept loop takes before it yields to the executor.
 const ACCEPT_BATCH: usize = 64;
@@ -429,18 +433,18 @@ impl RpcHandler for Counting {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use std::collections::VecDeque;
-    use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
 
     use super::*;
     use crate::runtime::{AsyncStream, BoxFuture};
+    use crate::sync::atomic::AtomicUsize;
 
     /// A clock stopped at `base`, and timers that fire only when the test says so.
     #[derive(Debug)]
     struct Manual {
         base: Instant,
         /// The pauses asked for, as durations from `base`.
-        pauses: std::sync::Mutex<Vec<Duration>>,
+        pauses: Mutex<Vec<Duration>>,
         fired: StdArc<AtomicBool>,
     }
 
@@ -492,7 +496,7 @@ mod tests {
 
     /// A listener failing as scripted, then with `EMFILE` for ever.
     struct Failing {
-        script: std::sync::Mutex<VecDeque<io::ErrorKind>>,
+        script: Mutex<VecDeque<io::ErrorKind>>,
         calls: StdArc<AtomicUsize>,
     }
 
@@ -525,12 +529,12 @@ mod tests {
         let fired = StdArc::new(AtomicBool::new(false));
         let rt = StdArc::new(Manual {
             base: Instant::now(),
-            pauses: std::sync::Mutex::new(Vec::new()),
+            pauses: Mutex::new(Vec::new()),
             fired: fired.clone(),
         });
         let calls = StdArc::new(AtomicUsize::new(0));
         let listener = Failing {
-            script: std::sync::Mutex::new(
+            script: Mutex::new(
                 [
                     io::ErrorKind::ConnectionReset,
                     io::ErrorKind::ConnectionAborted,

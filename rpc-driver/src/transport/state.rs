@@ -3,10 +3,6 @@
 //! control between them (when the driver reads, when writers and upload feeders may go on).
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
-// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
-// cannot coerce to `dyn`, and they are not state the loom models need to see.
-use std::sync::Arc as StdArc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -23,6 +19,13 @@ use crate::completion::{self, Completer, Waiter};
 use crate::runtime::Runtime;
 use crate::sync::{lock, Mutex};
 use crate::wait_list::WaitList;
+
+// Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
+// cannot coerce to `dyn`, and they are not state the loom models need to see.
+use crate::sync::unmodeled::Arc as StdArc;
+
+// `zero_copy` is a stats counter, read only for logs: loom need not model it.
+use crate::sync::unmodeled::atomic::AtomicU64;
 
 /// Reads start this large and double while they fill the buffer.
 pub(super) const READ_CHUNK_MIN: usize = 8 * 1024;

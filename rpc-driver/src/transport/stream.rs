@@ -4,7 +4,6 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use rpc_proto::StreamChunkId;
@@ -14,6 +13,9 @@ use super::client::TransportClient;
 use super::id::ConnectionId;
 use crate::error::BoxError;
 use crate::sync::{lock, Mutex};
+
+// A stream's chunk source is a trait object, which loom's `Arc` cannot hold.
+use crate::sync::unmodeled::Arc;
 
 /// Spark's text for a stream that does not exist, `Stream '<id>' was not found.`, as Spark's
 /// `TransportRequestHandler` sends it. Spark matches on it (`ExecutorClassLoader` turns it

@@ -5,8 +5,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
@@ -20,6 +18,12 @@ use super::id::ConnectionId;
 use super::state::{ConnInner, ConnState, BODY_HIGH_WATER};
 use crate::runtime::{AsyncListener, AsyncStream, AsyncTimer, BoxFuture, Runtime};
 use crate::sync::{lock, Arc, Mutex};
+
+// `ConnInner::zero_copy`, a stats counter, is std's.
+use crate::sync::unmodeled::atomic::AtomicU64;
+
+// Wakers and the runtime trait object take std's `Arc`.
+use crate::sync::unmodeled::Arc as StdArc;
 
 /// A runtime that must not be used: the tests poll by hand.
 #[derive(Debug)]
@@ -70,12 +74,12 @@ fn conn_inner(config: Config) -> Arc<ConnInner> {
 struct Noop;
 
 impl Wake for Noop {
-    fn wake(self: std::sync::Arc<Self>) {}
+    fn wake(self: StdArc<Self>) {}
 }
 
 /// A waker that is not `will_wake` any other.
 fn fresh_waker() -> Waker {
-    Waker::from(std::sync::Arc::new(Noop))
+    Waker::from(StdArc::new(Noop))
 }
 
 #[test]
