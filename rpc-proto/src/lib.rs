@@ -93,6 +93,7 @@ mod io_error;
 mod outbox;
 pub mod sasl;
 mod serde_probe;
+pub mod shuffle;
 pub mod wire;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress, RPC_CLIENT_SCHEME, RPC_SCHEME};

@@ -1,0 +1,1 @@
+//! The service: Spark's `ExternalBlockHandler` and `ExternalShuffleService`.
