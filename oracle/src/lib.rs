@@ -42,6 +42,10 @@
 //!   an envelope's borrowed view and its owned decode agree, identities and failure texts
 //!   write back to the text they were read from and keep their kind.
 //!
+//! - [`shuffle`]: Spark's shuffle service messages (`rpc_proto::shuffle`) re-encode what they
+//!   decode to the same value; block ids write back to the text they were
+//!   read from; a fetch plan keeps every id once; file paths stay in their dirs.
+//!
 //! [`CallLedger`] is the bookkeeping of "every pending call resolves exactly once" that both
 //! the [`connection`] oracle and the model test keep their calls in; it returns a
 //! [`LedgerError`] instead of panicking, so a property test can report and shrink.
@@ -56,6 +60,7 @@ mod handshake;
 mod ledger;
 mod rng;
 mod sasl;
+mod shuffle;
 mod wire;
 
 pub use auth::auth;
@@ -65,4 +70,5 @@ pub use gcm::gcm;
 pub use handshake::handshake;
 pub use ledger::{CallLedger, CallState, LedgerError, Observed};
 pub use sasl::sasl;
+pub use shuffle::shuffle;
 pub use wire::wire;

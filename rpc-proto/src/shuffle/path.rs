@@ -52,11 +52,19 @@ pub fn executor_file_path<S: AsRef<str>>(
     let hash = non_negative_hash(file_name);
     let dir = local_dirs[(hash % dirs) as usize].as_ref();
     let sub_dir = (hash / dirs) % sub_dirs_per_local_dir;
-    // Java's `new File(path).getPath()` drops a trailing separator and doubled ones; PathBuf's
-    // join does the same for what follows the dir.
-    Some(
-        PathBuf::from(dir)
-            .join(format!("{sub_dir:02x}"))
-            .join(file_name),
-    )
+    // Spark joins strings (`dir + "/" + subDir + "/" + fileName`) and normalises them with
+    // Java's `new File(path).getPath()`, which on Unix collapses repeated separators and
+    // drops a trailing one. Joining strings (not `PathBuf::join`) keeps an absolute
+    // `file_name` under the dir, as in Spark.
+    let joined = format!("{dir}/{sub_dir:02x}/{file_name}");
+    let mut path = String::with_capacity(joined.len());
+    for c in joined.chars() {
+        if !(c == '/' && path.ends_with('/')) {
+            path.push(c);
+        }
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        path.pop();
+    }
+    Some(PathBuf::from(path))
 }

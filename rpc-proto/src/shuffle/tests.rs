@@ -285,6 +285,17 @@ fn spark_file_paths() {
         );
     }
     assert_eq!(executor_file_path::<&str>(&[], 64, "x"), None);
+    // Java joins strings and then normalises separators: an absolute name stays inside.
+    assert_eq!(
+        executor_file_path(&["/d0/"], 1, "/etc/passwd")
+            .unwrap()
+            .to_str(),
+        Some("/d0/00/etc/passwd")
+    );
+    assert_eq!(
+        executor_file_path(&["/d0"], 1, "x//").unwrap().to_str(),
+        Some("/d0/00/x")
+    );
     assert_eq!(executor_file_path(&dirs, 0, "x"), None);
 }
 

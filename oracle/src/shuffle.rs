@@ -1,0 +1,69 @@
+//! The shuffle service protocol's oracle: `BlockTransferMessage`s and block ids from
+//! arbitrary bytes.
+
+use rpc_proto::shuffle::{executor_file_path, BlockId, BlockTransferMessage, FetchPlan};
+
+/// Feeds `data` to the shuffle protocol's decoders and checks what each makes of it.
+///
+/// As bytes: what [`BlockTransferMessage::decode`] accepts re-encodes to a message of the
+/// same type that decodes to the same value, no longer than the input (decoding ignores
+/// trailing bytes, as Spark does; bitmaps may change container kind, so messages with bitmaps
+/// are not held to it), and a
+/// failed decode fails the same on a copy (decoding is a pure function).
+///
+/// As text (read lossily), split at newlines into ids: [`BlockId::parse`] accepts exactly
+/// what writes back to the same string; a [`FetchPlan`] of the ids puts every id in exactly
+/// one chunk; [`executor_file_path`] of an id stays in the dirs it was given.
+///
+/// # Panics
+///
+/// When an invariant does not hold.
+pub fn shuffle(data: &[u8]) {
+    match BlockTransferMessage::decode(data) {
+        Ok(message) => {
+            let again = message.encode();
+            assert_eq!(again[0], data[0], "type byte changed");
+            // Bitmaps may come back in another container kind (a run container read, an
+            // array written), so their size is not compared.
+            let has_bitmaps = matches!(message, BlockTransferMessage::MergeStatuses(_));
+            assert!(
+                has_bitmaps || again.len() <= data.len(),
+                "{} re-encoded to {} bytes from {}",
+                message.name(),
+                again.len(),
+                data.len()
+            );
+            assert_eq!(
+                BlockTransferMessage::decode(&again).as_ref(),
+                Ok(&message),
+                "round trip"
+            );
+        }
+        Err(error) => assert_eq!(BlockTransferMessage::decode(&data.to_vec()), Err(error)),
+    }
+
+    let text = String::from_utf8_lossy(data);
+    let ids: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    for id in &ids {
+        if let Some(parsed) = BlockId::parse(id) {
+            assert_eq!(&parsed.to_string(), id, "block id does not write back");
+        }
+        let dirs = ["/d0", "/d1", "/d2"];
+        if let Some(path) = executor_file_path(&dirs, 7, id) {
+            assert!(
+                dirs.iter().any(|d| path.starts_with(d)),
+                "{} escaped",
+                path.display()
+            );
+        }
+    }
+    for old in [false, true] {
+        if let Ok(plan) = FetchPlan::new("app", "exec", &ids, old) {
+            let mut planned = plan.chunk_block_ids.clone();
+            let mut given = ids.clone();
+            planned.sort();
+            given.sort();
+            assert_eq!(planned, given, "a fetch plan lost or duplicated ids");
+        }
+    }
+}
