@@ -183,7 +183,7 @@ pub enum FetchPlanError {
 
 /// How a fetch of a list of blocks goes on the wire: the message that opens the stream, and
 /// the block each of its chunks is (chunk `i` is `chunk_block_ids[i]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchPlan {
     /// The `FetchShuffleBlocks`, `FetchShuffleBlockChunks` or `OpenBlocks` to send.
     pub message: BlockTransferMessage,

@@ -2,7 +2,8 @@
 //! `BlockTransferMessage`, big-endian, with the bounds checks Spark 4.3.0 makes on decoding.
 
 use bytes::{BufMut, BytesMut};
-use roaring::RoaringBitmap;
+
+use super::bitmap::Bitmap;
 use thiserror::Error;
 
 /// Why a `BlockTransferMessage` (or one of its fields) could not be read.
@@ -58,7 +59,7 @@ pub enum ShuffleDecodeError {
         /// The field.
         what: &'static str,
     },
-    /// A RoaringBitmap in portable serialization could not be read.
+    /// A RoaringBitmap in portable serialization is malformed.
     #[error("malformed roaring bitmap: {0}")]
     Bitmap(String),
     /// A boolean byte other than 0 or 1.
@@ -195,16 +196,14 @@ impl<'a> Reader<'a> {
 
     /// `Encoders.Bitmaps`: a RoaringBitmap in portable serialization (little-endian), with
     /// no length prefix: its size comes from the bitmap itself.
-    pub(crate) fn bitmap(&mut self) -> Result<RoaringBitmap, ShuffleDecodeError> {
-        let mut cursor = self.buf;
-        let bitmap = RoaringBitmap::deserialize_from(&mut cursor)
-            .map_err(|e| ShuffleDecodeError::Bitmap(e.to_string()))?;
-        self.buf = cursor;
+    pub(crate) fn bitmap(&mut self) -> Result<Bitmap, ShuffleDecodeError> {
+        let (bitmap, taken) = Bitmap::read(self.buf)?;
+        self.buf = &self.buf[taken..];
         Ok(bitmap)
     }
 
     /// `Encoders.BitmapArrays`: `i32` count and that many bitmaps (each at least 8 bytes).
-    pub(crate) fn bitmaps(&mut self) -> Result<Vec<RoaringBitmap>, ShuffleDecodeError> {
+    pub(crate) fn bitmaps(&mut self) -> Result<Vec<Bitmap>, ShuffleDecodeError> {
         let count = self.count("bitmaps", 8)?;
         (0..count).map(|_| self.bitmap()).collect()
     }
@@ -227,7 +226,7 @@ pub(crate) trait Writer {
     fn put_strings(&mut self, v: &[String]);
     fn put_ints(&mut self, v: &[i32]);
     fn put_longs(&mut self, v: &[i64]);
-    fn put_bitmap(&mut self, b: &RoaringBitmap);
+    fn put_bitmap(&mut self, b: &Bitmap);
 }
 
 impl Writer for BytesMut {
@@ -261,10 +260,7 @@ impl Writer for BytesMut {
         }
     }
 
-    fn put_bitmap(&mut self, b: &RoaringBitmap) {
-        let mut out = self.writer();
-        // Writing into a growable buffer cannot fail.
-        b.serialize_into(&mut out)
-            .expect("serializing a bitmap into memory");
+    fn put_bitmap(&mut self, b: &Bitmap) {
+        self.put_slice(b.as_bytes());
     }
 }

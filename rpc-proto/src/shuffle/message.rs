@@ -2,8 +2,8 @@
 //! encodes them: a type byte, then the fields in order.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use roaring::RoaringBitmap;
 
+use super::bitmap::Bitmap;
 use super::codec::{Reader, ShuffleDecodeError, Writer};
 
 /// A message of Spark's shuffle service protocol: the body of an `RpcRequest` or
@@ -13,7 +13,8 @@ use super::codec::{Reader, ShuffleDecodeError, Writer};
 /// Spark's `Encoders` (strings and byte arrays as an `i32` length and bytes, arrays as an `i32`
 /// count and elements, bitmaps in RoaringBitmap's portable serialization). Decoding bounds
 /// every count by the bytes left, as Spark 4.3.0 does, refuses strings that are not UTF-8
-/// (Java would replace the bad bytes), and, like Spark, ignores bytes after the last field.
+/// (Java would replace the bad bytes), and, like Spark, ignores bytes after the last field;
+/// what it accepts re-encodes to exactly the bytes it was read from.
 ///
 /// ```
 /// use rpc_proto::shuffle::{BlockTransferMessage, StreamHandle};
@@ -23,7 +24,7 @@ use super::codec::{Reader, ShuffleDecodeError, Writer};
 /// assert_eq!(&bytes[..], &[3, 0, 0, 0, 0, 0, 0, 0x30, 0x39, 0, 0, 0, 16]);
 /// assert_eq!(BlockTransferMessage::decode(&bytes).unwrap(), handle);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BlockTransferMessage {
     /// 0: open a stream of blocks (client to server; the legacy fetch protocol).
@@ -232,14 +233,14 @@ pub struct FinalizeShuffleMerge {
 }
 
 /// Spark's `MergeStatuses` (type 14).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergeStatuses {
     /// The shuffle.
     pub shuffle_id: i32,
     /// The shuffle merge.
     pub shuffle_merge_id: i32,
     /// Per merged partition, the map indexes merged into it.
-    pub bitmaps: Vec<RoaringBitmap>,
+    pub bitmaps: Vec<Bitmap>,
     /// The merged partitions.
     pub reduce_ids: Vec<i32>,
     /// Their sizes.
@@ -638,6 +639,10 @@ impl BlockTransferMessage {
                         .ok_or(ShuffleDecodeError::Inconsistent("numLocalDirsByExec"))?;
                     left -= count;
                     dirs.push((id, all.by_ref().take(count).collect()));
+                }
+                // Spark would ignore directories no count claims; they mean a broken peer.
+                if left != 0 {
+                    return Err(ShuffleDecodeError::Inconsistent("numLocalDirsByExec"));
                 }
                 Self::LocalDirsForExecutors(LocalDirsForExecutors { dirs })
             }

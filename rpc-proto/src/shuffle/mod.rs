@@ -29,12 +29,14 @@
 //! | 9 | [`FetchShuffleBlocks`] | 19 | [`RemoveShuffleMerge`] |
 //! | 10 | [`GetLocalDirsForExecutors`] | | |
 
+mod bitmap;
 mod block_id;
 mod codec;
 mod index;
 mod message;
 mod path;
 
+pub use bitmap::Bitmap;
 pub use block_id::{shuffle_data_file, shuffle_index_file, BlockId, FetchPlan, FetchPlanError};
 pub use codec::ShuffleDecodeError;
 pub use index::{IndexError, ShuffleIndex};
@@ -46,8 +48,7 @@ pub use message::{
     UploadBlock, UploadBlockStream,
 };
 pub use path::{executor_file_path, java_string_hash, non_negative_hash};
-/// The bitmap type of [`MergeStatuses`]: the `roaring` crate's, which reads and writes the
-/// portable serialization Spark's RoaringBitmap uses.
+/// The `roaring` crate's bitmap, which [`Bitmap::to_roaring`] builds.
 pub use roaring::RoaringBitmap;
 
 #[cfg(test)]

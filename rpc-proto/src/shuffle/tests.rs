@@ -239,6 +239,13 @@ fn local_dirs_counts_must_add_up() {
         BlockTransferMessage::decode(&bad),
         Err(ShuffleDecodeError::Inconsistent("numLocalDirsByExec"))
     );
+    // Counts [1] with two dirs: one dir belongs to no executor.
+    let extra =
+        unhex("0b 00000001 00000001 31 00000001 00000001 00000002 00000002 2f61 00000002 2f62");
+    assert_eq!(
+        BlockTransferMessage::decode(&extra),
+        Err(ShuffleDecodeError::Inconsistent("numLocalDirsByExec"))
+    );
 }
 
 #[test]
@@ -417,10 +424,10 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..20)
 }
 
-fn bitmap() -> impl Strategy<Value = RoaringBitmap> {
+fn bitmap() -> impl Strategy<Value = Bitmap> {
     prop_oneof![
         prop::collection::vec(any::<u32>(), 0..20).prop_map(|v| v.into_iter().collect()),
-        // Long runs, which Java writes as run containers.
+        // Long runs: bitmap containers.
         (0u32..1_000_000, 0u32..70_000).prop_map(|(a, n)| (a..a + n).collect()),
     ]
 }
@@ -584,7 +591,9 @@ proptest! {
     fn decode_inverts_encode(message in message()) {
         let bytes = message.encode();
         prop_assert_eq!(bytes[0], message.type_id());
-        prop_assert_eq!(BlockTransferMessage::decode(&bytes).unwrap(), message);
+        let decoded = BlockTransferMessage::decode(&bytes).unwrap();
+        prop_assert_eq!(decoded.encode(), bytes);
+        prop_assert_eq!(decoded, message);
     }
 
     /// Every prefix of a valid message is refused (nothing is optional in 4.3.0), and no
