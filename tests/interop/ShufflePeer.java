@@ -46,6 +46,9 @@
 //           blocks. One line per block, in the order asked:
 //             "BLOCK <id> OK <length> <sha256 hex>" | "BLOCK <id> FAIL <one-line reason>"
 //           (a block without an answer within 60 s: "BLOCK <id> FAIL timeout").
+//           Spark's fetcher (OneForOneBlockFetcher) takes the blocks of one shuffle per call
+//           ("Expected shuffleId=0, got:..." otherwise) and, for batch ids shuffle_S_M_R1_R2,
+//           one range per map (a second range of the same map is never answered: timeout).
 //       remove EXEC BLOCKID[,BLOCKID...]
 //           removeBlocks("127.0.0.1", PORT, APP, EXEC, ids) -> "REMOVED <n>"
 //       localdirs EXEC[,EXEC...]
