@@ -290,14 +290,47 @@ def executor_endpoints(sc, driver):
     return {"%s:%d" % (i.host(), i.port()) for i in infos} - {driver}
 
 
-def wait_for(what, condition, timeout=WAIT_EXECUTORS):
+def launched_executors(spark_home, app_id):
+    """The executor ids the standalone workers launched for this app (one work dir each)."""
+    try:
+        return os.listdir(os.path.join(spark_home, "work", app_id))
+    except OSError:
+        return []
+
+
+def executor_error(spark_home, app_id):
+    """The first telling error line of the executors' logs, if any."""
+    markers = ("Unable to register with external shuffle server", "Exception", "ERROR")
+    for marker in markers:
+        for execid in sorted(launched_executors(spark_home, app_id), key=lambda e: int(e) if e.isdigit() else 0):
+            try:
+                with open(os.path.join(spark_home, "work", app_id, execid, "stderr"), errors="replace") as f:
+                    for line in f:
+                        if marker in line:
+                            return "executor %s: %s" % (execid, line.strip()[:700])
+            except OSError:
+                pass
+    return None
+
+
+def wait_for(what, condition, timeout=WAIT_EXECUTORS, churn=None):
+    """Polls condition() until it returns something true. churn = (spark_home, app_id, limit):
+    fail early when the workers have launched more than `limit` executors (they keep dying,
+    e.g. because the ESS refuses their registration)."""
     end = time.time() + timeout
     while time.time() < end:
         value = condition()
         if value:
             return value
+        if churn:
+            launched = launched_executors(churn[0], churn[1])
+            if len(launched) > churn[2]:
+                raise JobFailure("executors keep dying while waiting for %s (%d launched); %s"
+                                 % (what, len(launched), executor_error(churn[0], churn[1])))
         time.sleep(0.5)
-    raise JobFailure("timed out after %ds waiting for %s" % (timeout, what))
+    error = executor_error(churn[0], churn[1]) if churn else None
+    raise JobFailure("timed out after %ds waiting for %s%s" % (timeout, what,
+                                                              "; " + error if error else ""))
 
 
 def bounded(sc, what, action):
@@ -364,7 +397,8 @@ def driver(config):
 
         # a. Both executors up.
         first = wait_for("2 executors", lambda: len(executor_processes(app_id)) == 2
-                         and len(executor_endpoints(sc, driver_bm)) == 2 and executor_processes(app_id))
+                         and len(executor_endpoints(sc, driver_bm)) == 2 and executor_processes(app_id),
+                         churn=(config["spark_home"], app_id, 3))
         old_endpoints = executor_endpoints(sc, driver_bm)
         print("JOB executors %s up (pids %s)" % (sorted(first.values()), sorted(first)), flush=True)
 
@@ -408,7 +442,7 @@ def driver(config):
                      and len(endpoints) == 2 and not endpoints & old_endpoints)
             return now if fresh else None
 
-        second = wait_for("2 replacement executors", replaced)
+        second = wait_for("2 replacement executors", replaced, churn=(config["spark_home"], app_id, 5))
         print("JOB replacement executors %s up (pids %s)" % (sorted(second.values()), sorted(second)),
               flush=True)
 
