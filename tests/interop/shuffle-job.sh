@@ -4,7 +4,7 @@
 # the command that starts it (e.g. the Rust one). See tests/interop/shuffle_job.py for what the
 # job does and checks.
 #
-#   tests/interop/shuffle-job.sh [--ess-cmd 'CMD'] [--auth] [--keep] [--timeout SECONDS]
+#   tests/interop/shuffle-job.sh [--ess-cmd 'CMD'] [--auth] [--no-streams] [--keep] [--timeout SECONDS]
 #
 #   --ess-cmd CMD   how to start the ESS (run with bash -c, in its own process group, killed at
 #                   the end; its stdin stays open until then). Placeholders:
@@ -21,6 +21,9 @@
 #                   spark.authenticate.secret={secret}).
 #   --auth          spark.authenticate=true with a random secret on the job and the ESS (SASL
 #                   DIGEST-MD5, Spark's default when only spark.authenticate is set).
+#   --no-streams    leave spark.network.maxRemoteBlockSizeFetchToMem at Spark's default (200m),
+#                   so every block is fetched with ChunkFetchRequests; by default it is 64k and
+#                   the bigger shuffle is fetched with StreamRequests (fetch to disk).
 #   --keep          keep the temporary directory (logs, local dirs) even when the job passes.
 #   --timeout S     the whole run's bound (default 480 s).
 #

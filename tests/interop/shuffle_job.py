@@ -2,7 +2,7 @@
 shuffle service (ESS). Run it with tests/interop/shuffle-job.sh, which provides the pyspark
 virtualenv and passes its arguments on:
 
-    tests/interop/shuffle-job.sh [--ess-cmd 'CMD'] [--auth] [--keep] [--timeout SECONDS]
+    tests/interop/shuffle-job.sh [--ess-cmd 'CMD'] [--auth] [--no-streams] [--keep] [--timeout SECONDS]
 
 (the options are described in shuffle-job.sh). What it does:
 
@@ -18,13 +18,17 @@ virtualenv and passes its arguments on:
    JVM each) and spark.shuffle.service.enabled=true, spark.shuffle.service.port=<port>,
    spark.shuffle.readHostLocalDisk=false, spark.task.maxFailures=1,
    spark.stage.maxConsecutiveAttempts=1 (a fetch failure fails the job at once),
-   spark.local.dir=<root>, SPARK_LOCAL_IP=127.0.0.1; with --auth spark.authenticate=true and
-   spark.authenticate.secret=<secret> (SASL DIGEST-MD5 towards the ESS).
+   spark.local.dir=<root>, SPARK_LOCAL_IP=127.0.0.1, and (unless --no-streams)
+   spark.network.maxRemoteBlockSizeFetchToMem=64k, so that shuffle B is fetched with
+   StreamRequests (to disk) and shuffle A with ChunkFetchRequests; with --auth
+   spark.authenticate=true and spark.authenticate.secret=<secret> (SASL DIGEST-MD5 towards
+   the ESS).
    The driver:
    a. waits for both executors;
    b. map stages: shuffle A = 200000 ints in 16 partitions keyed by (x * 7919) % 1009,
       reduceByKey(add) into 8 partitions; shuffle B = 20000 string records (hex digests, up to
-      192 characters) in 16 partitions, partitionBy(8); runs count() on both, which writes
+      192 characters; about 3 MB of shuffle files) in 16 partitions, partitionBy(8); runs
+      count() on both, which writes
       both shuffles' map outputs (an accumulator counts map partitions run: 32);
    c. kills both executor JVMs with SIGKILL (the CoarseGrainedExecutorBackend processes whose
       command line has this app's id) and waits until the master has started two new ones and
@@ -58,7 +62,7 @@ APP_NAME = "shuffle-job"
 EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 ESS_CLASS = "org.apache.spark.deploy.ExternalShuffleService"
 N_INTS = 200_000
-N_STRINGS = 20_000
+N_STRINGS = 50_000
 KEYS = 1009
 MAP_PARTITIONS = 16
 REDUCE_PARTITIONS = 8
@@ -176,7 +180,8 @@ def orchestrate(args):
             time.sleep(0.5)
         if verdict is None:
             say("ESS is listening after %.0fs" % (time.time() - start))
-            config = dict(port=port, root=root, secret=secret, spark_home=spark_home)
+            config = dict(port=port, root=root, secret=secret, spark_home=spark_home,
+                          streams=not args.no_streams)
             denv = dict(env)
             denv["SPARK_HOME"] = spark_home
             denv["PYSPARK_PYTHON"] = sys.executable
@@ -381,6 +386,11 @@ def driver(config):
         "spark.executor.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
         "spark.python.worker.reuse": "true",
     }
+    if config["streams"]:
+        # Fetch requests above 64 KiB go to disk: StreamRequest instead of ChunkFetchRequest.
+        # With this data, shuffle B's requests (8 blocks of about 20 KiB from one executor's
+        # output) are streamed and shuffle A's (about 9 KiB) are fetched as chunks.
+        settings["spark.network.maxRemoteBlockSizeFetchToMem"] = "64k"
     if config["secret"]:
         settings["spark.authenticate"] = "true"
         settings["spark.authenticate.secret"] = config["secret"]
@@ -483,6 +493,8 @@ def main():
     parser = argparse.ArgumentParser(description="PySpark shuffle job through an external shuffle service")
     parser.add_argument("--ess-cmd", help="command that starts the ESS ({port} {local_dir} {secret} {spark_home})")
     parser.add_argument("--auth", action="store_true", help="spark.authenticate=true with a random secret")
+    parser.add_argument("--no-streams", action="store_true",
+                        help="leave spark.network.maxRemoteBlockSizeFetchToMem at Spark's default")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--timeout", type=int, default=480, help="bound for the whole run, seconds")
     parser.add_argument("--driver", help=argparse.SUPPRESS)
