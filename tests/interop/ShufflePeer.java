@@ -10,12 +10,12 @@
 //
 // Modes:
 //
-//   server [--auth SECRET] [--aes] [--root DIR]
+//   server [--auth SECRET] [--aes] [--root DIR] [--port N]
 //     Spark's ESS as the standalone org.apache.spark.deploy.ExternalShuffleService builds it:
 //     a TransportContext (module "shuffle", closeIdleConnections=true) over
 //     org.apache.spark.network.shuffle.ExternalBlockHandler, without a registration DB. Binds
-//     127.0.0.1 on an ephemeral port, prints "PORT <n>" (flushed), serves until stdin closes,
-//     then exits 0.
+//     127.0.0.1 on an ephemeral port (or --port N), prints "PORT <n>" (flushed), serves until
+//     stdin closes, then exits 0.
 //     --auth SECRET  AuthServerBootstrap with a SecretKeyHolder that gives SECRET for any app id
 //                    (as standalone Spark's SecurityManager does; SASL user "sparkSaslUser").
 //                    SASL DIGEST-MD5 (auth only), Spark's default with spark.authenticate=true.
@@ -112,7 +112,7 @@ import org.apache.spark.network.util.TransportConf;
 
 public final class ShufflePeer {
   static final String USAGE = """
-      usage: ShufflePeer server [--auth SECRET] [--aes] [--root DIR[,DIR...]]
+      usage: ShufflePeer server [--auth SECRET] [--aes] [--root DIR[,DIR...]] [--port N]
              ShufflePeer client PORT [--auth SECRET] [--aes] [--retries N] --app APP [CMD ...]
                CMD: register EXEC DIR[,DIR...] SUBDIRS SHUFFLE_MANAGER
                     fetch HOST EXEC BLOCKID[,...] | fetch-to-disk HOST EXEC BLOCKID[,...]
@@ -184,8 +184,10 @@ public final class ShufflePeer {
     String secret = null;
     boolean aes = false;
     String[] roots = null;
+    int port = 0;
     for (int i = 0; i < args.length; i++) {
       switch (args[i]) {
+        case "--port" -> port = Integer.parseInt(value(args, ++i, "--port"));
         case "--auth" -> secret = value(args, ++i, "--auth");
         case "--aes" -> aes = true;
         case "--root" -> roots = value(args, ++i, "--root").split(",");
@@ -205,7 +207,7 @@ public final class ShufflePeer {
     List<TransportServerBootstrap> bootstraps = secret == null
         ? List.of()
         : List.of(new AuthServerBootstrap(conf, secrets(secret)));
-    TransportServer server = context.createServer("127.0.0.1", 0, bootstraps);
+    TransportServer server = context.createServer("127.0.0.1", port, bootstraps);
     out("PORT " + server.getPort());
     while (System.in.read() != -1) {}
     server.close();

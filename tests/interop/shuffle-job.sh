@@ -15,6 +15,10 @@
 #                     {secret}     the shared secret (with --auth; empty otherwise)
 #                     {spark_home} the pyspark installation (its jars/ hold Spark's jars)
 #                   e.g. --ess-cmd 'target/debug/rpc-shuffle-server --port {port} --local-dir {local_dir}'
+#                   or ShufflePeer's server (Spark's ExternalBlockHandler, compiled against the
+#                   jar cache into CLASSES): --ess-cmd 'exec java -cp "CLASSES:$HOME/.cache/
+#                   spark-rpc-rs/spark-jars/*" ShufflePeer server --port {port} --root {local_dir}
+#                   --auth {secret}' (with --auth; without it, leave out "--auth {secret}").
 #                   Default: Spark's own org.apache.spark.deploy.ExternalShuffleService from the
 #                   pyspark installation (spark-class, with spark.shuffle.service.port={port},
 #                   spark.local.dir={local_dir}, and with --auth spark.authenticate=true and
