@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fetches the Spark jars the interoperability tests need (tests/tests/spark_interop.rs) into a
-# cache outside the checkout. A second run finds the cache complete and does nothing.
+# Fetches the Spark jars the interoperability tests need (tests/tests/spark_interop.rs, the
+# shuffle tests, tests/interop/*.sh) into a cache outside the checkout. A second run finds the
+# cache complete and does nothing.
 #
 #   .ci/spark-jars.sh
 #
@@ -8,9 +9,9 @@
 # PYSPARK_VERSION    which Spark (default: 4.3.0); the jars come from PyPI's pyspark package
 #
 # pyspark carries Spark's jars: the sdist (about 450 MB) under deps/jars/, a wheel (when there
-# is one) under pyspark/jars/. Only spark-network-common and what it needs at run time are
-# kept, about 9 MB: plain transport (NIO), SASL, AES authentication with its CTR and GCM ciphers,
-# and TLS. The download goes to a temporary directory that is removed afterwards, and not into
+# is one) under pyspark/jars/. Only spark-network-common, spark-network-shuffle and what they
+# need at run time are kept, about 12 MB: plain transport (NIO), SASL, AES authentication with
+# its CTR and GCM ciphers, TLS, and Spark's external shuffle service and its client. The download goes to a temporary directory that is removed afterwards, and not into
 # pip's cache.
 set -euo pipefail
 
@@ -31,11 +32,28 @@ MARKER_NAME="spark-jars.complete"
 #     netty-tcnative is left out on purpose, so spark.ssl.rpc.openSslEnabled falls back to the
 #     JDK provider (SparkPeer relies on that for its PEM configuration).
 # Merged block metadata needs no RoaringBitmap: its bitmaps travel as an opaque body, which
-# neither side decodes. Guava is shaded inside spark-network-common; no Jackson is needed.
+# neither side decodes. Guava is shaded inside spark-network-common.
+# The shuffle jars were found the same way with tests/interop/ShufflePeer.java and
+# tests/interop/shuffle-matrix.sh (Spark's ExternalBlockHandler and ExternalBlockStoreClient:
+# register, fetch by chunks and by streams, remove, local dirs; no auth, SASL, AES):
+#   - spark-network-shuffle itself (ExternalBlockHandler, ExternalBlockStoreClient,
+#     ExecutorDiskUtils, the BlockTransferMessages);
+#   - jackson-databind, jackson-core and jackson-annotations: ExternalShuffleBlockResolver
+#     holds a Jackson ObjectMapper (for its registration DB) in a static field, so the handler
+#     cannot even be constructed without them, DB or not;
+#   - RoaringBitmap is not needed by those paths; it is kept because every BlockTransferMessage
+#     that carries bitmaps (MergeStatuses, FetchShuffleBlockChunks' merged metadata, the
+#     push-merge replies) decodes them with it, so push-merge tests can use the Java side.
+# commons-lang3 and Spark's own Guava are not needed by either side.
 # Epoll mode would add the native netty jars.
 JAR_PATTERNS=(
     '^spark-network-common_2\.13-[0-9].*\.jar$'
     '^spark-common-utils-java_2\.13-[0-9].*\.jar$'
+    '^spark-network-shuffle_2\.13-[0-9].*\.jar$'
+    '^jackson-databind-[0-9].*\.jar$'
+    '^jackson-core-[0-9].*\.jar$'
+    '^jackson-annotations-[0-9].*\.jar$'
+    '^RoaringBitmap-[0-9].*\.jar$'
     '^netty-buffer-[0-9].*\.jar$'
     '^netty-codec-base-[0-9].*\.jar$'
     '^netty-common-[0-9].*\.jar$'
