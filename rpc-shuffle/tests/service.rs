@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
+use futures_lite::StreamExt;
 use rpc_shuffle::protocol::{
     BlockPushReturnCode, BlockTransferMessage, BlocksRemoved, DiagnoseCorruption,
     FetchShuffleBlockChunks, FetchShuffleBlocks, FinalizeShuffleMerge, GetLocalDirsForExecutors,
     LocalDirsForExecutors, OpenBlocks, PushBlockStream, RemoveBlocks, RemoveShuffleMerge,
     StreamHandle, UploadBlock,
 };
+use rpc_shuffle::protocol::{Cause, CorruptionCause};
 use rpc_shuffle::server::ShuffleService;
 use rpc_tokio::{AuthMechanism, Security, TransportClient, TransportConfig, TransportServer};
 
@@ -256,15 +258,6 @@ async fn refusals_are_rpc_failures_and_the_connection_keeps_working() {
             metadata: vec![],
             block_data: vec![1, 2, 3],
         }),
-        BlockTransferMessage::DiagnoseCorruption(DiagnoseCorruption {
-            app_id: APP.into(),
-            exec_id: "1".into(),
-            shuffle_id: 0,
-            map_id: 5,
-            reduce_id: 1,
-            checksum: 0,
-            algorithm: "ADLER32".into(),
-        }),
     ];
     for message in &unsupported {
         assert_eq!(
@@ -317,7 +310,7 @@ async fn refusals_are_rpc_failures_and_the_connection_keeps_working() {
 
     still_serves(&client).await;
     assert!(client.is_active());
-    assert!(running.service.metrics().requests_refused >= 14);
+    assert!(running.service.metrics().requests_refused >= 13);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,4 +576,156 @@ async fn authenticated_connections_may_only_name_their_own_application() {
     assert!(text.starts_with("Executor is not registered"), "{text}");
     assert_eq!(running.service.metrics().unauthorized, 2);
     still_serves(&ours).await;
+}
+
+/// Reads the named stream `"<stream>_<chunk>"` whole: Spark's fetch to disk.
+async fn stream_chunk(
+    client: &TransportClient,
+    stream_id: u64,
+    index: u32,
+) -> Result<Vec<u8>, String> {
+    let mut call = client.stream(&format!("{stream_id}_{index}"), Some(WAIT));
+    let mut body = Vec::new();
+    while let Some(piece) = call.next().await {
+        match piece {
+            Ok(bytes) => body.extend_from_slice(&bytes),
+            Err(rpc_tokio::RequestError::Remote(text)) => return Err(text.to_string()),
+            Err(other) => panic!("not a stream failure: {other}"),
+        }
+    }
+    Ok(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_fetched_to_disk_arrive_as_named_streams() {
+    let (disk, running) = fixture(1);
+    // A block larger than a stream piece, so the body arrives in several.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    disk.write_map_output(0, 42, &[vec![1, 2, 3], big.clone(), vec![]]);
+    let client = connect(running.addr, Security::none()).await;
+    rpc(&client, &register(APP, "1", disk.info()))
+        .await
+        .unwrap();
+    let handle = stream_handle(
+        &rpc(
+            &client,
+            &fetch(&[42, 42, 42], vec![vec![1], vec![0], vec![2]], false),
+        )
+        .await
+        .unwrap(),
+    );
+    let other = connect(running.addr, Security::none()).await;
+    assert!(stream_chunk(&other, handle.stream_id, 0).await.is_err());
+    assert_eq!(
+        stream_chunk(&client, handle.stream_id, 0).await.unwrap(),
+        big
+    );
+    // Chunks and named streams of one stream mix, in order.
+    assert_eq!(
+        chunk(&client, handle.stream_id, 1).await.unwrap(),
+        Bytes::from_static(&[1, 2, 3])
+    );
+    assert_eq!(
+        stream_chunk(&client, handle.stream_id, 2).await.unwrap(),
+        Vec::<u8>::new()
+    );
+    let text = stream_chunk(&client, handle.stream_id, 3)
+        .await
+        .unwrap_err();
+    assert!(text.contains("is closed"), "{text}");
+    let text = stream_chunk(&client, handle.stream_id, 0)
+        .await
+        .unwrap_err();
+    assert!(text.contains("is closed"), "{text}");
+    let text = stream_chunk(&client, 0, u32::MAX).await.unwrap_err();
+    assert!(text.contains("is closed"), "{text}");
+    let mut named = client.stream("not-a-chunk", Some(WAIT));
+    assert!(matches!(
+        named.next().await,
+        Some(Err(rpc_tokio::RequestError::Remote(_)))
+    ));
+    still_serves(&client).await;
+}
+
+fn adler32(bytes: &[u8]) -> i64 {
+    let (mut a, mut b) = (1u64, 0u64);
+    for &x in bytes {
+        a = (a + u64::from(x)) % 65521;
+        b = (b + a) % 65521;
+    }
+    ((b << 16) | a) as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_is_diagnosed_from_the_writers_checksum_file() {
+    let (disk, running) = fixture(1);
+    let client = connect(running.addr, Security::none()).await;
+    rpc(&client, &register(APP, "1", disk.info()))
+        .await
+        .unwrap();
+    // The writer's checksums of map 5, one per reduce partition; partition 2's is wrong on
+    // disk (as if the data file were damaged after writing).
+    let mut sums: Vec<i64> = (0..REDUCES).map(|r| adler32(&block(5, r))).collect();
+    sums[2] ^= 1;
+    write(
+        &disk.path("shuffle_0_5_0.checksum.ADLER32"),
+        &sums
+            .iter()
+            .flat_map(|s| s.to_be_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let diagnose = |reduce_id: i32, checksum: i64, algorithm: &str| {
+        BlockTransferMessage::DiagnoseCorruption(DiagnoseCorruption {
+            app_id: APP.into(),
+            exec_id: "1".into(),
+            shuffle_id: 0,
+            map_id: 5,
+            reduce_id,
+            checksum,
+            algorithm: algorithm.into(),
+        })
+    };
+    let cause = |reply: Bytes| match BlockTransferMessage::decode(&reply).unwrap() {
+        BlockTransferMessage::CorruptionCause(CorruptionCause { cause }) => cause,
+        other => panic!("{other:?}"),
+    };
+    let good = adler32(&block(5, 1));
+    assert_eq!(
+        cause(rpc(&client, &diagnose(1, good, "ADLER32")).await.unwrap()),
+        Cause::ChecksumVerifyPass
+    );
+    assert_eq!(
+        cause(
+            rpc(&client, &diagnose(1, good + 1, "ADLER32"))
+                .await
+                .unwrap()
+        ),
+        Cause::NetworkIssue
+    );
+    assert_eq!(
+        cause(rpc(&client, &diagnose(2, 0, "ADLER32")).await.unwrap()),
+        Cause::DiskIssue
+    );
+    // No checksum file for that algorithm, or past its end: unknown.
+    assert_eq!(
+        cause(rpc(&client, &diagnose(1, good, "CRC32")).await.unwrap()),
+        Cause::UnknownIssue
+    );
+    assert_eq!(
+        cause(
+            rpc(&client, &diagnose(REDUCES, 0, "ADLER32"))
+                .await
+                .unwrap()
+        ),
+        Cause::UnknownIssue
+    );
+    write(&disk.path("shuffle_0_5_0.checksum.MD5"), &[0; 48]);
+    assert_eq!(
+        cause(rpc(&client, &diagnose(1, good, "MD5")).await.unwrap()),
+        Cause::UnsupportedChecksumAlgorithm
+    );
+    // The algorithm is part of a file name: no traversal through it.
+    let text = refused(&client, &diagnose(1, good, "ADLER32/../../../x")).await;
+    assert!(text.contains("must not be empty"), "{text}");
+    still_serves(&client).await;
 }

@@ -40,11 +40,12 @@
 //! | message | answer |
 //! |---|---|
 //! | `RegisterExecutor` | empty reply; stored (replacing an earlier one) |
-//! | `FetchShuffleBlocks`, `OpenBlocks` | `StreamHandle`; chunks are file segments |
+//! | `FetchShuffleBlocks`, `OpenBlocks` | `StreamHandle`; chunks are file segments, fetched as chunks or (to disk) as streams named `<stream>_<chunk>` |
 //! | `GetLocalDirsForExecutors` | `LocalDirsForExecutors` |
 //! | `RemoveBlocks` | `BlocksRemoved` |
 //! | `PushBlockStream` (an upload) | `BlockPushReturnCode(TOO_LATE_BLOCK_PUSH)`: the pusher stops pushing, readers use the map outputs |
-//! | `UploadBlock`, `FinalizeShuffleMerge`, `FetchShuffleBlockChunks`, `DiagnoseCorruption`, other uploads | failure naming the message |
+//! | `DiagnoseCorruption` | `CorruptionCause`, from the writer's checksum file (ADLER32, CRC32, CRC32C) |
+//! | `UploadBlock`, `FinalizeShuffleMerge`, `FetchShuffleBlockChunks`, other uploads | failure naming the message |
 //! | `RemoveShuffleMerge` (one-way) | logged and ignored |
 //! | replies sent as requests, undecodable bodies | failure |
 //!
@@ -66,6 +67,7 @@
 //!   With no local dirs configured, any existing absolute dir is accepted (Spark's standalone
 //!   service checks against its own `spark.local.dir`): configure them.
 
+mod checksum;
 mod error;
 mod metrics;
 mod resolver;
@@ -79,14 +81,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rpc_driver::transport::{
-    FileSegment, ManagedBuffer, OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager,
-    TransportClient, UploadSink,
+    stream_not_found, FileSegment, ManagedBuffer, OneForOneStreamManager, RpcHandler, RpcResponder,
+    StreamManager, TransportClient, UploadSink,
 };
 use rpc_driver::BoxError;
 use rpc_proto::shuffle::{
     shuffle_data_file, shuffle_index_file, BlockId, BlockPushReturnCode, BlockTransferMessage,
-    BlocksRemoved, ExecutorShuffleInfo, FetchShuffleBlocks, GetLocalDirsForExecutors,
-    LocalDirsForExecutors, OpenBlocks, RegisterExecutor, RemoveBlocks, StreamHandle,
+    BlocksRemoved, CorruptionCause, DiagnoseCorruption, ExecutorShuffleInfo, FetchShuffleBlocks,
+    GetLocalDirsForExecutors, LocalDirsForExecutors, OpenBlocks, RegisterExecutor, RemoveBlocks,
+    StreamHandle,
 };
 use rpc_proto::StreamChunkId;
 use tracing::{debug, info, warn};
@@ -196,12 +199,12 @@ impl ShuffleService {
             BlockTransferMessage::OpenBlocks(m) => self.open_blocks(client, m),
             BlockTransferMessage::GetLocalDirsForExecutors(m) => self.local_dirs(m),
             BlockTransferMessage::RemoveBlocks(m) => Ok(self.remove_blocks(m)),
+            BlockTransferMessage::DiagnoseCorruption(m) => self.diagnose_corruption(m),
             m @ (BlockTransferMessage::UploadBlock(_)
             | BlockTransferMessage::UploadBlockStream(_)
             | BlockTransferMessage::PushBlockStream(_)
             | BlockTransferMessage::FinalizeShuffleMerge(_)
             | BlockTransferMessage::FetchShuffleBlockChunks(_)
-            | BlockTransferMessage::DiagnoseCorruption(_)
             | BlockTransferMessage::RemoveShuffleMerge(_)) => {
                 Err(ShuffleServiceError::Unsupported(m.name()))
             }
@@ -372,6 +375,43 @@ impl ShuffleService {
             })
             .collect::<Result<_, ShuffleServiceError>>()?;
         Ok(BlockTransferMessage::LocalDirsForExecutors(LocalDirsForExecutors { dirs }).encode())
+    }
+
+    /// Spark's `diagnoseShuffleBlockCorruption`: why a block's checksum did not match, from
+    /// the checksum file `shuffle_S_M_0.checksum.<ALGORITHM>` the writer left.
+    fn diagnose_corruption(&self, m: DiagnoseCorruption) -> Result<Bytes, ShuffleServiceError> {
+        let executor = self.shared.executors.get(&m.app_id, &m.exec_id)?;
+        let name = format!(
+            "shuffle_{}_{}_0.checksum.{}",
+            m.shuffle_id, m.map_id, m.algorithm
+        );
+        let checksum_file = match executor.file(&name) {
+            Ok(path) => Some(path),
+            // No checksum file: the cause is unknown, as Spark says.
+            Err(ShuffleServiceError::Io { .. }) => None,
+            // A name that could leave its dir, or a file outside the executor's dirs.
+            Err(error) => return Err(error),
+        };
+        let plan = ChunkPlan::Shuffle {
+            shuffle_id: m.shuffle_id,
+            map_id: m.map_id,
+            start: m.reduce_id,
+            end: m.reduce_id.saturating_add(1),
+        };
+        let block = || match self.shared.chunk(&m.app_id, &m.exec_id, &plan) {
+            Ok(ManagedBuffer::File(segment)) => Ok(segment),
+            Ok(_) => Err(std::io::Error::other("not a file")),
+            Err(error) => Err(std::io::Error::other(error.to_string())),
+        };
+        let cause = checksum::diagnose(
+            &m.algorithm,
+            checksum_file.as_deref(),
+            m.reduce_id,
+            block,
+            m.checksum,
+        );
+        info!(app_id = %m.app_id, exec_id = %m.exec_id, shuffle_id = m.shuffle_id, map_id = m.map_id, reduce_id = m.reduce_id, ?cause, "diagnosed a corrupt block");
+        Ok(BlockTransferMessage::CorruptionCause(CorruptionCause { cause }).encode())
     }
 
     /// Deletes the files named; invalid or missing ones are skipped with a warning (as
@@ -582,6 +622,32 @@ impl StreamManager for ShuffleService {
         chunk: StreamChunkId,
     ) -> Result<ManagedBuffer, BoxError> {
         self.streams.chunk_buffer(client, chunk)
+    }
+
+    /// A chunk asked for as a named stream, `"<stream id>_<chunk index>"`: how Spark
+    /// fetches blocks to disk (`spark.network.maxRemoteBlockSizeFetchToMem`), as Spark's
+    /// `OneForOneStreamManager.openStream` serves them. Sent without copying where the
+    /// transport can.
+    fn open_stream_buffer(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ManagedBuffer, BoxError> {
+        let chunk = stream_id.split_once('_').and_then(|(stream, chunk)| {
+            Some(StreamChunkId {
+                stream_id: stream.parse().ok()?,
+                chunk_index: chunk.parse().ok()?,
+            })
+        });
+        match chunk {
+            Some(chunk) => self.streams.chunk_buffer(client, chunk),
+            None => Err(stream_not_found(stream_id).into()),
+        }
+    }
+
+    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, BoxError> {
+        self.open_stream_buffer(client, stream_id)
+            .and_then(|buffer| buffer.to_bytes().map_err(Into::into))
     }
 
     fn connection_closed(&self, client: &TransportClient) {
