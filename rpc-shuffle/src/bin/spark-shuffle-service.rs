@@ -64,7 +64,7 @@ struct Cli {
     /// Index cache capacity in bytes (spark.shuffle.service.index.cache.size) [default: 100 MiB].
     #[arg(long, value_name = "BYTES")]
     index_cache_bytes: Option<u64>,
-    /// Serve Prometheus-style metrics at http://<host>:<port>/metrics.
+    /// Serve Prometheus-style metrics at http://HOST:PORT/metrics (HOST is --host).
     #[arg(long, value_name = "PORT")]
     metrics_port: Option<u16>,
     /// Exit when stdin closes (for harnesses that start the service as a child).

@@ -14,25 +14,79 @@
 //! [`TransportServer`](rpc_driver::transport::TransportServer) with it, on any runtime; the
 //! `spark-shuffle-service` binary of this crate does that on tokio.
 //!
-//! ```no_run
-//! # fn demo(rt: std::sync::Arc<dyn rpc_driver::Runtime>) -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//! use rpc_driver::transport::{TransportConfig, TransportServer};
-//! use rpc_shuffle::server::ShuffleService;
+//! A service on tokio, an executor registering with it, and a reducer fetching one block
+//! (a real deployment adds [`with_db`](ShuffleServiceBuilder::with_db) and a secret; see
+//! the crate's README):
 //!
-//! let service = ShuffleService::builder()
-//!     // Executors' spark.local.dir must lie under this.
-//!     .with_local_dir("/var/spark/local")
-//!     // Registrations survive a restart.
-//!     .with_db("/var/spark/shuffle-registrations.redb")
-//!     .build()?;
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use rpc_shuffle::protocol::{
+//!     executor_file_path, BlockTransferMessage, ExecutorShuffleInfo, FetchShuffleBlocks,
+//!     RegisterExecutor,
+//! };
+//! use rpc_shuffle::server::ShuffleService;
+//! use rpc_tokio::{
+//!     NoopRpcHandler, StreamChunkId, TransportClientFactory, TransportConfig, TransportServer,
+//! };
+//!
+//! // The service's local dir, and an executor's dir under it holding one map output of two
+//! // blocks, "hello" and "shuffle", as Spark's sort shuffle writes it.
+//! let root = tempfile::tempdir()?;
+//! let dirs = vec![root.path().join("blockmgr-1").display().to_string()];
+//! for (name, bytes) in [
+//!     ("shuffle_0_7_0.data", b"helloshuffle".to_vec()),
+//!     ("shuffle_0_7_0.index", [0i64, 5, 12].iter().flat_map(|o| o.to_be_bytes()).collect()),
+//! ] {
+//!     let path = executor_file_path(&dirs, 64, name).unwrap();
+//!     std::fs::create_dir_all(path.parent().unwrap())?;
+//!     std::fs::write(path, bytes)?;
+//! }
+//!
+//! let service = Arc::new(ShuffleService::builder().with_local_dir(root.path()).build()?);
 //! let server = TransportServer::bind(
-//!     rt,
-//!     "0.0.0.0:7337".parse()?,
-//!     Arc::new(service),
+//!     rpc_tokio::runtime(),
+//!     "127.0.0.1:0".parse()?,
+//!     service.clone(),
 //!     TransportConfig::default(),
 //! )?;
-//! # let _ = server; Ok(()) }
+//!
+//! let factory = TransportClientFactory::new(
+//!     rpc_tokio::runtime(),
+//!     Arc::new(NoopRpcHandler),
+//!     TransportConfig::default(),
+//! );
+//! let client = factory.create_client(server.local_addr()).await?;
+//! let register = BlockTransferMessage::RegisterExecutor(RegisterExecutor {
+//!     app_id: "app-1".into(),
+//!     exec_id: "0".into(),
+//!     executor_info: ExecutorShuffleInfo {
+//!         local_dirs: dirs,
+//!         sub_dirs_per_local_dir: 64,
+//!         shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+//!     },
+//! });
+//! assert!(client.send_rpc(register.encode(), None).await?.is_empty());
+//!
+//! let fetch = BlockTransferMessage::FetchShuffleBlocks(FetchShuffleBlocks {
+//!     app_id: "app-1".into(),
+//!     exec_id: "0".into(),
+//!     shuffle_id: 0,
+//!     map_ids: vec![7],
+//!     reduce_ids: vec![vec![1]],
+//!     batch_fetch_enabled: false,
+//! });
+//! let reply = client.send_rpc(fetch.encode(), None).await?;
+//! let BlockTransferMessage::StreamHandle(handle) = BlockTransferMessage::decode(&reply)? else {
+//!     unreachable!("a fetch is answered with a stream handle")
+//! };
+//! let chunk = StreamChunkId { stream_id: handle.stream_id, chunk_index: 0 };
+//! assert_eq!(&client.fetch_chunk(chunk, None).await?[..], b"shuffle");
+//! assert_eq!(service.metrics().bytes_served, 7);
+//! server.close();
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # What it serves, and what it refuses
