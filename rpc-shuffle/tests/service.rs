@@ -729,3 +729,51 @@ async fn corruption_is_diagnosed_from_the_writers_checksum_file() {
     assert!(text.contains("must not be empty"), "{text}");
     still_serves(&client).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_per_connection_are_bounded_and_re_registration_replaces() {
+    let disk = Disk::new(1);
+    disk.write_map_output(0, 5, &[block(5, 0), block(5, 1)]);
+    let service = ShuffleService::builder()
+        .with_local_dir(disk.root.path())
+        .with_max_streams_per_connection(2)
+        .build()
+        .unwrap();
+    let running = serve(service, Security::none());
+    let client = connect(running.addr, Security::none()).await;
+    rpc(&client, &register(APP, "1", disk.info()))
+        .await
+        .unwrap();
+    let first = stream_handle(
+        &rpc(&client, &fetch(&[5], vec![vec![1]], false))
+            .await
+            .unwrap(),
+    );
+    rpc(&client, &fetch(&[5], vec![vec![0]], false))
+        .await
+        .unwrap();
+    let text = refused(&client, &fetch(&[5], vec![vec![0]], false)).await;
+    assert_eq!(
+        text,
+        "too many open streams on this connection: 2 (limit 2)"
+    );
+    // Another connection has its own allowance; reading a stream frees a slot.
+    let other = connect(running.addr, Security::none()).await;
+    still_serves(&other).await;
+    chunk(&client, first.stream_id, 0).await.unwrap();
+    rpc(&client, &fetch(&[5], vec![vec![0]], false))
+        .await
+        .unwrap();
+
+    // Registering again replaces the executor's dirs.
+    let second = disk.root.path().join("blockmgr-new");
+    fs::create_dir(&second).unwrap();
+    let mut info = disk.info();
+    info.local_dirs = vec![second.display().to_string()];
+    rpc(&client, &register(APP, "1", info.clone()))
+        .await
+        .unwrap();
+    assert_eq!(running.service.executor(APP, "1"), Some(info));
+    assert_eq!(running.service.metrics().registered_executors, 1);
+    assert_eq!(running.service.metrics().registrations, 2);
+}

@@ -121,6 +121,16 @@
 //!   With no local dirs configured, any existing absolute dir is accepted (Spark's standalone
 //!   service checks against its own `spark.local.dir`): configure them.
 
+//!
+//! # Where the work happens
+//!
+//! Handlers run on the connection's task, as Spark's run on its event loop: a registration
+//! writes the store (one small durable transaction), a chunk's index lookup reads the index
+//! file once (then the cache serves it), `RemoveBlocks` deletes files and
+//! `DiagnoseCorruption` reads one block. Block bytes are not read there: a chunk is handed to
+//! the transport as a file segment, read on the runtime's blocking pool (chunk fetches) or
+//! sent with `sendfile` (blocks fetched to disk, where the connection's security allows it).
+
 mod checksum;
 mod error;
 mod metrics;
