@@ -620,6 +620,17 @@ async fn blocks_fetched_to_disk_arrive_as_named_streams() {
         stream_chunk(&client, handle.stream_id, 0).await.unwrap(),
         big
     );
+    // Without security the body went from the file to the socket without copying.
+    #[cfg(target_os = "linux")]
+    {
+        let sent: u64 = running
+            .server
+            .connections()
+            .iter()
+            .map(TransportClient::zero_copy_bytes)
+            .sum();
+        assert_eq!(sent, big.len() as u64);
+    }
     // Chunks and named streams of one stream mix, in order.
     assert_eq!(
         chunk(&client, handle.stream_id, 1).await.unwrap(),

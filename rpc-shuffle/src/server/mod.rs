@@ -120,7 +120,6 @@
 //!   [local dirs](ShuffleServiceBuilder::with_local_dir) (Spark 4.3's `LocalDirValidator`).
 //!   With no local dirs configured, any existing absolute dir is accepted (Spark's standalone
 //!   service checks against its own `spark.local.dir`): configure them.
-
 //!
 //! # Where the work happens
 //!
