@@ -36,6 +36,13 @@ MARKER_NAME="spark-jars.complete"
 JAR_PATTERNS=(
     '^spark-network-common_2\.13-[0-9].*\.jar$'
     '^spark-common-utils-java_2\.13-[0-9].*\.jar$'
+    # rpc-shuffle/tests/spark_client.rs: Spark's ExternalBlockStoreClient, whose messages
+    # carry Jackson annotations and RoaringBitmaps.
+    '^spark-network-shuffle_2\.13-[0-9].*\.jar$'
+    '^jackson-databind-[0-9].*\.jar$'
+    '^jackson-core-[0-9].*\.jar$'
+    '^jackson-annotations-[0-9].*\.jar$'
+    '^RoaringBitmap-[0-9].*\.jar$'
     '^netty-buffer-[0-9].*\.jar$'
     '^netty-codec-base-[0-9].*\.jar$'
     '^netty-common-[0-9].*\.jar$'
