@@ -80,7 +80,8 @@ pub struct ShuffleServiceMetrics {
     pub bytes_served: u64,
     /// Chunks that could not be served: file missing, corrupt index… (counter).
     pub block_failures: u64,
-    /// Requests and uploads answered with a failure, including unauthorized ones (counter).
+    /// Requests and uploads refused: answered with a failure (including unauthorized
+    /// ones), or pushed blocks answered `TOO_LATE_BLOCK_PUSH` (counter).
     pub requests_refused: u64,
     /// Requests refused because they named another application than the one the
     /// connection authenticated as (counter).
