@@ -117,7 +117,7 @@ pub struct OneForOneStreamManager {
 }
 
 /// Makes the chunk with the given index, when it is fetched.
-type ChunkSource = Arc<dyn Fn(u32) -> Result<Bytes, BoxError> + Send + Sync>;
+type ChunkSource = Arc<dyn Fn(u32) -> Result<ManagedBuffer, BoxError> + Send + Sync>;
 
 struct State {
     ids: StreamIds,
@@ -204,6 +204,22 @@ impl OneForOneStreamManager {
         owner: Option<&TransportClient>,
         source: impl Fn(u32) -> Result<Bytes, E> + Send + Sync + 'static,
     ) -> u64 {
+        let source: ChunkSource =
+            Arc::new(move |index| source(index).map(ManagedBuffer::Memory).map_err(Into::into));
+        self.register(app_id, Chunks::Lazy { count, source }, owner)
+    }
+
+    /// As [`register_lazy_stream`](OneForOneStreamManager::register_lazy_stream), for chunks
+    /// made as [`ManagedBuffer`]s: a [`FileSegment`](super::buffer::FileSegment) chunk is
+    /// read on the runtime's blocking pool, not on the connection's task (served through
+    /// [`StreamManager::chunk_buffer`]; [`chunk`](StreamManager::chunk) reads it in place).
+    pub fn register_lazy_buffer_stream<E: Into<BoxError>>(
+        &self,
+        app_id: &str,
+        count: u32,
+        owner: Option<&TransportClient>,
+        source: impl Fn(u32) -> Result<ManagedBuffer, E> + Send + Sync + 'static,
+    ) -> u64 {
         let source: ChunkSource = Arc::new(move |index| source(index).map_err(Into::into));
         self.register(app_id, Chunks::Lazy { count, source }, owner)
     }
@@ -279,6 +295,15 @@ impl State {
 
 impl StreamManager for OneForOneStreamManager {
     fn chunk(&self, client: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, BoxError> {
+        self.chunk_buffer(client, chunk)
+            .and_then(|buffer| buffer.to_bytes().map_err(Into::into))
+    }
+
+    fn chunk_buffer(
+        &self,
+        client: &TransportClient,
+        chunk: StreamChunkId,
+    ) -> Result<ManagedBuffer, BoxError> {
         let mut s = lock(&self.state);
         let Some(stream) = s
             .streams
@@ -312,7 +337,7 @@ impl StreamManager for OneForOneStreamManager {
                 let Some(buffer) = buffers.pop_front() else {
                     return Err(beyond_end().into());
                 };
-                (Ok(buffer), buffers.is_empty())
+                (Ok(ManagedBuffer::Memory(buffer)), buffers.is_empty())
             }
             Chunks::Lazy { count, source } => {
                 if chunk.chunk_index >= *count {

@@ -1,1 +1,0 @@
-//! The service: Spark's `ExternalBlockHandler` and `ExternalShuffleService`.
