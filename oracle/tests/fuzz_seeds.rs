@@ -262,10 +262,11 @@ fn generated_inputs_hold_the_handshake_invariants() {
 /// Valid encodings of every message the `wire` oracle decodes, made by the real encoders: the
 /// seeds of `fuzz/seeds/wire/` (see `wire_seeds_are_the_encoders_output`), by file name.
 fn wire_samples() -> Vec<(&'static str, Vec<u8>)> {
+    use rpc_proto::shuffle::{BlockTransferMessage, FetchShuffleBlocks, OpenBlocks, StreamHandle};
     use rpc_proto::wire::{lookup_request, TypeIdentity};
     use rpc_proto::{
-        encode_payload, BlockMessage, Envelope, EnvelopeKind, EnvelopePrefix, LookupReply,
-        OpenBlocks, RemoteFailure, RpcAddress, StreamHandle, TooManyStreams,
+        encode_payload, Envelope, EnvelopeKind, EnvelopePrefix, LookupReply, RemoteFailure,
+        RpcAddress, TooManyStreams,
     };
 
     let ask = Envelope {
@@ -311,7 +312,7 @@ fn wire_samples() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "block_open_blocks.bin",
-            BlockMessage::OpenBlocks(OpenBlocks {
+            BlockTransferMessage::OpenBlocks(OpenBlocks {
                 app_id: "app".into(),
                 exec_id: "e1".into(),
                 block_ids: vec!["b0".into(), "rdd_1".into()],
@@ -320,8 +321,21 @@ fn wire_samples() -> Vec<(&'static str, Vec<u8>)> {
             .to_vec(),
         ),
         (
+            "block_fetch_shuffle_blocks.bin",
+            BlockTransferMessage::FetchShuffleBlocks(FetchShuffleBlocks {
+                app_id: "app".into(),
+                exec_id: "e1".into(),
+                shuffle_id: 0,
+                map_ids: vec![0, 1],
+                reduce_ids: vec![vec![0, 1], vec![0, 1, 2]],
+                batch_fetch_enabled: false,
+            })
+            .encode()
+            .to_vec(),
+        ),
+        (
             "block_stream_handle.bin",
-            BlockMessage::StreamHandle(StreamHandle {
+            BlockTransferMessage::StreamHandle(StreamHandle {
                 stream_id: 7,
                 num_chunks: 2,
             })

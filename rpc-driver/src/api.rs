@@ -17,7 +17,9 @@
 //!   [`TransportClientFactory`], [`TransportClient`], what a handler implements, the call
 //!   futures, and the protocol's own types ([`Config`], [`RequestError`], [`CallError`],
 //!   [`ConnectionError`], ids, stats);
-//! - blocks on the transport: [`BlockServer`], [`fetch_blocks`], [`RetryingBlockFetcher`];
+//! - blocks on the transport: [`BlockServer`], [`fetch_blocks`], [`RetryingBlockFetcher`],
+//!   and Spark's block transfer messages they speak ([`BlockTransferMessage`], [`FetchPlan`],
+//!   [`BlockId`]);
 //! - settings: every config with its builder and the one [`ConfigError`];
 //! - the runtime interface an adapter implements: [`Runtime`] and its streams and timers.
 
@@ -58,8 +60,15 @@ pub use rpc_proto::{
 // Blocks.
 pub use crate::block::{
     fetch_blocks, BlockFetch, BlockFetchConfig, BlockFetchConfigBuilder, BlockFetchError,
-    BlockFetchingListener, BlockMessage, BlockServer, BlockServerBuilder, BlockSource, OpenBlocks,
-    RetryingBlockFetcher, StreamHandle,
+    BlockFetchingListener, BlockServer, BlockServerBuilder, BlockSource, RetryingBlockFetcher,
+};
+// Spark's block transfer messages (the shuffle service protocol), and how a fetch is planned.
+pub use rpc_proto::shuffle::{
+    BlockId, BlockPushReturnCode, BlockTransferMessage, BlocksRemoved, Cause, CorruptionCause,
+    DiagnoseCorruption, ExecutorShuffleInfo, FetchPlan, FetchPlanError, FetchShuffleBlockChunks,
+    FetchShuffleBlocks, FinalizeShuffleMerge, GetLocalDirsForExecutors, LocalDirsForExecutors,
+    MergeStatuses, OpenBlocks, PushBlockStream, RegisterExecutor, RemoveBlocks, RemoveShuffleMerge,
+    ShuffleDecodeError, StreamHandle, UploadBlock, UploadBlockStream,
 };
 
 // Security, flat for the common names and whole as a module.

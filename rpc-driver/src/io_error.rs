@@ -65,6 +65,7 @@ impl From<BlockFetchError> for io::Error {
         let kind = match &error {
             BlockFetchError::Connect(error) => error.io_kind(),
             BlockFetchError::Open(error) | BlockFetchError::Chunk { error, .. } => rpc_kind(error),
+            BlockFetchError::Plan(_) => ErrorKind::InvalidInput,
             BlockFetchError::InvalidResponse(_) => ErrorKind::InvalidData,
             BlockFetchError::TooManyStreams(_) => ErrorKind::ResourceBusy,
             BlockFetchError::Unanswered => ErrorKind::Other,

@@ -119,6 +119,4 @@ pub use outbox::{
     OutboxState, DEFAULT_BACKOFF_JITTER, DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF,
     DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_OUTBOX_MAX_BYTES, DEFAULT_OUTBOX_MAX_MESSAGES,
 };
-pub use wire::{
-    BlockMessage, LookupReply, OpenBlocks, RemoteFailure, StreamHandle, TooManyStreams,
-};
+pub use wire::{LookupReply, RemoteFailure, TooManyStreams};

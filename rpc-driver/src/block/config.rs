@@ -7,7 +7,9 @@ use rpc_proto::ConfigError;
 /// Settings of a block fetch, and of its retries, validated when built.
 ///
 /// The defaults are Spark's where Spark has one: `spark.shuffle.io.maxRetries` (3),
-/// `spark.shuffle.io.retryWait` (5 s), `spark.network.timeout` (120 s).
+/// `spark.shuffle.io.retryWait` (5 s), `spark.network.timeout` (120 s),
+/// `spark.shuffle.useOldFetchProtocol` (false); chunks are fetched with `ChunkFetchRequest`s
+/// unless [`fetch_as_streams`](BlockFetchConfig::fetch_as_streams) is set.
 ///
 /// ```
 /// use std::time::Duration;
@@ -33,6 +35,8 @@ pub struct BlockFetchConfig {
     chunk_timeout: Option<Duration>,
     max_retries: u32,
     retry_wait: Duration,
+    use_old_fetch_protocol: bool,
+    fetch_as_streams: bool,
 }
 
 impl Default for BlockFetchConfig {
@@ -43,6 +47,8 @@ impl Default for BlockFetchConfig {
             chunk_timeout: Some(Duration::from_secs(120)),
             max_retries: 3,
             retry_wait: Duration::from_secs(5),
+            use_old_fetch_protocol: false,
+            fetch_as_streams: false,
         }
     }
 }
@@ -89,6 +95,22 @@ impl BlockFetchConfig {
     pub fn retry_wait(&self) -> Duration {
         self.retry_wait
     }
+
+    /// Spark's `spark.shuffle.useOldFetchProtocol`: open every fetch with an `OpenBlocks`,
+    /// even of shuffle blocks (which otherwise go as `FetchShuffleBlocks` or
+    /// `FetchShuffleBlockChunks`; see [`FetchPlan`](rpc_proto::shuffle::FetchPlan)). Needed
+    /// only with shuffle services older than Spark 3.0. Default false.
+    pub fn use_old_fetch_protocol(&self) -> bool {
+        self.use_old_fetch_protocol
+    }
+
+    /// Fetch each block with a `StreamRequest` for `"<stream id>_<chunk index>"` instead of a
+    /// `ChunkFetchRequest`, as Spark's fetch-to-disk does: the block's bytes travel outside
+    /// a frame, so a block may exceed the frame size limit. The block is still collected in
+    /// memory. Default false.
+    pub fn fetch_as_streams(&self) -> bool {
+        self.fetch_as_streams
+    }
 }
 
 /// Builds a validated [`BlockFetchConfig`]: from [`BlockFetchConfig::builder`] or
@@ -126,6 +148,18 @@ impl BlockFetchConfigBuilder {
     /// Sets [`BlockFetchConfig::retry_wait`]; zero retries at once.
     pub fn with_retry_wait(mut self, wait: Duration) -> Self {
         self.config.retry_wait = wait;
+        self
+    }
+
+    /// Sets [`BlockFetchConfig::use_old_fetch_protocol`].
+    pub fn with_use_old_fetch_protocol(mut self, old: bool) -> Self {
+        self.config.use_old_fetch_protocol = old;
+        self
+    }
+
+    /// Sets [`BlockFetchConfig::fetch_as_streams`].
+    pub fn with_fetch_as_streams(mut self, streams: bool) -> Self {
+        self.config.fetch_as_streams = streams;
         self
     }
 

@@ -1,5 +1,6 @@
 //! [`BlockFetchError`], why a block was not fetched.
 
+use rpc_proto::shuffle::FetchPlanError;
 use rpc_proto::{CallError, RequestError, StreamChunkId};
 
 use crate::transport::ConnectError;
@@ -15,7 +16,13 @@ pub enum BlockFetchError {
     /// fetch.
     #[error(transparent)]
     Connect(ConnectError),
-    /// The `OpenBlocks` RPC failed: the server refused it (a block it does not have, named in
+    /// The blocks cannot be asked for in one message, as Spark's fetcher refuses them too
+    /// (shuffle blocks of two shuffles, batch and single shuffle blocks mixed). Fails every
+    /// block of the fetch, without connecting.
+    #[error("the blocks cannot be fetched together: {0}")]
+    Plan(FetchPlanError),
+    /// The opening RPC (`FetchShuffleBlocks`, `FetchShuffleBlockChunks` or `OpenBlocks`)
+    /// failed: the server refused it (a block it does not have, named in
     /// the [`RequestError::Remote`] message), or the call timed out or lost its connection. Fails
     /// every block of the fetch.
     #[error("opening the blocks failed: {0}")]
@@ -30,7 +37,7 @@ pub enum BlockFetchError {
         /// Why.
         error: RequestError,
     },
-    /// The server answered `OpenBlocks` with something other than a stream of one chunk per
+    /// The server answered the opening RPC with something other than a stream of one chunk per
     /// block. Fails every block of the fetch.
     #[error("invalid answer to open blocks: {0}")]
     InvalidResponse(Arc<str>),
@@ -59,7 +66,7 @@ impl BlockFetchError {
             ),
             Self::Open(error) | Self::Chunk { error, .. } => is_io(error),
             Self::TooManyStreams(_) => true,
-            Self::InvalidResponse(_) | Self::Unanswered => false,
+            Self::Plan(_) | Self::InvalidResponse(_) | Self::Unanswered => false,
         }
     }
 }
@@ -134,6 +141,7 @@ mod tests {
                 StreamChunkId::new(1, 0),
             ))),
             BlockFetchError::InvalidResponse("garbage".into()),
+            BlockFetchError::Plan(FetchPlanError::MixedKinds("shuffle_0_1_2_3".into())),
             BlockFetchError::Unanswered,
         ];
         for error in last {

@@ -16,14 +16,16 @@ use tracing::debug;
 use super::config::BlockFetchConfig;
 use super::error::BlockFetchError;
 use super::listener::{deliver, BlockFetchingListener};
-use super::message::{BlockMessage, OpenBlocks, StreamHandle};
+use super::message::{BlockTransferMessage, FetchPlan, StreamHandle};
 use crate::runtime::BoxFuture;
 use crate::transport::{ConnectError, RpcCall, TransportClient, TransportClientFactory};
 
 /// Fetches `block_ids` of executor `exec_id` of application `app_id` from the block server
-/// at `addr`, once, over a connection from `factory`: opens them with an `OpenBlocks` RPC,
-/// then fetches the stream's chunks, at most
-/// [`max_chunks_in_flight`](BlockFetchConfig::max_chunks_in_flight) at a time.
+/// at `addr`, once, over a connection from `factory`: opens them with the RPC Spark's
+/// `OneForOneBlockFetcher` would send ([`FetchPlan`]: `FetchShuffleBlocks`,
+/// `FetchShuffleBlockChunks` or `OpenBlocks`), then fetches the stream's chunks, at most
+/// [`max_chunks_in_flight`](BlockFetchConfig::max_chunks_in_flight) at a time (as
+/// `StreamRequest`s with [`fetch_as_streams`](BlockFetchConfig::fetch_as_streams)).
 ///
 /// Returns the fetch, a stream of `(block_id, outcome)`: see [`BlockFetch`]. Nothing is sent
 /// until it is polled. For a fetch that survives I/O failures, use
@@ -36,38 +38,48 @@ pub fn fetch_blocks(
     block_ids: Vec<String>,
     config: &BlockFetchConfig,
 ) -> BlockFetch {
-    let state = if block_ids.is_empty() {
-        State::Done
-    } else {
-        let open = BlockMessage::OpenBlocks(OpenBlocks {
-            app_id: app_id.to_owned(),
-            exec_id: exec_id.to_owned(),
-            block_ids: block_ids.clone(),
-        })
-        .encode();
-        let factory = factory.clone();
-        State::Connecting {
-            connect: Box::pin(async move { factory.create_client(addr).await }),
-            open,
-        }
-    };
-    BlockFetch {
-        block_ids,
+    let mut fetch = BlockFetch {
+        block_ids: Vec::new(),
         max_in_flight: config.max_chunks_in_flight(),
         open_timeout: config.open_timeout(),
         chunk_timeout: config.chunk_timeout(),
-        state,
+        as_streams: config.fetch_as_streams(),
+        state: State::Done,
         failed: VecDeque::new(),
+    };
+    if block_ids.is_empty() {
+        return fetch;
     }
+    match FetchPlan::new(app_id, exec_id, &block_ids, config.use_old_fetch_protocol()) {
+        Ok(plan) => {
+            let open = plan.message.encode();
+            // Chunk `i` is `chunk_block_ids[i]`: Spark's fetcher reorders shuffle blocks.
+            fetch.block_ids = plan.chunk_block_ids;
+            let factory = factory.clone();
+            fetch.state = State::Connecting {
+                connect: Box::pin(async move { factory.create_client(addr).await }),
+                open,
+            };
+        }
+        Err(error) => {
+            fetch.block_ids = block_ids;
+            fetch.fail_all(BlockFetchError::Plan(error));
+        }
+    }
+    fetch
 }
 
 /// One fetch of a list of blocks (from [`fetch_blocks`]): a [`Stream`] of
 /// `(block_id, Result<Bytes, BlockFetchError>)`, exactly one item per requested block, in the
 /// order the outcomes are known, then the end.
 ///
-/// - A failure to connect or of the `OpenBlocks` RPC (a block the server does not have, a
+/// - A list Spark's fetcher refuses to send in one message (shuffle blocks of two shuffles,
+///   batch and single shuffle blocks mixed) fails every block with
+///   [`BlockFetchError::Plan`], without connecting.
+/// - A failure to connect or of the opening RPC (a block the server does not have, a
 ///   timeout, a lost connection) fails every block with the same error.
-/// - Chunk `i` is block `i`. A failed chunk fails its block and every later block not yet
+/// - Chunk `i` is block `i` of the plan's order ([`FetchPlan::chunk_block_ids`]: shuffle blocks
+///   grouped by map task). A failed chunk fails its block and every later block not yet
 ///   delivered ([`BlockFetchError::Chunk`] names the failed chunk); blocks before it still
 ///   arrive. Spark's `OneForOneBlockFetcher` fails the same blocks, but may then also report
 ///   a success for a later block whose chunk was already on its way; this reports one outcome
@@ -84,6 +96,7 @@ pub struct BlockFetch {
     max_in_flight: usize,
     open_timeout: Option<Duration>,
     chunk_timeout: Option<Duration>,
+    as_streams: bool,
     state: State,
     /// Outcomes decided and not yet yielded: failures of several blocks at once.
     failed: VecDeque<(String, BlockFetchError)>,
@@ -110,16 +123,42 @@ struct Chunks {
     next: u32,
     /// Chunks from here on are not asked for (the end, or the first failed chunk).
     end: u32,
+    /// Whether chunks are asked for as named streams.
+    as_streams: bool,
     /// Fetches outstanding, by increasing chunk index.
-    in_flight: VecDeque<(u32, RpcCall)>,
+    in_flight: VecDeque<(u32, ChunkCall)>,
+}
+
+/// One chunk being fetched: a `ChunkFetchRequest`, or a `StreamRequest` collected.
+enum ChunkCall {
+    Chunk(RpcCall),
+    Stream(BoxFuture<Result<Bytes, RequestError>>),
+}
+
+impl Future for ChunkCall {
+    type Output = Result<Bytes, RequestError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Chunk(call) => Pin::new(call).poll(cx),
+            Self::Stream(call) => call.as_mut().poll(cx),
+        }
+    }
 }
 
 impl Chunks {
     /// Asks for chunks until `max` are outstanding or none are left to ask for.
     fn top_up(&mut self, max: usize, timeout: Option<Duration>) {
         while self.in_flight.len() < max && self.next < self.end {
-            let chunk = StreamChunkId::new(self.stream_id, self.next);
-            let call = self.client.fetch_chunk(chunk, timeout);
+            let call = if self.as_streams {
+                // Spark's fetch-to-disk names chunk i of stream s "s_i".
+                let name = format!("{}_{}", self.stream_id as i64, self.next);
+                let stream = self.client.stream(&name, timeout);
+                ChunkCall::Stream(Box::pin(stream.read_to_end()))
+            } else {
+                let chunk = StreamChunkId::new(self.stream_id, self.next);
+                ChunkCall::Chunk(self.client.fetch_chunk(chunk, timeout))
+            };
             self.in_flight.push_back((self.next, call));
             self.next += 1;
         }
@@ -195,13 +234,13 @@ impl BlockFetch {
     }
 }
 
-/// Reads the server's answer to an `OpenBlocks` of `blocks` blocks.
+/// Reads the server's answer to the opening of `blocks` blocks.
 fn opened(body: &[u8], blocks: usize) -> Result<StreamHandle, BlockFetchError> {
-    let handle = match BlockMessage::decode(body) {
-        Ok(BlockMessage::StreamHandle(handle)) => handle,
+    let handle = match BlockTransferMessage::decode(body) {
+        Ok(BlockTransferMessage::StreamHandle(handle)) => handle,
         Ok(other) => {
             return Err(BlockFetchError::InvalidResponse(
-                format!("expected a stream handle, got {other:?}").into(),
+                format!("expected a stream handle, got {}", other.name()).into(),
             ))
         }
         Err(error) => return Err(BlockFetchError::InvalidResponse(error.to_string().into())),
@@ -252,6 +291,7 @@ impl Stream for BlockFetch {
                                 stream_id: handle.stream_id,
                                 next: 0,
                                 end: handle.num_chunks,
+                                as_streams: this.as_streams,
                                 in_flight: VecDeque::new(),
                             });
                         }

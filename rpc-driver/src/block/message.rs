@@ -1,4 +1,7 @@
-//! The block protocol's RPC bodies: specified, encoded and tested in
-//! [`rpc_proto::wire`](rpc_proto::wire#block-messages), re-exported here.
+//! The block protocol's RPC bodies: Spark's `BlockTransferMessage`s, specified, encoded and
+//! tested in [`rpc_proto::shuffle`], re-exported here.
 
-pub use rpc_proto::{BlockMessage, OpenBlocks, StreamHandle};
+pub use rpc_proto::shuffle::{
+    BlockTransferMessage, FetchPlan, FetchPlanError, FetchShuffleBlockChunks, FetchShuffleBlocks,
+    OpenBlocks, StreamHandle,
+};

@@ -4,12 +4,13 @@
 //!
 //! ```text
 //!   client                                          server: BlockServer (RpcHandler + StreamManager)
-//!   fetch_blocks ── RPC OpenBlocks{app, exec, ids} ──►  one stream on a OneForOneStreamManager,
-//!                ◄── StreamHandle{stream_id, n} ──────  owned by the requesting connection
-//!                                                       (at most max_streams_per_connection)
+//!   fetch_blocks ── RPC FetchShuffleBlocks ─────────►  one stream on a OneForOneStreamManager,
+//!                   (or FetchShuffleBlockChunks,        owned by the requesting connection
+//!                    OpenBlocks{app, exec, ids})        (at most max_streams_per_connection)
+//!                ◄── StreamHandle{stream_id, n} ──────
 //!                ── fetch_chunk(stream_id, i) ───────►  chunk i is block i, served in order:
-//!                                                       BlockSource::block(app, exec, id) now
-//!                   (at most max_chunks_in_flight)
+//!                   (or stream("<stream_id>_<i>");      BlockSource::block(app, exec, id) now
+//!                    at most max_chunks_in_flight)
 //!                ◄── chunk i ─────────────────────────
 //!   yields (block_id, Ok(bytes) | Err(BlockFetchError)), one per block, as chunks arrive
 //!
@@ -26,8 +27,14 @@
 //! combinator), or hand the outcomes to Spark's callback shape, a [`BlockFetchingListener`],
 //! with `deliver_to`.
 //!
-//! The RPC bodies are this crate's own versioned [`BlockMessage`]s (postcard), not Spark's
-//! `BlockTransferMessage` encoding: a Spark executor's block server does not understand them.
+//! The RPC bodies are Spark's [`BlockTransferMessage`]s, encoded as Spark 4.3.0 does, and the
+//! opening message is the one Spark's `OneForOneBlockFetcher` would send ([`FetchPlan`]):
+//! `FetchShuffleBlocks` for shuffle blocks of one shuffle (`shuffle_S_M_R`, or batches
+//! `shuffle_S_M_R1_R2`), `FetchShuffleBlockChunks` for merged chunks (`shuffleChunk_…`),
+//! `OpenBlocks` for anything else (or always, with
+//! [`use_old_fetch_protocol`](BlockFetchConfig::use_old_fetch_protocol)). So the fetchers read
+//! from a Spark executor's block server or an external shuffle service, and Spark's fetchers
+//! read from a [`BlockServer`].
 //!
 //! # Example
 //!
@@ -69,6 +76,9 @@ pub use config::{BlockFetchConfig, BlockFetchConfigBuilder};
 pub use error::BlockFetchError;
 pub use fetch::{fetch_blocks, BlockFetch};
 pub use listener::BlockFetchingListener;
-pub use message::{BlockMessage, OpenBlocks, StreamHandle};
+pub use message::{
+    BlockTransferMessage, FetchPlan, FetchPlanError, FetchShuffleBlockChunks, FetchShuffleBlocks,
+    OpenBlocks, StreamHandle,
+};
 pub use retry::RetryingBlockFetcher;
 pub use server::{BlockServer, BlockServerBuilder, BlockSource};

@@ -1,4 +1,4 @@
-//! Serving blocks: the `OpenBlocks` half of Spark's `NettyBlockRpcServer`.
+//! Serving blocks: the fetching half of Spark's `NettyBlockRpcServer`.
 
 use std::fmt;
 
@@ -6,9 +6,12 @@ use bytes::Bytes;
 use rpc_proto::{ConfigError, StreamChunkId};
 use tracing::debug;
 
-use super::message::{BlockMessage, OpenBlocks, StreamHandle};
+use super::message::{
+    BlockTransferMessage, FetchShuffleBlockChunks, FetchShuffleBlocks, OpenBlocks, StreamHandle,
+};
 use crate::transport::{
-    BoxError, OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager, TransportClient,
+    stream_not_found, BoxError, OneForOneStreamManager, RpcHandler, RpcResponder, StreamManager,
+    TransportClient,
 };
 
 // The block source is a trait object, which loom's `Arc` cannot hold.
@@ -17,7 +20,7 @@ use crate::sync::unmodeled::Arc;
 /// Where a [`BlockServer`] finds blocks: Spark's `BlockDataManager`, reduced to reading.
 ///
 /// Called on the connection's driver task when a block's chunk is fetched (not when the
-/// `OpenBlocks` naming it arrives), once per block: implementations must not block. Serve from memory or from buffers read ahead (`Bytes` are
+/// message naming it arrives), once per block: implementations must not block. Serve from memory or from buffers read ahead (`Bytes` are
 /// cheap to clone). Closures `Fn(&str, &str, &str) -> Result<Bytes, E>` implement it, for
 /// any error `E` that converts into a [`BoxError`] (a `String`, a `&str`, any error type).
 pub trait BlockSource: Send + Sync + 'static {
@@ -37,10 +40,16 @@ where
     }
 }
 
-/// Serves blocks from a [`BlockSource`]: an [`RpcHandler`] that answers
-/// [`OpenBlocks`](BlockMessage::OpenBlocks) and the [`StreamManager`] that serves the chunks.
+/// Serves blocks from a [`BlockSource`]: an [`RpcHandler`] that answers Spark's
+/// [`OpenBlocks`], [`FetchShuffleBlocks`] and [`FetchShuffleBlockChunks`], and the
+/// [`StreamManager`] that serves the chunks (as `ChunkFetchRequest`s, or as
+/// `StreamRequest`s for `"<stream id>_<chunk index>"`, Spark's fetch-to-disk). Other
+/// [`BlockTransferMessage`]s fail with a text naming them.
 ///
-/// Each `OpenBlocks` registers the blocks it names as one stream on a
+/// A `FetchShuffleBlocks` names its blocks by map and reduce ids; the server asks the source
+/// for them by Spark's names, in the message's chunk order (`shuffle_S_M_R`, map-major, or
+/// `shuffle_S_M_R1_R2` in batch mode), and a `FetchShuffleBlockChunks` for
+/// `shuffleChunk_S_SM_R_C`, reduce-major. Each opening message registers the blocks it names as one stream on a
 /// [`OneForOneStreamManager`], served only to the requesting connection (released when its
 /// last chunk is served or the connection closes), and answers with its [`StreamHandle`]
 /// (whose id is random). Blocks are read from the source lazily, each when its chunk is
@@ -50,7 +59,7 @@ where
 ///
 /// A connection may have at most
 /// [`max_streams_per_connection`](BlockServer::max_streams_per_connection) streams open
-/// (default 256; Spark has no limit); beyond it, `OpenBlocks` fails with a message the
+/// (default 256; Spark has no limit); beyond it, opening fails with a message the
 /// fetcher turns into [`BlockFetchError::TooManyStreams`](super::error::BlockFetchError).
 ///
 /// ```no_run
@@ -157,7 +166,7 @@ impl BlockServer {
                 })
                 });
         debug!(%app_id, %exec_id, stream_id, num_chunks, "registered a stream of blocks");
-        let handle = BlockMessage::StreamHandle(StreamHandle {
+        let handle = BlockTransferMessage::StreamHandle(StreamHandle {
             stream_id,
             num_chunks,
         });
@@ -201,10 +210,44 @@ impl fmt::Debug for BlockServerBuilder {
 
 impl RpcHandler for BlockServer {
     fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder) {
-        match BlockMessage::decode(&message) {
-            Ok(BlockMessage::OpenBlocks(open)) => self.open_blocks(client, open, responder),
+        match BlockTransferMessage::decode(&message) {
+            Ok(BlockTransferMessage::OpenBlocks(open)) => self.open_blocks(client, open, responder),
+            Ok(BlockTransferMessage::FetchShuffleBlocks(fetch)) => {
+                match shuffle_block_ids(&fetch) {
+                    Ok(block_ids) => {
+                        let open = OpenBlocks {
+                            app_id: fetch.app_id,
+                            exec_id: fetch.exec_id,
+                            block_ids,
+                        };
+                        self.open_blocks(client, open, responder)
+                    }
+                    Err(error) => {
+                        let _ = responder.fail(&error);
+                    }
+                }
+            }
+            Ok(BlockTransferMessage::FetchShuffleBlockChunks(fetch)) => {
+                match chunk_block_ids(&fetch) {
+                    Ok(block_ids) => {
+                        let open = OpenBlocks {
+                            app_id: fetch.app_id,
+                            exec_id: fetch.exec_id,
+                            block_ids,
+                        };
+                        self.open_blocks(client, open, responder)
+                    }
+                    Err(error) => {
+                        let _ = responder.fail(&error);
+                    }
+                }
+            }
             Ok(other) => {
-                let _ = responder.fail(&format!("unexpected block message: {other:?}"));
+                let _ = responder.fail(&format!(
+                    "unsupported block message: {} (type {})",
+                    other.name(),
+                    other.type_id()
+                ));
             }
             Err(error) => {
                 let _ = responder.fail(&format!("malformed block message: {error}"));
@@ -222,9 +265,88 @@ impl StreamManager for BlockServer {
         self.streams.chunk(client, chunk)
     }
 
+    /// Spark's fetch-to-disk: `"<stream id>_<chunk index>"` is that chunk (the stream id as
+    /// Spark writes a `long`, signed).
+    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, BoxError> {
+        let parsed = stream_id.split_once('_').and_then(|(stream, chunk)| {
+            Some(StreamChunkId::new(
+                stream.parse::<i64>().ok()? as u64,
+                chunk.parse::<u32>().ok()?,
+            ))
+        });
+        match parsed {
+            Some(chunk) => self.streams.chunk(client, chunk),
+            None => Err(stream_not_found(stream_id).into()),
+        }
+    }
+
     fn connection_closed(&self, client: &TransportClient) {
         self.streams.connection_closed(client)
     }
+}
+
+/// The blocks a [`FetchShuffleBlocks`] asks for, by Spark's names, in chunk order.
+fn shuffle_block_ids(fetch: &FetchShuffleBlocks) -> Result<Vec<String>, String> {
+    let FetchShuffleBlocks {
+        shuffle_id,
+        map_ids,
+        reduce_ids,
+        batch_fetch_enabled,
+        ..
+    } = fetch;
+    if map_ids.len() != reduce_ids.len() {
+        return Err(format!(
+            "{} map ids but {} lists of reduce ids",
+            map_ids.len(),
+            reduce_ids.len()
+        ));
+    }
+    let mut ids = Vec::with_capacity(fetch.num_blocks());
+    for (map_id, reduces) in map_ids.iter().zip(reduce_ids) {
+        if *batch_fetch_enabled {
+            let [start, end] = reduces[..] else {
+                return Err(format!(
+                    "a batch fetch of map {map_id} needs a reduce range [start, end), got {} ids",
+                    reduces.len()
+                ));
+            };
+            ids.push(format!("shuffle_{shuffle_id}_{map_id}_{start}_{end}"));
+        } else {
+            ids.extend(
+                reduces
+                    .iter()
+                    .map(|reduce_id| format!("shuffle_{shuffle_id}_{map_id}_{reduce_id}")),
+            );
+        }
+    }
+    Ok(ids)
+}
+
+/// The blocks a [`FetchShuffleBlockChunks`] asks for, by Spark's names, in chunk order.
+fn chunk_block_ids(fetch: &FetchShuffleBlockChunks) -> Result<Vec<String>, String> {
+    let FetchShuffleBlockChunks {
+        shuffle_id,
+        shuffle_merge_id,
+        reduce_ids,
+        chunk_ids,
+        ..
+    } = fetch;
+    if reduce_ids.len() != chunk_ids.len() {
+        return Err(format!(
+            "{} reduce ids but {} lists of chunk ids",
+            reduce_ids.len(),
+            chunk_ids.len()
+        ));
+    }
+    Ok(reduce_ids
+        .iter()
+        .zip(chunk_ids)
+        .flat_map(|(reduce_id, chunks)| {
+            chunks.iter().map(move |chunk_id| {
+                format!("shuffleChunk_{shuffle_id}_{shuffle_merge_id}_{reduce_id}_{chunk_id}")
+            })
+        })
+        .collect())
 }
 
 impl fmt::Debug for BlockServer {

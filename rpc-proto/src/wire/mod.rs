@@ -13,7 +13,7 @@
 //! | failure kind | error text of `RpcFailure` | UTF-8 text, tagged by a prefix | [`RemoteFailure`] |
 //! | lookup | an ask with kind `Verify`; its reply | empty payload; postcard enum | [`LookupReply`] |
 //! | message identity | `message_type` of an envelope | UTF-8 text, grammar below | [`TypeIdentity`] |
-//! | block messages | body of `RpcRequest` / `RpcResponse` to a block server | postcard enum | [`BlockMessage`] |
+//! | block messages | body of `RpcRequest` / `RpcResponse` to a block server | Spark's `BlockTransferMessage` | [`BlockTransferMessage`](crate::shuffle::BlockTransferMessage) |
 //! | block failure | error text of `RpcFailure` from a block server | UTF-8 text, prefix | [`TooManyStreams`] |
 //!
 //! # Failure kinds
@@ -72,25 +72,27 @@
 //!
 //! # Block messages
 //!
-//! The bodies of the block protocol's RPCs are [`BlockMessage`]s: postcard's encoding of the
-//! enum, a varint tag (the variant's index) and then the fields. The tag is the version: a
-//! message whose fields change becomes a new variant with a new tag, appended, and a tag never
-//! changes meaning. A server that refuses an `OpenBlocks` because the connection has too many
-//! streams open fails it with a text starting with [`TooManyStreams::PREFIX`].
+//! The bodies of the block protocol's RPCs are Spark's own `BlockTransferMessage`s
+//! ([`shuffle`](crate::shuffle)): a type byte and the fields, big-endian, as Spark 4.3.0
+//! writes them, so a Spark executor's block server and the external shuffle service
+//! understand our fetchers, and Spark's fetchers our block servers. (Until issue 14 they were a
+//! postcard enum of our own; that encoding is gone.) A server that refuses an `OpenBlocks`
+//! because the connection has too many streams open fails it with a text starting with
+//! [`TooManyStreams::PREFIX`].
 //!
 //! # Versioning, in short
 //!
-//! The envelope has a version byte; postcard enums (envelope kinds, lookup replies, block
-//! messages) only ever get new variants appended; failure kinds only ever get new prefixes;
-//! identities are whatever names the programs choose, so changing one is a protocol change of
-//! that program.
+//! The envelope has a version byte; postcard enums (envelope kinds, lookup replies) only ever
+//! get new variants appended; block messages are Spark's; failure kinds only ever get new
+//! prefixes; identities are whatever names the programs choose, so changing one is a protocol
+//! change of that program.
 
 mod block;
 mod failure;
 mod identity;
 mod lookup;
 
-pub use block::{BlockMessage, OpenBlocks, StreamHandle, TooManyStreams};
+pub use block::TooManyStreams;
 pub use failure::RemoteFailure;
 pub use identity::{
     endpoint_identity, is_valid_name, write_array, write_generic, write_tuple, IdentityError,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rpc::{RequestError, StreamChunkId};
 use rpc::{
-    fetch_blocks, BlockFetchConfig, BlockFetchError, BlockFetchingListener, BlockMessage,
+    fetch_blocks, BlockFetchConfig, BlockFetchError, BlockFetchingListener, BlockTransferMessage,
     BlockServer, ConnectError, RetryingBlockFetcher, RpcHandler, RpcResponder, StreamManager,
     TransportClient, TransportClientFactory, TransportServer,
 };
@@ -56,6 +56,8 @@ struct Watched {
     dropped: AtomicBool,
     /// The blocks each `OpenBlocks` asked for.
     opens: Mutex<Vec<Vec<String>>>,
+    /// Every block message received.
+    messages: Mutex<Vec<BlockTransferMessage>>,
     /// Chunk requests received.
     chunks: AtomicUsize,
     /// Connections opened.
@@ -74,8 +76,11 @@ impl Watched {
 
 impl RpcHandler for Watched {
     fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder) {
-        if let Ok(BlockMessage::OpenBlocks(open)) = BlockMessage::decode(&message) {
-            self.opens.lock().unwrap().push(open.block_ids);
+        if let Ok(decoded) = BlockTransferMessage::decode(&message) {
+            if let BlockTransferMessage::OpenBlocks(open) = &decoded {
+                self.opens.lock().unwrap().push(open.block_ids.clone());
+            }
+            self.messages.lock().unwrap().push(decoded);
         }
         self.blocks.receive(client, message, responder)
     }
@@ -102,6 +107,11 @@ impl StreamManager for Watched {
         StreamManager::chunk(&self.blocks, client, chunk)
     }
 
+    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, rpc::BoxError> {
+        self.chunks.fetch_add(1, Ordering::SeqCst);
+        StreamManager::open_stream(&self.blocks, client, stream_id)
+    }
+
     fn connection_closed(&self, client: &TransportClient) {
         StreamManager::connection_closed(&self.blocks, client)
     }
@@ -118,6 +128,7 @@ fn serve(blocks: HashMap<String, Bytes>, faults: Faults) -> (TransportServer, Ar
         faults,
         dropped: AtomicBool::new(false),
         opens: Mutex::new(Vec::new()),
+        messages: Mutex::new(Vec::new()),
         chunks: AtomicUsize::new(0),
         connections: AtomicUsize::new(0),
     });
@@ -484,6 +495,153 @@ fn dropping_a_fetch_midway_releases_its_stream_when_the_connection_closes() {
             watched.blocks.streams().registered() == 0
         })
         .await;
+        server.close();
+    })
+}
+
+/// Blocks named `names[i]`, with the bytes of `block(i, 100 + i)`.
+fn named(names: &[&str]) -> HashMap<String, Bytes> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.to_string(), block(i, 100 + i)))
+        .collect()
+}
+
+/// Spark's `OneForOneBlockFetcherSuite.testFetchShuffleBlocksOrder`, on sockets: shuffle
+/// blocks go as one `FetchShuffleBlocks`, grouped by map in first-seen order, and each chunk
+/// is matched to its block in that order.
+#[test]
+fn shuffle_blocks_go_as_fetch_shuffle_blocks_and_chunks_map_to_the_plans_order() {
+    block_on(async {
+        let names = ["shuffle_0_10_1", "shuffle_0_2_0", "shuffle_0_10_3", "shuffle_0_2_7"];
+        let served = named(&names);
+        let (server, watched) = serve(served.clone(), Faults::default());
+        let factory = factory();
+        let requested: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut fetch =
+            fetch_blocks(&factory, server.local_addr(), "app", "1", requested, &config());
+        let got = all(&mut fetch).await;
+        let got_ids: Vec<_> = got.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            got_ids,
+            ["shuffle_0_10_1", "shuffle_0_10_3", "shuffle_0_2_0", "shuffle_0_2_7"],
+            "chunk order is the plan's: grouped by map, first seen first"
+        );
+        for (id, result) in got {
+            assert_eq!(result.unwrap(), served[&id], "{id}");
+        }
+        let messages = watched.messages.lock().unwrap().clone();
+        assert_eq!(
+            messages,
+            [BlockTransferMessage::FetchShuffleBlocks(rpc::FetchShuffleBlocks {
+                app_id: "app".into(),
+                exec_id: "1".into(),
+                shuffle_id: 0,
+                map_ids: vec![10, 2],
+                reduce_ids: vec![vec![1, 3], vec![0, 7]],
+                batch_fetch_enabled: false,
+            })]
+        );
+        factory.close();
+        server.close();
+    })
+}
+
+#[test]
+fn batch_blocks_the_old_protocol_and_fetching_as_streams_all_deliver_every_byte() {
+    block_on(async {
+        let names = ["shuffle_1_5_0_3", "shuffle_1_9_2_4", "shuffle_1_7_3_8"];
+        let served = named(&names);
+        let (server, watched) = serve(served.clone(), Faults::default());
+        let factory = factory();
+        let requested: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let variants = [
+            config(),
+            config().to_builder().with_use_old_fetch_protocol(true).build().unwrap(),
+            config().to_builder().with_fetch_as_streams(true).build().unwrap(),
+        ];
+        for config in &variants {
+            let mut fetch = fetch_blocks(
+                &factory,
+                server.local_addr(),
+                "app",
+                "1",
+                requested.clone(),
+                config,
+            );
+            let got = all(&mut fetch).await;
+            assert_eq!(got.len(), 3, "{config:?}");
+            for (id, result) in got {
+                let data = result.unwrap_or_else(|e| panic!("{id}: {e} ({config:?})"));
+                assert_eq!(data, served[&id], "{id}");
+            }
+        }
+        let messages = watched.messages.lock().unwrap().clone();
+        let kinds: Vec<_> = messages.iter().map(|m| m.name()).collect();
+        assert_eq!(kinds, ["FetchShuffleBlocks", "OpenBlocks", "FetchShuffleBlocks"]);
+        let BlockTransferMessage::FetchShuffleBlocks(batch) = &messages[0] else {
+            unreachable!()
+        };
+        assert!(batch.batch_fetch_enabled);
+        assert_eq!(batch.map_ids, [5, 9, 7]);
+        assert_eq!(batch.reduce_ids, [vec![0, 3], vec![2, 4], vec![3, 8]]);
+        factory.close();
+        server.close();
+    })
+}
+
+#[test]
+fn blocks_spark_would_not_fetch_together_fail_without_connecting() {
+    block_on(async {
+        let (server, watched) = serve(HashMap::new(), Faults::default());
+        let factory = factory();
+        let requested = vec!["shuffle_0_1_2".to_owned(), "shuffle_1_1_2".to_owned()];
+        let mut fetch = RetryingBlockFetcher::one_for_one(
+            rt(),
+            &factory,
+            server.local_addr(),
+            "app",
+            "1",
+            requested.clone(),
+            &config(),
+        );
+        let got = all(&mut fetch).await;
+        assert_eq!(got.len(), 2);
+        for (_, result) in got {
+            let error = result.unwrap_err();
+            assert!(matches!(error, BlockFetchError::Plan(_)), "{error}");
+            assert!(!error.is_retryable());
+        }
+        assert_eq!(fetch.retries(), 0);
+        assert_eq!(watched.connections.load(Ordering::SeqCst), 0);
+        factory.close();
+        server.close();
+    })
+}
+
+#[test]
+fn a_block_server_refuses_other_block_messages_naming_them() {
+    block_on(async {
+        let (server, _watched) = serve(HashMap::new(), Faults::default());
+        let factory = factory();
+        let client = factory.create_client(server.local_addr()).await.unwrap();
+        let remove = BlockTransferMessage::RemoveBlocks(rpc::RemoveBlocks {
+            app_id: "app".into(),
+            exec_id: "1".into(),
+            block_ids: vec!["rdd_0_0".into()],
+        });
+        let refused = within("a refusal", client.send_rpc(remove.encode(), None)).await;
+        assert!(
+            matches!(&refused, Err(RequestError::Remote(m)) if m.contains("RemoveBlocks")),
+            "{refused:?}"
+        );
+        let garbage = within("a refusal", client.send_rpc(Bytes::from_static(&[4, 0]), None)).await;
+        assert!(
+            matches!(&garbage, Err(RequestError::Remote(m)) if m.starts_with("malformed block message")),
+            "{garbage:?}"
+        );
+        factory.close();
         server.close();
     })
 }

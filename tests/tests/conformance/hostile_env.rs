@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rpc::{RequestId, RpcAddress, RequestError as WireError, StreamChunkId};
 use rpc_proto::{EnvelopeKind, EnvelopePrefix, Frame};
 use rpc::{
-    fetch_blocks, BlockFetchConfig, BlockFetchError, BlockMessage, BlockServer, BoxError,
+    fetch_blocks, BlockFetchConfig, BlockFetchError, BlockServer, BlockTransferMessage, BoxError,
     EndpointContext, OneForOneStreamManager, OpenBlocks, RpcCallContext, RpcEndpoint, RpcEnv,
     RpcError, RpcHandler, RpcResponder, SetupError, StreamManager, TransportClient,
     TransportClientFactory, TransportServer,
@@ -424,7 +424,7 @@ fn a_block_server_reads_blocks_when_fetched_and_limits_streams_per_connection() 
         let first = factory();
         let client = first.create_client(server.local_addr()).await.unwrap();
         let open = |n: usize| {
-            BlockMessage::OpenBlocks(OpenBlocks {
+            BlockTransferMessage::OpenBlocks(OpenBlocks {
                 app_id: "app".into(),
                 exec_id: "1".into(),
                 block_ids: (0..n).map(|i| format!("b{i}")).collect(),
@@ -434,8 +434,8 @@ fn a_block_server_reads_blocks_when_fetched_and_limits_streams_per_connection() 
         let mut handles = Vec::new();
         for _ in 0..2 {
             let reply = within("an open", client.send_rpc(open(1000), None)).await.unwrap();
-            match BlockMessage::decode(&reply).unwrap() {
-                BlockMessage::StreamHandle(handle) => handles.push(handle),
+            match BlockTransferMessage::decode(&reply).unwrap() {
+                BlockTransferMessage::StreamHandle(handle) => handles.push(handle),
                 other => panic!("unexpected {other:?}"),
             }
         }
