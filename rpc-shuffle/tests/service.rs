@@ -496,6 +496,17 @@ async fn remove_blocks_deletes_valid_files_only_and_local_dirs_are_listed() {
     );
     assert!(chunk(&client, handle.stream_id, 0).await.is_err());
     assert_eq!(running.service.metrics().blocks_removed, 2);
+    // An unknown executor's blocks: refused, as Spark does.
+    let remove = BlockTransferMessage::RemoveBlocks(RemoveBlocks {
+        app_id: APP.into(),
+        exec_id: "9".into(),
+        block_ids: vec!["shuffle_0_0_0.data".into()],
+    });
+    assert_eq!(
+        refused(&client, &remove).await,
+        format!("Executor is not registered (appId={APP}, execId=9)")
+    );
+    assert!(disk.path("shuffle_0_0_0.data").exists());
 }
 
 fn authenticated(mechanism: AuthMechanism, app_id: &str) -> Security {

@@ -261,7 +261,7 @@ impl ShuffleService {
             BlockTransferMessage::FetchShuffleBlocks(m) => self.fetch_shuffle_blocks(client, m),
             BlockTransferMessage::OpenBlocks(m) => self.open_blocks(client, m),
             BlockTransferMessage::GetLocalDirsForExecutors(m) => self.local_dirs(m),
-            BlockTransferMessage::RemoveBlocks(m) => Ok(self.remove_blocks(m)),
+            BlockTransferMessage::RemoveBlocks(m) => self.remove_blocks(m),
             BlockTransferMessage::DiagnoseCorruption(m) => self.diagnose_corruption(m),
             m @ (BlockTransferMessage::UploadBlock(_)
             | BlockTransferMessage::UploadBlockStream(_)
@@ -478,30 +478,26 @@ impl ShuffleService {
     }
 
     /// Deletes the files named; invalid or missing ones are skipped with a warning (as
-    /// Spark does: the reply counts what was deleted).
-    fn remove_blocks(&self, m: RemoveBlocks) -> Bytes {
+    /// Spark does: the reply counts what was deleted). An unknown executor is refused.
+    fn remove_blocks(&self, m: RemoveBlocks) -> Result<Bytes, ShuffleServiceError> {
+        let executor = self.shared.executors.get(&m.app_id, &m.exec_id)?;
         let mut removed = 0i32;
-        match self.shared.executors.get(&m.app_id, &m.exec_id) {
-            Err(error) => warn!(%error, "cannot remove blocks"),
-            Ok(executor) => {
-                for id in &m.block_ids {
-                    let outcome = executor.file(id).and_then(|path| {
-                        fs::remove_file(&path)
-                            .map_err(|source| ShuffleServiceError::Io {
-                                path: path.clone(),
-                                source,
-                            })
-                            .map(|()| path)
-                    });
-                    match outcome {
-                        Ok(path) => {
-                            self.shared.indexes.invalidate(&path);
-                            removed = removed.saturating_add(1);
-                        }
-                        Err(error) => {
-                            warn!(app_id = %m.app_id, exec_id = %m.exec_id, block_id = ?id, %error, "block not removed");
-                        }
-                    }
+        for id in &m.block_ids {
+            let outcome = executor.file(id).and_then(|path| {
+                fs::remove_file(&path)
+                    .map_err(|source| ShuffleServiceError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                    .map(|()| path)
+            });
+            match outcome {
+                Ok(path) => {
+                    self.shared.indexes.invalidate(&path);
+                    removed = removed.saturating_add(1);
+                }
+                Err(error) => {
+                    warn!(app_id = %m.app_id, exec_id = %m.exec_id, block_id = ?id, %error, "block not removed");
                 }
             }
         }
@@ -509,10 +505,10 @@ impl ShuffleService {
             .counters
             .blocks_removed
             .fetch_add(removed as u64, Ordering::Relaxed);
-        BlockTransferMessage::BlocksRemoved(BlocksRemoved {
+        Ok(BlockTransferMessage::BlocksRemoved(BlocksRemoved {
             num_removed_blocks: removed,
         })
-        .encode()
+        .encode())
     }
 }
 
