@@ -177,6 +177,9 @@ const TOO_LATE_BLOCK_PUSH: u8 = 1;
 /// sort-shuffle files of registered executors (see the [module docs](self)).
 pub struct ShuffleService {
     shared: Arc<Shared>,
+    /// Here rather than in `Shared`, which streams hold: the database closes (and its file
+    /// lock is released) when the service is dropped.
+    store: Option<RegistrationStore>,
     streams: OneForOneStreamManager,
     max_streams_per_connection: usize,
 }
@@ -187,7 +190,6 @@ struct Shared {
     fetch_rdd: bool,
     executors: Executors,
     indexes: IndexCache,
-    store: Option<RegistrationStore>,
     counters: Counters,
 }
 
@@ -233,7 +235,7 @@ impl ShuffleService {
     /// store. Its files are left alone. Returns how many executors it had.
     pub fn remove_application(&self, app_id: &str) -> Result<usize, StoreError> {
         let removed = self.shared.executors.remove_app(app_id);
-        if let Some(store) = &self.shared.store {
+        if let Some(store) = &self.store {
             store.remove_app(app_id)?;
         }
         info!(%app_id, executors = removed, "application removed");
@@ -282,7 +284,7 @@ impl ShuffleService {
             executor_info,
         } = m;
         let executor = Executor::new(&exec_id, executor_info, &self.shared.roots)?;
-        if let Some(store) = &self.shared.store {
+        if let Some(store) = &self.store {
             store.put(&app_id, &exec_id, &executor.info)?;
         }
         info!(
@@ -817,9 +819,9 @@ impl ShuffleServiceBuilder {
                 fetch_rdd: self.fetch_rdd,
                 executors,
                 indexes: IndexCache::new(self.index_cache_bytes),
-                store,
                 counters: Counters::default(),
             }),
+            store,
             streams: OneForOneStreamManager::random(),
             max_streams_per_connection: self.max_streams_per_connection,
         })
