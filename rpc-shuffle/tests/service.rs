@@ -496,6 +496,17 @@ async fn remove_blocks_deletes_valid_files_only_and_local_dirs_are_listed() {
     );
     assert!(chunk(&client, handle.stream_id, 0).await.is_err());
     assert_eq!(running.service.metrics().blocks_removed, 2);
+    // An unknown executor's blocks: refused, as Spark does.
+    let remove = BlockTransferMessage::RemoveBlocks(RemoveBlocks {
+        app_id: APP.into(),
+        exec_id: "9".into(),
+        block_ids: vec!["shuffle_0_0_0.data".into()],
+    });
+    assert_eq!(
+        refused(&client, &remove).await,
+        format!("Executor is not registered (appId={APP}, execId=9)")
+    );
+    assert!(disk.path("shuffle_0_0_0.data").exists());
 }
 
 fn authenticated(mechanism: AuthMechanism, app_id: &str) -> Security {
@@ -787,4 +798,29 @@ async fn open_streams_per_connection_are_bounded_and_re_registration_replaces() 
     assert_eq!(running.service.executor(APP, "1"), Some(info));
     assert_eq!(running.service.metrics().registered_executors, 1);
     assert_eq!(running.service.metrics().registrations, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdd_blocks_are_served_whole_when_enabled() {
+    let disk = Disk::new(2);
+    let rdd: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8).collect();
+    write(&disk.path("rdd_2_5"), &rdd);
+    disk.write_map_output(0, 5, &[block(5, 0), block(5, 1)]);
+    let service = ShuffleService::builder()
+        .with_local_dir(disk.root.path())
+        .with_fetch_rdd(true)
+        .build()
+        .unwrap();
+    let running = serve(service, Security::none());
+    let client = connect(running.addr, Security::none()).await;
+    rpc(&client, &register(APP, "1", disk.info()))
+        .await
+        .unwrap();
+    let chunks = fetch_all(&client, &open_blocks(APP, &["rdd_2_5", "shuffle_0_5_1"])).await;
+    assert_eq!(chunks, [Bytes::from(rdd), Bytes::from(block(5, 1))]);
+    // A missing one fails its chunk only.
+    let handle = stream_handle(&rpc(&client, &open_blocks(APP, &["rdd_2_6"])).await.unwrap());
+    let text = chunk(&client, handle.stream_id, 0).await.unwrap_err();
+    assert!(text.contains("rdd_2_6"), "{text}");
+    still_serves(&client).await;
 }

@@ -177,6 +177,9 @@ const TOO_LATE_BLOCK_PUSH: u8 = 1;
 /// sort-shuffle files of registered executors (see the [module docs](self)).
 pub struct ShuffleService {
     shared: Arc<Shared>,
+    /// Here rather than in `Shared`, which streams hold: the database closes (and its file
+    /// lock is released) when the service is dropped.
+    store: Option<RegistrationStore>,
     streams: OneForOneStreamManager,
     max_streams_per_connection: usize,
 }
@@ -187,7 +190,6 @@ struct Shared {
     fetch_rdd: bool,
     executors: Executors,
     indexes: IndexCache,
-    store: Option<RegistrationStore>,
     counters: Counters,
 }
 
@@ -233,7 +235,7 @@ impl ShuffleService {
     /// store. Its files are left alone. Returns how many executors it had.
     pub fn remove_application(&self, app_id: &str) -> Result<usize, StoreError> {
         let removed = self.shared.executors.remove_app(app_id);
-        if let Some(store) = &self.shared.store {
+        if let Some(store) = &self.store {
             store.remove_app(app_id)?;
         }
         info!(%app_id, executors = removed, "application removed");
@@ -261,7 +263,7 @@ impl ShuffleService {
             BlockTransferMessage::FetchShuffleBlocks(m) => self.fetch_shuffle_blocks(client, m),
             BlockTransferMessage::OpenBlocks(m) => self.open_blocks(client, m),
             BlockTransferMessage::GetLocalDirsForExecutors(m) => self.local_dirs(m),
-            BlockTransferMessage::RemoveBlocks(m) => Ok(self.remove_blocks(m)),
+            BlockTransferMessage::RemoveBlocks(m) => self.remove_blocks(m),
             BlockTransferMessage::DiagnoseCorruption(m) => self.diagnose_corruption(m),
             m @ (BlockTransferMessage::UploadBlock(_)
             | BlockTransferMessage::UploadBlockStream(_)
@@ -282,7 +284,7 @@ impl ShuffleService {
             executor_info,
         } = m;
         let executor = Executor::new(&exec_id, executor_info, &self.shared.roots)?;
-        if let Some(store) = &self.shared.store {
+        if let Some(store) = &self.store {
             store.put(&app_id, &exec_id, &executor.info)?;
         }
         info!(
@@ -478,30 +480,26 @@ impl ShuffleService {
     }
 
     /// Deletes the files named; invalid or missing ones are skipped with a warning (as
-    /// Spark does: the reply counts what was deleted).
-    fn remove_blocks(&self, m: RemoveBlocks) -> Bytes {
+    /// Spark does: the reply counts what was deleted). An unknown executor is refused.
+    fn remove_blocks(&self, m: RemoveBlocks) -> Result<Bytes, ShuffleServiceError> {
+        let executor = self.shared.executors.get(&m.app_id, &m.exec_id)?;
         let mut removed = 0i32;
-        match self.shared.executors.get(&m.app_id, &m.exec_id) {
-            Err(error) => warn!(%error, "cannot remove blocks"),
-            Ok(executor) => {
-                for id in &m.block_ids {
-                    let outcome = executor.file(id).and_then(|path| {
-                        fs::remove_file(&path)
-                            .map_err(|source| ShuffleServiceError::Io {
-                                path: path.clone(),
-                                source,
-                            })
-                            .map(|()| path)
-                    });
-                    match outcome {
-                        Ok(path) => {
-                            self.shared.indexes.invalidate(&path);
-                            removed = removed.saturating_add(1);
-                        }
-                        Err(error) => {
-                            warn!(app_id = %m.app_id, exec_id = %m.exec_id, block_id = ?id, %error, "block not removed");
-                        }
-                    }
+        for id in &m.block_ids {
+            let outcome = executor.file(id).and_then(|path| {
+                fs::remove_file(&path)
+                    .map_err(|source| ShuffleServiceError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                    .map(|()| path)
+            });
+            match outcome {
+                Ok(path) => {
+                    self.shared.indexes.invalidate(&path);
+                    removed = removed.saturating_add(1);
+                }
+                Err(error) => {
+                    warn!(app_id = %m.app_id, exec_id = %m.exec_id, block_id = ?id, %error, "block not removed");
                 }
             }
         }
@@ -509,10 +507,10 @@ impl ShuffleService {
             .counters
             .blocks_removed
             .fetch_add(removed as u64, Ordering::Relaxed);
-        BlockTransferMessage::BlocksRemoved(BlocksRemoved {
+        Ok(BlockTransferMessage::BlocksRemoved(BlocksRemoved {
             num_removed_blocks: removed,
         })
-        .encode()
+        .encode())
     }
 }
 
@@ -821,9 +819,9 @@ impl ShuffleServiceBuilder {
                 fetch_rdd: self.fetch_rdd,
                 executors,
                 indexes: IndexCache::new(self.index_cache_bytes),
-                store,
                 counters: Counters::default(),
             }),
+            store,
             streams: OneForOneStreamManager::random(),
             max_streams_per_connection: self.max_streams_per_connection,
         })
