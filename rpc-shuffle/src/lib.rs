@@ -1,4 +1,4 @@
-//! Spark's external shuffle service, in Rust: a [client](client) that reads shuffle blocks
+//! Spark's external shuffle service, in Rust: a [client] that reads shuffle blocks
 //! from a shuffle service (Spark's or ours) and the [service](server) itself, which
 //! unmodified Spark executors register with and fetch from.
 //!

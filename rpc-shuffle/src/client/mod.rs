@@ -15,7 +15,7 @@
 //!                                     at most max_bytes_in_flight outstanding
 //! ```
 //!
-//! Every message is Spark 4.3.0's [`BlockTransferMessage`](crate::protocol::BlockTransferMessage),
+//! Every message is Spark 4.3.0's [`BlockTransferMessage`],
 //! so the client talks to Spark's own external shuffle service as well as to ours. With a
 //! [`Security`] that authenticates, connections present the application's id, as Spark's
 //! `AuthClientBootstrap` does: the service looks the secret up by it (YARN keeps one per
@@ -123,7 +123,7 @@ pub enum ShuffleClientError {
         /// Attempts made.
         attempts: u32,
         /// Why the last one failed.
-        last: Box<ShuffleClientError>,
+        last: Box<Self>,
     },
 }
 
