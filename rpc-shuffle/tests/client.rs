@@ -40,6 +40,8 @@ struct Faults {
     refuse_registrations: usize,
     /// Close the connection instead of serving this (0-based) chunk request, once.
     drop_chunk: Option<usize>,
+    /// Never answer a registration.
+    ignore_registrations: bool,
 }
 
 /// A shuffle service of app [`APP`]: blocks by (executor, block id) in memory.
@@ -58,6 +60,8 @@ struct Fake {
     opened: AtomicUsize,
     closed: AtomicUsize,
     counters: Arc<Counters>,
+    /// Registrations left unanswered.
+    ignored: Mutex<Vec<RpcResponder>>,
 }
 
 impl Fake {
@@ -92,6 +96,7 @@ impl Fake {
             opened: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
             counters,
+            ignored: Mutex::new(Vec::new()),
         })
     }
 
@@ -112,6 +117,10 @@ impl RpcHandler for Fake {
             .push(client.client_id().map(str::to_owned));
         match decoded {
             BlockTransferMessage::RegisterExecutor(register) => {
+                if self.faults.ignore_registrations {
+                    self.ignored.lock().unwrap().push(responder);
+                    return;
+                }
                 if self.refused.fetch_add(1, Ordering::SeqCst) < self.faults.refuse_registrations {
                     let _ = responder.fail("java.io.IOException: not now");
                     return;
@@ -359,6 +368,53 @@ async fn registration_gives_up_after_its_attempts_with_the_last_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_nobody_answers_times_out_each_attempt() {
+    bounded(async {
+        let fake = Fake::new(
+            HashMap::new(),
+            Faults {
+                ignore_registrations: true,
+                ..Faults::default()
+            },
+            Arc::default(),
+        );
+        let server = serve(fake.clone(), Security::none());
+        let client = client(
+            config()
+                .to_builder()
+                .with_registration_timeout(Duration::from_millis(200))
+                .with_registration_attempts(2)
+                .build()
+                .unwrap(),
+        );
+        let error = client
+            .register_executor(server.local_addr(), "1", info("/d"))
+            .await
+            .unwrap_err();
+        let ShuffleClientError::RegistrationFailed { last, .. } = &error else {
+            panic!("{error}");
+        };
+        assert!(
+            matches!(
+                **last,
+                ShuffleClientError::Request {
+                    request: "RegisterExecutor",
+                    error: RequestError::TimedOut { .. }
+                }
+            ),
+            "{last}"
+        );
+        assert_eq!(fake.ignored.lock().unwrap().len(), 2);
+        eventually("both connections closed", || {
+            fake.closed.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        server.close();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_and_batch_blocks_arrive_intact_mapped_through_the_chunk_order() {
     bounded(async {
         let ids = [
@@ -502,10 +558,11 @@ async fn remove_blocks_counts_what_the_service_removed() {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reader_keeps_the_bytes_outstanding_within_its_budget() {
-    bounded(async {
-        const BUDGET: u64 = 200_000;
+/// Reads 60 blocks of two executors (two services) with a budget of `BUDGET` bytes, `big`
+/// of them larger than the budget; returns the most bytes outstanding at the services (served
+/// and not yet taken) and the largest block.
+async fn read_with_budget(big: bool) -> (u64, u64) {
+    {
         let counters = Arc::new(Counters::default());
         let mut servers = Vec::new();
         let mut remote = Vec::new();
@@ -519,7 +576,9 @@ async fn the_reader_keeps_the_bytes_outstanding_within_its_budget() {
             let mut sizes: Vec<usize> = (0..30)
                 .map(|i| 1 + (i * 7919 + s * 104_729) % 40_000)
                 .collect();
-            sizes[17] = 300_000;
+            if big {
+                sizes[17] = 300_000;
+            }
             let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
             let served = blocks_of(exec, &id_refs, &sizes);
             largest = largest.max(*sizes.iter().max().unwrap() as u64);
@@ -567,11 +626,6 @@ async fn the_reader_keeps_the_bytes_outstanding_within_its_budget() {
         }
         assert_eq!(got, 60);
         let max = counters.max_outstanding.load(Ordering::SeqCst);
-        assert!(
-            max <= BUDGET + largest,
-            "{max} bytes outstanding, budget {BUDGET} + {largest}"
-        );
-        assert!(max > 0);
         assert_eq!(
             counters.served.load(Ordering::SeqCst),
             counters.taken.load(Ordering::SeqCst)
@@ -580,8 +634,29 @@ async fn the_reader_keeps_the_bytes_outstanding_within_its_budget() {
         for server in servers {
             server.close();
         }
-    })
-    .await
+        (max, largest)
+    }
+}
+
+const BUDGET: u64 = 200_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_keeps_the_bytes_outstanding_within_its_budget() {
+    let (max, largest) = bounded(read_with_budget(false)).await;
+    assert!(largest < BUDGET / 5);
+    assert!(max <= BUDGET, "{max} bytes outstanding, budget {BUDGET}");
+    assert!(max > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_larger_than_the_budget_is_fetched_alone() {
+    let (max, largest) = bounded(read_with_budget(true)).await;
+    assert!(largest > BUDGET);
+    // Alone: nothing else is outstanding while it is.
+    assert!(
+        max <= BUDGET.max(largest),
+        "{max} bytes outstanding, budget {BUDGET}, largest block {largest}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -387,4 +387,51 @@ mod tests {
         let ok = |_: &str, _: &str, block: &str| Ok::<_, BoxError>(Bytes::from(block.to_owned()));
         assert_eq!(ok.block("a", "e", "b").unwrap(), Bytes::from_static(b"b"));
     }
+
+    #[test]
+    fn fetch_messages_name_their_blocks_in_chunk_order() {
+        let mut fetch = FetchShuffleBlocks {
+            app_id: "app".into(),
+            exec_id: "1".into(),
+            shuffle_id: 3,
+            map_ids: vec![10, 2],
+            reduce_ids: vec![vec![1, 3], vec![0]],
+            batch_fetch_enabled: false,
+        };
+        assert_eq!(
+            shuffle_block_ids(&fetch).unwrap(),
+            ["shuffle_3_10_1", "shuffle_3_10_3", "shuffle_3_2_0"]
+        );
+        fetch.reduce_ids = vec![vec![1, 3], vec![0, 9]];
+        fetch.batch_fetch_enabled = true;
+        assert_eq!(
+            shuffle_block_ids(&fetch).unwrap(),
+            ["shuffle_3_10_1_3", "shuffle_3_2_0_9"]
+        );
+        fetch.reduce_ids = vec![vec![1, 3], vec![0]];
+        assert!(shuffle_block_ids(&fetch)
+            .unwrap_err()
+            .contains("needs a reduce range"));
+        fetch.map_ids.pop();
+        assert!(shuffle_block_ids(&fetch).unwrap_err().contains("1 map ids"));
+
+        let mut chunks = FetchShuffleBlockChunks {
+            app_id: "app".into(),
+            exec_id: "1".into(),
+            shuffle_id: 0,
+            shuffle_merge_id: 4,
+            reduce_ids: vec![7, 2],
+            chunk_ids: vec![vec![0, 1], vec![5]],
+        };
+        assert_eq!(
+            chunk_block_ids(&chunks).unwrap(),
+            [
+                "shuffleChunk_0_4_7_0",
+                "shuffleChunk_0_4_7_1",
+                "shuffleChunk_0_4_2_5"
+            ]
+        );
+        chunks.chunk_ids.pop();
+        assert!(chunk_block_ids(&chunks).is_err());
+    }
 }

@@ -15,8 +15,8 @@
 //!                                     at most max_bytes_in_flight outstanding
 //! ```
 //!
-//! Every message is Spark 4.3.0's [`BlockTransferMessage`](crate::protocol::BlockTransferMessage),
-//! so the client talks to Spark's own external shuffle service as well as to ours. With a
+//! Every message is Spark 4.3.0's [`BlockTransferMessage`], so the client talks to Spark's
+//! own external shuffle service as well as to ours. With a
 //! [`Security`] that authenticates, connections present the application's id, as Spark's
 //! `AuthClientBootstrap` does: the service looks the secret up by it (YARN keeps one per
 //! application) and checks that every message names that application.
@@ -123,7 +123,7 @@ pub enum ShuffleClientError {
         /// Attempts made.
         attempts: u32,
         /// Why the last one failed.
-        last: Box<ShuffleClientError>,
+        last: Box<Self>,
     },
 }
 

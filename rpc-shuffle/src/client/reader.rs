@@ -93,9 +93,15 @@ pub struct ShuffleReader {
     next: usize,
 }
 
+/// What blocks may share a request: a kind, a shuffle, a shuffle merge.
+type Kind = (u8, i32, i32);
+
+/// The blocks of one request group: (address, executor, kind).
+type GroupKey = (SocketAddr, String, Kind);
+
 /// What blocks may share a request: Spark's fetcher sends one message per request, which
 /// holds one shuffle's blocks of one kind.
-fn kind(block_id: &str) -> (u8, i32, i32) {
+fn kind(block_id: &str) -> Kind {
     match BlockId::parse(block_id) {
         Some(BlockId::Shuffle { shuffle_id, .. }) => (0, shuffle_id, 0),
         Some(BlockId::ShuffleBatch { shuffle_id, .. }) => (1, shuffle_id, 0),
@@ -111,8 +117,8 @@ fn kind(block_id: &str) -> (u8, i32, i32) {
 /// Cuts `blocks` into requests of about `target` bytes, a block of `target` or more alone.
 fn requests(blocks: Vec<RemoteBlocks>, target: u64) -> VecDeque<Request> {
     // Groups in first-seen order.
-    let mut groups: Vec<((SocketAddr, String, (u8, i32, i32)), Vec<(String, u64)>)> = Vec::new();
-    let mut index: HashMap<(SocketAddr, String, (u8, i32, i32)), usize> = HashMap::new();
+    let mut groups: Vec<(GroupKey, Vec<(String, u64)>)> = Vec::new();
+    let mut index: HashMap<GroupKey, usize> = HashMap::new();
     for remote in blocks {
         for (id, size) in remote.blocks {
             let key = (remote.addr, remote.exec_id.clone(), kind(&id));
