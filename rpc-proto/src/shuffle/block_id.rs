@@ -176,6 +176,10 @@ pub enum FetchPlanError {
     /// Batch and single shuffle blocks, or merged chunks and other blocks, in one list.
     #[error("block {0} is not of the same kind as the first block")]
     MixedKinds(String),
+    /// Two batch blocks of one map task: `FetchShuffleBlocks` has room for one range per map
+    /// (Spark's reader never asks for two; a server would answer with fewer chunks).
+    #[error("block {0} is a second batch of the same map task")]
+    RepeatedBatchMap(String),
     /// More blocks than a stream can have chunks.
     #[error("too many blocks: {0}")]
     TooMany(usize),
@@ -238,16 +242,6 @@ impl FetchPlan {
         }
         // Groups in order of first appearance: (key, values, block ids).
         let mut groups: Vec<(i64, Vec<i32>, Vec<String>)> = Vec::new();
-        let mut group = |key: i64, values: &[i32], id: &String| match groups
-            .iter_mut()
-            .find(|(k, _, _)| *k == key)
-        {
-            Some((_, v, ids)) => {
-                v.extend_from_slice(values);
-                ids.push(id.clone());
-            }
-            None => groups.push((key, values.to_vec(), vec![id.clone()])),
-        };
         let first = parsed[0].expect("checked: every id parsed");
         let (expected_shuffle, batch, merge_id) = match first {
             BlockId::Shuffle { shuffle_id, .. } => (shuffle_id, false, 0),
@@ -287,7 +281,16 @@ impl FetchPlan {
                     block_id: id.clone(),
                 });
             }
-            group(key, &values, id);
+            match groups.iter_mut().find(|(k, _, _)| *k == key) {
+                // FetchShuffleBlocks has room for one range per map: Spark's reader never
+                // asks for two, and a server would answer with fewer chunks than blocks.
+                Some(_) if batch => return Err(FetchPlanError::RepeatedBatchMap(id.clone())),
+                Some((_, v, ids)) => {
+                    v.extend_from_slice(&values);
+                    ids.push(id.clone());
+                }
+                None => groups.push((key, values, vec![id.clone()])),
+            }
         }
         let chunk_block_ids = groups
             .iter()

@@ -383,6 +383,10 @@ fn fetch_plans_follow_sparks_fetcher() {
         FetchPlan::new("a", "e", &[], false),
         Err(FetchPlanError::Empty)
     );
+    assert_eq!(
+        FetchPlan::new("a", "e", &s(&["shuffle_0_1_0_2", "shuffle_0_1_2_4"]), false),
+        Err(FetchPlanError::RepeatedBatchMap("shuffle_0_1_2_4".into()))
+    );
 }
 
 #[test]

@@ -250,6 +250,9 @@ async fn run(settings: Settings) -> Result<(), String> {
     if let Some(port) = settings.metrics_port {
         serve_metrics(&settings.host, port, service.clone())?;
     }
+    // Watch for SIGTERM and ctrl-c before saying we are up: a harness that reads the line and
+    // at once sends SIGTERM must find the handler in place, not the default (which kills).
+    let mut signals = Signals::install()?;
     {
         let mut out = io::stdout().lock();
         #[allow(clippy::print_stdout)]
@@ -270,8 +273,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         });
     }
     let reason = tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted",
-        _ = terminated() => "terminated",
+        reason = signals.recv() => reason,
         Some(reason) = stop_rx.recv() => reason,
     };
     info!(reason, "stopping");
@@ -286,22 +288,45 @@ async fn run(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(unix)]
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut signal) => {
-            signal.recv().await;
-        }
-        Err(e) => {
-            warn!("cannot watch SIGTERM: {e}");
-            std::future::pending::<()>().await
-        }
-    }
+/// The signals that stop the service, watched from before it says it is listening.
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
-async fn terminated() {
-    std::future::pending::<()>().await
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Result<Self, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind, name| signal(kind).map_err(|e| format!("cannot watch {name}: {e}"));
+        Ok(Self {
+            terminate: watch(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: watch(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Result<Self, String> {
+        Ok(Self {})
+    }
+
+    /// Waits for one of them; returns why the service stops.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => "terminated",
+                _ = self.interrupt.recv() => "interrupted",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupted"
+        }
+    }
 }
 
 /// Serves `GET /metrics` (Prometheus text format) on a plain thread: one request per
