@@ -722,7 +722,7 @@ fn spark_fetches_chunks_and_streams_from_our_server() {
             "stream bytes/{n} as Spark received it"
         );
     }
-    // File-backed: a chunk read into its frame, streams sent with sendfile.
+    // File-backed: a chunk and streams written from the file (sendfile) behind their heads.
     for (k, index) in [(0u64, 0u32), (5, 2)] {
         let line = peer.command(&format!("fetch {} {index}", FILE_CHUNKS + k));
         let got = line

@@ -12,7 +12,7 @@ use crate::sync::unmodeled::Arc;
 
 /// Data to send: Spark's `ManagedBuffer`.
 ///
-/// A [`FileSegment`] sent as a stream body goes from the page cache to the socket with
+/// A [`FileSegment`] sent as a stream body or a chunk goes from the page cache to the socket with
 /// `sendfile` where the adapter supports it (plain TCP on Linux), and is read and written in
 /// pieces otherwise, each piece read on the runtime's blocking pool
 /// ([`Runtime::spawn_blocking`](crate::Runtime::spawn_blocking)); the sender never holds the

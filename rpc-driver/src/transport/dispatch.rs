@@ -4,11 +4,11 @@
 //!
 //! [`StreamManager`]: super::stream::StreamManager
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rpc_proto::{CallError, ConnectionError, Event, RequestId, StreamChunkId};
+use rpc_proto::{ConnectionError, Event, RequestId, StreamChunkId};
 use tracing::{debug, trace, warn};
 
 use super::buffer::{FileSegment, ManagedBuffer};
@@ -25,9 +25,6 @@ use crate::sync::lock;
 // Handles on trait objects (runtime, handler) are std `Arc`s even under loom: loom's `Arc`
 // cannot coerce to `dyn`, and they are not state the loom models need to see.
 use crate::sync::unmodeled::Arc as StdArc;
-
-/// Bytes of a `ChunkFetchSuccess` frame besides the chunk: length, type, stream id, index.
-const CHUNK_HEADER_LEN: u64 = 9 + 8 + 4;
 
 /// The failure a merged-block-meta request gets from a handler without a
 /// [`MergedBlockMetaReqHandler`](super::handler::MergedBlockMetaReqHandler).
@@ -86,7 +83,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// What the driver hands inbound requests to, and the work they leave it: file bodies to
-/// write and file-backed chunks to read.
+/// write (of streams and of chunks).
 pub(super) struct Dispatcher {
     pub(super) client: TransportClient,
     handler: StdArc<dyn RpcHandler>,
@@ -95,13 +92,11 @@ pub(super) struct Dispatcher {
     /// Uploads being received: their sink, or `None` once refused or failed (the rest of the
     /// body is discarded).
     uploads: HashMap<RequestId, Option<Box<dyn UploadSink>>>,
-    /// Stream bodies sent from files by the driver itself, and how far each has got.
+    /// Bodies sent from files by the driver itself (of stream answers, and of file-backed
+    /// chunks), and how far each has got. Their bytes not yet written count in the
+    /// connection's [`buffered_bytes`](rpc_proto::Connection::buffered_bytes), so they count
+    /// against the send buffer's limit like bytes in memory.
     pub(super) externals: HashMap<rpc_proto::BodyId, (FileSegment, u64)>,
-    /// File-backed chunks to read (whole, for their frame) and answer, in order.
-    pub(super) chunk_reads: VecDeque<(StreamChunkId, FileSegment)>,
-    /// Bytes of the chunks in `chunk_reads` and the driver's `chunk_read`: they count
-    /// against the send buffer's limit as if they were already queued.
-    pub(super) chunk_read_bytes: u64,
 }
 
 impl Dispatcher {
@@ -117,8 +112,6 @@ impl Dispatcher {
             registry,
             uploads: HashMap::new(),
             externals: HashMap::new(),
-            chunk_reads: VecDeque::new(),
-            chunk_read_bytes: 0,
         }
     }
 
@@ -127,17 +120,14 @@ impl Dispatcher {
         format!(
             "too much data being transferred on this connection ({} bytes waiting for the \
              peer to read)",
-            self.client.buffered_bytes() + self.chunk_read_bytes
+            self.client.buffered_bytes()
         )
     }
 
     /// Whether a chunk fetch is refused for lack of room: the send buffer is over its limit,
-    /// counting the file-backed chunks accepted but not read yet.
+    /// counting the bytes of file-backed chunks (and stream bodies) not written yet.
     fn chunk_room_exhausted(&self) -> bool {
-        let st = lock(&self.client.inner.state);
-        st.conn.is_send_buffer_full()
-            || st.conn.buffered_bytes() + self.chunk_read_bytes
-                >= st.conn.config().max_send_buffer()
+        lock(&self.client.inner.state).conn.is_send_buffer_full()
     }
 
     /// Hands inbound requests to the handler, outside the lock.
@@ -220,7 +210,7 @@ impl Dispatcher {
                 Event::ChunkFetchReceived { chunk } => {
                     let served = match self.handler.stream_manager() {
                         // Spark's maxChunksBeingTransferred, by bytes: while the send buffer
-                        // (with the file-backed chunks still being read) is over its limit,
+                        // (with the file-backed chunks not written yet) is over its limit,
                         // fetches are refused (and the chunk is not taken, so the peer can
                         // ask again) instead of queued without bound.
                         Some(_) if self.chunk_room_exhausted() => Err(self.too_much_data()),
@@ -230,30 +220,31 @@ impl Dispatcher {
                         // No streams at all: Spark's text for an unknown stream's chunk.
                         None => Err(chunk_stream_closed(chunk.stream_id)),
                     };
-                    let max = self
-                        .client
-                        .inner
-                        .with_state(|st, _| st.conn.config().max_frame_size());
                     match served {
-                        Ok(ManagedBuffer::File(segment))
-                            if segment.len().saturating_add(CHUNK_HEADER_LEN) > max =>
-                        {
-                            // Checked before any read: a file too large for a frame is never
-                            // read into memory.
-                            let error = CallError::FrameTooLarge {
-                                size: segment.len().saturating_add(CHUNK_HEADER_LEN),
-                                max,
-                            };
-                            let served = Err(format!("{chunk}: {error}"));
-                            self.client
-                                .inner
-                                .with_state(|st, now| respond_chunk(st, now, chunk, served));
-                        }
                         Ok(ManagedBuffer::File(segment)) => {
-                            // Read on the blocking pool, not on this task (see
-                            // `poll_chunk_reads`).
-                            self.chunk_read_bytes += segment.len();
-                            self.chunk_reads.push_back((chunk, segment));
+                            // Written by the driver itself, straight from the file (or
+                            // read piece by piece where `sendfile` is unsupported), in the
+                            // frame the connection heads it with: never read whole.
+                            let externals = &mut self.externals;
+                            self.client.inner.with_state(|st, now| {
+                                match st.conn.respond_chunk_external(now, chunk, segment.len()) {
+                                    Ok(id) => {
+                                        if !segment.is_empty() {
+                                            externals.insert(id, (segment, 0));
+                                        }
+                                    }
+                                    // Too large for a frame (checked before any byte is
+                                    // queued or read): tell the peer rather than leave it
+                                    // waiting.
+                                    Err(error) => {
+                                        let _ = st.conn.respond_chunk_failure(
+                                            now,
+                                            chunk,
+                                            &format!("{chunk}: {error}"),
+                                        );
+                                    }
+                                }
+                            });
                         }
                         served => {
                             let served = served

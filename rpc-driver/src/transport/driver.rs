@@ -9,13 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use rpc_proto::{Config, Connection, StreamChunkId};
+use rpc_proto::{Config, Connection};
 use tracing::{debug, trace, Instrument};
 
 use super::addrs::ConnectionAddrs;
-use super::buffer::ManagedBuffer;
 use super::client::TransportClient;
-use super::dispatch::{respond_chunk, Dispatcher};
+use super::dispatch::Dispatcher;
 use super::handler::RpcHandler;
 use super::id::ConnectionId;
 use super::registry::Registry;
@@ -88,7 +87,6 @@ pub(crate) fn open(
         timer: None,
         sendfile_unsupported: false,
         body_read: None,
-        chunk_read: None,
         partial_counted: 0,
         read_buf: BytesMut::new(),
         read_chunk: READ_CHUNK_MIN,
@@ -119,8 +117,6 @@ struct Driver {
     /// Where `sendfile` is unsupported: the read of the next piece of the file body being
     /// written, on the runtime's blocking pool (one piece in flight at a time).
     body_read: Option<BodyRead>,
-    /// The chunk being read on the runtime's blocking pool (one at a time).
-    chunk_read: Option<(StreamChunkId, u64, Unblock<Bytes>)>,
     /// This connection's partial-frame bytes as last added to the registry's total.
     partial_counted: u64,
 }
@@ -163,7 +159,6 @@ impl Future for Driver {
                 this.count_partial_frame(&mut st, now);
             }
             progress |= this.poll_timer(cx, &mut st, now);
-            progress |= this.poll_chunk_reads(cx, &mut st, now);
             st.process_events(&mut inbound);
             progress |= this.write(cx, &mut st, now);
             st.process_events(&mut inbound);
@@ -184,10 +179,6 @@ impl Future for Driver {
             }
         };
         this.dispatcher.dispatch(&mut inbound);
-        if this.chunk_read.is_none() && !this.dispatcher.chunk_reads.is_empty() {
-            // A chunk read was queued by that dispatch: start it on the next poll.
-            cx.waker().wake_by_ref();
-        }
         if !drained {
             return Poll::Pending;
         }
@@ -247,8 +238,8 @@ impl Driver {
     }
 
     /// How much one read may bring in for what the send buffer has room for: on a
-    /// connection a server accepted, nothing while the send buffer (file bodies and chunks
-    /// being read included) is over [`Config::max_send_buffer`], so a peer that does not read
+    /// connection a server accepted, nothing while the send buffer (file-backed bodies and
+    /// chunks not written yet included) is over [`Config::max_send_buffer`], so a peer that does not read
     /// its answers is not read from either (TCP's own backpressure) instead of being
     /// answered into memory without bound; below that, a 32nd of the room left (at least
     /// `READ_CHUNK_MIN`), so the answers to one read stay near the limit: answers with data
@@ -262,7 +253,7 @@ impl Driver {
         if self.dispatcher.registry.is_none() {
             return usize::MAX;
         }
-        let used = st.conn.buffered_bytes() + self.dispatcher.chunk_read_bytes;
+        let used = st.conn.buffered_bytes();
         let max = st.conn.config().max_send_buffer();
         if used >= max {
             return 0;
@@ -404,36 +395,6 @@ impl Driver {
                 st.conn.handle_transport_error(now, error);
                 true
             }
-        }
-    }
-
-    /// Reads the queued file-backed chunks, one at a time, on the runtime's blocking pool,
-    /// and answers each with its bytes (or why they could not be read). Returns whether a
-    /// chunk was answered.
-    fn poll_chunk_reads(&mut self, cx: &mut Context<'_>, st: &mut ConnState, now: Instant) -> bool {
-        let mut progress = false;
-        loop {
-            if self.chunk_read.is_none() {
-                let Some((chunk, segment)) = self.dispatcher.chunk_reads.pop_front() else {
-                    return progress;
-                };
-                let len = segment.len();
-                let read = unblock(&*self.dispatcher.client.inner.rt, move || {
-                    ManagedBuffer::File(segment).to_bytes()
-                });
-                self.chunk_read = Some((chunk, len, read));
-            }
-            let Some((chunk, len, read)) = &mut self.chunk_read else {
-                unreachable!("a chunk read was just started")
-            };
-            let Poll::Ready(result) = Pin::new(read).poll(cx) else {
-                return progress;
-            };
-            let (chunk, len) = (*chunk, *len);
-            self.chunk_read = None;
-            self.dispatcher.chunk_read_bytes -= len;
-            progress = true;
-            respond_chunk(st, now, chunk, result.map_err(|e| format!("{chunk}: {e}")));
         }
     }
 

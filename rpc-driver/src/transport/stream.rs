@@ -56,9 +56,12 @@ pub trait StreamManager: Send + Sync + 'static {
         Err(stream_not_found(stream_id).into())
     }
 
-    /// The chunk as a [`ManagedBuffer`]: override to serve file segments (chunks travel in
-    /// their frame, so a file segment is read into memory, on the runtime's blocking pool
-    /// rather than the connection's task). Defaults to
+    /// The chunk as a [`ManagedBuffer`]: override to serve file segments. A file segment is
+    /// never read whole: the driver writes it behind its frame's head as it writes a stream
+    /// body, with `sendfile` where the socket supports it, else read in pieces on the
+    /// runtime's blocking pool (Spark's `FileSegmentManagedBuffer` sent as a
+    /// `DefaultFileRegion`); if the file turns out shorter than the segment, the connection
+    /// closes (the peer cannot be told mid-frame). Defaults to
     /// [`chunk`](StreamManager::chunk).
     fn chunk_buffer(
         &self,

@@ -655,7 +655,7 @@ impl Connection {
             return;
         }
         let _ = now;
-        self.send.truncate_unfinished();
+        self.send.truncate_unfinished(Some(body));
         self.fail_all(ConnectionError::BodyAborted {
             body,
             reason: Arc::from(reason),
@@ -678,7 +678,7 @@ impl Connection {
             return;
         }
         let _ = now;
-        self.send.truncate_unfinished();
+        self.send.truncate_unfinished(None);
         self.fail_all(ConnectionError::LocallyClosed);
     }
 
@@ -729,6 +729,54 @@ impl Connection {
         body: Bytes,
     ) -> Result<(), CallError> {
         self.answer_chunk(now, chunk, &Frame::ChunkFetchSuccess { chunk, body })
+    }
+
+    /// Answers the peer's chunk fetch with a chunk of `len` bytes that the driver writes to
+    /// the socket itself (from a file, with `sendfile`): the bytes on the wire are those of
+    /// [`respond_chunk`](Connection::respond_chunk) with the same body, a
+    /// `ChunkFetchSuccess` frame whose length counts the body.
+    ///
+    /// The frame's head is queued now, and the body behind it as `len` external bytes, as
+    /// [`send_body_external`](Connection::send_body_external) queues them for a stream: when
+    /// the wire reaches them, [`poll_external`](Connection::poll_external) names the returned
+    /// body and [`poll_transmit`](Connection::poll_transmit) returns `None` until the driver
+    /// reports them written with
+    /// [`handle_external_written`](Connection::handle_external_written); frames queued later
+    /// go after them. The bytes count in [`buffered_bytes`](Connection::buffered_bytes) until
+    /// written. A driver that cannot write them all (the file shrank, a read failed) must
+    /// call [`abort_body`](Connection::abort_body): the peer cannot be told in the middle of
+    /// a frame, so the connection closes with [`ConnectionError::BodyAborted`].
+    ///
+    /// An empty chunk is queued whole (no body to write; the id names nothing). A chunk too
+    /// large for a frame ([`Config::max_frame_size`]) is refused with
+    /// [`CallError::FrameTooLarge`] before anything is queued, and the fetch is still owed
+    /// (answer it with [`respond_chunk_failure`](Connection::respond_chunk_failure)).
+    pub fn respond_chunk_external(
+        &mut self,
+        now: Instant,
+        chunk: StreamChunkId,
+        len: u64,
+    ) -> Result<BodyId, CallError> {
+        self.check_open()?;
+        self.owed.check_chunk(chunk)?;
+        let frame = Frame::ChunkFetchSuccess {
+            chunk,
+            body: Bytes::new(),
+        };
+        let size = frame.frame_len().saturating_add(len);
+        let max = self.config.max_frame_size();
+        if size > max {
+            return Err(CallError::FrameTooLarge { size, max });
+        }
+        self.send.push_head(&frame, len);
+        let body = self.start_body(len);
+        if len > 0 {
+            self.send.enqueue_body(body);
+            self.send.feed(body, Piece::External(len))?;
+        }
+        self.last_activity = now;
+        self.owed.settle_chunk(chunk);
+        Ok(body)
     }
 
     /// Answers the peer's chunk fetch with a failure.

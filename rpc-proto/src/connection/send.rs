@@ -99,6 +99,20 @@ impl SendQueue {
         }
     }
 
+    /// Queues the head of `frame` (length, type, header) with a length field counting
+    /// `body_len` more bytes of in-frame body than `frame` holds: the caller queues those
+    /// bytes right behind it, as a body ([`SendQueue::new_body`]).
+    pub(crate) fn push_head(&mut self, frame: &Frame, body_len: u64) {
+        self.frames += 1;
+        let buf = self.tail_buf();
+        let before = buf.len();
+        frame.encode_head_with_len(buf, frame.frame_len() + body_len);
+        if let Some(body) = frame.in_frame_body() {
+            buf.extend_from_slice(body);
+        }
+        self.buffered += (buf.len() - before) as u64;
+    }
+
     fn tail_buf(&mut self) -> &mut BytesMut {
         if !matches!(self.items.back(), Some(Item::Buf(b)) if b.len() < COALESCE_LIMIT) {
             self.items
@@ -269,11 +283,13 @@ impl SendQueue {
         self.items.is_empty()
     }
 
-    /// Drops everything from the first body that can no longer complete, and every body not
-    /// yet queued: used when the connection closes locally and only what is whole may still go.
-    pub(crate) fn truncate_unfinished(&mut self) {
+    /// Drops everything from the first body that can no longer complete (one still to be
+    /// fed, or `aborted`, fed in full or not), and every body not yet queued: used when the
+    /// connection closes locally and only what is whole may still go.
+    pub(crate) fn truncate_unfinished(&mut self, aborted: Option<BodyId>) {
         let cut = self.items.iter().position(|item| {
-            matches!(item, Item::Body(id) if self.bodies.get(id).is_some_and(|b| b.unfed > 0))
+            matches!(item, Item::Body(id)
+                if Some(*id) == aborted || self.bodies.get(id).is_some_and(|b| b.unfed > 0))
         });
         if let Some(cut) = cut {
             self.items.truncate(cut);

@@ -1017,3 +1017,256 @@ mod budget_proptests {
         }
     }
 }
+
+/// A server connection owing the fetch of `chunk` (a one-way message queued before it is
+/// answered), and its client.
+fn owing_chunk(chunk: StreamChunkId) -> (Instant, Connection, Connection) {
+    let (now, mut client, mut server) = pair();
+    client.fetch_chunk(now, chunk, None).unwrap();
+    pump(now, &mut client, &mut server);
+    assert_eq!(events(&mut server), [Event::ChunkFetchReceived { chunk }]);
+    server.send_one_way(now, "before".into()).unwrap();
+    (now, client, server)
+}
+
+/// Everything `c` sends, external body bytes written from `body` in pieces of at most
+/// `piece` bytes, as a driver would; stops early after `stop_after` body bytes.
+fn wire_with_external(
+    now: Instant,
+    c: &mut Connection,
+    body: &[u8],
+    piece: u64,
+    stop_after: Option<u64>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut written = 0u64;
+    loop {
+        while let Some(bytes) = c.poll_transmit() {
+            out.extend_from_slice(&bytes);
+        }
+        let Some((_, left)) = c.poll_external() else {
+            return out;
+        };
+        if stop_after == Some(written) {
+            return out;
+        }
+        let n = left
+            .min(piece)
+            .min(stop_after.map_or(u64::MAX, |s| s - written));
+        out.extend_from_slice(&body[written as usize..(written + n) as usize]);
+        written += n;
+        c.handle_external_written(now, n);
+    }
+}
+
+#[test]
+fn an_external_chunk_is_byte_for_byte_the_chunk_with_its_body_in_the_frame() {
+    let chunk = StreamChunkId::new(0x0102_0304_0506_0708, 9);
+    for len in [0usize, 1, 5, COPY_THRESHOLD_FOR_TESTS, 20_000, 100_003] {
+        let body: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+
+        let (now, _, mut inside) = owing_chunk(chunk);
+        inside
+            .respond_chunk(now, chunk, Bytes::from(body.clone()))
+            .unwrap();
+        inside.send_one_way(now, "after".into()).unwrap();
+        let golden = wire(&mut inside);
+
+        let (now, mut client, mut external) = owing_chunk(chunk);
+        let id = external
+            .respond_chunk_external(now, chunk, len as u64)
+            .unwrap();
+        assert_eq!(external.pending_requests(), 0, "the fetch is answered");
+        external.send_one_way(now, "after".into()).unwrap();
+        if len > 0 {
+            assert!(external.buffered_bytes() >= len as u64);
+        }
+        let got = wire_with_external(now, &mut external, &body, 4099, None);
+        assert_eq!(got, golden, "{len} bytes");
+        assert_eq!(external.buffered_bytes(), 0);
+        assert_eq!(external.body_remaining(id), None);
+        assert_eq!(external.stats().frames_sent, 3);
+        assert_eq!(external.stats().bytes_sent, golden.len() as u64);
+
+        // The spelled-out frame: [i64 length incl. itself][u8 type][i64 stream][i32 index][body].
+        let before = frame_bytes(&Frame::OneWayMessage {
+            body: "before".into(),
+        });
+        let frame = &got[before.len()..before.len() + 21 + len];
+        assert_eq!(frame[..8], ((21 + len) as i64).to_be_bytes());
+        assert_eq!(frame[8], MessageType::ChunkFetchSuccess as u8);
+        assert_eq!(frame[9..17], 0x0102_0304_0506_0708i64.to_be_bytes());
+        assert_eq!(frame[17..21], 9i32.to_be_bytes());
+        assert_eq!(frame[21..], body[..]);
+
+        client.handle_bytes(now, &got);
+        assert_eq!(
+            events(&mut client),
+            [
+                Event::OneWayReceived {
+                    body: "before".into()
+                },
+                Event::ChunkReceived {
+                    chunk,
+                    body: body.into()
+                },
+                Event::OneWayReceived {
+                    body: "after".into()
+                },
+            ]
+        );
+    }
+}
+
+const COPY_THRESHOLD_FOR_TESTS: usize = send::COPY_THRESHOLD + 1;
+
+#[test]
+fn an_external_chunk_cut_mid_body_closes_with_the_bytes_of_a_cut_frame() {
+    let chunk = StreamChunkId::new(4, 0);
+    let body: Vec<u8> = (0..1000).map(|i| i as u8).collect();
+    let (now, _, mut inside) = owing_chunk(chunk);
+    inside
+        .respond_chunk(now, chunk, Bytes::from(body.clone()))
+        .unwrap();
+    let golden = wire(&mut inside);
+
+    let (now, mut client, mut server) = owing_chunk(chunk);
+    let id = server.respond_chunk_external(now, chunk, 1000).unwrap();
+    server.send_one_way(now, "behind".into()).unwrap();
+    let mut got = wire_with_external(now, &mut server, &body, 100, Some(300));
+    // The file shrank: the driver gives up.
+    server.abort_body(now, id, "file ended early");
+    let error = ConnectionError::BodyAborted {
+        body: id,
+        reason: "file ended early".into(),
+    };
+    assert_eq!(events(&mut server), [Event::Closed { error }]);
+    assert_eq!(server.poll_external(), None, "nothing left for the driver");
+    got.extend(wire(&mut server));
+    assert!(server.is_drained());
+    assert_eq!(server.buffered_bytes(), 0);
+    // What went out is the golden wire cut 300 bytes into the body; "behind" is dropped.
+    let before = frame_bytes(&Frame::OneWayMessage {
+        body: "before".into(),
+    });
+    assert_eq!(got.len(), before.len() + 21 + 300);
+    assert_eq!(got[..], golden[..got.len()]);
+    // The peer sees the frame cut short: the fetch fails, typed.
+    client.handle_bytes(now, &got);
+    client.handle_closed(now);
+    let lost = ConnectionError::PeerClosedMidFrame { buffered: 21 + 300 };
+    assert_eq!(
+        events(&mut client),
+        [
+            Event::OneWayReceived {
+                body: "before".into()
+            },
+            Event::CallFailed {
+                call: Call::ChunkFetch(chunk),
+                error: RequestError::Disconnected(lost.clone())
+            },
+            Event::Closed { error: lost },
+        ]
+    );
+}
+
+#[test]
+fn an_external_chunk_failing_before_its_first_byte_sends_only_its_head() {
+    let chunk = StreamChunkId::new(4, 1);
+    let (now, _, mut server) = owing_chunk(chunk);
+    let id = server.respond_chunk_external(now, chunk, 10).unwrap();
+    let got = wire(&mut server);
+    assert_eq!(server.poll_external(), Some((id, 10)));
+    server.abort_body(now, id, "unreadable");
+    assert!(server.is_drained());
+    let before = frame_bytes(&Frame::OneWayMessage {
+        body: "before".into(),
+    });
+    assert_eq!(got.len(), before.len() + 21);
+}
+
+#[test]
+fn an_external_chunk_too_large_for_a_frame_is_refused_before_anything_is_queued() {
+    let now = base();
+    let chunk = StreamChunkId::new(1, 2);
+    let mut server = with(Config::builder().with_max_frame_size(1024));
+    server.handle_bytes(now, &frame_bytes(&Frame::ChunkFetchRequest { chunk }));
+    let _ = events(&mut server);
+    assert_eq!(
+        server.respond_chunk_external(now, chunk, 1024 - 21 + 1),
+        Err(CallError::FrameTooLarge {
+            size: 1025,
+            max: 1024
+        })
+    );
+    assert_eq!(
+        server.respond_chunk_external(now, chunk, u64::MAX),
+        Err(CallError::FrameTooLarge {
+            size: u64::MAX,
+            max: 1024
+        })
+    );
+    assert!(server.poll_transmit().is_none());
+    assert_eq!(server.buffered_bytes(), 0);
+    // Still owed: it can be failed, or answered with what fits.
+    assert_eq!(server.pending_requests(), 1);
+    let id = server
+        .respond_chunk_external(now, chunk, 1024 - 21)
+        .unwrap();
+    assert_eq!(server.buffered_bytes(), 1024);
+    assert_eq!(
+        server.respond_chunk_external(now, chunk, 1),
+        Err(CallError::UnknownChunkFetch(chunk)),
+        "answered once"
+    );
+    let _ = wire(&mut server);
+    assert_eq!(server.poll_external(), Some((id, 1003)));
+}
+
+#[test]
+fn external_chunk_bytes_count_against_the_send_buffer_until_written() {
+    let now = base();
+    let mut server = with(Config::builder().with_max_send_buffer(1000));
+    let chunks = [StreamChunkId::new(1, 0), StreamChunkId::new(1, 1)];
+    for chunk in chunks {
+        server.handle_bytes(now, &frame_bytes(&Frame::ChunkFetchRequest { chunk }));
+    }
+    let _ = events(&mut server);
+    let a = server.respond_chunk_external(now, chunks[0], 600).unwrap();
+    assert!(!server.is_send_buffer_full());
+    let b = server.respond_chunk_external(now, chunks[1], 600).unwrap();
+    assert_eq!(server.buffered_bytes(), 2 * (21 + 600));
+    assert!(server.is_send_buffer_full());
+    // Nothing of the second chunk may overtake the first's body.
+    assert_eq!(wire(&mut server).len(), 21);
+    assert_eq!(server.poll_external(), Some((a, 600)));
+    server.handle_external_written(now, 600);
+    assert_eq!(wire(&mut server).len(), 21);
+    assert_eq!(server.poll_external(), Some((b, 600)));
+    assert_eq!(server.buffered_bytes(), 600);
+    server.handle_external_written(now, 600);
+    assert_eq!(server.buffered_bytes(), 0);
+    assert!(server.poll_transmit().is_none());
+    assert_eq!(server.poll_external(), None);
+}
+
+#[test]
+fn aborting_an_external_body_fed_in_full_leaves_nothing_for_the_driver() {
+    // A stream body fed at once as file bytes, cut mid-write: before, the queue kept the
+    // rest of it, so a driver was asked forever for bytes of a body it had given up on.
+    let (now, mut a, mut b) = pair();
+    a.stream(now, "file", None).unwrap();
+    pump(now, &mut a, &mut b);
+    let [Event::StreamRequested { request, .. }] = events(&mut b)[..] else {
+        panic!()
+    };
+    let body = b.respond_stream(now, request, "file", 10).unwrap();
+    b.send_body_external(now, body, 10).unwrap();
+    let _ = wire(&mut b);
+    b.handle_external_written(now, 4);
+    b.abort_body(now, body, "truncated");
+    assert_eq!(b.poll_external(), None);
+    assert!(b.poll_transmit().is_none());
+    assert!(b.is_drained());
+    assert_eq!(b.buffered_bytes(), 0);
+}

@@ -211,8 +211,15 @@ impl Frame {
     /// [`SPARK_MAX_FRAME_LENGTH`](crate::SPARK_MAX_FRAME_LENGTH) first (the
     /// [`Connection`](crate::Connection) does).
     pub fn encode_head(&self, dst: &mut BytesMut) {
+        self.encode_head_with_len(dst, self.frame_len());
+    }
+
+    /// [`Frame::encode_head`] with `frame_len` in the length field: for a frame whose
+    /// in-frame body is written by someone else (a `ChunkFetchSuccess` sent from a file),
+    /// the length counts that body, not the one this value holds.
+    pub(crate) fn encode_head_with_len(&self, dst: &mut BytesMut, frame_len: u64) {
         dst.reserve(FRAME_PREFIX_LEN + self.header_len() as usize);
-        dst.put_i64(self.frame_len() as i64);
+        dst.put_i64(frame_len as i64);
         dst.put_u8(self.message_type() as u8);
         fn put_str(dst: &mut BytesMut, v: &str) {
             dst.put_i32(v.len() as i32);

@@ -173,14 +173,23 @@ fn file_reads_held_on_the_blocking_pool_stall_no_other_connection() {
         let (_factory, other) = connect().await;
         let answer = within("an rpc while reads wait", other.send_rpc("here".into(), None)).await;
         assert_eq!(answer.unwrap(), "here");
-        // ... as are its requests while its file-backed chunk is being read.
+        // A file-backed chunk is read on the blocking pool too (its body is written from the
+        // file behind its frame's head, as a stream body is): while its read waits, yet
+        // another connection is served. What its own connection answers after it waits
+        // behind it, in wire order (as Spark's file regions hold a channel's outbound queue).
         let chunk = spawn(other.fetch_chunk(StreamChunkId::new(1, 0), None));
         eventually("the chunk's read to wait at the gate", || {
             gate.waiting() == CONNECTIONS + 1
         })
         .await;
-        let answer = within("an rpc behind a chunk read", other.send_rpc("too".into(), None)).await;
-        assert_eq!(answer.unwrap(), "too");
+        let behind = spawn(other.send_rpc("too".into(), None));
+        let (_factory, third) = connect().await;
+        let answer = within(
+            "an rpc while a chunk read waits",
+            third.send_rpc("three".into(), None),
+        )
+        .await;
+        assert_eq!(answer.unwrap(), "three");
         // One piece in flight per body, however long its read takes.
         assert_eq!(gate.entered(), CONNECTIONS + 1);
         gate.open();
@@ -191,6 +200,8 @@ fn file_reads_held_on_the_blocking_pool_stall_no_other_connection() {
         }
         let chunk = within("the chunk", chunk).await.unwrap();
         assert_eq!(&chunk[..], &all[10..110]);
+        let answer = within("the rpc behind the chunk", behind).await;
+        assert_eq!(answer.unwrap(), "too");
         // Every piece was read on the blocking pool: 13 pieces of 256 KiB per stream.
         assert_eq!(gate.entered(), CONNECTIONS * n.div_ceil(256 * 1024) + 1);
         assert_eq!(server.connections().pop().unwrap().zero_copy_bytes(), 0);

@@ -41,7 +41,7 @@ impl StreamManager for FileStreams {
     }
 
     fn chunk_buffer(&self, _: &TransportClient, _: StreamChunkId) -> Result<ManagedBuffer, rpc::BoxError> {
-        // A file-backed chunk: read into its frame.
+        // A file-backed chunk: written from the file behind its frame's head.
         FileSegment::open_range(&self.path, 10, 100)
             .map(ManagedBuffer::File)
             .map_err(Into::into)
@@ -150,7 +150,7 @@ fn file_segments_stream_zero_copy_where_the_adapter_can() {
         // With a cipher, every byte of a file must be encrypted: none may go out with
         // `sendfile`.
         let expected = if cfg!(target_os = "linux") && !security().is_enabled() {
-            (n + n - 2000) as u64
+            (n + n - 2000 + 100) as u64
         } else {
             0
         };
@@ -345,4 +345,185 @@ fn a_stream_over_4_gib_arrives_whole_from_a_sparse_file() {
         server.close();
         let _ = std::fs::remove_file(path);
     })
+}
+
+/// Serves chunk `i` of any stream as `segments[i]`, opened when the server was set up (as a
+/// shuffle service registers a stream of file segments before they are fetched).
+struct ChunkFiles {
+    segments: Vec<FileSegment>,
+}
+
+impl RpcHandler for ChunkFiles {
+    fn receive(&self, _: &TransportClient, message: Bytes, responder: RpcResponder) {
+        let _ = responder.reply(message);
+    }
+
+    fn stream_manager(&self) -> Option<&dyn StreamManager> {
+        Some(self)
+    }
+}
+
+impl StreamManager for ChunkFiles {
+    fn chunk(&self, _: &TransportClient, chunk: StreamChunkId) -> Result<Bytes, rpc::BoxError> {
+        Err(format!("no chunk {chunk}").into())
+    }
+
+    fn chunk_buffer(
+        &self,
+        _: &TransportClient,
+        chunk: StreamChunkId,
+    ) -> Result<ManagedBuffer, rpc::BoxError> {
+        let segment = self
+            .segments
+            .get(chunk.chunk_index as usize)
+            .ok_or_else(|| format!("no chunk {chunk}"))?;
+        Ok(ManagedBuffer::File(segment.clone()))
+    }
+}
+
+async fn chunk_client(server: &TransportServer) -> TransportClient {
+    let factory =
+        TransportClientFactory::new(rt(), Arc::new(Echo::default()), transport_config());
+    within("a connection", factory.create_client(server.local_addr()))
+        .await
+        .unwrap()
+}
+
+#[test]
+fn file_segments_serve_as_chunks_pipelined_every_byte_from_the_file() {
+    block_on(async {
+        let n = 6 * 1024 * 1024 + 5;
+        let path = temp_file(n);
+        // (offset, len): empty, tiny, around the in-frame copy threshold, 256 KiB and 1 MiB
+        // pieces at odd offsets, a multi-MiB one past sendfile's 4 MiB step, the tail.
+        let layout: Vec<(u64, u64)> = vec![
+            (7, 0),
+            (0, 1),
+            (3, 16 * 1024 + 1),
+            (1001, 256 * 1024),
+            (5, 1024 * 1024),
+            (300_001, 4 * 1024 * 1024 + 333),
+            (n as u64 - 10, 10),
+            (1, 1024 * 1024 - 1),
+        ];
+        let segments = layout
+            .iter()
+            .map(|&(offset, len)| FileSegment::open_range(&path, offset, len).unwrap())
+            .collect();
+        let server = TransportServer::bind(
+            rt(),
+            localhost(),
+            Arc::new(ChunkFiles { segments }),
+            transport_config(),
+        )
+        .unwrap();
+        let client = chunk_client(&server).await;
+        let all = contents(n);
+        for round in 0..2 {
+            // Every fetch is on the wire before the first answer is read, with an RPC
+            // between them whose answer must not be caught up in the chunk bodies.
+            let mut calls = Vec::new();
+            for (index, _) in layout.iter().enumerate() {
+                calls.push(client.fetch_chunk(StreamChunkId::new(round, index as u32), None));
+                if index == 3 {
+                    calls.push(client.send_rpc("between".into(), None));
+                }
+            }
+            let mut got = Vec::new();
+            for call in calls {
+                got.push(within("a chunk", call).await.unwrap());
+            }
+            assert_eq!(got.remove(4), "between");
+            for (index, (&(offset, len), bytes)) in layout.iter().zip(&got).enumerate() {
+                let expected = &all[offset as usize..(offset + len) as usize];
+                assert!(
+                    &bytes[..] == expected,
+                    "round {round}, chunk {index}: {} bytes, expected {len}",
+                    bytes.len()
+                );
+            }
+        }
+        let served = server.connections().pop().unwrap();
+        let total: u64 = layout.iter().map(|&(_, len)| len).sum();
+        let expected = if cfg!(target_os = "linux") && !security().is_enabled() {
+            2 * total
+        } else {
+            0
+        };
+        assert_eq!(served.zero_copy_bytes(), expected, "bytes sent with sendfile");
+        assert_eq!(
+            within("an rpc after", client.send_rpc("after".into(), None))
+                .await
+                .unwrap(),
+            "after"
+        );
+        server.close();
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+#[test]
+fn a_chunk_file_truncated_after_registration_fails_the_fetch_and_closes_the_connection() {
+    for sendfile in [true, false] {
+        block_on(async {
+            let n = 3 * 1024 * 1024;
+            let path = temp_file(n);
+            let segments = vec![
+                FileSegment::open_range(&path, 0, 1000).unwrap(),
+                FileSegment::open_range(&path, 1000, n as u64 - 1000).unwrap(),
+            ];
+            let runtime: Arc<dyn Runtime> = if sendfile {
+                rt()
+            } else {
+                Arc::new(NoSendfile(rt()))
+            };
+            let server = TransportServer::bind(
+                runtime,
+                localhost(),
+                Arc::new(ChunkFiles { segments }),
+                transport_config(),
+            )
+            .unwrap();
+            let client = chunk_client(&server).await;
+            let first = within("a chunk", client.fetch_chunk(StreamChunkId::new(0, 0), None))
+                .await
+                .unwrap();
+            assert_eq!(first[..], contents(n)[..1000]);
+            // The file shrinks under the registered segment (Spark: a shuffle file deleted
+            // or rewritten while being served).
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(n as u64 / 2)
+                .unwrap();
+            let cut = client.fetch_chunk(StreamChunkId::new(0, 1), None);
+            let behind = client.fetch_chunk(StreamChunkId::new(0, 0), None);
+            let err = within("the cut chunk to fail", cut).await.unwrap_err();
+            assert!(
+                matches!(err, rpc::RequestError::Disconnected(_)),
+                "sendfile {sendfile}: {err}"
+            );
+            let err = within("the fetch behind it to fail", behind)
+                .await
+                .unwrap_err();
+            // Refused at once if the connection had already ended when it was made (a
+            // loaded machine can pause this thread between the two calls).
+            assert!(
+                matches!(
+                    err,
+                    rpc::RequestError::Disconnected(_)
+                        | rpc::RequestError::NotSent(rpc::CallError::Closed)
+                ),
+                "sendfile {sendfile}: {err}"
+            );
+            eventually("the server to drop the connection", || {
+                server.connections().is_empty()
+            })
+            .await;
+            assert!(!client.is_active());
+            server.close();
+            let _ = std::fs::remove_file(path);
+        })
+    }
 }
