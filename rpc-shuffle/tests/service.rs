@@ -212,9 +212,12 @@ async fn refusals_are_rpc_failures_and_the_connection_keeps_working() {
     }
     // Bad fetches.
     let text = refused(&client, &fetch(&[5, 0], vec![vec![1]], false)).await;
-    assert_eq!(text, "fetch names 2 map ids but 1 reduce id lists");
+    assert_eq!(text, "malformed fetch: 2 map ids but 1 lists of reduce ids");
     let text = refused(&client, &fetch(&[5], vec![vec![1, 2, 3]], true)).await;
-    assert!(text.contains("needs exactly 2 reduce ids"), "{text}");
+    assert_eq!(
+        text,
+        "malformed fetch: a batch fetch of map 5 needs a reduce range [start, end), got 3 ids"
+    );
     let text = refused(&client, &open_blocks(APP, &["rdd_1_2"])).await;
     assert!(text.contains("rdd block rdd_1_2 is disabled"), "{text}");
 

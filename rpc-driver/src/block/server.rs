@@ -3,6 +3,7 @@
 use std::fmt;
 
 use bytes::Bytes;
+use rpc_proto::shuffle::{BlockId, FetchShapeError};
 use rpc_proto::{ConfigError, StreamChunkId};
 use tracing::debug;
 
@@ -287,66 +288,18 @@ impl StreamManager for BlockServer {
 
 /// The blocks a [`FetchShuffleBlocks`] asks for, by Spark's names, in chunk order.
 fn shuffle_block_ids(fetch: &FetchShuffleBlocks) -> Result<Vec<String>, String> {
-    let FetchShuffleBlocks {
-        shuffle_id,
-        map_ids,
-        reduce_ids,
-        batch_fetch_enabled,
-        ..
-    } = fetch;
-    if map_ids.len() != reduce_ids.len() {
-        return Err(format!(
-            "{} map ids but {} lists of reduce ids",
-            map_ids.len(),
-            reduce_ids.len()
-        ));
-    }
-    let mut ids = Vec::with_capacity(fetch.num_blocks());
-    for (map_id, reduces) in map_ids.iter().zip(reduce_ids) {
-        if *batch_fetch_enabled {
-            let [start, end] = reduces[..] else {
-                return Err(format!(
-                    "a batch fetch of map {map_id} needs a reduce range [start, end), got {} ids",
-                    reduces.len()
-                ));
-            };
-            ids.push(format!("shuffle_{shuffle_id}_{map_id}_{start}_{end}"));
-        } else {
-            ids.extend(
-                reduces
-                    .iter()
-                    .map(|reduce_id| format!("shuffle_{shuffle_id}_{map_id}_{reduce_id}")),
-            );
-        }
-    }
-    Ok(ids)
+    names(fetch.blocks())
 }
 
 /// The blocks a [`FetchShuffleBlockChunks`] asks for, by Spark's names, in chunk order.
 fn chunk_block_ids(fetch: &FetchShuffleBlockChunks) -> Result<Vec<String>, String> {
-    let FetchShuffleBlockChunks {
-        shuffle_id,
-        shuffle_merge_id,
-        reduce_ids,
-        chunk_ids,
-        ..
-    } = fetch;
-    if reduce_ids.len() != chunk_ids.len() {
-        return Err(format!(
-            "{} reduce ids but {} lists of chunk ids",
-            reduce_ids.len(),
-            chunk_ids.len()
-        ));
-    }
-    Ok(reduce_ids
-        .iter()
-        .zip(chunk_ids)
-        .flat_map(|(reduce_id, chunks)| {
-            chunks.iter().map(move |chunk_id| {
-                format!("shuffleChunk_{shuffle_id}_{shuffle_merge_id}_{reduce_id}_{chunk_id}")
-            })
-        })
-        .collect())
+    names(fetch.blocks())
+}
+
+fn names(blocks: Result<Vec<BlockId>, FetchShapeError>) -> Result<Vec<String>, String> {
+    blocks
+        .map(|blocks| blocks.iter().map(ToString::to_string).collect())
+        .map_err(|error| error.to_string())
 }
 
 impl fmt::Debug for BlockServer {
@@ -413,7 +366,9 @@ mod tests {
             .unwrap_err()
             .contains("needs a reduce range"));
         fetch.map_ids.pop();
-        assert!(shuffle_block_ids(&fetch).unwrap_err().contains("1 map ids"));
+        assert!(shuffle_block_ids(&fetch)
+            .unwrap_err()
+            .contains("1 map ids but 2 lists"));
 
         let mut chunks = FetchShuffleBlockChunks {
             app_id: "app".into(),

@@ -4,6 +4,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::bitmap::Bitmap;
+use super::block_id::BlockId;
 use super::codec::{Reader, ShuffleDecodeError, Writer};
 
 /// A message of Spark's shuffle service protocol: the body of an `RpcRequest` or
@@ -180,6 +181,118 @@ impl FetchShuffleBlocks {
         } else {
             self.reduce_ids.iter().map(Vec::len).sum()
         }
+    }
+}
+
+/// Why a fetch message's blocks cannot be listed: its lists do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchShapeError {
+    /// The lists that go together have different lengths (map ids and reduce id lists, or
+    /// reduce ids and chunk id lists).
+    #[error("{ids} {what} ids but {lists} lists of {listed} ids")]
+    Mismatched {
+        /// Which ids: "map" or "reduce".
+        what: &'static str,
+        /// What the lists hold: "reduce" or "chunk".
+        listed: &'static str,
+        /// How many ids.
+        ids: usize,
+        /// How many lists.
+        lists: usize,
+    },
+    /// A batch fetch whose reduce ids of a map are not one `[start, end)` range.
+    #[error("a batch fetch of map {map_id} needs a reduce range [start, end), got {count} ids")]
+    BadBatchRange {
+        /// The map.
+        map_id: i64,
+        /// How many reduce ids it had.
+        count: usize,
+    },
+}
+
+impl FetchShuffleBlocks {
+    /// The blocks the message asks for, in chunk order (what chunk `i` of its stream is):
+    /// [`BlockId::Shuffle`] per map and reduce id, or with batch fetch one
+    /// [`BlockId::ShuffleBatch`] per map. Fails if the lists do not fit together, which
+    /// Spark's server would only find out part way through.
+    ///
+    /// ```
+    /// use rpc_proto::shuffle::{BlockId, FetchShuffleBlocks};
+    ///
+    /// let fetch = FetchShuffleBlocks {
+    ///     app_id: "app".into(),
+    ///     exec_id: "1".into(),
+    ///     shuffle_id: 0,
+    ///     map_ids: vec![7],
+    ///     reduce_ids: vec![vec![2, 5]],
+    ///     batch_fetch_enabled: true,
+    /// };
+    /// let blocks = fetch.blocks().unwrap();
+    /// assert_eq!(blocks[0].to_string(), "shuffle_0_7_2_5");
+    /// ```
+    pub fn blocks(&self) -> Result<Vec<BlockId>, FetchShapeError> {
+        if self.map_ids.len() != self.reduce_ids.len() {
+            return Err(FetchShapeError::Mismatched {
+                what: "map",
+                listed: "reduce",
+                ids: self.map_ids.len(),
+                lists: self.reduce_ids.len(),
+            });
+        }
+        let shuffle_id = self.shuffle_id;
+        let mut blocks = Vec::with_capacity(self.num_blocks());
+        for (&map_id, reduces) in self.map_ids.iter().zip(&self.reduce_ids) {
+            if self.batch_fetch_enabled {
+                let &[start_reduce_id, end_reduce_id] = reduces.as_slice() else {
+                    return Err(FetchShapeError::BadBatchRange {
+                        map_id,
+                        count: reduces.len(),
+                    });
+                };
+                blocks.push(BlockId::ShuffleBatch {
+                    shuffle_id,
+                    map_id,
+                    start_reduce_id,
+                    end_reduce_id,
+                });
+            } else {
+                blocks.extend(reduces.iter().map(|&reduce_id| BlockId::Shuffle {
+                    shuffle_id,
+                    map_id,
+                    reduce_id,
+                }));
+            }
+        }
+        Ok(blocks)
+    }
+}
+
+impl FetchShuffleBlockChunks {
+    /// The merged chunks the message asks for, in chunk order (reduce-major, then chunk ids).
+    pub fn blocks(&self) -> Result<Vec<BlockId>, FetchShapeError> {
+        if self.reduce_ids.len() != self.chunk_ids.len() {
+            return Err(FetchShapeError::Mismatched {
+                what: "reduce",
+                listed: "chunk",
+                ids: self.reduce_ids.len(),
+                lists: self.chunk_ids.len(),
+            });
+        }
+        let (shuffle_id, shuffle_merge_id) = (self.shuffle_id, self.shuffle_merge_id);
+        Ok(self
+            .reduce_ids
+            .iter()
+            .zip(&self.chunk_ids)
+            .flat_map(|(&reduce_id, chunks)| {
+                chunks.iter().map(move |&chunk_id| BlockId::ShuffleChunk {
+                    shuffle_id,
+                    shuffle_merge_id,
+                    reduce_id,
+                    chunk_id,
+                })
+            })
+            .collect())
     }
 }
 

@@ -42,10 +42,10 @@ pub use codec::ShuffleDecodeError;
 pub use index::{IndexError, ShuffleIndex};
 pub use message::{
     BlockPushReturnCode, BlockTransferMessage, BlocksRemoved, Cause, CorruptionCause,
-    DiagnoseCorruption, ExecutorShuffleInfo, FetchShuffleBlockChunks, FetchShuffleBlocks,
-    FinalizeShuffleMerge, GetLocalDirsForExecutors, LocalDirsForExecutors, MergeStatuses,
-    OpenBlocks, PushBlockStream, RegisterExecutor, RemoveBlocks, RemoveShuffleMerge, StreamHandle,
-    UploadBlock, UploadBlockStream,
+    DiagnoseCorruption, ExecutorShuffleInfo, FetchShapeError, FetchShuffleBlockChunks,
+    FetchShuffleBlocks, FinalizeShuffleMerge, GetLocalDirsForExecutors, LocalDirsForExecutors,
+    MergeStatuses, OpenBlocks, PushBlockStream, RegisterExecutor, RemoveBlocks, RemoveShuffleMerge,
+    StreamHandle, UploadBlock, UploadBlockStream,
 };
 pub use path::{executor_file_path, java_string_hash, non_negative_hash};
 /// The `roaring` crate's bitmap, which [`Bitmap::to_roaring`] builds.

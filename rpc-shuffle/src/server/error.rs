@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use rpc_proto::shuffle::{IndexError, ShuffleDecodeError};
+use rpc_proto::shuffle::{FetchShapeError, IndexError, ShuffleDecodeError};
 use thiserror::Error;
 
 /// Why the shuffle service refused a request: the text is what the client receives as its
@@ -75,22 +75,10 @@ pub enum ShuffleServiceError {
     /// ([`ShuffleServiceBuilder::with_fetch_rdd`](super::ShuffleServiceBuilder::with_fetch_rdd)).
     #[error("fetching rdd block {0} is disabled on this shuffle service")]
     RddFetchDisabled(String),
-    /// A `FetchShuffleBlocks` whose map ids and reduce id lists differ in number.
-    #[error("fetch names {map_ids} map ids but {reduce_lists} reduce id lists")]
-    MismatchedFetch {
-        /// How many map ids.
-        map_ids: usize,
-        /// How many reduce id lists.
-        reduce_lists: usize,
-    },
-    /// A batch `FetchShuffleBlocks` whose reduce ids of a map are not one `[start, end)`.
-    #[error("batch fetch of map {map_id} needs exactly 2 reduce ids (start, end), got {count}")]
-    BadBatchRange {
-        /// The map.
-        map_id: i64,
-        /// How many reduce ids it had.
-        count: usize,
-    },
+    /// A `FetchShuffleBlocks` whose lists do not fit together (map ids and reduce id lists
+    /// differ in number, or a batch range is not exactly `[start, end)`).
+    #[error("malformed fetch: {0}")]
+    FetchShape(#[from] FetchShapeError),
     /// More blocks than a stream can count.
     #[error("too many blocks in one request: {0}")]
     TooManyBlocks(usize),

@@ -308,37 +308,36 @@ impl ShuffleService {
         client: &TransportClient,
         m: FetchShuffleBlocks,
     ) -> Result<Bytes, ShuffleServiceError> {
-        if m.map_ids.len() != m.reduce_ids.len() {
-            return Err(ShuffleServiceError::MismatchedFetch {
-                map_ids: m.map_ids.len(),
-                reduce_lists: m.reduce_ids.len(),
-            });
-        }
+        let blocks = m.blocks()?;
         self.shared.executors.get(&m.app_id, &m.exec_id)?;
-        let mut plan = Vec::with_capacity(m.num_blocks());
-        for (&map_id, reduces) in m.map_ids.iter().zip(&m.reduce_ids) {
-            if m.batch_fetch_enabled {
-                let &[start, end] = reduces.as_slice() else {
-                    return Err(ShuffleServiceError::BadBatchRange {
-                        map_id,
-                        count: reduces.len(),
-                    });
-                };
-                plan.push(ChunkPlan::Shuffle {
-                    shuffle_id: m.shuffle_id,
+        let plan = blocks
+            .into_iter()
+            .filter_map(|block| match block {
+                BlockId::Shuffle {
+                    shuffle_id,
                     map_id,
-                    start,
-                    end,
-                });
-            } else {
-                plan.extend(reduces.iter().map(|&r| ChunkPlan::Shuffle {
-                    shuffle_id: m.shuffle_id,
+                    reduce_id,
+                } => Some(ChunkPlan::Shuffle {
+                    shuffle_id,
                     map_id,
-                    start: r,
-                    end: r.saturating_add(1),
-                }));
-            }
-        }
+                    start: reduce_id,
+                    end: reduce_id.saturating_add(1),
+                }),
+                BlockId::ShuffleBatch {
+                    shuffle_id,
+                    map_id,
+                    start_reduce_id,
+                    end_reduce_id,
+                } => Some(ChunkPlan::Shuffle {
+                    shuffle_id,
+                    map_id,
+                    start: start_reduce_id,
+                    end: end_reduce_id,
+                }),
+                // FetchShuffleBlocks::blocks lists shuffle blocks only.
+                BlockId::ShuffleChunk { .. } | BlockId::Rdd { .. } => None,
+            })
+            .collect();
         self.open_stream(client, m.app_id, m.exec_id, plan)
     }
 
