@@ -137,7 +137,13 @@ impl Spark {
         c.arg("-Xmx1g")
             .arg("-cp")
             .arg(&self.classpath)
-            .args(["ShufflePeer", "server", "--port", &port.to_string(), "--root"])
+            .args([
+                "ShufflePeer",
+                "server",
+                "--port",
+                &port.to_string(),
+                "--root",
+            ])
             .arg(root)
             .stderr(std::fs::File::create(log).map_err(|e| e.to_string())?);
         Ok(c)
