@@ -13,9 +13,9 @@
 //! rpc-bench chart [--out DIR]     # redraw the chart and table from DIR/results.json
 //! rpc-bench pending [--asks 10000,100000] [--contender C]   # server CPU per 10k parked asks
 //! rpc-bench flood [--messages N] [--inbox N] [--contender C] # server memory after a flood
-//! rpc-bench shuffle [--contender ours,spark] [--reps N] [--quick] [--out DIR]  # W9
+//! rpc-bench shuffle [--contender ours,spark] [--reps N] [--quick] [--streams] [--out DIR]  # W9
 //! rpc-bench shuffle-server --port P --root DIR          # W9's server: our shuffle service
-//! rpc-bench shuffle-client --port P --contender C [--server-pid PID] [--quick]
+//! rpc-bench shuffle-client --port P --contender C [--server-pid PID] [--quick] [--streams]
 //! ```
 //!
 //! The server listens on P (control plane) and P+1 (data plane). The client prints each
@@ -59,10 +59,10 @@ usage:
       server CPU seconds per 10k asks parked on a serial endpoint, at each N
   rpc-bench flood [--messages 1000000] [--inbox N] [--contender C]
       server memory growth after one-way messages flood a slow endpoint
-  rpc-bench shuffle [--contender ours,spark] [--reps N] [--quick] [--out DIR]
+  rpc-bench shuffle [--contender ours,spark] [--reps N] [--quick] [--streams] [--out DIR]
       W9: reducers fetching sort-shuffle blocks from our shuffle service and Spark's (shuffle.md)
   rpc-bench shuffle-server --port P --root DIR
-  rpc-bench shuffle-client --port P --contender C [--server-pid PID] [--quick]";
+  rpc-bench shuffle-client --port P --contender C [--server-pid PID] [--quick] [--streams]";
 
 /// Tells the harness the server is listening.
 pub(crate) fn ready() {
@@ -225,6 +225,7 @@ fn run() -> Result<(), Error> {
             out: args
                 .value("out")
                 .map_or_else(shuffle::default_out, Into::into),
+            streams: args.flag("streams"),
         }),
         "shuffle-server" => shuffle::server(
             args.required("port")?.parse()?,
@@ -235,6 +236,7 @@ fn run() -> Result<(), Error> {
             args.required("contender")?.to_owned(),
             args.value("server-pid").map(str::parse).transpose()?,
             quick,
+            args.flag("streams"),
         ),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

@@ -34,6 +34,7 @@ use rpc_shuffle::protocol::{
     executor_file_path, shuffle_data_file, shuffle_index_file, BlockId, ExecutorShuffleInfo,
 };
 use rpc_shuffle::server::ShuffleService;
+use rpc_tokio::BlockFetchConfig;
 use serde_json::{json, Value};
 
 use crate::common::{cpu_seconds, vm_hwm_kib};
@@ -170,6 +171,9 @@ pub(crate) struct Plan {
     pub(crate) quick: bool,
     pub(crate) reps: usize,
     pub(crate) out: PathBuf,
+    /// Fetch each block with a stream request (Spark's fetch to disk) instead of a chunk
+    /// fetch: the path on which our service sends file bytes with `sendfile`.
+    pub(crate) streams: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -234,14 +238,16 @@ async fn pass(client: &ShuffleClient, addr: SocketAddr, layout: &Layout) -> Resu
     Ok(total)
 }
 
-/// `rpc-bench shuffle-client --port P --contender C [--server-pid PID] [--quick]`: registers
-/// the executor with the service at P, makes an untimed pass over every block, then a timed
-/// one, and prints W9's figures.
+/// `rpc-bench shuffle-client --port P --contender C [--server-pid PID] [--quick] [--streams]`:
+/// registers the executor with the service at P, makes an untimed pass over every block,
+/// then a timed one, and prints W9's figures. With `streams`, blocks are fetched with stream
+/// requests rather than chunk fetches.
 pub(crate) fn client(
     port: u16,
     contender: String,
     server_pid: Option<u32>,
     quick: bool,
+    streams: bool,
 ) -> Result<(), Error> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -250,8 +256,12 @@ pub(crate) fn client(
     tokio.block_on(async move {
         let layout = Layout::new(quick);
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let fetch = BlockFetchConfig::builder()
+            .with_fetch_as_streams(streams)
+            .build()?;
         let config = ShuffleClientConfig::builder()
             .with_max_bytes_in_flight(MAX_BYTES_IN_FLIGHT)
+            .with_fetch(fetch)
             .build()?;
         let client = ShuffleClient::new(rpc_tokio::runtime(), APP, config)?;
         let info = ExecutorShuffleInfo {
@@ -442,6 +452,9 @@ pub(crate) fn run(plan: &Plan) -> Result<(), Error> {
                 if plan.quick {
                     c.arg("--quick");
                 }
+                if plan.streams {
+                    c.arg("--streams");
+                }
                 c
             };
             let start = Instant::now();
@@ -529,7 +542,8 @@ fn markdown(
     let l = context.layout;
     let mut s = format!(
         "W9: reducers fetching sort-shuffle blocks from a shuffle service, {} maps x {} \
-         reducers x {} KiB ({} MiB), reducer after reducer, {} MiB in flight; our client \
+         reducers x {} KiB ({} MiB), reducer after reducer, {} MiB in flight, blocks \
+         fetched as {}; our client \
          (`rpc_shuffle::client::ShuffleReader`) against our service \
          (`rpc_shuffle::server::ShuffleService`, rpc-tokio, 2 workers) and Spark's \
          (`ExternalBlockHandler`, Spark {}). Medians of {} repetition(s){}, one untimed \
@@ -539,6 +553,11 @@ fn markdown(
         l.block >> 10,
         l.total_bytes() >> 20,
         MAX_BYTES_IN_FLIGHT >> 20,
+        if plan.streams {
+            "stream requests (`--streams`)"
+        } else {
+            "chunk fetches"
+        },
         context.spark_version.as_deref().unwrap_or("-"),
         plan.reps,
         if plan.quick { ", --quick sizes" } else { "" },
@@ -584,6 +603,9 @@ fn markdown(
             if t >= 2.0 { "met" } else { "not met" },
             if c <= 0.5 { "met" } else { "not met" },
         );
+        if plan.quick {
+            s += "(A --quick run checks that the pairs work; its figures are not measurements.)\n";
+        }
     }
     s
 }
@@ -616,6 +638,7 @@ fn report_json(
         "reducers": l.reducers,
         "block_bytes": l.block,
         "max_bytes_in_flight": MAX_BYTES_IN_FLIGHT,
+        "fetch_as_streams": plan.streams,
         "spark_version": context.spark_version,
         "load_before": context.load.0,
         "load_after": context.load.1,
