@@ -164,7 +164,7 @@ impl Service {
         let mut args: Vec<String> = vec!["server".into(), "--root".into()];
         args.push(root.display().to_string());
         args.extend(flags.iter().map(|f| (*f).to_owned()));
-        let stderr = root.with_extension("server-stderr");
+        let stderr = root.join("server.stderr");
         let mut child = spark
             .command(&args)
             .stdin(Stdio::piped())
