@@ -13,6 +13,9 @@
 //! rpc-bench chart [--out DIR]     # redraw the chart and table from DIR/results.json
 //! rpc-bench pending [--asks 10000,100000] [--contender C]   # server CPU per 10k parked asks
 //! rpc-bench flood [--messages N] [--inbox N] [--contender C] # server memory after a flood
+//! rpc-bench shuffle [--contender ours,spark] [--reps N] [--quick] [--streams] [--out DIR]  # W9
+//! rpc-bench shuffle-server --port P --root DIR          # W9's server: our shuffle service
+//! rpc-bench shuffle-client --port P --contender C [--server-pid PID] [--quick] [--streams]
 //! ```
 //!
 //! The server listens on P (control plane) and P+1 (data plane). The client prints each
@@ -29,6 +32,7 @@ mod ours;
 mod pending;
 mod raw;
 mod secbench;
+mod shuffle;
 mod spark;
 mod tarpc_side;
 
@@ -54,7 +58,11 @@ usage:
   rpc-bench pending [--asks 10000,100000] [--contender rpc-tokio|rpc-async-std|rpc-smol]
       server CPU seconds per 10k asks parked on a serial endpoint, at each N
   rpc-bench flood [--messages 1000000] [--inbox N] [--contender C]
-      server memory growth after one-way messages flood a slow endpoint";
+      server memory growth after one-way messages flood a slow endpoint
+  rpc-bench shuffle [--contender ours,spark] [--reps N] [--quick] [--streams] [--out DIR]
+      W9: reducers fetching sort-shuffle blocks from our shuffle service and Spark's (shuffle.md)
+  rpc-bench shuffle-server --port P --root DIR
+  rpc-bench shuffle-client --port P --contender C [--server-pid PID] [--quick] [--streams]";
 
 /// Tells the harness the server is listening.
 pub(crate) fn ready() {
@@ -206,12 +214,36 @@ fn run() -> Result<(), Error> {
                 pending::server(rt, port, asks, inbox, slow).await
             })
         }
+        "shuffle" => shuffle::run(&shuffle::Plan {
+            contenders: pick(args.values("contender"), &shuffle::CONTENDERS)?,
+            quick,
+            reps: match args.value("reps") {
+                Some(n) => n.parse()?,
+                None if quick => 1,
+                None => 3,
+            },
+            out: args
+                .value("out")
+                .map_or_else(shuffle::default_out, Into::into),
+            streams: args.flag("streams"),
+        }),
+        "shuffle-server" => shuffle::server(
+            args.required("port")?.parse()?,
+            args.required("root")?.into(),
+        ),
+        "shuffle-client" => shuffle::client(
+            args.required("port")?.parse()?,
+            args.required("contender")?.to_owned(),
+            args.value("server-pid").map(str::parse).transpose()?,
+            quick,
+            args.flag("streams"),
+        ),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
         }
         other => Err(format!(
-            "unknown command {other} (server, client, all, chart, security, pending or flood)"
+            "unknown command {other} (server, client, all, chart, security, pending, flood or shuffle)"
         )
         .into()),
     }

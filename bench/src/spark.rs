@@ -1,7 +1,8 @@
 //! The Spark contender of `rpc-bench security`: `bench/java/SparkBench.java`, Spark's own
 //! network-common transport, compiled with `javac` against the jar cache that
 //! `.ci/spark-jars.sh` fills (`$SPARK_JARS_CACHE`, default `~/.cache/spark-rpc-rs/spark-jars`),
-//! as the interop tests compile `SparkPeer.java`.
+//! as the interop tests compile `SparkPeer.java`; and, for W9 (`rpc-bench shuffle`),
+//! `tests/interop/ShufflePeer.java`, Spark's own external shuffle service.
 
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::OsString;
@@ -13,6 +14,9 @@ use crate::common::{Crypto, SecurityMode};
 
 /// The program's source, built into the binary so it runs from anywhere.
 const SOURCE: &str = include_str!("../java/SparkBench.java");
+
+/// W9's Spark shuffle service (and the interop tests' Spark shuffle peer), built in too.
+const SHUFFLE_SOURCE: &str = include_str!("../../tests/interop/ShufflePeer.java");
 
 /// A compiled SparkBench and the JVM to run it.
 pub(crate) struct Spark {
@@ -35,6 +39,17 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 /// Finds java, javac and the jars and compiles SparkBench (once per source and jar set, into
 /// the temp directory); why not, if something is missing.
 pub(crate) fn locate() -> Result<Spark, String> {
+    compile("SparkBench", SOURCE)
+}
+
+/// As [`locate`], for `ShufflePeer` (needs `spark-network-shuffle` in the jar cache).
+pub(crate) fn locate_shuffle_peer() -> Result<Spark, String> {
+    compile("ShufflePeer", SHUFFLE_SOURCE)
+}
+
+/// Finds java, javac and the jars and compiles class `name` from `source` (once per source
+/// and jar set, into the temp directory).
+fn compile(name: &str, source_text: &str) -> Result<Spark, String> {
     let jars = match std::env::var_os("SPARK_JARS_CACHE") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => Path::new(&std::env::var_os("HOME").ok_or("HOME is not set")?)
@@ -48,18 +63,31 @@ pub(crate) fn locate() -> Result<Spark, String> {
             marker.display()
         )
     })?;
+    if name == "ShufflePeer" && !marker_text.contains("spark-network-shuffle") {
+        return Err(format!(
+            "no spark-network-shuffle jar at {}; run .ci/spark-jars.sh",
+            jars.display()
+        ));
+    }
     let javac = find_tool("javac").ok_or("no javac (a JDK 17+) in $JAVA_HOME/bin or PATH")?;
     let java = find_tool("java").ok_or("no java in $JAVA_HOME/bin or PATH")?;
     let mut hasher = DefaultHasher::new();
-    (SOURCE, &marker_text, &jars).hash(&mut hasher);
-    let classes = std::env::temp_dir().join(format!("rpc-bench-spark-{:016x}", hasher.finish()));
-    if !classes.join("SparkBench.class").is_file() {
-        let staging =
-            std::env::temp_dir().join(format!("rpc-bench-spark-staging-{}", std::process::id()));
+    (source_text, &marker_text, &jars).hash(&mut hasher);
+    let classes = std::env::temp_dir().join(format!(
+        "rpc-bench-{}-{:016x}",
+        name.to_lowercase(),
+        hasher.finish()
+    ));
+    if !classes.join(format!("{name}.class")).is_file() {
+        let staging = std::env::temp_dir().join(format!(
+            "rpc-bench-{}-staging-{}",
+            name.to_lowercase(),
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
-        let source = staging.join("SparkBench.java");
-        std::fs::write(&source, SOURCE).map_err(|e| e.to_string())?;
+        let source = staging.join(format!("{name}.java"));
+        std::fs::write(&source, source_text).map_err(|e| e.to_string())?;
         let output = Command::new(&javac)
             .arg("-d")
             .arg(&staging)
@@ -72,7 +100,7 @@ pub(crate) fn locate() -> Result<Spark, String> {
         if !output.status.success() {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(format!(
-                "javac failed on SparkBench.java against {}:\n{}{}",
+                "javac failed on {name}.java against {}:\n{}{}",
                 jars.display(),
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
@@ -91,6 +119,36 @@ pub(crate) fn locate() -> Result<Spark, String> {
 }
 
 impl Spark {
+    /// W9's server: Spark's external shuffle service (`ShufflePeer server --root ROOT --port
+    /// PORT`, from [`locate_shuffle_peer`]), which prints `PORT <n>` and serves until its stdin
+    /// closes; its stderr goes to `log`. With `quick` the JVM starts fast (C1 only, serial
+    /// GC); otherwise the JIT runs in full, with the heap of Spark's daemons (1 GiB).
+    pub(crate) fn shuffle_server(
+        &self,
+        port: u16,
+        root: &Path,
+        quick: bool,
+        log: &Path,
+    ) -> Result<Command, String> {
+        let mut c = Command::new(&self.java);
+        if quick {
+            c.args(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]);
+        }
+        c.arg("-Xmx1g")
+            .arg("-cp")
+            .arg(&self.classpath)
+            .args([
+                "ShufflePeer",
+                "server",
+                "--port",
+                &port.to_string(),
+                "--root",
+            ])
+            .arg(root)
+            .stderr(std::fs::File::create(log).map_err(|e| e.to_string())?);
+        Ok(c)
+    }
+
     fn command(
         &self,
         mode: &str,
