@@ -10,15 +10,12 @@
 
 mod common;
 
-use std::collections::hash_map::DefaultHasher;
 use std::fs;
-use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::spark::{self, Spark};
 use common::*;
 use rpc_shuffle::server::ShuffleService;
 use rpc_tokio::{AuthMechanism, Security, TransportConfig, TransportServer};
@@ -26,89 +23,12 @@ use rpc_tokio::{AuthMechanism, Security, TransportConfig, TransportServer};
 const APP: &str = "app-20261202113000-0042";
 const SECRET: &str = "the-cluster-secret";
 
-struct Spark {
-    jars: PathBuf,
-    java: PathBuf,
-    classes: PathBuf,
-}
-
-fn required() -> bool {
-    std::env::var("RPC_REQUIRE_SPARK").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let java_home = std::env::var_os("JAVA_HOME").map(|home| PathBuf::from(home).join("bin"));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    java_home
-        .into_iter()
-        .chain(std::env::split_paths(&path))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn locate() -> Result<Spark, String> {
-    let jars = match std::env::var_os("SPARK_JARS_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(&std::env::var_os("HOME").ok_or("HOME is not set")?)
-            .join(".cache/spark-rpc-rs/spark-jars"),
-    };
-    let marker = fs::read_to_string(jars.join("spark-jars.complete"))
-        .map_err(|_| format!("no jars at {}; run .ci/spark-jars.sh", jars.display()))?;
-    if !marker.contains("spark-network-shuffle") {
-        return Err(format!(
-            "no spark-network-shuffle jar at {}; run .ci/spark-jars.sh",
-            jars.display()
-        ));
-    }
-    let javac = find_tool("javac").ok_or("no javac in $JAVA_HOME/bin or PATH")?;
-    let java = find_tool("java").ok_or("no java in $JAVA_HOME/bin or PATH")?;
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/ShuffleClientPeer.java");
-    let code = fs::read(&source).map_err(|e| format!("{}: {e}", source.display()))?;
-    let mut hasher = DefaultHasher::new();
-    (&code, &marker).hash(&mut hasher);
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let classes = tmp.join(format!("ShuffleClientPeer-{:016x}", hasher.finish()));
-    if !classes.join("ShuffleClientPeer.class").is_file() {
-        let staging = tmp.join(format!("ShuffleClientPeer-staging-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).unwrap();
-        let out = Command::new(javac)
-            .arg("-d")
-            .arg(&staging)
-            .arg("-cp")
-            .arg(jars.join("*"))
-            .arg(&source)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "javac failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if fs::rename(&staging, &classes).is_err() {
-            let _ = fs::remove_dir_all(&staging);
-        }
-    }
-    Ok(Spark {
-        jars,
-        java,
-        classes,
-    })
-}
-
+/// Spark's classes in a JVM, running `ShuffleClientPeer.java`.
 fn spark() -> Option<&'static Spark> {
-    static SPARK: OnceLock<Result<Spark, String>> = OnceLock::new();
-    match SPARK.get_or_init(locate) {
-        Ok(spark) => Some(spark),
-        Err(why) if required() => panic!("spark interop is required but {why}"),
-        Err(why) => {
-            let _ = std::io::stderr().write_all(
-                format!("\nSKIPPED: spark shuffle client test: {why} (RPC_REQUIRE_SPARK=1 makes this a failure)\n").as_bytes(),
-            );
-            None
-        }
-    }
+    spark::spark(
+        "tests/interop/ShuffleClientPeer.java",
+        "spark shuffle client test",
+    )
 }
 
 /// Runs Spark's client against a service with `security`, the client authenticating with

@@ -11,18 +11,19 @@
 //! and `java` from `$JAVA_HOME/bin`, else `PATH`). Without them each test prints a `SKIPPED`
 //! line and passes, unless `RPC_REQUIRE_SPARK=1`: then they fail.
 
-use std::collections::hash_map::DefaultHasher;
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
-use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::spark::{self, Spark};
 use rpc_shuffle::client::{RemoteBlocks, ShuffleClient, ShuffleClientConfig, ShuffleClientError};
 use rpc_shuffle::protocol::{executor_file_path, ExecutorShuffleInfo};
 use rpc_tokio::security::{AuthMechanism, Security};
@@ -41,89 +42,12 @@ const JVM_LIMIT: Duration = Duration::from_secs(90);
 /// Every wait on our client.
 const LIMIT: Duration = Duration::from_secs(60);
 
-struct Spark {
-    jars: PathBuf,
-    java: PathBuf,
-    classes: PathBuf,
-}
-
-fn required() -> bool {
-    std::env::var("RPC_REQUIRE_SPARK").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let java_home = std::env::var_os("JAVA_HOME").map(|home| PathBuf::from(home).join("bin"));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    java_home
-        .into_iter()
-        .chain(std::env::split_paths(&path))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn locate() -> Result<Spark, String> {
-    let jars = match std::env::var_os("SPARK_JARS_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(&std::env::var_os("HOME").ok_or("HOME is not set")?)
-            .join(".cache/spark-rpc-rs/spark-jars"),
-    };
-    let marker = fs::read_to_string(jars.join("spark-jars.complete"))
-        .map_err(|_| format!("no jars at {}; run .ci/spark-jars.sh", jars.display()))?;
-    if !marker.contains("spark-network-shuffle") {
-        return Err(format!(
-            "no spark-network-shuffle jar at {}; run .ci/spark-jars.sh",
-            jars.display()
-        ));
-    }
-    let javac = find_tool("javac").ok_or("no javac in $JAVA_HOME/bin or PATH")?;
-    let java = find_tool("java").ok_or("no java in $JAVA_HOME/bin or PATH")?;
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/ShufflePeer.java");
-    let code = fs::read(&source).map_err(|e| format!("{}: {e}", source.display()))?;
-    let mut hasher = DefaultHasher::new();
-    (&code, &marker).hash(&mut hasher);
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let classes = tmp.join(format!("ShufflePeer-{:016x}", hasher.finish()));
-    if !classes.join("ShufflePeer.class").is_file() {
-        let staging = tmp.join(format!("ShufflePeer-staging-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).unwrap();
-        let out = Command::new(javac)
-            .arg("-d")
-            .arg(&staging)
-            .arg("-cp")
-            .arg(jars.join("*"))
-            .arg(&source)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "javac failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if fs::rename(&staging, &classes).is_err() {
-            let _ = fs::remove_dir_all(&staging);
-        }
-    }
-    Ok(Spark {
-        jars,
-        java,
-        classes,
-    })
-}
-
+/// Spark's classes in a JVM, running `ShufflePeer.java`.
 fn spark() -> Option<&'static Spark> {
-    static SPARK: OnceLock<Result<Spark, String>> = OnceLock::new();
-    match SPARK.get_or_init(locate) {
-        Ok(spark) => Some(spark),
-        Err(why) if required() => panic!("spark interop is required but {why}"),
-        Err(why) => {
-            let _ = std::io::stderr().write_all(
-                format!("\nSKIPPED: spark shuffle service test: {why} (RPC_REQUIRE_SPARK=1 makes this a failure)\n").as_bytes(),
-            );
-            None
-        }
-    }
+    spark::spark(
+        "../tests/interop/ShufflePeer.java",
+        "spark shuffle service test",
+    )
 }
 
 impl Spark {

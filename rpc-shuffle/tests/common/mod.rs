@@ -2,6 +2,8 @@
 //! transport client, and BTM helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod spark;
+
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
