@@ -120,7 +120,18 @@ pub(crate) fn run_commands(
             break;
         }
     }
-    let mut client = client(server.0.id()).stdout(Stdio::piped()).spawn()?;
+    let figures = run_client(client(server.0.id()), limit, what);
+    drop(server);
+    figures
+}
+
+/// Runs `client` (killed past `limit`) and returns its `RESULT` figures.
+pub(crate) fn run_client(
+    mut client: Command,
+    limit: Duration,
+    what: &str,
+) -> Result<Vec<(String, f64)>, Error> {
+    let mut client = client.stdout(Stdio::piped()).spawn()?;
     let stdout = client.stdout.take().ok_or("no client stdout")?;
     let reader = std::thread::spawn(move || {
         BufReader::new(stdout)
@@ -141,7 +152,6 @@ pub(crate) fn run_commands(
         std::thread::sleep(Duration::from_millis(20));
     };
     let lines = reader.join().map_err(|_| "reading the client's output")?;
-    drop(server);
     if !status.success() {
         return Err(format!("{what} client failed: {status}").into());
     }

@@ -339,41 +339,9 @@ fn run_pair(
             }
         }
     }
-    let mut client = client(server.0.id()).stdout(Stdio::piped()).spawn()?;
-    let stdout = client.stdout.take().ok_or("no client stdout")?;
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = client.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = client.kill();
-            let _ = client.wait();
-            return Err(format!("{what} timed out after {limit:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let lines = reader.join().map_err(|_| "reading the client's output")?;
+    let figures = crate::harness::run_client(client(server.0.id()), limit, what);
     drop(server);
-    if !status.success() {
-        return Err(format!("{what} client failed: {status}").into());
-    }
-    let mut figures = Vec::new();
-    for line in lines {
-        if let Some(json) = line.strip_prefix("RESULT ") {
-            let v: Value = serde_json::from_str(json)?;
-            let metric = v["metric"].as_str().ok_or("a result without a metric")?;
-            let value = v["value"].as_f64().ok_or("a result without a value")?;
-            figures.push((metric.to_owned(), value));
-        }
-    }
-    Ok(figures)
+    figures
 }
 
 /// The machine's load averages (1, 5, 15 minutes), from `/proc/loadavg`.
