@@ -131,6 +131,32 @@ impl BlockServer {
         &self.streams
     }
 
+    /// Opens the blocks a fetch message listed, or fails it with why they could not be
+    /// listed.
+    fn open_listed(
+        &self,
+        client: &TransportClient,
+        app_id: String,
+        exec_id: String,
+        block_ids: Result<Vec<String>, String>,
+        responder: RpcResponder,
+    ) {
+        match block_ids {
+            Ok(block_ids) => self.open_blocks(
+                client,
+                OpenBlocks {
+                    app_id,
+                    exec_id,
+                    block_ids,
+                },
+                responder,
+            ),
+            Err(error) => {
+                let _ = responder.fail(&error);
+            }
+        }
+    }
+
     fn open_blocks(&self, client: &TransportClient, open: OpenBlocks, responder: RpcResponder) {
         let OpenBlocks {
             app_id,
@@ -214,34 +240,12 @@ impl RpcHandler for BlockServer {
         match BlockTransferMessage::decode(&message) {
             Ok(BlockTransferMessage::OpenBlocks(open)) => self.open_blocks(client, open, responder),
             Ok(BlockTransferMessage::FetchShuffleBlocks(fetch)) => {
-                match shuffle_block_ids(&fetch) {
-                    Ok(block_ids) => {
-                        let open = OpenBlocks {
-                            app_id: fetch.app_id,
-                            exec_id: fetch.exec_id,
-                            block_ids,
-                        };
-                        self.open_blocks(client, open, responder)
-                    }
-                    Err(error) => {
-                        let _ = responder.fail(&error);
-                    }
-                }
+                let ids = shuffle_block_ids(&fetch);
+                self.open_listed(client, fetch.app_id, fetch.exec_id, ids, responder)
             }
             Ok(BlockTransferMessage::FetchShuffleBlockChunks(fetch)) => {
-                match chunk_block_ids(&fetch) {
-                    Ok(block_ids) => {
-                        let open = OpenBlocks {
-                            app_id: fetch.app_id,
-                            exec_id: fetch.exec_id,
-                            block_ids,
-                        };
-                        self.open_blocks(client, open, responder)
-                    }
-                    Err(error) => {
-                        let _ = responder.fail(&error);
-                    }
-                }
+                let ids = chunk_block_ids(&fetch);
+                self.open_listed(client, fetch.app_id, fetch.exec_id, ids, responder)
             }
             Ok(other) => {
                 let _ = responder.fail(&format!(
