@@ -1,14 +1,18 @@
 // rpc-bench's Spark contender: Spark's own network-common transport (TransportServer /
-// TransportClient, the jars .ci/spark-jars.sh caches) running W1, W2 and W4 with the same
-// crypto as our contenders. rpc-bench (bench/src/spark.rs) compiles it with javac against the
-// jar cache and runs it; the settings are those of tests/interop/SparkPeer.java, whose header
-// explains each one.
+// TransportClient, the jars .ci/spark-jars.sh caches). `rpc-bench all` runs it on W1-W8 in
+// plain mode; `rpc-bench security` runs W1, W2 and W4 with the same crypto as our contenders.
+// rpc-bench (bench/src/spark.rs) compiles it with javac against the jar cache and runs it; the
+// settings are those of tests/interop/SparkPeer.java, whose header explains each one.
 //
-//   java SparkBench server --port P [--block-bytes N] [--security S] [--tls-key K --tls-cert C]
+//   java SparkBench server --port P [--block-bytes N] [--file PATH|none] [--security S]
+//                          [--tls-key K --tls-cert C]
 //     A TransportServer on 127.0.0.1:P. Prints "READY" once listening; runs until killed.
-//     RPCs are echoed. Streams: "bytes/<n>" is n pattern bytes (the block of --block-bytes,
-//     made at start, served from one direct buffer as a NioManagedBuffer).
-//   java SparkBench client --port P --workload W1|W2|W4 [--quick] [--server-pid PID]
+//     RPCs of 32 bytes are echoed; an empty RPC is answered with the count of one-way
+//     messages received so far (8 bytes, little-endian); one-way messages are counted.
+//     Streams: "bytes/<n>" is n pattern bytes (the block of --block-bytes, made at start,
+//     served from one direct buffer as a NioManagedBuffer); "file" is --file, served as a
+//     FileSegmentManagedBuffer (Netty sends it with a FileRegion: sendfile, no copy).
+//   java SparkBench client --port P --workload W1..W8 [--quick] [--server-pid PID]
 //                          [--security S] [--tls-key K --tls-cert C]
 //     Runs the workload and prints "RESULT {json}" lines, as rpc-bench's own clients do.
 //
@@ -17,15 +21,33 @@
 //              certChain; Spark's client needs the key and cert too and trusts exactly that
 //              certificate)
 //
-// The workloads (shared/bench/WORKLOADS.md): W1 sequential sendRpcSync of a 32-byte body
-// (2,000 warm-up then 20,000 measured; p50/p99/mean µs); W2 200,000 sendRpc of 32 bytes with 64
-// in flight (requests/s); W4 the stream "bytes/<block>" fetched 5 times (GiB/s of the median).
-// --quick: 20/200 round trips, 2,000 pipelined asks, a 16 MiB block.
+// The workloads (shared/bench/WORKLOADS.md; sizes as bench/src/common.rs Sizes, metric names
+// as the Rust contenders print them):
+//   W1 sequential sendRpcSync of a 32-byte body (2,000 warm-up then 20,000 measured;
+//      p50_us, p99_us, mean_us);
+//   W2 200,000 sendRpc of 32 bytes with 64 in flight (req_per_s);
+//   W3 1,000,000 one-way TransportClient.send of 32 bytes (waiting 200 us whenever the
+//      channel is not writable, counted as send_refusals), then count RPCs until the server
+//      has counted them all (msg_per_s);
+//   W4 the stream "bytes/<block>" fetched 5 times (gib_per_s of the median; peak RSS);
+//   W5 64 connections (createUnmanagedClient: the factory pools one per peer), each 2,000
+//      sequential sendRpcSync, all at once on 64 threads (asks_per_s);
+//   W6 W1 on one connection while a second one streams the block over and over (p50_us,
+//      p99_us, and bulk_gib_per_s: the stream bytes received during the measured round trips);
+//   W7 the stream "file" once (gib_per_s, server_cpu_s_per_gib from /proc/<server>/stat as
+//      common.rs FileTimer does; peak RSS);
+//   W8 1,000 connections, each 200 sequential asks (each sent from the previous reply's
+//      callback), all at once (asks_per_s; peak RSS).
+// --quick: 20/200 round trips, 2,000 pipelined asks, 10,000 one-way messages, 20 asks per
+// W5 connection, a 16 MiB block and file, W8 50 connections x 20 asks.
 
+import java.io.File;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -33,9 +55,13 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.concurrent.locks.LockSupport;
 
 import org.apache.spark.network.TransportContext;
+import org.apache.spark.network.buffer.FileSegmentManagedBuffer;
 import org.apache.spark.network.buffer.ManagedBuffer;
 import org.apache.spark.network.buffer.NioManagedBuffer;
 import org.apache.spark.network.client.RpcResponseCallback;
@@ -55,6 +81,7 @@ import org.apache.spark.network.util.TransportConf;
 public final class SparkBench {
   static final int PAYLOAD = 32;
   static final int PIPELINE = 64;
+  static final int FAN_IN = 64;
   static final int W4_REPS = 5;
   static final String SECRET = "rpc-bench-secret";
   static final String APP_ID = "sparkSaslUser";
@@ -66,6 +93,7 @@ public final class SparkBench {
     boolean quick;
     long serverPid = -1;
     long blockBytes = -1;
+    String file;
     String security = "plain";
     String tlsKey;
     String tlsCert;
@@ -92,6 +120,10 @@ public final class SparkBench {
         case "--quick" -> o.quick = true;
         case "--server-pid" -> o.serverPid = Long.parseLong(args[++i]);
         case "--block-bytes" -> o.blockBytes = Long.parseLong(args[++i]);
+        case "--file" -> {
+          String path = args[++i];
+          o.file = path.equals("none") ? null : path;
+        }
         case "--security" -> o.security = args[++i];
         case "--tls-key" -> o.tlsKey = args[++i];
         case "--tls-cert" -> o.tlsCert = args[++i];
@@ -196,6 +228,10 @@ public final class SparkBench {
     if (o.blockBytes > 0) {
       block((int) o.blockBytes);
     }
+    File file = o.file == null ? null : new File(o.file);
+    if (file != null && !file.isFile()) {
+      usage("no file " + o.file);
+    }
     StreamManager streams = new StreamManager() {
       @Override
       public ManagedBuffer getChunk(long streamId, int chunkIndex) {
@@ -208,17 +244,35 @@ public final class SparkBench {
           int n = Integer.parseInt(streamId.substring("bytes/".length()));
           return new NioManagedBuffer(block(n).duplicate());
         }
+        if (streamId.equals("file") && file != null) {
+          return new FileSegmentManagedBuffer(conf, file, 0, file.length());
+        }
         throw new IllegalArgumentException("no stream " + streamId);
       }
     };
+    // W3's one-way messages, counted as they arrive (on the connection's event loop).
+    AtomicLong received = new AtomicLong();
     RpcHandler handler = new RpcHandler() {
       @Override
       public void receive(TransportClient client, ByteBuffer message, RpcResponseCallback callback) {
+        if (!message.hasRemaining()) {
+          // The count ask of W3.
+          ByteBuffer count = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
+          count.putLong(received.get());
+          count.flip();
+          callback.onSuccess(count);
+          return;
+        }
         // Copy: Spark releases the request's buffer when this returns.
         ByteBuffer copy = ByteBuffer.allocate(message.remaining());
         copy.put(message);
         copy.flip();
         callback.onSuccess(copy);
+      }
+
+      @Override
+      public void receive(TransportClient client, ByteBuffer message) {
+        received.incrementAndGet();
       }
 
       @Override
@@ -260,6 +314,11 @@ public final class SparkBench {
     int latency = o.quick ? 200 : 20_000;
     int pipelined = o.quick ? 2_000 : 200_000;
     int block = o.quick ? 16 << 20 : 256 << 20;
+    int oneWay = o.quick ? 10_000 : 1_000_000;
+    int fanInAsks = o.quick ? 20 : 2_000;
+    long fileBytes = o.quick ? 16L << 20 : 1L << 30;
+    int manyConnections = o.quick ? 50 : 1_000;
+    int manyAsks = o.quick ? 20 : 200;
     byte[] payload = new byte[PAYLOAD];
     Arrays.fill(payload, (byte) 7);
     switch (o.workload) {
@@ -314,7 +373,7 @@ public final class SparkBench {
         long[] times = new long[W4_REPS];
         for (int r = 0; r < W4_REPS; r++) {
           long start = System.nanoTime();
-          long n = drain(client, "bytes/" + block);
+          long n = drain(client, "bytes/" + block, new AtomicLong());
           times[r] = System.nanoTime() - start;
           if (n != block) {
             throw new IllegalStateException("stream of " + n + " bytes, not " + block);
@@ -324,6 +383,135 @@ public final class SparkBench {
         double seconds = times[times.length / 2] / 1e9;
         result(o, "gib_per_s", block / (double) (1L << 30) / seconds);
         peakRss(o);
+      }
+      case "W3" -> {
+        ByteBuffer one = ByteBuffer.wrap(payload);
+        long refused = 0;
+        long start = System.nanoTime();
+        for (int i = 0; i < oneWay; i++) {
+          while (!client.getChannel().isWritable()) {
+            // Netty's outbound buffer is past its high-water mark: let the connection drain.
+            refused++;
+            LockSupport.parkNanos(200_000);
+          }
+          client.send(one.duplicate());
+        }
+        while (true) {
+          ByteBuffer reply = client.sendRpcSync(ByteBuffer.allocate(0), 60_000);
+          if (reply.order(ByteOrder.LITTLE_ENDIAN).getLong(0) >= oneWay) {
+            break;
+          }
+          LockSupport.parkNanos(200_000);
+        }
+        long elapsed = System.nanoTime() - start;
+        result(o, "msg_per_s", oneWay / (elapsed / 1e9));
+        result(o, "send_refusals", refused);
+      }
+      case "W5" -> {
+        List<TransportClient> clients = new ArrayList<>();
+        for (int c = 0; c < FAN_IN; c++) {
+          clients.add(factory.createUnmanagedClient("127.0.0.1", o.port));
+        }
+        CountDownLatch go = new CountDownLatch(1);
+        AtomicReference<Throwable> failed = new AtomicReference<>();
+        List<Thread> threads = new ArrayList<>();
+        for (TransportClient c : clients) {
+          Thread t = new Thread(() -> {
+            try {
+              go.await();
+              roundTrips(c, payload, fanInAsks);
+            } catch (Throwable e) {
+              failed.compareAndSet(null, e);
+            }
+          });
+          t.start();
+          threads.add(t);
+        }
+        long start = System.nanoTime();
+        go.countDown();
+        for (Thread t : threads) {
+          t.join();
+        }
+        long elapsed = System.nanoTime() - start;
+        if (failed.get() != null) {
+          throw new IllegalStateException("W5 failed", failed.get());
+        }
+        result(o, "asks_per_s", (double) FAN_IN * fanInAsks / (elapsed / 1e9));
+        for (TransportClient c : clients) {
+          c.close();
+        }
+      }
+      case "W6" -> {
+        // The load: a second connection streams the block over and over, on its own thread.
+        TransportClient bulk = factory.createUnmanagedClient("127.0.0.1", o.port);
+        AtomicLong streamed = new AtomicLong();
+        AtomicBoolean stop = new AtomicBoolean();
+        AtomicReference<Throwable> failed = new AtomicReference<>();
+        Thread load = new Thread(() -> {
+          try {
+            while (!stop.get()) {
+              drain(bulk, "bytes/" + block, streamed);
+            }
+          } catch (Throwable e) {
+            failed.compareAndSet(null, e);
+          }
+        });
+        load.setDaemon(true);
+        load.start();
+        roundTrips(client, payload, warmup);
+        long bytesBefore = streamed.get();
+        long start = System.nanoTime();
+        long[] samples = roundTrips(client, payload, latency);
+        long elapsed = System.nanoTime() - start;
+        long bytes = streamed.get() - bytesBefore;
+        stop.set(true);
+        if (failed.get() != null) {
+          throw new IllegalStateException("W6's load failed", failed.get());
+        }
+        Arrays.sort(samples);
+        result(o, "p50_us", at(samples, 0.50) / 1e3);
+        result(o, "p99_us", at(samples, 0.99) / 1e3);
+        result(o, "bulk_gib_per_s", bytes / (double) (1L << 30) / (elapsed / 1e9));
+      }
+      case "W7" -> {
+        Double cpuBefore = cpuSeconds(o.serverPid);
+        long start = System.nanoTime();
+        long n = drain(client, "file", new AtomicLong());
+        long elapsed = System.nanoTime() - start;
+        Double cpuAfter = cpuSeconds(o.serverPid);
+        if (n != fileBytes) {
+          throw new IllegalStateException("file stream of " + n + " bytes, not " + fileBytes);
+        }
+        double gib = n / (double) (1L << 30);
+        result(o, "gib_per_s", gib / (elapsed / 1e9));
+        if (cpuBefore != null && cpuAfter != null) {
+          result(o, "server_cpu_s_per_gib", (cpuAfter - cpuBefore) / gib);
+        }
+        peakRss(o);
+      }
+      case "W8" -> {
+        List<TransportClient> clients = new ArrayList<>();
+        for (int c = 0; c < manyConnections; c++) {
+          clients.add(factory.createUnmanagedClient("127.0.0.1", o.port));
+        }
+        CountDownLatch done = new CountDownLatch(manyConnections);
+        AtomicReference<Throwable> failed = new AtomicReference<>();
+        long start = System.nanoTime();
+        for (TransportClient c : clients) {
+          askChain(c, payload, manyAsks, done, failed);
+        }
+        if (!done.await(600, TimeUnit.SECONDS)) {
+          throw new IllegalStateException("W8 did not finish");
+        }
+        long elapsed = System.nanoTime() - start;
+        if (failed.get() != null) {
+          throw new IllegalStateException("W8 failed", failed.get());
+        }
+        result(o, "asks_per_s", (double) manyConnections * manyAsks / (elapsed / 1e9));
+        peakRss(o);
+        for (TransportClient c : clients) {
+          c.close();
+        }
       }
       default -> usage("unknown workload " + o.workload);
     }
@@ -350,13 +538,43 @@ public final class SparkBench {
     return sorted[Math.min((int) (sorted.length * q), sorted.length - 1)];
   }
 
-  static long drain(TransportClient client, String id) throws Exception {
+  /** Asks `left` more sequential 32-byte echoes on `client`, each from the previous reply's
+   *  callback (W8: no thread per connection); counts `done` down when the last one is back. */
+  static void askChain(TransportClient client, byte[] payload, int left, CountDownLatch done,
+      AtomicReference<Throwable> failed) {
+    if (left == 0) {
+      done.countDown();
+      return;
+    }
+    client.sendRpc(ByteBuffer.wrap(payload), new RpcResponseCallback() {
+      @Override
+      public void onSuccess(ByteBuffer response) {
+        if (response.remaining() != PAYLOAD) {
+          failed.compareAndSet(null, new IllegalStateException("reply of " + response.remaining()));
+          done.countDown();
+          return;
+        }
+        askChain(client, payload, left - 1, done, failed);
+      }
+
+      @Override
+      public void onFailure(Throwable e) {
+        failed.compareAndSet(null, e);
+        done.countDown();
+      }
+    });
+  }
+
+  /** Reads the stream `id` whole, discarding it, adding each piece's length to `progress` as
+   *  it arrives; returns the stream's length. */
+  static long drain(TransportClient client, String id, AtomicLong progress) throws Exception {
     CompletableFuture<Long> result = new CompletableFuture<>();
     long[] count = {0};
     client.stream(id, new StreamCallback() {
       @Override
       public void onData(String streamId, ByteBuffer buf) {
         count[0] += buf.remaining();
+        progress.addAndGet(buf.remaining());
       }
 
       @Override
@@ -388,6 +606,22 @@ public final class SparkBench {
       if (server != null) {
         result(o, "server_peak_rss_mib", server / 1024.0);
       }
+    }
+  }
+
+  /** User plus system CPU seconds of process `pid` so far (/proc/<pid>/stat, 100 ticks a
+   *  second), as common.rs cpu_seconds reads them; null if unknown. */
+  static Double cpuSeconds(long pid) {
+    if (pid <= 0) {
+      return null;
+    }
+    try {
+      String stat = Files.readString(Path.of("/proc/" + pid + "/stat"));
+      // The fields after the command name, which is in parentheses and may hold spaces.
+      String[] fields = stat.substring(stat.lastIndexOf(')') + 2).trim().split("\\s+");
+      return (Long.parseLong(fields[11]) + Long.parseLong(fields[12])) / 100.0;
+    } catch (Exception e) {
+      return null;
     }
   }
 
