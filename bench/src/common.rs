@@ -61,11 +61,26 @@ impl Sizes {
 pub(crate) const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
 
 /// The contenders, in the order they run.
-pub(crate) const CONTENDERS: [&str; 5] = ["rpc-tokio", "rpc-async-std", "rpc-smol", "tarpc", "raw"];
+pub(crate) const CONTENDERS: [&str; 6] = [
+    "rpc-tokio",
+    "rpc-async-std",
+    "rpc-smol",
+    "tarpc",
+    "spark",
+    "raw",
+];
 
-/// Whether `contender` runs `workload`.
+/// Whether `contender` runs `workload`. Spark's transport (`bench/java/SparkBench.java`) has
+/// every operation: RPCs, one-way messages, streams of a buffer and of a file.
 pub(crate) fn supports(contender: &str, workload: &str) -> bool {
-    contender != "tarpc" || matches!(workload, "W1" | "W2" | "W3" | "W5" | "W6")
+    match contender {
+        "tarpc" => matches!(workload, "W1" | "W2" | "W3" | "W5" | "W6"),
+        "spark" => matches!(
+            workload,
+            "W1" | "W2" | "W3" | "W4" | "W5" | "W6" | "W7" | "W8"
+        ),
+        _ => true,
+    }
 }
 
 /// Whether the server of `workload` needs the in-memory block.

@@ -15,6 +15,7 @@ use crate::common::{self, Sizes};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// What `all` runs.
+#[derive(Clone)]
 pub(crate) struct Plan {
     pub(crate) workloads: Vec<String>,
     pub(crate) contenders: Vec<String>,
@@ -54,6 +55,10 @@ fn run_pair(
     contender: &str,
     workload: &str,
 ) -> Result<Vec<(String, f64)>, Error> {
+    let limit = Duration::from_secs(if plan.quick { 60 } else { 600 });
+    if contender == "spark" {
+        return crate::spark::run_all_pair(sizes, plan.quick, workload, &plan.out, limit);
+    }
     let exe = std::env::current_exe()?;
     let port = free_ports()?.to_string();
     let mut server = Command::new(&exe);
@@ -91,7 +96,6 @@ fn run_pair(
         }
         client
     };
-    let limit = Duration::from_secs(if plan.quick { 60 } else { 600 });
     run_commands(
         server,
         client_args,
@@ -175,6 +179,9 @@ pub(crate) fn median(values: &[f64]) -> f64 {
 
 /// Runs the plan and writes the report.
 pub(crate) fn all(plan: &Plan) -> Result<(), Error> {
+    let mut plan = plan.clone();
+    crate::spark::keep_if_available(&mut plan.contenders);
+    let plan = &plan;
     let sizes = Sizes::new(plan.quick);
     if plan.workloads.iter().any(|w| w == "W7") {
         let path = common::default_file(sizes.file);
@@ -405,6 +412,7 @@ fn svg(plan: &Plan, medians: &Medians) -> Result<String, Error> {
         RGBColor(0x2c, 0xa0, 0x2c),
         RGBColor(0xd6, 0x27, 0x28),
         RGBColor(0x7f, 0x7f, 0x7f),
+        RGBColor(0x94, 0x67, 0xbd),
     ];
     let groups: Vec<_> = HEADLINES
         .iter()

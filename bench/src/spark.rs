@@ -1,5 +1,5 @@
-//! The Spark contender of `rpc-bench security`: `bench/java/SparkBench.java`, Spark's own
-//! network-common transport, compiled with `javac` against the jar cache that
+//! The Spark contender of `rpc-bench all` (W1-W8, plain) and `rpc-bench security`:
+//! `bench/java/SparkBench.java`, Spark's own network-common transport, compiled with `javac` against the jar cache that
 //! `.ci/spark-jars.sh` fills (`$SPARK_JARS_CACHE`, default `~/.cache/spark-rpc-rs/spark-jars`),
 //! as the interop tests compile `SparkPeer.java`; and, for W9 (`rpc-bench shuffle`),
 //! `tests/interop/ShufflePeer.java`, Spark's own external shuffle service.
@@ -9,8 +9,13 @@ use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use crate::common::{Crypto, SecurityMode};
+use crate::common::{self, Crypto, SecurityMode, Sizes};
+use crate::harness::run_commands;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// The program's source, built into the binary so it runs from anywhere.
 const SOURCE: &str = include_str!("../java/SparkBench.java");
@@ -40,6 +45,82 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 /// the temp directory); why not, if something is missing.
 pub(crate) fn locate() -> Result<Spark, String> {
     compile("SparkBench", SOURCE)
+}
+
+/// [`locate`], once per process: the compiled SparkBench, or why there is none.
+fn located() -> &'static Result<Spark, String> {
+    static SPARK: OnceLock<Result<Spark, String>> = OnceLock::new();
+    SPARK.get_or_init(locate)
+}
+
+/// For `rpc-bench all`: keeps `spark` in `contenders` only if SparkBench can run (compiling it
+/// now), printing which Spark it is, or `SKIPPED: the spark contender: <why>` and dropping it.
+pub(crate) fn keep_if_available(contenders: &mut Vec<String>) {
+    if !contenders.iter().any(|c| c == "spark") {
+        return;
+    }
+    match located() {
+        Ok(spark) => println!(
+            "spark contender: Spark {} (bench/java/SparkBench.java)",
+            spark.version
+        ),
+        Err(why) => {
+            println!("SKIPPED: the spark contender: {why}");
+            contenders.retain(|c| c != "spark");
+        }
+    }
+}
+
+/// One Spark pair of `rpc-bench all` (plain, as the other contenders): the server serves the
+/// block when `workload` needs it and, for W7, the page-cached file the harness prepared;
+/// the client runs `workload` and prints its `RESULT` lines. The JVMs' stderr goes to
+/// `<out>/spark-logs/<workload>-{server,client}.log` (the last repetition's).
+pub(crate) fn run_all_pair(
+    sizes: &Sizes,
+    quick: bool,
+    workload: &str,
+    out: &Path,
+    limit: Duration,
+) -> Result<Vec<(String, f64)>, Error> {
+    let spark = located().as_ref().map_err(|why| why.clone())?;
+    let logs = out.join("spark-logs");
+    std::fs::create_dir_all(&logs)?;
+    let name = workload;
+    let crypto = Crypto::default();
+    let port = crate::harness::free_ports()?;
+    let block = if common::needs_block(workload) {
+        sizes.block
+    } else {
+        0
+    };
+    let mut server = spark.server(
+        port,
+        block,
+        &crypto,
+        quick,
+        &logs.join(format!("{name}-server.log")),
+    )?;
+    if workload == "W7" {
+        server.arg("--file").arg(common::default_file(sizes.file));
+    }
+    let client_log = logs.join(format!("{name}-client.log"));
+    let mut made = None;
+    let figures = run_commands(
+        server,
+        |pid| match spark.client(port, workload, quick, pid, &crypto, &client_log) {
+            Ok(c) => c,
+            Err(e) => {
+                made = Some(e);
+                Command::new("false")
+            }
+        },
+        limit,
+        &format!("spark {workload}"),
+    );
+    if let Some(e) = made {
+        return Err(e.into());
+    }
+    figures.map_err(|e| format!("{e} (logs: {})", client_log.display()).into())
 }
 
 /// As [`locate`], for `ShufflePeer` (needs `spark-network-shuffle` in the jar cache).
