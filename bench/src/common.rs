@@ -27,6 +27,9 @@ pub(crate) struct Sizes {
     pub(crate) pipelined: usize,
     pub(crate) one_way: usize,
     pub(crate) fan_in_asks: usize,
+    /// W8: client connections, and sequential asks on each.
+    pub(crate) many_connections: usize,
+    pub(crate) many_asks: usize,
     pub(crate) block: usize,
     pub(crate) file: u64,
 }
@@ -40,6 +43,8 @@ impl Sizes {
                 pipelined: 2_000,
                 one_way: 10_000,
                 fan_in_asks: 20,
+                many_connections: 50,
+                many_asks: 20,
                 block: 16 << 20,
                 file: 16 << 20,
             }
@@ -50,6 +55,8 @@ impl Sizes {
                 pipelined: 200_000,
                 one_way: 1_000_000,
                 fan_in_asks: 2_000,
+                many_connections: 1_000,
+                many_asks: 200,
                 block: 256 << 20,
                 file: 1 << 30,
             }
@@ -57,24 +64,27 @@ impl Sizes {
     }
 }
 
-/// The workloads W1..W7.
-pub(crate) const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
+/// The workloads W1..W8.
+pub(crate) const WORKLOADS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
 
-/// The contenders, in the order they run.
-pub(crate) const CONTENDERS: [&str; 6] = [
+/// The contenders, in the order they run. `iperf3` is a reference for W4 and W7 only, run
+/// when the `iperf3` program is on the PATH.
+pub(crate) const CONTENDERS: [&str; 7] = [
     "rpc-tokio",
     "rpc-async-std",
     "rpc-smol",
     "tarpc",
     "spark",
     "raw",
+    "iperf3",
 ];
 
 /// Whether `contender` runs `workload`. Spark's transport (`bench/java/SparkBench.java`) has
 /// every operation: RPCs, one-way messages, streams of a buffer and of a file.
 pub(crate) fn supports(contender: &str, workload: &str) -> bool {
     match contender {
-        "tarpc" => matches!(workload, "W1" | "W2" | "W3" | "W5" | "W6"),
+        "tarpc" => matches!(workload, "W1" | "W2" | "W3" | "W5" | "W6" | "W8"),
+        "iperf3" => matches!(workload, "W4" | "W7"),
         "spark" => matches!(
             workload,
             "W1" | "W2" | "W3" | "W4" | "W5" | "W6" | "W7" | "W8"
@@ -236,6 +246,62 @@ pub(crate) fn result(opts: &ClientOpts, metric: &str, value: f64) {
         "value": value,
     });
     println!("RESULT {line}");
+}
+
+/// The file descriptors W8 needs in one process: its connections and some to spare.
+pub(crate) fn check_nofile(connections: usize) -> Result<(), String> {
+    let need = connections as u64 + 64;
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    match soft {
+        Some(soft) if soft < need => Err(format!(
+            "W8 needs {need} open files but RLIMIT_NOFILE is {soft}: raise it (ulimit -n {need})"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Counts the bytes W6's bulk load receives, so the latency run can report the bulk rate it
+/// left the load (`bulk_gib_per_s`): each arrival is logged with its time, and the rate is
+/// taken between the first and the last arrival inside the measured window. Arrivals are
+/// pieces of a block for ours and raw and whole blocks for tarpc (whose call returns the
+/// block at once), so tarpc's figure needs at least two blocks inside the window.
+#[derive(Debug, Default)]
+pub(crate) struct BulkMeter {
+    log: std::sync::Mutex<Vec<(Instant, u64)>>,
+}
+
+impl BulkMeter {
+    /// Logs `n` bytes arriving now.
+    pub(crate) fn add(&self, n: u64) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let total = log.last().map_or(0, |(_, t)| *t) + n;
+        log.push((Instant::now(), total));
+    }
+
+    /// Reports `bulk_gib_per_s` over the window `from..to` (and `bulk_bytes`, the bytes
+    /// counted in it); nothing if fewer than two arrivals fell inside it.
+    pub(crate) fn report(&self, opts: &ClientOpts, from: Instant, to: Instant) {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let inside: Vec<&(Instant, u64)> =
+            log.iter().filter(|(t, _)| *t >= from && *t <= to).collect();
+        if let (Some(first), Some(last)) = (inside.first(), inside.last()) {
+            if inside.len() >= 2 && last.0 > first.0 {
+                let bytes = last.1 - first.1;
+                let secs = (last.0 - first.0).as_secs_f64();
+                result(
+                    opts,
+                    "bulk_gib_per_s",
+                    bytes as f64 / (1u64 << 30) as f64 / secs,
+                );
+                result(opts, "bulk_mib_in_window", bytes as f64 / (1 << 20) as f64);
+            }
+        }
+    }
 }
 
 /// Latency figures of a set of round trips (µs).

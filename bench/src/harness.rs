@@ -1,6 +1,7 @@
 //! `rpc-bench all`: spawns server/client process pairs, interleaved (A B A B ...), takes the
 //! median of the repetitions and writes the report: `results.md`, `results.json`,
-//! `ratios.svg`.
+//! `ratios.svg`. The `iperf3` contender (W4, W7) runs the `iperf3` program instead of a pair
+//! of ours, when it is on the PATH.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -177,12 +178,134 @@ pub(crate) fn median(values: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// Whether the `iperf3` program runs here (`iperf3 --version`).
+fn iperf3_present() -> bool {
+    Command::new("iperf3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// iperf3 as a reference for W4 and W7: a one-off server (`iperf3 -s -1`) and a client
+/// receiving `bytes` from it (`-R`: the server sends, as ours does); for W7 the server sends
+/// with `sendfile` (`-Z`, from iperf3's own page-cached buffer file, not W7's file). Reads
+/// the client's JSON report (`-J`): `gib_per_s` from `end.sum_received`, and the CPU use
+/// of both sides (percent of one core over the transfer).
+fn run_iperf3(sizes: &Sizes, workload: &str, quick: bool) -> Result<Vec<(String, f64)>, Error> {
+    let port = free_ports()?.to_string();
+    let mut server = Server(
+        Command::new("iperf3")
+            .args(["-s", "-1", "--forceflush", "-p", &port])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let mut lines = BufReader::new(server.0.stdout.take().ok_or("no iperf3 stdout")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            return Err("iperf3 -s exited before it was listening".into());
+        }
+        if line.contains("listening") {
+            break;
+        }
+    }
+    let bytes = if workload == "W7" {
+        sizes.file
+    } else {
+        sizes.block as u64
+    };
+    let mut client = Command::new("iperf3");
+    client.args([
+        "-c",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-R",
+        "-J",
+        "-n",
+        &bytes.to_string(),
+    ]);
+    if workload == "W7" {
+        client.arg("-Z");
+    }
+    let limit = Duration::from_secs(if quick { 60 } else { 300 });
+    let start = Instant::now();
+    let mut child = client
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = child.stdout.take().ok_or("no iperf3 client stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("iperf3 {workload} timed out after {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = reader.join().map_err(|_| "reading iperf3's output")??;
+    drop(server);
+    let report: Value = serde_json::from_str(&text)?;
+    if !status.success() {
+        return Err(format!("iperf3 -c failed ({status}): {}", report["error"]).into());
+    }
+    let end = &report["end"];
+    let bps = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or("iperf3: no end.sum_received.bits_per_second")?;
+    let mut figures = vec![("gib_per_s".to_owned(), bps / 8.0 / (1u64 << 30) as f64)];
+    let cpu = &end["cpu_utilization_percent"];
+    for (key, metric) in [
+        ("host_total", "client_cpu_percent"),
+        ("remote_total", "server_cpu_percent"),
+    ] {
+        if let Some(v) = cpu[key].as_f64() {
+            figures.push((metric.to_owned(), v));
+        }
+    }
+    Ok(figures)
+}
+
+/// Adds the derived rows: W6's bulk rate over the same contender's W4 rate
+/// (`bulk_vs_w4`, the issue's "at least 0.8x of its own W4 rate").
+fn derive(medians: &mut Medians) {
+    let derived: Vec<_> = medians
+        .iter()
+        .filter(|((w, m, _), _)| w == "W6" && m == "bulk_gib_per_s")
+        .filter_map(|((_, _, c), bulk)| {
+            let w4 = medians.get(&("W4".to_owned(), "gib_per_s".to_owned(), c.clone()))?;
+            (*w4 > 0.0).then(|| {
+                (
+                    ("W6".to_owned(), "bulk_vs_w4".to_owned(), c.clone()),
+                    bulk / w4,
+                )
+            })
+        })
+        .collect();
+    medians.extend(derived);
+}
+
 /// Runs the plan and writes the report.
 pub(crate) fn all(plan: &Plan) -> Result<(), Error> {
     let mut plan = plan.clone();
     crate::spark::keep_if_available(&mut plan.contenders);
     let plan = &plan;
     let sizes = Sizes::new(plan.quick);
+    let iperf3 = plan.contenders.iter().any(|c| c == "iperf3") && iperf3_present();
+    if plan.contenders.iter().any(|c| c == "iperf3") && !iperf3 {
+        println!("SKIPPED: iperf3 (the W4/W7 reference): the iperf3 program is not on the PATH");
+    }
     if plan.workloads.iter().any(|w| w == "W7") {
         let path = common::default_file(sizes.file);
         println!(
@@ -200,8 +323,16 @@ pub(crate) fn all(plan: &Plan) -> Result<(), Error> {
                 if !common::supports(contender, workload) {
                     continue;
                 }
+                if contender == "iperf3" && !iperf3 {
+                    continue;
+                }
                 let start = Instant::now();
-                match run_pair(plan, &sizes, contender, workload) {
+                let got = if contender == "iperf3" {
+                    run_iperf3(&sizes, workload, plan.quick)
+                } else {
+                    run_pair(plan, &sizes, contender, workload)
+                };
+                match got {
                     Ok(got) => {
                         let shown: Vec<String> =
                             got.iter().map(|(m, v)| format!("{m}={v:.2}")).collect();
@@ -227,10 +358,11 @@ pub(crate) fn all(plan: &Plan) -> Result<(), Error> {
         }
     }
     std::fs::create_dir_all(&plan.out)?;
-    let medians: BTreeMap<_, _> = figures
+    let mut medians: BTreeMap<_, _> = figures
         .iter()
         .map(|(k, v)| (k.clone(), median(v)))
         .collect();
+    derive(&mut medians);
     let table = markdown(plan, &medians);
     std::fs::write(plan.out.join("results.md"), &table)?;
     std::fs::write(
@@ -275,6 +407,7 @@ pub(crate) fn chart(plan: &Plan) -> Result<(), Error> {
         );
         medians.insert(key, value);
     }
+    derive(&mut medians);
     let plan = Plan {
         workloads: plan
             .workloads
@@ -325,7 +458,8 @@ fn rows(medians: &Medians) -> Vec<(String, String)> {
 fn markdown(plan: &Plan, medians: &Medians) -> String {
     let mut s = format!(
         "Medians of {} repetition(s){}; each cell: value (ratio to raw, ratio to tarpc). \
-         Ratios above 1 are faster for rates and slower for latencies, CPU and RSS.\n\n",
+         Ratios above 1 are faster for rates and slower for latencies, CPU and RSS. \
+         W6 `bulk_vs_w4` is a contender's bulk rate during W6 over its own W4 rate.\n\n",
         plan.reps,
         if plan.quick { ", --quick sizes" } else { "" }
     );
@@ -367,14 +501,16 @@ pub(crate) fn number(v: f64) -> String {
 }
 
 fn report_json(plan: &Plan, figures: &Figures, medians: &Medians, failures: &[String]) -> Value {
-    let list: Vec<Value> = figures
+    let list: Vec<Value> = medians
         .iter()
-        .map(|((w, m, c), runs)| {
+        .map(|((w, m, c), value)| {
+            // Derived rows (W6 `bulk_vs_w4`) have no runs of their own.
+            let runs = figures.get(&(w.clone(), m.clone(), c.clone()));
             json!({
                 "workload": w,
                 "metric": m,
                 "contender": c,
-                "value": medians[&(w.clone(), m.clone(), c.clone())],
+                "value": value,
                 "runs": runs,
                 "ratio_to_raw": ratio(medians, w, m, c, "raw"),
                 "ratio_to_tarpc": ratio(medians, w, m, c, "tarpc"),
@@ -390,7 +526,7 @@ fn report_json(plan: &Plan, figures: &Figures, medians: &Medians, failures: &[St
 }
 
 /// The headline metric of each workload and whether higher is better.
-const HEADLINES: [(&str, &str, bool); 7] = [
+const HEADLINES: [(&str, &str, bool); 8] = [
     ("W1", "p50_us", false),
     ("W2", "req_per_s", true),
     ("W3", "msg_per_s", true),
@@ -398,6 +534,7 @@ const HEADLINES: [(&str, &str, bool); 7] = [
     ("W5", "asks_per_s", true),
     ("W6", "p50_us", false),
     ("W7", "gib_per_s", true),
+    ("W8", "asks_per_s", true),
 ];
 
 /// A grouped bar chart, drawn with plotters: each workload's headline figure relative to the

@@ -97,14 +97,26 @@ impl StreamManager for Data {
     }
 }
 
+/// The server env's connection limit: W8's 1,000 clients and room to spare.
+const SERVER_MAX_CONNECTIONS: usize = 4_096;
+
 /// Runs the server until the process is killed.
 pub(crate) async fn server(rt: Arc<dyn Runtime>, opts: ServerOpts) -> Result<(), Error> {
     let security = opts.crypto.security(true)?;
     // W3 sends 1,000,000 one-way messages as fast as it can and counts them all: an inbox
     // that holds them all, as Spark's unbounded one does (the default of 10,000 would drop
     // what the endpoint has not caught up with).
-    let mut config =
-        RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port).with_inbox_capacity(2_000_000);
+    // W8 connects 1,000 clients: more than the default connection limit (512), so the env's
+    // own transport settings with a higher limit.
+    let defaults = RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port).build()?;
+    let env_transport = defaults
+        .transport()
+        .to_builder()
+        .with_max_connections(SERVER_MAX_CONNECTIONS)
+        .build()?;
+    let mut config = RpcEnvConfig::server("bench-server", "127.0.0.1", opts.port)
+        .with_inbox_capacity(2_000_000)
+        .with_transport(env_transport);
     let mut transport = TransportConfig::builder();
     if security.is_enabled() {
         config = config.with_security(security.clone());
@@ -160,12 +172,21 @@ async fn latency_run(
     round_trips(bench, sizes.latency).await
 }
 
-/// Reads a whole stream, discarding it; returns its length.
-async fn drain(client: &TransportClient, id: &str) -> Result<u64, Error> {
+/// Reads a whole stream, discarding it (and logging each piece with `meter`); returns its
+/// length.
+async fn drain(
+    client: &TransportClient,
+    id: &str,
+    meter: Option<&BulkMeter>,
+) -> Result<u64, Error> {
     let mut call = client.stream(id, None);
     let mut n = 0u64;
     while let Some(piece) = call.next().await {
-        n += piece?.len() as u64;
+        let k = piece?.len() as u64;
+        if let Some(meter) = meter {
+            meter.add(k);
+        }
+        n += k;
     }
     Ok(n)
 }
@@ -222,7 +243,7 @@ pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(),
             let mut times = Vec::new();
             for _ in 0..W4_REPS {
                 let start = Instant::now();
-                let n = drain(&client, "block").await?;
+                let n = drain(&client, "block", None).await?;
                 times.push(start.elapsed());
                 assert_eq!(n, sizes.block as u64);
             }
@@ -254,24 +275,62 @@ pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(),
             // latency loop is never held up by draining buffered pieces.
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let stopped = stop.clone();
+            let meter = Arc::new(BulkMeter::default());
+            let load_meter = meter.clone();
             rt.spawn(Box::pin(async move {
                 while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    if drain(&client, "block").await.is_err() {
+                    if drain(&client, "block", Some(&load_meter)).await.is_err() {
                         break;
                     }
                 }
             }));
-            let samples = latency_run(&bench, &sizes).await;
+            round_trips(&bench, sizes.warmup).await?;
+            let from = Instant::now();
+            let samples = round_trips(&bench, sizes.latency).await;
+            let to = Instant::now();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let samples = samples?;
             latency(&opts, samples, false);
+            meter.report(&opts, from, to);
         }
         "W7" => {
             let client = data_client(&rt, &opts).await?;
             let timer = FileTimer::start(&opts);
-            let n = drain(&client, "file").await?;
+            let n = drain(&client, "file", None).await?;
             assert_eq!(n, sizes.file);
             timer.finish(&opts, n);
+        }
+        "W8" => {
+            check_nofile(sizes.many_connections)?;
+            // One client env per connection: an env keeps one connection per peer address
+            // (its pool picks among `connections_per_peer` in turn, not one per endpoint
+            // ref), so distinct connections need distinct envs. An env spawns no task until
+            // it connects; `connect_s` shows what making them and connecting costs.
+            let start = Instant::now();
+            let connected: Vec<_> = futures::stream::iter(0..sizes.many_connections)
+                .map(|_| connect(&rt, &opts))
+                .buffer_unordered(FAN_IN)
+                .collect()
+                .await;
+            let mut envs = Vec::with_capacity(connected.len());
+            let mut benches = Vec::with_capacity(connected.len());
+            for c in connected {
+                let (env, bench) = c?;
+                envs.push(env);
+                benches.push(bench);
+            }
+            result(&opts, "connect_s", start.elapsed().as_secs_f64());
+            let start = Instant::now();
+            let results =
+                futures::future::join_all(benches.iter().map(|b| round_trips(b, sizes.many_asks)))
+                    .await;
+            let elapsed = start.elapsed();
+            for r in results {
+                r?;
+            }
+            let asks = sizes.many_connections * sizes.many_asks;
+            rate(&opts, "asks_per_s", asks, elapsed);
+            peak_rss(&opts);
         }
         other => return Err(format!("unknown workload {other}").into()),
     }

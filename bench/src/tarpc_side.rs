@@ -1,5 +1,5 @@
 //! tarpc (tokio, bincode over its length-delimited serde transport, TCP_NODELAY on) doing the
-//! same work: W1, W2, W3, W5, W6. tarpc has no one-way calls, so W3 sends calls answered with
+//! same work: W1, W2, W3, W5, W6, W8. tarpc has no one-way calls, so W3 sends calls answered with
 //! `()`, 256 in flight; W6's bulk load is a call returning the 256 MiB block.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,14 +164,41 @@ pub(crate) async fn client(opts: ClientOpts) -> Result<(), Error> {
         "W6" => {
             let client = connect(&opts).await?;
             let bulk = connect(&opts).await?;
+            let meter = Arc::new(BulkMeter::default());
+            let load_meter = meter.clone();
             let load = tokio::spawn(async move {
                 while let Ok(block) = bulk.block(ctx()).await {
-                    drop(block);
+                    // The whole block arrives at once: the meter sees blocks, not pieces.
+                    load_meter.add(block.len() as u64);
                 }
             });
-            let samples = latency_run(&client, &sizes).await;
+            round_trips(&client, sizes.warmup).await?;
+            let from = Instant::now();
+            let samples = round_trips(&client, sizes.latency).await;
+            let to = Instant::now();
             load.abort();
             latency(&opts, samples?, false);
+            meter.report(&opts, from, to);
+        }
+        "W8" => {
+            check_nofile(sizes.many_connections)?;
+            let start = Instant::now();
+            let mut clients = Vec::with_capacity(sizes.many_connections);
+            for _ in 0..sizes.many_connections {
+                clients.push(connect(&opts).await?);
+            }
+            result(&opts, "connect_s", start.elapsed().as_secs_f64());
+            let start = Instant::now();
+            let results =
+                futures::future::join_all(clients.iter().map(|c| round_trips(c, sizes.many_asks)))
+                    .await;
+            let elapsed = start.elapsed();
+            for r in results {
+                r?;
+            }
+            let asks = sizes.many_connections * sizes.many_asks;
+            rate(&opts, "asks_per_s", asks, elapsed);
+            peak_rss(&opts);
         }
         other => return Err(format!("tarpc does not run {other}").into()),
     }
