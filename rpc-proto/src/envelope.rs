@@ -206,12 +206,19 @@ impl EnvelopePrefix {
         Bytes::from(out)
     }
 
-    /// The whole header, in a buffer with room for `payload` more bytes.
+    /// The whole header, in a buffer with room for exactly `payload` more bytes.
+    ///
+    /// The capacity is exact so that the finished body converts to [`Bytes`] without a
+    /// second allocation (`Bytes::from(Vec)` allocates a shared header for a vector with
+    /// spare capacity).
     fn header(&self, deadline_ms: Option<u64>, kind: EnvelopeKind, payload: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + TAIL_MAX + payload);
+        let mut tail = [0u8; TAIL_MAX];
+        let tail = postcard::to_slice(&(deadline_ms, kind), &mut tail)
+            .expect("a deadline and a kind always fit in TAIL_MAX bytes");
+        let mut out = Vec::with_capacity(self.bytes.len() + tail.len() + payload);
         out.extend_from_slice(&self.bytes);
-        postcard::to_extend(&(deadline_ms, kind), out)
-            .expect("a deadline and a kind always serialize")
+        out.extend_from_slice(tail);
+        out
     }
 }
 
