@@ -206,12 +206,19 @@ impl EnvelopePrefix {
         Bytes::from(out)
     }
 
-    /// The whole header, in a buffer with room for `payload` more bytes.
+    /// The whole header, in a buffer with room for exactly `payload` more bytes.
+    ///
+    /// The capacity is exact so that the finished body converts to [`Bytes`] without a
+    /// second allocation (`Bytes::from(Vec)` allocates a shared header for a vector with
+    /// spare capacity).
     fn header(&self, deadline_ms: Option<u64>, kind: EnvelopeKind, payload: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + TAIL_MAX + payload);
+        let mut tail = [0u8; TAIL_MAX];
+        let tail = postcard::to_slice(&(deadline_ms, kind), &mut tail)
+            .expect("a deadline and a kind always fit in TAIL_MAX bytes");
+        let mut out = Vec::with_capacity(self.bytes.len() + tail.len() + payload);
         out.extend_from_slice(&self.bytes);
-        postcard::to_extend(&(deadline_ms, kind), out)
-            .expect("a deadline and a kind always serialize")
+        out.extend_from_slice(tail);
+        out
     }
 }
 
@@ -254,6 +261,101 @@ impl EnvelopeView<'_> {
             deadline_ms: self.deadline_ms,
             kind: self.kind,
         }
+    }
+}
+
+/// Decodes envelopes like [`Envelope::decode_view`], remembering the last header prefix
+/// (version, sender, receiver, message type) it decoded: a body that starts with the same
+/// bytes, as every message from one sender to one endpoint does, only has its deadline and
+/// kind decoded, and its strings are not validated again.
+///
+/// The result is exactly [`Envelope::decode_view`]'s for every body (the strings it returns
+/// are equal, borrowed from the cache rather than from the body); keep one per thread or per
+/// connection.
+///
+/// ```
+/// use rpc_proto::{Envelope, EnvelopeCache, EnvelopeKind, EnvelopePrefix};
+///
+/// let prefix = EnvelopePrefix::new(None, "Master", "Heartbeat");
+/// let mut cache = EnvelopeCache::default();
+/// for deadline in [Some(5), None] {
+///     let body = prefix.encode(deadline, EnvelopeKind::Ask, &7u32).unwrap();
+///     let (view, payload) = cache.decode_view(&body).unwrap();
+///     assert_eq!((view.receiver, view.deadline_ms), ("Master", deadline));
+///     assert_eq!(Envelope::decode_view(&body).unwrap(), (view, payload));
+/// }
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct EnvelopeCache {
+    last: Option<CachedPrefix>,
+}
+
+/// A decoded header prefix, the bytes it was decoded from, and its fields.
+#[derive(Debug, Clone)]
+struct CachedPrefix {
+    bytes: Vec<u8>,
+    sender: Option<(String, u16)>,
+    receiver: String,
+    message_type: String,
+}
+
+/// The longest prefix kept: a longer one is decoded every time.
+const CACHED_PREFIX_MAX: usize = 512;
+
+impl EnvelopeCache {
+    /// Decodes `body` as [`Envelope::decode_view`] does, with the same result.
+    pub fn decode_view<'a>(
+        &'a mut self,
+        body: &'a Bytes,
+    ) -> Result<(EnvelopeView<'a>, Bytes), EnvelopeError> {
+        let hit = self
+            .last
+            .as_ref()
+            .is_some_and(|last| body.starts_with(&last.bytes));
+        if !hit {
+            self.last = Self::prefix_of(body);
+            if self.last.is_none() {
+                return Envelope::decode_view(body);
+            }
+        }
+        let Some(last) = self.last.as_ref() else {
+            return Envelope::decode_view(body);
+        };
+        match postcard::take_from_bytes::<(Option<u64>, EnvelopeKind)>(&body[last.bytes.len()..]) {
+            Ok(((deadline_ms, kind), rest)) => {
+                let view = EnvelopeView {
+                    sender: last
+                        .sender
+                        .as_ref()
+                        .map(|(host, port)| (host.as_str(), *port)),
+                    receiver: &last.receiver,
+                    message_type: &last.message_type,
+                    deadline_ms,
+                    kind,
+                };
+                Ok((view, body.slice(body.len() - rest.len()..)))
+            }
+            // Malformed: the full decode says how, in its own words.
+            Err(_) => Envelope::decode_view(body),
+        }
+    }
+
+    /// The prefix `body` starts with, decoded, if it has a well-formed one short enough to
+    /// keep.
+    fn prefix_of(body: &Bytes) -> Option<CachedPrefix> {
+        if body.first() != Some(&ENVELOPE_VERSION) {
+            return None;
+        }
+        type Prefix<'a> = (Option<(&'a str, u16)>, &'a str, &'a str);
+        let ((sender, receiver, message_type), rest) =
+            postcard::take_from_bytes::<Prefix<'_>>(&body[1..]).ok()?;
+        let len = body.len() - rest.len();
+        (len <= CACHED_PREFIX_MAX).then(|| CachedPrefix {
+            bytes: body[..len].to_vec(),
+            sender: sender.map(|(host, port)| (host.to_owned(), port)),
+            receiver: receiver.to_owned(),
+            message_type: message_type.to_owned(),
+        })
     }
 }
 
@@ -675,6 +777,32 @@ mod proptests {
             let (view, rest) = Envelope::decode_view(&body).unwrap();
             prop_assert_eq!(view.to_envelope(), envelope);
             prop_assert_eq!(decode_payload::<Vec<u8>>(&rest).unwrap(), payload);
+        }
+
+        #[test]
+        fn a_cache_decodes_every_body_as_decode_view_does(
+            envelopes in prop::collection::vec(envelope(), 1..4),
+            picks in prop::collection::vec((0usize..4, any::<Option<u64>>(), 0usize..64, any::<u8>(), 0usize..3), 1..24),
+        ) {
+            // Bodies from a few prefixes, some truncated or with a byte changed, in any order.
+            let mut cache = EnvelopeCache::default();
+            for (which, deadline_ms, at, byte, damage) in picks {
+                let envelope = &envelopes[which % envelopes.len()];
+                let envelope = Envelope { deadline_ms, ..envelope.clone() };
+                let mut bytes = envelope.encode(b"payload").to_vec();
+                match damage {
+                    1 => bytes.truncate(at % (bytes.len() + 1)),
+                    2 => {
+                        let at = at % bytes.len();
+                        bytes[at] = byte;
+                    }
+                    _ => {}
+                }
+                let body = Bytes::from(bytes);
+                let expected = Envelope::decode_view(&body);
+                let cached = cache.decode_view(&body);
+                prop_assert_eq!(cached, expected);
+            }
         }
 
         #[test]

@@ -107,8 +107,8 @@ pub use config::{
 };
 pub use connection::{Connection, ConnectionStats, Event};
 pub use envelope::{
-    decode_payload, encode_payload, Envelope, EnvelopeError, EnvelopeKind, EnvelopePrefix,
-    EnvelopeView, PayloadError, ENVELOPE_VERSION,
+    decode_payload, encode_payload, Envelope, EnvelopeCache, EnvelopeError, EnvelopeKind,
+    EnvelopePrefix, EnvelopeView, PayloadError, ENVELOPE_VERSION,
 };
 pub use error::{CallError, ConfigError, ConnectionError, DecodeError, RequestError};
 pub use frame::{Decoded, Frame, FrameDecoder, MessageType, FRAME_PREFIX_LEN};

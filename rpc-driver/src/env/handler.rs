@@ -1,8 +1,13 @@
 //! The env's transport handler: what arrives on its connections (envelopes, lookups,
 //! cancels, connection events) and the files it serves.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
-use rpc_proto::{ConnectionError, Envelope, EnvelopeKind, EnvelopeView, RemoteFailure, RpcAddress};
+use rpc_proto::{
+    ConnectionError, Envelope, EnvelopeCache, EnvelopeError, EnvelopeKind, EnvelopeView,
+    RemoteFailure, RpcAddress,
+};
 use tracing::debug;
 
 use super::file_server::FileServer;
@@ -14,6 +19,25 @@ use crate::transport::{RpcHandler, RpcResponder, StreamManager, TransportClient}
 
 // loom has no `Weak` (and env is not built under loom).
 use crate::sync::unmodeled::Weak;
+
+thread_local! {
+    /// The header prefix last decoded on this thread: the messages of one connection
+    /// mostly repeat it (one sender, one endpoint), and so skip decoding and validating it.
+    static ENVELOPES: RefCell<EnvelopeCache> = RefCell::new(EnvelopeCache::default());
+}
+
+/// Runs `f` on `message` decoded as an envelope, through this thread's cache (the result is
+/// exactly [`Envelope::decode_view`]'s).
+fn with_envelope<T>(
+    message: &Bytes,
+    f: impl for<'a> FnOnce(Result<(EnvelopeView<'a>, Bytes), EnvelopeError>) -> T,
+) -> T {
+    ENVELOPES.with(|cache| match cache.try_borrow_mut() {
+        Ok(mut cache) => f(cache.decode_view(message)),
+        // Entered again from inside `f` on this thread: decode without the cache.
+        Err(_) => f(Envelope::decode_view(message)),
+    })
+}
 
 /// The transport handler of an env: decodes envelopes and posts to mailboxes, and serves
 /// the env's files.
@@ -30,9 +54,9 @@ impl EnvHandler {
     fn open<'a>(
         env: &EnvInner,
         client: &TransportClient,
-        message: &'a Bytes,
-    ) -> Result<(EnvelopeView<'a>, Option<RpcAddress>, Bytes), rpc_proto::EnvelopeError> {
-        let (envelope, payload) = Envelope::decode_view(message).inspect_err(|error| {
+        decoded: Result<(EnvelopeView<'a>, Bytes), EnvelopeError>,
+    ) -> Result<(EnvelopeView<'a>, Option<RpcAddress>, Bytes), EnvelopeError> {
+        let (envelope, payload) = decoded.inspect_err(|error| {
             limited!(warn, peer = %client.peer_addr(), %error, "undecodable envelope");
             env.stats.failed();
         })?;
@@ -81,26 +105,28 @@ impl RpcHandler for EnvHandler {
             let _ = responder.fail("the rpc env is stopped");
             return;
         };
-        let (envelope, bound, payload) = match Self::open(&env, client, &message) {
-            Ok(decoded) => decoded,
-            Err(error) => {
-                let _ = responder.fail(
-                    &RemoteFailure::BadMessage(format!("undecodable envelope: {error}"))
-                        .to_string(),
-                );
-                return;
+        with_envelope(&message, |decoded| {
+            let (envelope, bound, payload) = match Self::open(&env, client, decoded) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    let _ = responder.fail(
+                        &RemoteFailure::BadMessage(format!("undecodable envelope: {error}"))
+                            .to_string(),
+                    );
+                    return;
+                }
+            };
+            match envelope.kind {
+                EnvelopeKind::Verify => {
+                    let verified = env.verify(envelope.receiver, envelope.message_type, false);
+                    let _ = responder.reply(verified.encode());
+                }
+                EnvelopeKind::Ask => env.deliver(client, envelope, bound, payload, Some(responder)),
+                other => {
+                    let _ = responder.fail(&format!("a {other:?} envelope cannot be asked"));
+                }
             }
-        };
-        match envelope.kind {
-            EnvelopeKind::Verify => {
-                let verified = env.verify(envelope.receiver, envelope.message_type, false);
-                let _ = responder.reply(verified.encode());
-            }
-            EnvelopeKind::Ask => env.deliver(client, envelope, bound, payload, Some(responder)),
-            other => {
-                let _ = responder.fail(&format!("a {other:?} envelope cannot be asked"));
-            }
-        }
+        })
     }
 
     fn stream_manager(&self) -> Option<&dyn StreamManager> {
@@ -111,19 +137,21 @@ impl RpcHandler for EnvHandler {
         let Some(env) = self.env.upgrade() else {
             return;
         };
-        let Ok((envelope, bound, payload)) = Self::open(&env, client, &message) else {
-            return;
-        };
-        match envelope.kind {
-            EnvelopeKind::Send => env.deliver(client, envelope, bound, payload, None),
-            EnvelopeKind::Cancel { request } => {
-                if let Some(flag) = env.cancels.take(client.id(), request) {
-                    debug!(%request, "ask cancelled by its caller");
-                    flag.cancel();
+        with_envelope(&message, |decoded| {
+            let Ok((envelope, bound, payload)) = Self::open(&env, client, decoded) else {
+                return;
+            };
+            match envelope.kind {
+                EnvelopeKind::Send => env.deliver(client, envelope, bound, payload, None),
+                EnvelopeKind::Cancel { request } => {
+                    if let Some(flag) = env.cancels.take(client.id(), request) {
+                        debug!(%request, "ask cancelled by its caller");
+                        flag.cancel();
+                    }
                 }
+                other => limited!(warn, kind = ?other, "unexpected one-way envelope"),
             }
-            other => limited!(warn, kind = ?other, "unexpected one-way envelope"),
-        }
+        })
     }
 
     fn connection_opened(&self, client: &TransportClient) {

@@ -120,13 +120,17 @@ impl OutboxCell {
         let mut st = lock(&self.state);
         if let Some(client) = self.connected(&st).cloned() {
             // Connected: nothing is queued, so writing now keeps the order.
-            match client.send(body.clone()) {
+            match client.send_or_return(body) {
                 Ok(()) => return Ok(()),
-                Err(e @ CallError::SendBufferFull { .. }) => return Err(RpcError::NotSent(e)),
+                Err((e @ CallError::SendBufferFull { .. }, _)) => return Err(RpcError::NotSent(e)),
                 // The connection died and we have not heard yet: reconnect, as we will when
                 // we hear, and queue the message for the new connection.
-                Err(CallError::Closed) => self.lost_connection(&mut st),
-                Err(e) => {
+                Err((CallError::Closed, Some(unsent))) => {
+                    self.lost_connection(&mut st);
+                    let len = unsent.len() as u64;
+                    return self.push(&mut st, OutMsg::Send(unsent), len);
+                }
+                Err((e, _)) => {
                     self.lost(e);
                     return Ok(());
                 }
@@ -146,28 +150,40 @@ impl OutboxCell {
         timeout: Duration,
     ) -> Result<Asked, RpcError> {
         let mut st = lock(&self.state);
+        let mut body = body;
         if let Some(client) = self.connected(&st).cloned() {
-            let call = match client.try_send_rpc(body.clone(), Some(timeout)) {
-                Ok(call) => Some(call),
-                Err(e @ CallError::SendBufferFull { .. }) => return Err(RpcError::NotSent(e)),
+            let call = match client.try_send_rpc_or_return(body, Some(timeout)) {
+                Ok(call) => call,
+                Err((e @ CallError::SendBufferFull { .. }, _)) => return Err(RpcError::NotSent(e)),
                 // The connection died and we have not heard yet: reconnect and queue.
-                Err(CallError::Closed) => {
+                Err((CallError::Closed, Some(unsent))) => {
                     self.lost_connection(&mut st);
-                    None
+                    body = unsent;
+                    return self.queue_ask(&mut st, body, endpoint, prefix, timeout);
                 }
-                Err(e) => Some(RpcCall::refused(e)),
+                Err((e, _)) => RpcCall::refused(e),
             };
-            if let Some(call) = call {
-                let guard = CancelOnDrop::new(client.clone(), prefix.clone(), call.request_id());
-                return Ok(Asked::Sent(call, guard));
-            }
+            let guard = CancelOnDrop::new(client.clone(), prefix.clone(), call.request_id());
+            return Ok(Asked::Sent(call, guard));
         }
+        self.queue_ask(&mut st, body, endpoint, prefix, timeout)
+    }
+
+    /// Queues an ask until the outbox is connected.
+    fn queue_ask(
+        self: &Arc<Self>,
+        st: &mut CellState,
+        body: Bytes,
+        endpoint: &Arc<str>,
+        prefix: &EnvelopePrefix,
+        timeout: Duration,
+    ) -> Result<Asked, RpcError> {
         let env = self.env.upgrade().ok_or(RpcError::EnvStopped)?;
         let (reply, waiter) = completion::pair();
         let len = body.len() as u64;
         let deadline = deadline_after(env.runtime().now(), timeout);
         self.push(
-            &mut st,
+            st,
             OutMsg::Ask {
                 body,
                 endpoint: endpoint.clone(),

@@ -50,6 +50,24 @@ impl TransportClient {
         Ok(RpcCall::started(&self.inner, Call::Rpc(id), waiter))
     }
 
+    /// Like [`try_send_rpc`](TransportClient::try_send_rpc), handing `body` back when the
+    /// connection has closed, so that the caller can send it elsewhere without having kept a
+    /// clone of it (cloning a body made from a `Vec` allocates). The error is the refusal,
+    /// with the body when (and only when) it is [`CallError::Closed`].
+    pub(crate) fn try_send_rpc_or_return(
+        &self,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<RpcCall, (CallError, Option<Bytes>)> {
+        let (id, waiter) = self.inner.with_state(|st, now| {
+            if st.conn.is_closed() {
+                return Err((CallError::Closed, Some(body)));
+            }
+            st.start_rpc(now, body, timeout).map_err(|e| (e, None))
+        })?;
+        Ok(RpcCall::started(&self.inner, Call::Rpc(id), waiter))
+    }
+
     /// Fetches one chunk of a stream the peer registered (Spark's `fetchChunk`). Resolves
     /// to the chunk, or the peer's failure
     /// ([`RequestError::Remote`](rpc_proto::RequestError::Remote)), the timeout, or the
@@ -153,6 +171,17 @@ impl TransportClient {
     pub fn send(&self, body: Bytes) -> Result<(), CallError> {
         self.inner
             .with_state(|st, now| st.conn.send_one_way(now, body))
+    }
+
+    /// Like [`send`](TransportClient::send), handing `body` back when the connection has
+    /// closed (see [`try_send_rpc_or_return`](TransportClient::try_send_rpc_or_return)).
+    pub(crate) fn send_or_return(&self, body: Bytes) -> Result<(), (CallError, Option<Bytes>)> {
+        self.inner.with_state(|st, now| {
+            if st.conn.is_closed() {
+                return Err((CallError::Closed, Some(body)));
+            }
+            st.conn.send_one_way(now, body).map_err(|e| (e, None))
+        })
     }
 
     /// Waits until the send buffer has room: at once if a call would be accepted now, else
