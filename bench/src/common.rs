@@ -322,6 +322,26 @@ pub(crate) fn rate(opts: &ClientOpts, metric: &str, count: usize, elapsed: Durat
     result(opts, metric, count as f64 / elapsed.as_secs_f64());
 }
 
+/// Runs `clients` (each a client's sequential round trips) all at once and reports
+/// `asks_per_s`: `asks` in the time until the last one finished (W5, W8).
+pub(crate) async fn concurrent_asks<F, T, E>(
+    opts: &ClientOpts,
+    clients: impl IntoIterator<Item = F>,
+    asks: usize,
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    let results = futures::future::join_all(clients).await;
+    let elapsed = start.elapsed();
+    for r in results {
+        r?;
+    }
+    rate(opts, "asks_per_s", asks, elapsed);
+    Ok(())
+}
+
 /// Bulk figures: GiB/s of each repetition (median reported) and both processes' peak RSS.
 pub(crate) fn bulk(opts: &ClientOpts, bytes: u64, times: &mut [Duration]) {
     times.sort();

@@ -257,16 +257,8 @@ pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(),
                 envs.push(env);
                 benches.push(bench);
             }
-            let start = Instant::now();
-            let results = futures::future::join_all(
-                benches.iter().map(|b| round_trips(b, sizes.fan_in_asks)),
-            )
-            .await;
-            let elapsed = start.elapsed();
-            for r in results {
-                r?;
-            }
-            rate(&opts, "asks_per_s", FAN_IN * sizes.fan_in_asks, elapsed);
+            let clients = benches.iter().map(|b| round_trips(b, sizes.fan_in_asks));
+            concurrent_asks(&opts, clients, FAN_IN * sizes.fan_in_asks).await?;
         }
         "W6" => {
             let (_env, bench) = connect(&rt, &opts).await?;
@@ -320,16 +312,8 @@ pub(crate) async fn client(rt: Arc<dyn Runtime>, opts: ClientOpts) -> Result<(),
                 benches.push(bench);
             }
             result(&opts, "connect_s", start.elapsed().as_secs_f64());
-            let start = Instant::now();
-            let results =
-                futures::future::join_all(benches.iter().map(|b| round_trips(b, sizes.many_asks)))
-                    .await;
-            let elapsed = start.elapsed();
-            for r in results {
-                r?;
-            }
-            let asks = sizes.many_connections * sizes.many_asks;
-            rate(&opts, "asks_per_s", asks, elapsed);
+            let clients = benches.iter().map(|b| round_trips(b, sizes.many_asks));
+            concurrent_asks(&opts, clients, sizes.many_connections * sizes.many_asks).await?;
             peak_rss(&opts);
         }
         other => return Err(format!("unknown workload {other}").into()),

@@ -433,18 +433,10 @@ pub(crate) async fn client(opts: ClientOpts) -> Result<(), Error> {
             for _ in 0..FAN_IN {
                 streams.push(connect(opts.control()).await?);
             }
-            let start = Instant::now();
-            let results = futures::future::join_all(
-                streams
-                    .iter_mut()
-                    .map(|s| round_trips(s, sizes.fan_in_asks)),
-            )
-            .await;
-            let elapsed = start.elapsed();
-            for r in results {
-                r?;
-            }
-            rate(&opts, "asks_per_s", FAN_IN * sizes.fan_in_asks, elapsed);
+            let clients = streams
+                .iter_mut()
+                .map(|s| round_trips(s, sizes.fan_in_asks));
+            concurrent_asks(&opts, clients, FAN_IN * sizes.fan_in_asks).await?;
         }
         "W6" => {
             let mut stream = connect(opts.control()).await?;
@@ -482,17 +474,8 @@ pub(crate) async fn client(opts: ClientOpts) -> Result<(), Error> {
                 streams.push(connect(opts.control()).await?);
             }
             result(&opts, "connect_s", start.elapsed().as_secs_f64());
-            let start = Instant::now();
-            let results = futures::future::join_all(
-                streams.iter_mut().map(|s| round_trips(s, sizes.many_asks)),
-            )
-            .await;
-            let elapsed = start.elapsed();
-            for r in results {
-                r?;
-            }
-            let asks = sizes.many_connections * sizes.many_asks;
-            rate(&opts, "asks_per_s", asks, elapsed);
+            let clients = streams.iter_mut().map(|s| round_trips(s, sizes.many_asks));
+            concurrent_asks(&opts, clients, sizes.many_connections * sizes.many_asks).await?;
             peak_rss(&opts);
         }
         other => return Err(format!("unknown workload {other}").into()),

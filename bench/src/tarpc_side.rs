@@ -150,16 +150,8 @@ pub(crate) async fn client(opts: ClientOpts) -> Result<(), Error> {
             for _ in 0..FAN_IN {
                 clients.push(connect(&opts).await?);
             }
-            let start = Instant::now();
-            let results = futures::future::join_all(
-                clients.iter().map(|c| round_trips(c, sizes.fan_in_asks)),
-            )
-            .await;
-            let elapsed = start.elapsed();
-            for r in results {
-                r?;
-            }
-            rate(&opts, "asks_per_s", FAN_IN * sizes.fan_in_asks, elapsed);
+            let calls = clients.iter().map(|c| round_trips(c, sizes.fan_in_asks));
+            concurrent_asks(&opts, calls, FAN_IN * sizes.fan_in_asks).await?;
         }
         "W6" => {
             let client = connect(&opts).await?;
@@ -188,16 +180,8 @@ pub(crate) async fn client(opts: ClientOpts) -> Result<(), Error> {
                 clients.push(connect(&opts).await?);
             }
             result(&opts, "connect_s", start.elapsed().as_secs_f64());
-            let start = Instant::now();
-            let results =
-                futures::future::join_all(clients.iter().map(|c| round_trips(c, sizes.many_asks)))
-                    .await;
-            let elapsed = start.elapsed();
-            for r in results {
-                r?;
-            }
-            let asks = sizes.many_connections * sizes.many_asks;
-            rate(&opts, "asks_per_s", asks, elapsed);
+            let calls = clients.iter().map(|c| round_trips(c, sizes.many_asks));
+            concurrent_asks(&opts, calls, sizes.many_connections * sizes.many_asks).await?;
             peak_rss(&opts);
         }
         other => return Err(format!("tarpc does not run {other}").into()),
