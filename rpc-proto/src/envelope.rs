@@ -287,14 +287,20 @@ impl EnvelopeView<'_> {
 /// ```
 #[derive(Debug, Default, Clone)]
 pub struct EnvelopeCache {
-    last: Option<CachedPrefix>,
+    /// Whether `last` holds a decoded prefix.
+    valid: bool,
+    /// The last prefix decoded; its buffers are reused by the next miss, so a cache that
+    /// sees prefixes alternate (one thread serving many connections) does not allocate.
+    last: CachedPrefix,
 }
 
 /// A decoded header prefix, the bytes it was decoded from, and its fields.
-#[derive(Debug, Clone)]
+#[derive(Debug, Default, Clone)]
 struct CachedPrefix {
     bytes: Vec<u8>,
-    sender: Option<(String, u16)>,
+    sender_host: String,
+    /// The sender's port, when the envelope has a sender (its host is `sender_host`).
+    sender_port: Option<u16>,
     receiver: String,
     message_type: String,
 }
@@ -308,26 +314,19 @@ impl EnvelopeCache {
         &'a mut self,
         body: &'a Bytes,
     ) -> Result<(EnvelopeView<'a>, Bytes), EnvelopeError> {
-        let hit = self
-            .last
-            .as_ref()
-            .is_some_and(|last| body.starts_with(&last.bytes));
-        if !hit {
-            self.last = Self::prefix_of(body);
-            if self.last.is_none() {
+        if !(self.valid && body.starts_with(&self.last.bytes)) {
+            self.valid = self.last.refill(body);
+            if !self.valid {
                 return Envelope::decode_view(body);
             }
         }
-        let Some(last) = self.last.as_ref() else {
-            return Envelope::decode_view(body);
-        };
+        let last = &self.last;
         match postcard::take_from_bytes::<(Option<u64>, EnvelopeKind)>(&body[last.bytes.len()..]) {
             Ok(((deadline_ms, kind), rest)) => {
                 let view = EnvelopeView {
                     sender: last
-                        .sender
-                        .as_ref()
-                        .map(|(host, port)| (host.as_str(), *port)),
+                        .sender_port
+                        .map(|port| (last.sender_host.as_str(), port)),
                     receiver: &last.receiver,
                     message_type: &last.message_type,
                     deadline_ms,
@@ -339,23 +338,36 @@ impl EnvelopeCache {
             Err(_) => Envelope::decode_view(body),
         }
     }
+}
 
-    /// The prefix `body` starts with, decoded, if it has a well-formed one short enough to
-    /// keep.
-    fn prefix_of(body: &Bytes) -> Option<CachedPrefix> {
+impl CachedPrefix {
+    /// Decodes the prefix `body` starts with into `self`, reusing its buffers; false if
+    /// `body` has no well-formed prefix short enough to keep.
+    fn refill(&mut self, body: &[u8]) -> bool {
         if body.first() != Some(&ENVELOPE_VERSION) {
-            return None;
+            return false;
         }
         type Prefix<'a> = (Option<(&'a str, u16)>, &'a str, &'a str);
-        let ((sender, receiver, message_type), rest) =
-            postcard::take_from_bytes::<Prefix<'_>>(&body[1..]).ok()?;
+        let Ok(((sender, receiver, message_type), rest)) =
+            postcard::take_from_bytes::<Prefix<'_>>(&body[1..])
+        else {
+            return false;
+        };
         let len = body.len() - rest.len();
-        (len <= CACHED_PREFIX_MAX).then(|| CachedPrefix {
-            bytes: body[..len].to_vec(),
-            sender: sender.map(|(host, port)| (host.to_owned(), port)),
-            receiver: receiver.to_owned(),
-            message_type: message_type.to_owned(),
-        })
+        if len > CACHED_PREFIX_MAX {
+            return false;
+        }
+        let refill = |into: &mut String, from: &str| {
+            into.clear();
+            into.push_str(from);
+        };
+        self.bytes.clear();
+        self.bytes.extend_from_slice(&body[..len]);
+        refill(&mut self.sender_host, sender.map_or("", |(host, _)| host));
+        self.sender_port = sender.map(|(_, port)| port);
+        refill(&mut self.receiver, receiver);
+        refill(&mut self.message_type, message_type);
+        true
     }
 }
 
