@@ -150,7 +150,6 @@ impl OutboxCell {
         timeout: Duration,
     ) -> Result<Asked, RpcError> {
         let mut st = lock(&self.state);
-        let mut body = body;
         if let Some(client) = self.connected(&st).cloned() {
             let call = match client.try_send_rpc_or_return(body, Some(timeout)) {
                 Ok(call) => call,
@@ -158,8 +157,7 @@ impl OutboxCell {
                 // The connection died and we have not heard yet: reconnect and queue.
                 Err((CallError::Closed, Some(unsent))) => {
                     self.lost_connection(&mut st);
-                    body = unsent;
-                    return self.queue_ask(&mut st, body, endpoint, prefix, timeout);
+                    return self.queue_ask(&mut st, unsent, endpoint, prefix, timeout);
                 }
                 Err((e, _)) => RpcCall::refused(e),
             };

@@ -34,26 +34,15 @@ impl TransportClient {
     /// `timeout`, the call fails with [`RequestError::TimedOut`](rpc_proto::RequestError::TimedOut)
     /// when it passes. Dropping the future forgets the call; a late reply is discarded.
     pub fn send_rpc(&self, body: Bytes, timeout: Option<Duration>) -> RpcCall {
-        self.try_send_rpc(body, timeout)
-            .unwrap_or_else(RpcCall::refused)
+        self.try_send_rpc_or_return(body, timeout)
+            .unwrap_or_else(|(error, _)| RpcCall::refused(error))
     }
 
-    /// Like [`send_rpc`](TransportClient::send_rpc), with a refusal returned at once.
-    pub(crate) fn try_send_rpc(
-        &self,
-        body: Bytes,
-        timeout: Option<Duration>,
-    ) -> Result<RpcCall, CallError> {
-        let (id, waiter) = self
-            .inner
-            .with_state(|st, now| st.start_rpc(now, body, timeout))?;
-        Ok(RpcCall::started(&self.inner, Call::Rpc(id), waiter))
-    }
-
-    /// Like [`try_send_rpc`](TransportClient::try_send_rpc), handing `body` back when the
-    /// connection has closed, so that the caller can send it elsewhere without having kept a
-    /// clone of it (cloning a body made from a `Vec` allocates). The error is the refusal,
-    /// with the body when (and only when) it is [`CallError::Closed`].
+    /// Like [`send_rpc`](TransportClient::send_rpc), with a refusal returned at once, and
+    /// `body` handed back when the connection has closed, so that the caller can send it
+    /// elsewhere without having kept a clone of it (cloning a body made from a `Vec`
+    /// allocates). The error is the refusal, with the body when (and only when) it is
+    /// [`CallError::Closed`].
     pub(crate) fn try_send_rpc_or_return(
         &self,
         body: Bytes,
@@ -169,8 +158,7 @@ impl TransportClient {
     /// Sends a one-way message. It is queued for the socket when this returns; delivery is
     /// not confirmed.
     pub fn send(&self, body: Bytes) -> Result<(), CallError> {
-        self.inner
-            .with_state(|st, now| st.conn.send_one_way(now, body))
+        self.send_or_return(body).map_err(|(error, _)| error)
     }
 
     /// Like [`send`](TransportClient::send), handing `body` back when the connection has
