@@ -132,36 +132,16 @@ pub(crate) fn run_commands(
 
 /// Runs `client` (killed past `limit`) and returns its `RESULT` figures.
 pub(crate) fn run_client(
-    mut client: Command,
+    client: Command,
     limit: Duration,
     what: &str,
 ) -> Result<Vec<(String, f64)>, Error> {
-    let mut client = client.stdout(Stdio::piped()).spawn()?;
-    let stdout = client.stdout.take().ok_or("no client stdout")?;
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = client.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = client.kill();
-            let _ = client.wait();
-            return Err(format!("{what} timed out after {limit:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let lines = reader.join().map_err(|_| "reading the client's output")?;
+    let (status, stdout) = output_within(client, limit, what)?;
     if !status.success() {
         return Err(format!("{what} client failed: {status}").into());
     }
     let mut figures = Vec::new();
-    for line in lines {
+    for line in stdout.lines() {
         if let Some(json) = line.strip_prefix("RESULT ") {
             let v: Value = serde_json::from_str(json)?;
             let metric = v["metric"].as_str().ok_or("a result without a metric")?;
@@ -170,6 +150,36 @@ pub(crate) fn run_client(
         }
     }
     Ok(figures)
+}
+
+/// Runs `command` to its end, killing it past `limit`; its exit status and standard output.
+fn output_within(
+    mut command: Command,
+    limit: Duration,
+    what: &str,
+) -> Result<(std::process::ExitStatus, String), Error> {
+    let mut child = command.stdout(Stdio::piped()).spawn()?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} timed out after {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = reader
+        .join()
+        .map_err(|_| format!("reading {what}'s output"))??;
+    Ok((status, text))
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {
@@ -232,29 +242,9 @@ fn run_iperf3(sizes: &Sizes, workload: &str, quick: bool) -> Result<Vec<(String,
     if workload == "W7" {
         client.arg("-Z");
     }
+    client.stderr(Stdio::null());
     let limit = Duration::from_secs(if quick { 60 } else { 300 });
-    let start = Instant::now();
-    let mut child = client
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdout = child.stdout.take().ok_or("no iperf3 client stdout")?;
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("iperf3 {workload} timed out after {limit:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = reader.join().map_err(|_| "reading iperf3's output")??;
+    let (status, text) = output_within(client, limit, &format!("iperf3 {workload}"))?;
     drop(server);
     let report: Value = serde_json::from_str(&text)?;
     if !status.success() {

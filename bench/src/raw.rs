@@ -299,14 +299,7 @@ async fn round_trips(stream: &mut TcpStream, n: usize) -> Result<Vec<Duration>, 
     for _ in 0..n {
         let start = Instant::now();
         stream.write_all(&request).await?;
-        let mut have = 0;
-        while have < buf.len() {
-            let k = stream.read(&mut buf[have..]).await?;
-            if k == 0 {
-                return Err("eof in a reply".into());
-            }
-            have += k;
-        }
+        stream.read_exact(&mut buf).await?;
         samples.push(start.elapsed());
         assert_eq!(buf[..4], request[..4]);
     }
